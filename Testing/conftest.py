@@ -1,0 +1,56 @@
+"""Shared fixtures: small synthetic volumes, the real-data folder, an isolated user model folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The real data folder (MEDTRANSLATE_DATA or ../shared/data), or None when absent."""
+    env = os.environ.get("MEDTRANSLATE_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture
+def real_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("real data not found: set MEDTRANSLATE_DATA or put it in ../shared/data")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_models(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty user model folder, so tests never touch the real one."""
+    folder = tmp_path_factory.mktemp("user_models")
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(folder))
+    return folder
+
+
+def make_image(shape_zyx=(20, 24, 28), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+               direction=None, seed: int = 0, dtype=np.float32):
+    """A small SimpleITK test volume with a bright ellipsoid 'body' on a dark background."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape_zyx], indexing="ij")
+    body = (x**2 + y**2 + z**2) < 0.7
+    arr = np.where(body, 300.0 + 200.0 * x + rng.normal(0, 10, shape_zyx), rng.normal(0, 2, shape_zyx))
+    img = sitk.GetImageFromArray(arr.astype(dtype))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+@pytest.fixture
+def small_image():
+    return make_image()
