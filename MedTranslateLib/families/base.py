@@ -70,3 +70,18 @@ class Family(Protocol):
 
     def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any], options: InferenceOptions) -> Predictor:
         """The inference callable for a loaded package."""
+
+
+def pack_state(nets: Mapping[str, nn.Module], names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Flatten named networks into one ``<network>.<parameter>`` tensor dict (the package weights layout)."""
+    selected = names if names is not None else tuple(nets)
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name in selected for key, value in nets[name].state_dict().items()}
+
+
+def unpack_state(nets: Mapping[str, nn.Module], state: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> None:
+    """Load a ``pack_state`` dict into the named networks (strict: every key must match)."""
+    for name in names:
+        prefix = name + "."
+        sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        nets[name].load_state_dict(sub, strict=True)

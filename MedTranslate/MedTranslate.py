@@ -1,0 +1,310 @@
+"""MedTranslate: translate medical volumes between modalities (MR -> synthetic CT, CBCT -> CT, T1 -> T2).
+
+Thin Slicer module: the panel binds to :class:`MedTranslateParameterNode`; all work happens in
+``MedTranslateModule`` (logic, worker process, display) and in the ``MedTranslateLib`` backend, which
+runs in a separate ``PythonSlicer`` process so a crash or out-of-memory cannot take Slicer down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,
+                                      evaluate_against_reference, output_name_for)
+from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
+
+POLL_INTERVAL_MS = 100
+
+
+class MedTranslate(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedTranslate")
+        self.parent.categories = [_("Image Synthesis")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedTranslate developers"]
+        self.parent.helpText = _(
+            "Translate a volume into another modality (MR to synthetic CT, CBCT to CT, T1 to T2/FLAIR) "
+            "with a model from the list; the result keeps the input's exact geometry. Research use only: "
+            "synthetic images are not for diagnosis.")
+        self.parent.acknowledgementText = _("Uses PyTorch, MONAI and SimpleITK. Metrics follow SynthRAD 2023/2025.")
+        slicer.app.connect("startupCompleted()", _register_sample_data)
+
+
+def _register_sample_data() -> None:
+    from MedTranslateModule.sample_data import register_sample_data
+
+    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedTranslate.png")
+    try:
+        register_sample_data(thumbnail=icon)
+    except Exception as error:  # sample data must never break Slicer's start
+        logging.warning(f"MedTranslate: sample data not registered: {error}")
+
+
+class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel: binds the .ui to the parameter node and drives :class:`TranslationLogic` with a QTimer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._models = {}
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self.onPoll)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedTranslate.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedTranslateLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.translateButton.clicked.connect(self.onTranslateButton)
+        self.ui.evaluateButton.clicked.connect(self.onEvaluateButton)
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.deviceComboBox.currentIndexChanged.connect(self.updateCpuNotice)
+        self.ui.opacitySliderWidget.valueChanged.connect(self.onOpacityChanged)
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateButtons)
+        self.ui.metricsTableWidget.horizontalHeader().setStretchLastSection(True)
+        self.loadModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._timer.stop()
+        if self.logic and self.logic.translation.is_running:
+            self.logic.translation.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:  # auto-pick when there is a volume
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            index = self.ui.modelComboBox.findData(self._parameterNode.modelId)
+            if index >= 0:
+                self.ui.modelComboBox.setCurrentIndex(index)
+        self.updateButtons()
+
+    # ---- models ------------------------------------------------------------------------------------
+    def loadModels(self) -> None:
+        from MedTranslateModule.models import list_models
+
+        self.ui.modelComboBox.clear()
+        try:
+            with slicer.util.WaitCursor():
+                models = list_models(self.logic.translation.worker_command)
+        except Exception as error:
+            self.ui.modelCardLabel.text = _("No models: {error}").format(error=error)
+            return
+        self._models = {model.id: model for model in models}
+        for model in models:
+            self.ui.modelComboBox.addItem(f"{model.title or model.id} ({model.source_modality} -> "
+                                          f"{model.target_modality})", model.id)
+
+    def onModelChanged(self, index: int) -> None:
+        model = self._models.get(self.ui.modelComboBox.itemData(index))
+        self.ui.modelCardLabel.text = model.card_text() if model else _("No model selected.")
+        if self._parameterNode and model:
+            self._parameterNode.modelId = model.id
+        self.updateButtons()
+
+    def updateCpuNotice(self, *args) -> None:
+        device = self.ui.deviceComboBox.currentText
+        no_gpu = device == "CPU" or (device == "Auto" and not self.logic.cudaAvailable())
+        self.ui.cpuNoticeLabel.visible = no_gpu
+
+    def updateButtons(self, *args) -> None:
+        running = bool(self.logic and self.logic.translation.is_running)
+        node = self._parameterNode
+        ready = bool(node and node.inputVolume and node.modelId)
+        self.ui.translateButton.text = _("Cancel") if running else _("Translate")
+        self.ui.translateButton.enabled = running or ready
+        self.ui.evaluateButton.enabled = bool(node and node.outputVolume and node.referenceVolume) and not running
+        self.updateCpuNotice()
+
+    # ---- run -------------------------------------------------------------------------------------
+    def onTranslateButton(self) -> None:
+        translation = self.logic.translation
+        if translation.is_running:
+            translation.cancel()
+            return
+        node = self._parameterNode
+        model = self._models.get(node.modelId)
+        with slicer.util.tryWithErrorDisplay(_("Could not start the translation."), waitCursor=True):
+            from MedTranslateModule.install import ensure_backend_packages
+
+            if not ensure_backend_packages(ask=True):
+                return
+            request = TranslationRequest(
+                input_node=node.inputVolume, model_id=node.modelId,
+                target_modality=model.target_modality if model else "", output_node=node.outputVolume,
+                output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
+                device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume, uncertainty=node.uncertainty,
+                steps=node.diffusionSteps if model and model.family in ("diffusion", "contourdiff") else None,
+                samples=node.samples if node.samples > 1 else None)
+            translation.start(request)
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self._timer.start()
+        self.updateButtons()
+
+    def onPoll(self) -> None:
+        status = self.logic.translation.poll()
+        self.ui.progressBar.value = int(round(100 * status.fraction))
+        eta = f", about {status.eta_seconds:.0f} s left" if status.eta_seconds is not None else ""
+        self.ui.statusLabel.text = f"{status.stage}{eta}: {status.message}" if status.state == "running" \
+            else status.message
+        if status.state == "running":
+            return
+        self._timer.stop()
+        self.ui.progressBar.visible = False
+        if status.warnings:
+            self.ui.statusLabel.text += "\n" + "\n".join(status.warnings)
+        if status.state == "failed":
+            slicer.util.errorDisplay(status.message)
+        elif status.state == "done":
+            self._parameterNode.outputVolume = status.output_node
+            self.showResult(status)
+        self.updateButtons()
+
+    def showResult(self, status) -> None:
+        from MedTranslateModule.display import show_result
+
+        node = self._parameterNode
+        layout = LAYOUT_CHOICES[node.layout]
+        show_result(node.inputVolume, status.output_node, node.foregroundOpacity, layout, status.uncertainty_node)
+
+    def onOpacityChanged(self, value: float) -> None:
+        from MedTranslateModule.display import set_foreground_opacity
+
+        set_foreground_opacity(value)
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def onEvaluateButton(self) -> None:
+        node = self._parameterNode
+        model = self._models.get(node.modelId)
+        modality = "MR" if model and model.target_modality.upper() not in ("CT", "") else "CT"
+        with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
+            metrics = evaluate_against_reference(node.outputVolume, node.referenceVolume, node.referenceMask,
+                                                 modality)
+            table = self.ui.metricsTableWidget
+            table.setRowCount(len(metrics))
+            for row, (name, value) in enumerate(metrics.items()):
+                table.setItem(row, 0, qt.QTableWidgetItem(name))
+                table.setItem(row, 1, qt.QTableWidgetItem(f"{value:.4g}"))
+
+
+class MedTranslateLogic(ScriptedLoadableModuleLogic):
+    """Parameter node + the translation logic (usable from the Python console without the panel)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.translation = TranslationLogic()
+
+    def getParameterNode(self) -> MedTranslateParameterNode:
+        return MedTranslateParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def cudaAvailable() -> bool:
+        """True when torch (if installed) sees a CUDA GPU; never installs anything."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return False
+        import torch
+
+        return torch.cuda.is_available()
+
+
+class MedTranslateTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: MRBrainT1 -> synthetic CT with the bundled model on the CPU."""
+
+    MODEL_ID = "mr2ct-headphantom-unet2d"
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_translate_mr_brain_on_cpu()
+
+    def test_translate_mr_brain_on_cpu(self) -> None:
+        import numpy as np
+        import SampleData
+
+        self.delayDisplay("Loading CTMRBrain sample data")
+        SampleData.downloadSample("CTMRBrain")
+        input_node = slicer.util.getNode("MRBrainT1")
+        logic = MedTranslateLogic().translation
+        self.delayDisplay("Translating MRBrainT1 on the CPU")
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+        status = logic.run(TranslationRequest(input_node, self.MODEL_ID, target_modality="CT", device="cpu"),
+                           timeout=1800)
+        output = status.output_node
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), before + 1)
+        self.assertEqual(output.GetName(), "MRBrainT1_synthetic_CT")
+        self.assertEqual(output.GetImageData().GetDimensions(), input_node.GetImageData().GetDimensions())
+        in_matrix, out_matrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        input_node.GetIJKToRASMatrix(in_matrix)
+        output.GetIJKToRASMatrix(out_matrix)
+        for i in range(4):
+            for j in range(4):
+                self.assertEqual(in_matrix.GetElement(i, j), out_matrix.GetElement(i, j))
+        values = slicer.util.arrayFromVolume(output)
+        self.assertTrue(np.isfinite(values).all())
+        self.assertGreaterEqual(float(values.min()), -1100.0)
+        self.assertLessEqual(float(values.max()), 3200.0)
+        self.assertEqual(output.GetAttribute("MedTranslate.synthetic"), "true")
+        self.assertEqual(output.GetAttribute("MedTranslate.model_id"), self.MODEL_ID)
+        self.assertEqual(len(output.GetAttribute("MedTranslate.model_sha256") or ""), 64)
+        from MedTranslateModule.display import show_result
+
+        composites = show_result(input_node, output, 0.5)
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
+        self.assertEqual(red.GetBackgroundVolumeID(), input_node.GetID())
+        self.assertEqual(red.GetForegroundVolumeID(), output.GetID())
+        self.assertTrue(all(c.GetLinkedControl() for c in composites.values()))
+        self.delayDisplay("Test passed")
+        with self.assertRaises(TranslationFailed):
+            logic.run(TranslationRequest(input_node, "no-such-model", device="cpu"), timeout=600)

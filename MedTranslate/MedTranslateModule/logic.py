@@ -1,0 +1,364 @@
+"""Translation logic for the Slicer module: scene <-> files <-> worker process <-> scene.
+
+No Qt: the widget calls :meth:`TranslationLogic.start` then :meth:`TranslationLogic.poll` from a QTimer;
+scripts and tests call the blocking :meth:`TranslationLogic.run`. The worker command is injectable
+(``worker_command``), so tests drive a fake worker and Slicer drives ``PythonSlicer -m MedTranslateLib``.
+The scene only changes when a run succeeds; temporary files are removed in every outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from MedTranslateModule.process import WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory
+
+DEVICES = ("auto", "cuda", "cpu")
+GEOMETRY_TOLERANCE_MM = 1e-3
+CANCELLED_EXIT_CODE = 130
+
+
+class TranslationFailed(RuntimeError):
+    """A run that did not produce a result; ``str()`` is the message for the user."""
+
+
+@dataclass
+class TranslationRequest:
+    """What to translate: the input node, the model and the worker options."""
+
+    input_node: Any
+    model_id: str
+    target_modality: str = ""
+    output_node: Any = None
+    output_name: str | None = None
+    device: str = "auto"
+    mask_node: Any = None
+    uncertainty: bool = False
+    steps: int | None = None
+    samples: int | None = None
+
+
+@dataclass
+class TranslationStatus:
+    """Where a run stands: ``idle``, ``running``, ``done``, ``failed`` or ``cancelled``."""
+
+    state: str = "idle"
+    stage: str = ""
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    output_node: Any = None
+    uncertainty_node: Any = None
+
+
+def output_name_for(input_name: str, target_modality: str) -> str:
+    """``<input>_synthetic_<target>``, the default name of the output volume."""
+    target = (target_modality or "output").strip().replace(" ", "_")
+    return f"{input_name}_synthetic_{target}"
+
+
+class TranslationLogic:
+    """Runs one translation at a time in a worker process and loads the result into the scene."""
+
+    def __init__(self, scene: Any = None, worker_command: Sequence[str] | None = None,
+                 python_executable: str | None = None,
+                 on_status: Callable[[TranslationStatus], None] | None = None) -> None:
+        self._scene = scene
+        self.python_executable = python_executable or default_python()
+        self.worker_command = list(worker_command) if worker_command else [self.python_executable, "-m",
+                                                                             "MedTranslateLib"]
+        self.on_status = on_status
+        self.status = TranslationStatus()
+        self._worker: WorkerProcess | None = None
+        self._workdir: str | None = None
+        self._request: TranslationRequest | None = None
+        self._paths: dict[str, str] = {}
+        self._done: dict[str, Any] | None = None
+        self._errors: list[str] = []
+
+    @property
+    def scene(self) -> Any:
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        return slicer.mrmlScene
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def workdir(self) -> str | None:
+        """The temporary folder of the current run (None when idle)."""
+        return self._workdir
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker else None
+
+    # ---- start ---------------------------------------------------------------------------------
+    def build_command(self, request: TranslationRequest, paths: dict[str, str]) -> list[str]:
+        """The worker command line for a request (``translate IN -m MODEL -o OUT --progress jsonl ...``)."""
+        if request.device not in DEVICES:
+            raise TranslationFailed(f"Unknown device {request.device!r}: use one of {', '.join(DEVICES)}.")
+        command = [*self.worker_command, "translate", paths["input"], "-m", request.model_id,
+                   "-o", paths["output"], "--progress", "jsonl", "--device", request.device]
+        if "uncertainty" in paths:
+            command += ["--uncertainty", paths["uncertainty"]]
+        if "mask" in paths:
+            command += ["--mask", paths["mask"]]
+        if request.steps:
+            command += ["--steps", str(int(request.steps))]
+        if request.samples:
+            command += ["--samples", str(int(request.samples))]
+        return command
+
+    def start(self, request: TranslationRequest) -> None:
+        """Write the input to a temporary folder and start the worker (returns at once)."""
+        if self.is_running:
+            raise TranslationFailed("A translation is already running: wait for it or cancel it first.")
+        if request.input_node is None or request.input_node.GetImageData() is None:
+            raise TranslationFailed("Select an input volume that has image data.")
+        if not request.model_id:
+            raise TranslationFailed("Select a model.")
+        self._workdir = tempfile.mkdtemp(prefix="MedTranslate-")
+        try:
+            paths = {"input": os.path.join(self._workdir, "input.nrrd"),
+                     "output": os.path.join(self._workdir, "output.nrrd")}
+            self._write_node(request.input_node, paths["input"])
+            if request.mask_node is not None:
+                paths["mask"] = os.path.join(self._workdir, "mask.nrrd")
+                self._write_node(request.mask_node, paths["mask"])
+            if request.uncertainty:
+                paths["uncertainty"] = os.path.join(self._workdir, "uncertainty.nrrd")
+            command = self.build_command(request, paths)
+            env = dict(os.environ)
+            env["PYTHONUNBUFFERED"] = "1"
+            if request.device == "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = "-1"  # "Force CPU": the child cannot see any GPU
+            self._worker = WorkerProcess(command, env=env, cwd=self._workdir)
+            self._worker.start()
+        except BaseException:
+            self._worker = None
+            self._cleanup()
+            raise
+        self._request, self._paths, self._done, self._errors = request, paths, None, []
+        self._set_status(TranslationStatus(state="running", stage="starting", message="Starting the worker"))
+
+    def _write_node(self, node: Any, path: str) -> None:
+        import slicer
+
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(path)
+        storage.SetUseCompression(0)
+        if not storage.WriteData(node):
+            raise TranslationFailed(f"Could not write {node.GetName()} to a temporary file ({path}).")
+
+    # ---- progress --------------------------------------------------------------------------------
+    def poll(self) -> TranslationStatus:
+        """Handle the worker's new messages; on exit load the result (or report the failure)."""
+        worker = self._worker
+        if worker is None:
+            return self.status
+        changed = False
+        for event in worker.poll():
+            changed = self._handle(event) or changed
+        if worker.finished():
+            for event in worker.poll():
+                self._handle(event)
+            self._finish(worker)
+        elif changed:
+            self._set_status(self.status)
+        return self.status
+
+    def _handle(self, event: WorkerEvent) -> bool:
+        status = self.status
+        if event.kind == "progress":
+            status.stage = event.stage or status.stage
+            status.fraction = event.fraction if event.fraction is not None else status.fraction
+            status.eta_seconds = event.eta_seconds
+            status.message = event.message or event.stage
+            return True
+        if event.kind == "warning":
+            status.warnings.append(event.message)
+            return True
+        if event.kind == "done":
+            self._done = event.payload
+        elif event.kind == "error":
+            self._errors.append(event.message)
+        return False
+
+    def _finish(self, worker: WorkerProcess) -> None:
+        code = worker.returncode
+        request = self._request
+        status = TranslationStatus(stage=self.status.stage, fraction=self.status.fraction,
+                                   warnings=list(self.status.warnings))
+        try:
+            if worker.cancelled:
+                status.state, status.message = "cancelled", "Cancelled: the scene was not changed."
+            elif code == 0 and self._done is not None:
+                status.output_node, status.uncertainty_node = self._load_results(request, self._done)
+                status.state, status.fraction, status.message = "done", 1.0, "Done"
+            else:
+                status.state, status.message = "failed", self._failure_message(code, worker)
+        except TranslationFailed as error:
+            status.state, status.message = "failed", str(error)
+        finally:
+            self._worker = None
+            self._cleanup()
+        self._set_status(status)
+
+    def _failure_message(self, code: int | None, worker: WorkerProcess) -> str:
+        tail = worker.log_tail()
+        detail = " ".join(self._errors) or (tail.splitlines()[-1] if tail else "")
+        if looks_like_out_of_memory(" ".join(self._errors) + "\n" + tail):
+            return ("The translation ran out of memory. Choose the CPU device, close other programs, "
+                    f"or crop the input volume. ({detail})")
+        if code == 0:
+            return "The worker finished without reporting a result. " + detail
+        if code is not None and code < 0:
+            return f"The worker process crashed (signal {-code}). {detail}".strip()
+        return f"The translation failed (exit code {code}). {detail}".strip()
+
+    # ---- results ---------------------------------------------------------------------------------
+    def _load_results(self, request: TranslationRequest, done: dict[str, Any]) -> tuple[Any, Any]:
+        from MedTranslateLib import scene as scene_tools
+
+        output_path = done.get("output") or self._paths["output"]
+        if not os.path.isfile(output_path):
+            raise TranslationFailed(f"The worker reported success but wrote no output file ({output_path}).")
+        input_node = request.input_node
+        name = request.output_name or output_name_for(input_node.GetName(), request.target_modality)
+        loaded = self._read_checked(output_path, input_node)
+        uncertainty = None
+        uncertainty_path = done.get("uncertainty")
+        if request.uncertainty and uncertainty_path and os.path.isfile(uncertainty_path):
+            uncertainty = self._read_checked(uncertainty_path, input_node)
+        # everything is read and checked: only now is the scene changed
+        output_node = self._store(loaded, request.output_node, name, input_node)
+        provenance = dict(done.get("provenance") or {})
+        scene_tools.set_provenance(output_node, provenance)
+        scene_tools.place_beside(self.scene, input_node, output_node)
+        target = (request.target_modality or provenance.get("target_modality") or "").upper()
+        if target in ("CT", "SCT"):
+            scene_tools.apply_ct_display(output_node)
+        uncertainty_node = None
+        if uncertainty is not None:
+            uncertainty_node = self._store(uncertainty, None, f"{name}_uncertainty", input_node)
+            scene_tools.set_provenance(uncertainty_node, {**provenance, "uncertainty": "std"})
+            scene_tools.apply_uncertainty_display(uncertainty_node)
+            scene_tools.place_beside(self.scene, input_node, uncertainty_node)
+        return output_node, uncertainty_node
+
+    def _read_checked(self, path: str, input_node: Any) -> Any:
+        """Read a result file as a KJI numpy array after checking it lies on exactly the input's grid.
+
+        SimpleITK (not Slicer's archetype reader, which may flip left-handed grids) keeps voxel order.
+        """
+        import numpy as np
+        import SimpleITK as sitk
+        import vtk
+
+        try:
+            image = sitk.ReadImage(path)
+        except RuntimeError as error:
+            raise TranslationFailed(f"Could not read the worker's output {path}: {error}") from error
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise TranslationFailed("The worker's output is not a 3D scalar volume: the result was not loaded.")
+        input_size = input_node.GetImageData().GetDimensions()
+        if tuple(image.GetSize()) != tuple(input_size):
+            raise TranslationFailed(f"The output size {image.GetSize()} differs from the input size "
+                                    f"{input_size}: the result was not loaded.")
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        output_matrix = np.eye(4)
+        output_matrix[:3, :3] = lps_to_ras @ direction @ np.diag(image.GetSpacing())
+        output_matrix[:3, 3] = lps_to_ras @ np.array(image.GetOrigin())
+        in_matrix = vtk.vtkMatrix4x4()
+        input_node.GetIJKToRASMatrix(in_matrix)
+        input_matrix = np.array([[in_matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+        if not np.allclose(output_matrix, input_matrix, rtol=0, atol=GEOMETRY_TOLERANCE_MM):
+            raise TranslationFailed("The output geometry differs from the input's: the result was not loaded.")
+        return sitk.GetArrayFromImage(image)
+
+    def _store(self, array: Any, target: Any, name: str, input_node: Any) -> Any:
+        """Put voxels in ``target`` (or a new scene node named ``name``) on exactly the input's grid."""
+        import slicer
+        import vtk
+
+        if target is None:
+            target = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        matrix = vtk.vtkMatrix4x4()
+        input_node.GetIJKToRASMatrix(matrix)
+        target.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(target, array)
+        target.CreateDefaultDisplayNodes()
+        return target
+
+    # ---- cancel / blocking -----------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Kill the worker process tree; the scene stays as it was."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self.poll()
+
+    def run(self, request: TranslationRequest, timeout: float | None = None,
+            poll_interval: float = 0.05) -> TranslationStatus:
+        """Blocking run for scripts and tests; raises :class:`TranslationFailed` unless it succeeds."""
+        self.start(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_running:
+            self.poll()
+            if self.is_running and deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TranslationFailed(f"The translation took longer than {timeout:.0f} s and was stopped.")
+            time.sleep(poll_interval)
+        if self.status.state != "done":
+            raise TranslationFailed(self.status.message)
+        return self.status
+
+    def _set_status(self, status: TranslationStatus) -> None:
+        self.status = status
+        if self.on_status is not None:
+            self.on_status(status)
+
+    def _cleanup(self) -> None:
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir = None
+
+
+def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
+                               modality: str = "CT") -> dict[str, float]:
+    """SynthRAD metrics of a synthetic volume against a reference on the same grid (optional mask)."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from MedTranslateLib.evaluation.metrics import compute_metrics
+
+    def grid(node: Any) -> tuple:
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        return node.GetImageData().GetDimensions(), np.array(
+            [[matrix.GetElement(i, j) for j in range(4)] for i in range(3)])
+
+    if synthetic_node is None or reference_node is None:
+        raise TranslationFailed("Select the synthetic volume and a reference volume to evaluate.")
+    nodes = [reference_node] + ([mask_node] if mask_node is not None else [])
+    size, matrix = grid(synthetic_node)
+    for node in nodes:
+        other_size, other_matrix = grid(node)
+        if other_size != size or not np.allclose(other_matrix, matrix, atol=GEOMETRY_TOLERANCE_MM):
+            raise TranslationFailed(
+                f"{node.GetName()} is not on the synthetic volume's grid. Resample it first (module "
+                "'Resample Image (BRAINS)' with the synthetic volume as reference).")
+    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else None
+    return compute_metrics(slicer.util.arrayFromVolume(synthetic_node).astype(np.float32),
+                           slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask, modality)

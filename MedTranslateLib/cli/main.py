@@ -1,0 +1,121 @@
+"""``medtranslate``: translate, models, demo, train, evaluate, bench.
+
+Only argparse is imported at start-up; each command imports what it needs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from MedTranslateLib import __version__
+from MedTranslateLib.errors import MedTranslateError
+
+
+def _add_translate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("translate", help="translate volumes with a model",
+                       description="Translate one volume (or several into a folder) with a model package.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI, NRRD, MHA/MHD file or DICOM folder")
+    p.add_argument("-m", "--model", required=True, help="model id, id@version, package folder or .zip")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.nii.gz, .nrrd, .mha) or folder (DICOM series); a folder for several inputs")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--mask", help="body mask on the input grid (replaces the automatic mask)")
+    p.add_argument("--uncertainty", metavar="PATH", help="also write a per-voxel uncertainty (std) volume")
+    p.add_argument("--ensemble", nargs="+", metavar="MODEL", default=[],
+                   help="more model packages: the output is the ensemble mean, the uncertainty its spread")
+    p.add_argument("--steps", type=int, help="diffusion: number of sampling steps")
+    p.add_argument("--samples", type=int, default=1, help="diffusion: samples averaged (>1 gives a std map)")
+    p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
+    p.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to read (default: largest series)")
+    p.add_argument("--scene", metavar="OUT.mrb", help="also write a Slicer scene with the fused, linked display")
+    p.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich",
+                   help="progress display; jsonl is the worker protocol used by the Slicer module")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (byte-identical CPU output)")
+    p.set_defaults(handler=_lazy("MedTranslateLib.cli.translate", "run_translate"))
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list, show, import or remove model packages")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    lp = msub.add_parser("list", help="list the models the registry finds")
+    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = msub.add_parser("show", help="show a model card")
+    sp.add_argument("model")
+    sp.add_argument("--json", action="store_true")
+    ip = msub.add_parser("import", help="import a model package (.zip or folder) into your model folder")
+    ip.add_argument("file")
+    ip.add_argument("--overwrite", action="store_true")
+    rp = msub.add_parser("remove", help="remove an imported model from your model folder")
+    rp.add_argument("model")
+    p.set_defaults(handler=_lazy("MedTranslateLib.cli.models", "run_models"))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="translate the built-in phantom with the built-in model")
+    p.add_argument("--output", default="demo_output", help="folder for the demo's files")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--model", default=None, help="model to use (default: the bundled MR -> CT demo model)")
+    p.set_defaults(handler=_lazy("MedTranslateLib.cli.demo", "run_demo"))
+
+
+def _add_delegated(sub: argparse._SubParsersAction, name: str, help_text: str, module: str,
+                   add_args: str, run: str) -> None:
+    p = sub.add_parser(name, help=help_text)
+    import importlib
+
+    getattr(importlib.import_module(module), add_args)(p)
+    p.set_defaults(handler=_lazy(module, run))
+
+
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medtranslate",
+        description="MedTranslate: medical image translation (MR -> synthetic CT, CBCT -> CT, T1 -> T2/FLAIR, ...). "
+                    "Research software, not for clinical use.",
+    )
+    parser.add_argument("--version", action="version", version=f"MedTranslate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_translate(sub)
+    _add_models(sub)
+    _add_demo(sub)
+    _add_delegated(sub, "train", "train a model and export a package", "MedTranslateLib.training.cli",
+                   "add_train_arguments", "run_train")
+    _add_delegated(sub, "evaluate", "evaluate synthetic volumes against references (SynthRAD metrics)",
+                   "MedTranslateLib.evaluation.cli", "add_evaluate_arguments", "run_evaluate")
+    _add_delegated(sub, "bench", "measure translate speed and memory", "MedTranslateLib.bench",
+                   "add_bench_arguments", "run_bench")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except MedTranslateError as error:
+        if getattr(args, "progress", None) == "jsonl":
+            import json
+
+            print(json.dumps({"event": "error", "message": error.message, "exit_code": error.exit_code}), flush=True)
+        else:
+            print(f"error: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``medtranslate models list | show | import | remove``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from MedTranslateLib.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    if args.models_command == "list":
+        entries = registry.list_models()
+        if args.json:
+            print(json.dumps([_entry_json(registry, e) for e in entries], indent=1))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="MedTranslate models")
+        for column in ("id", "version", "source -> target", "family", "dims", "where"):
+            table.add_column(column)
+        for e in entries:
+            card = registry.resolve(str(e.path)).card
+            table.add_row(card.id, card.version, f"{card.source_modality} -> {card.target_modality}",
+                          card.family, card.dimensionality, e.source)
+        Console().print(table)
+        for problem in getattr(registry, "problems", []):
+            print(f"warning: {problem}")
+        return 0
+    if args.models_command == "show":
+        card = registry.resolve(args.model).card
+        print(json.dumps(card.to_dict(), indent=1) if args.json else card.describe())
+        return 0
+    if args.models_command == "import":
+        entry = registry.import_package(args.file, overwrite=args.overwrite)
+        print(f"imported {entry.id} {entry.version} into {entry.path}")
+        return 0
+    if args.models_command == "remove":
+        registry.remove(args.model)
+        print(f"removed {args.model}")
+        return 0
+    return 2
+
+
+def _entry_json(registry, entry) -> dict:
+    card = registry.resolve(str(entry.path)).card.to_dict()
+    keys = ("id", "version", "title", "source_modality", "target_modality", "anatomy", "field_of_view",
+            "family", "dimensionality", "license", "performance", "intended_use", "limitations", "metrics")
+    return {**{k: card.get(k) for k in keys}, "source": entry.source, "path": str(entry.path)}

@@ -1,0 +1,1 @@
+"""Evaluation: SynthRAD metrics, folder evaluation, HTML report, uncertainty analysis, OOD warnings."""

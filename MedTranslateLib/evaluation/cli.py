@@ -1,0 +1,92 @@
+"""``medtranslate evaluate``: metrics of synthetic volumes against references, with CSV/JSON/HTML output.
+
+Only argparse is needed to build the parser; the work imports numpy, SimpleITK and matplotlib lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from MedTranslateLib.errors import ConfigError
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``medtranslate evaluate`` (one case, or a folder of cases)."""
+    parser.description = ("Compare synthetic volumes with references using the official SynthRAD metrics "
+                          "(CT: MAE, PSNR 2023/2025, SSIM 2023, MS-SSIM 2025, tissue MAE, bone Dice; "
+                          "MR: MAE, normalised PSNR/SSIM). One case: --pred/--ref; a folder: --pred-dir/--ref-root.")
+    one = parser.add_argument_group("one case")
+    one.add_argument("--pred", help="synthetic volume")
+    one.add_argument("--ref", help="reference volume on the same grid")
+    one.add_argument("--mask", help="body mask on the same grid (default: every voxel)")
+    one.add_argument("--input", dest="input_volume", help="the source volume (shown in the report only)")
+    one.add_argument("--uncertainty", help="per-voxel std map: adds the uncertainty-vs-error analysis")
+    many = parser.add_argument_group("a folder of cases")
+    many.add_argument("--pred-dir", help="predictions: <case>.nii.gz or <case>/sct.nii.gz (optional <case>_std.*)")
+    many.add_argument("--ref-root", help="references in a SynthRAD, BraTS or paired layout")
+    many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto")
+    many.add_argument("--target", default="t2w", help="BraTS layout: target contrast suffix (t2w, t2f, t1c, ...)")
+    parser.add_argument("--modality", type=str.upper, choices=("CT", "MR"), default="CT",
+                        help="target modality of a single case or a paired folder (default CT)")
+    parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures in the HTML report")
+
+
+def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    console = Console()
+    shown = rows if len(rows) <= 4 else []  # many cases: summary only (all cases are in the CSV)
+    table = Table(title=f"Evaluation of {len(rows)} case(s), SynthRAD definitions")
+    table.add_column("metric")
+    for row in shown:
+        table.add_column(str(row.get("case", "")), justify="right", overflow="fold")
+    stats = ("mean", "std", "median", "q1", "q3") if len(rows) > 1 else ()
+    for stat in stats:
+        table.add_column(stat, justify="right")
+    for key, values in aggregates.items():
+        table.add_row(key, *(fmt(row.get(key, math.nan)) for row in shown), *(fmt(values[s]) for s in stats))
+    console.print(table)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation the arguments describe; returns the exit code (0)."""
+    from pathlib import Path
+
+    from MedTranslateLib.evaluation import evaluate as ev
+
+    single = bool(args.pred or args.ref)
+    folder = bool(args.pred_dir or args.ref_root)
+    if single == folder:
+        raise ConfigError("Give either --pred and --ref (one case) or --pred-dir and --ref-root (a folder).",
+                          "Example: medtranslate evaluate --pred sct.nii.gz --ref ct.nii.gz --mask mask.nii.gz")
+    figures: dict[str, dict[str, bytes]] = {}
+    if single:
+        if not (args.pred and args.ref):
+            raise ConfigError("Both --pred and --ref are needed to evaluate one case.", "Add the missing one.")
+        arrays = ev.load_case(args.pred, args.ref, args.mask, args.input_volume, args.uncertainty)
+        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, args.modality)}
+        rows = [row]
+        if args.out and not args.no_figures:
+            figures[row["case"]] = ev.case_figures(arrays, row, args.modality)
+        aggregates = ev.aggregate(rows)
+        if args.out:
+            ev.write_outputs(rows, aggregates, args.out, figures)
+    else:
+        if not (args.pred_dir and args.ref_root):
+            raise ConfigError("Both --pred-dir and --ref-root are needed to evaluate a folder.", "Add the missing one.")
+        rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout, out_dir=args.out,
+                                              target=args.target, modality=args.modality,
+                                              figures=not args.no_figures)
+    _print_table(rows, aggregates)
+    if args.out:
+        print(f"wrote {Path(args.out) / 'metrics.csv'}, metrics.json and report.html")
+    return 0

@@ -1,0 +1,325 @@
+"""Evaluate synthetic volumes against references: one case or a folder; CSV, JSON and HTML outputs.
+
+Folder layouts for the references (``layout``):
+
+* ``synthrad``: ``REF_ROOT/**/<case>/ct.(nii.gz|nii|mha)`` with ``mask.*`` (and ``mr.*`` / ``cbct.*`` shown
+  as input in the report); CT metrics.
+* ``brats``: ``REF_ROOT/<case>/<case>-<target>.nii.gz`` (``target`` e.g. ``t2w``; BraTS 2021 ``_t2``);
+  mask = non-zero voxels of the (skull-stripped) reference; MR metrics.
+* ``paired``: ``REF_ROOT/<case>.(nii.gz|nii|mha|nrrd)`` with an optional ``REF_ROOT/masks/<case>.*``.
+* ``auto``: the first of these that finds cases.
+
+Predictions: ``PRED_DIR/<case>.(nii.gz|nii|mha|nrrd)`` or ``PRED_DIR/<case>/sct.*``; an optional
+uncertainty map ``PRED_DIR/<case>_std.*`` or ``PRED_DIR/<case>/std.*`` adds the uncertainty analysis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from MedTranslateLib.errors import ConfigError, InputError, OutputError
+
+EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+STATS = ("mean", "std", "median", "q1", "q3")
+GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: header round-off only
+
+
+@dataclass
+class CaseArrays:
+    """Arrays (z, y, x) of one case on one grid."""
+
+    pred: np.ndarray
+    ref: np.ndarray
+    mask: np.ndarray
+    spacing_xyz: tuple[float, float, float]
+    input: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+
+@dataclass
+class CasePaths:
+    """The files of one case in a folder evaluation."""
+
+    case: str
+    pred: Path
+    ref: Path
+    mask: Path | None = None
+    input: Path | None = None
+    std: Path | None = None
+    modality: str = "CT"
+    mask_from_reference: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def read_image(path: str | os.PathLike) -> Any:
+    """Read a volume with ``MedTranslateLib.io.read_volume`` (image or (image, info)) as a SimpleITK image."""
+    try:
+        from MedTranslateLib.io import read_volume
+    except ImportError:  # io not available: plain SimpleITK reading
+        import SimpleITK as sitk
+
+        if not Path(path).exists():
+            raise InputError(f"{path} does not exist.", "Check the path.")
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"Cannot read {path}: {exc}".splitlines()[0], "Use NIfTI, MHA or NRRD.") from exc
+    result = read_volume(path)
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=GEOMETRY_TOLERANCE)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GEOMETRY_TOLERANCE)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=GEOMETRY_TOLERANCE))
+
+
+def _grid_text(image: Any) -> str:
+    return (f"size {image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, "
+            f"origin {tuple(round(o, 3) for o in image.GetOrigin())}")
+
+
+def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    image = read_image(path)
+    if not _same_grid(image, reference):
+        raise InputError(f"The {what} {path} is not on the reference's voxel grid ({_grid_text(image)} vs "
+                         f"{_grid_text(reference)}).",
+                         "Evaluate on the reference grid: resample or translate on that grid first.")
+    return sitk.GetArrayFromImage(image).astype(np.float32)
+
+
+def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
+              input_path: str | os.PathLike | None = None, std_path: str | os.PathLike | None = None,
+              mask_from_reference: bool = False) -> CaseArrays:
+    """Read a case; every file must be on the reference's exact grid (else ``InputError``)."""
+    import SimpleITK as sitk
+
+    ref_image = read_image(ref_path)
+    ref = sitk.GetArrayFromImage(ref_image).astype(np.float32)
+    pred = _array_on_grid(pred_path, ref_image, "synthetic image")
+    if mask_path is not None:
+        mask = _array_on_grid(mask_path, ref_image, "mask") > 0
+    elif mask_from_reference:
+        mask = ref != 0
+    else:
+        mask = np.ones(ref.shape, bool)
+    return CaseArrays(
+        pred=pred, ref=ref, mask=mask, spacing_xyz=tuple(float(s) for s in ref_image.GetSpacing()),
+        input=_array_on_grid(input_path, ref_image, "input image") if input_path else None,
+        std=_array_on_grid(std_path, ref_image, "uncertainty map") if std_path else None)
+
+
+def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT") -> dict[str, Any]:
+    """Metrics of loaded arrays, plus the uncertainty relation when a std map is present."""
+    from MedTranslateLib.evaluation.metrics import compute_metrics
+
+    row: dict[str, Any] = compute_metrics(arrays.pred, arrays.ref, arrays.mask, modality=modality)
+    if arrays.std is not None:
+        from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
+
+        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
+        row.update({"unc_pearson": rel["pearson"], "unc_spearman": rel["spearman"],
+                    "unc_error_ratio": rel["error_ratio"]})
+    return row
+
+
+def evaluate_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
+                  mask_path: str | os.PathLike | None = None, modality: str = "CT",
+                  std_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Metrics of one synthetic volume against its reference (whole volume when no mask is given)."""
+    return metrics_for_arrays(load_case(pred_path, ref_path, mask_path, std_path=std_path), modality)
+
+
+def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT") -> dict[str, bytes]:
+    """The report figures of one case (PNG bytes by caption)."""
+    from MedTranslateLib.evaluation.report import analysis_figure, slices_figure
+
+    figures = {
+        "Centre slices (axial, coronal, sagittal)": slices_figure(
+            arrays.pred, arrays.ref, arrays.mask, arrays.spacing_xyz, arrays.input, modality),
+        "Error analysis": analysis_figure(arrays.pred, arrays.ref, arrays.mask, metrics, modality),
+    }
+    if arrays.std is not None:
+        from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation, uncertainty_figure
+
+        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
+        figures["Uncertainty calibration"] = uncertainty_figure(rel, "HU" if modality == "CT" else "a.u.")
+    return figures
+
+
+# ----------------------------------------------------------------------------------------- folders
+
+def _find_volume(folder: Path, stem: str) -> Path | None:
+    for ext in EXTENSIONS:
+        candidate = folder / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for ext in EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _prediction_for(pred_dir: Path, case: str) -> tuple[Path | None, Path | None]:
+    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct")
+    std = _find_volume(pred_dir, f"{case}_std") or _find_volume(pred_dir / case, "std")
+    return pred, std
+
+
+def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
+    cases = []
+    for ct in sorted(p for ext in EXTENSIONS for p in ref_root.rglob(f"ct{ext}")):
+        folder = ct.parent
+        source = _find_volume(folder, "mr") or _find_volume(folder, "cbct")
+        cases.append(CasePaths(folder.name, Path(), ct, _find_volume(folder, "mask"), source, modality="CT"))
+    return cases
+
+
+def _brats_cases(ref_root: Path, target: str) -> list[CasePaths]:
+    cases = []
+    for folder in sorted(p for p in ref_root.iterdir() if p.is_dir()):
+        ref = _find_volume(folder, f"{folder.name}-{target}") or _find_volume(folder, f"{folder.name}_{target}")
+        if ref is not None:
+            cases.append(CasePaths(folder.name, Path(), ref, modality="MR", mask_from_reference=True))
+    return cases
+
+
+def _paired_cases(ref_root: Path, modality: str) -> list[CasePaths]:
+    cases = []
+    for ref in sorted(p for p in ref_root.iterdir() if p.is_file() and _case_name(p) != p.name):
+        case = _case_name(ref)
+        cases.append(CasePaths(case, Path(), ref, _find_volume(ref_root / "masks", case), modality=modality))
+    return cases
+
+
+def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
+               target: str = "t2w", modality: str = "CT") -> list[CasePaths]:
+    """Match predictions to references; cases without a prediction are skipped, none at all -> error."""
+    pred_dir, ref_root = Path(pred_dir), Path(ref_root)
+    for folder, what in ((pred_dir, "prediction folder"), (ref_root, "reference folder")):
+        if not folder.is_dir():
+            raise ConfigError(f"The {what} {folder} does not exist.", "Check the path.")
+    finders = {"synthrad": lambda: _synthrad_cases(ref_root), "brats": lambda: _brats_cases(ref_root, target),
+               "paired": lambda: _paired_cases(ref_root, modality)}
+    if layout != "auto" and layout not in finders:
+        raise ConfigError(f"Unknown layout {layout!r}.", "Use auto, synthrad, brats or paired.")
+    order = list(finders) if layout == "auto" else [layout]
+    for name in order:
+        matched = []
+        for case in finders[name]():
+            pred, std = _prediction_for(pred_dir, case.case)
+            if pred is not None:
+                case.pred, case.std = pred, std
+                matched.append(case)
+        if matched:
+            return matched
+    raise InputError(f"No prediction in {pred_dir} matches a reference case in {ref_root} (layout {layout}).",
+                     "Name predictions <case>.nii.gz (or <case>/sct.nii.gz) after the reference case folders.")
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per metric: mean, std (population), median, q1, q3 and n over cases (NaN/inf values ignored)."""
+    out: dict[str, dict[str, float]] = {}
+    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)] if rows else []
+    for key in keys:
+        values = np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            out[key] = {s: math.nan for s in STATS} | {"n": 0}
+            continue
+        q1, median, q3 = np.percentile(values, (25, 50, 75))
+        out[key] = {"mean": float(values.mean()), "std": float(values.std()), "median": float(median),
+                    "q1": float(q1), "q3": float(q3), "n": int(values.size)}
+    return out
+
+
+def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
+                    out_dir: str | os.PathLike | None = None, target: str = "t2w", modality: str = "CT",
+                    figures: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html."""
+    rows, all_figures = [], {}
+    for case in find_cases(pred_dir, ref_root, layout, target, modality):
+        arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
+        row = {"case": case.case, **metrics_for_arrays(arrays, case.modality)}
+        rows.append(row)
+        if figures and out_dir is not None:
+            all_figures[case.case] = case_figures(arrays, row, case.modality)
+    aggregates = aggregate(rows)
+    if out_dir is not None:
+        write_outputs(rows, aggregates, out_dir, all_figures)
+    return rows, aggregates
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file in the same folder, then ``os.replace`` it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.",
+                          "Choose a folder you can write to, with free space.") from exc
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str, float]],
+                  out_dir: str | os.PathLike, figures: dict[str, dict[str, bytes]] | None = None,
+                  title: str = "MedTranslate evaluation") -> dict[str, Path]:
+    """Write ``metrics.csv`` (one row per case), ``metrics.json`` and ``report.html`` into ``out_dir``."""
+    from MedTranslateLib.evaluation.metrics import DEFINITIONS
+    from MedTranslateLib.evaluation.report import render_report
+
+    out = Path(out_dir)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    paths = {"csv": out / "metrics.csv", "json": out / "metrics.json", "html": out / "report.html"}
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    document = {"cases": list(rows), "aggregates": aggregates,
+                "definitions": {k: v for k, v in DEFINITIONS.items()}}
+    atomic_write_text(paths["json"], json.dumps(_json_safe(document), indent=2))
+    atomic_write_text(paths["html"], render_report(rows, aggregates, figures, title=title))
+    return paths

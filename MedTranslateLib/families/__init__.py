@@ -1,0 +1,27 @@
+"""Model families by name; each module defines a module-level ``FAMILY`` implementing ``base.Family``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from MedTranslateLib.errors import ModelError
+
+if TYPE_CHECKING:
+    from MedTranslateLib.families.base import Family
+
+#: family name (as in the model card) -> module under ``MedTranslateLib.families``
+_MODULES = {"unet": "unet", "pix2pix": "pix2pix", "cyclegan": "cyclegan", "diffusion": "diffusion",
+            "contourdiff": "contourdiff", "random_forest": "forest"}
+
+FAMILY_NAMES: tuple[str, ...] = tuple(_MODULES)
+
+
+def get_family(name: str) -> "Family":
+    """The family object for a card's ``family`` name (its module is imported on first use)."""
+    module_name = _MODULES.get(str(name))
+    if module_name is None:
+        raise ModelError(f"Unknown model family '{name}'.",
+                         f"Use one of: {', '.join(FAMILY_NAMES)} (update MedTranslate if the model is newer).")
+    module = importlib.import_module(f"MedTranslateLib.families.{module_name}")
+    return module.FAMILY

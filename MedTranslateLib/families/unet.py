@@ -1,0 +1,121 @@
+"""The ``unet`` family: a U-Net generator trained with a (body-masked) L1 loss, optionally + SSIM.
+
+Also defines :class:`GeneratorPredictor`, the predictor the pix2pix and CycleGAN families share.
+Training options: ``loss`` ("l1" | "l1+ssim"), ``ssim_weight`` (default 0.5 with "l1+ssim").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from MedTranslateLib.errors import ConfigError, ModelError
+from MedTranslateLib.families.base import Batch, InferenceOptions
+from MedTranslateLib.families.losses import masked_l1, masked_ssim_loss
+from MedTranslateLib.networks import build_generator
+
+MIN_SIZE = 32  # four poolings leave >= 2 voxels per axis (instance norm needs more than one)
+
+
+def _pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:
+    """``F.pad`` amounts (last axis first) growing each axis to a multiple of ``divisor`` and >= MIN_SIZE."""
+    pads: list[int] = []
+    for size in reversed(shape):
+        target = max(MIN_SIZE, -(-size // divisor) * divisor)
+        pads += [0, target - size]
+    return pads
+
+
+class GeneratorPredictor:
+    """Runs a generator on a normalised batch, padding to the network's size divisor and cropping back.
+
+    With ``mc_dropout > 0`` dropout stays active (Monte Carlo dropout) and the predictor is stochastic;
+    the dropout masks are seeded from the engine's per-sample generator.
+    """
+
+    def __init__(self, net: nn.Module, mc_dropout: int = 0) -> None:
+        self.net = net
+        self.mc_dropout = int(mc_dropout)
+        self.stochastic = self.mc_dropout > 0
+        self.divisor = int(getattr(net, "size_divisor", 16))
+        if self.stochastic and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                       for m in net.modules()):
+            raise ModelError("Monte Carlo dropout was asked for, but this model has no dropout layers.",
+                             "Use test-time augmentation (tta) for an uncertainty map instead.")
+
+    def to(self, device: torch.device | str) -> "GeneratorPredictor":
+        """Move the network (the engine's CPU fallback after running out of GPU memory)."""
+        self.net.to(device)
+        return self
+
+    def _set_modes(self) -> None:
+        self.net.eval()
+        if self.stochastic:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.train()
+
+    def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self._set_modes()
+        shape = tuple(source.shape[2:])
+        pads = _pad_amounts(shape, self.divisor)
+        padded = F.pad(source, pads, mode="replicate") if any(pads) else source
+        if self.stochastic and generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+            devices = [source.device] if source.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out = self.net(padded)
+        else:
+            out = self.net(padded)
+        return out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)]
+
+
+class UNetFamily:
+    """Supervised U-Net (paired data)."""
+
+    name = "unet"
+    paired = True
+    gradient_trained = True
+
+    def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
+        return {"generator": build_generator(architecture, spatial_dims)}
+
+    def inference_networks(self) -> tuple[str, ...]:
+        return ("generator",)
+
+    def configure_optimizers(self, nets: dict[str, nn.Module], lr: float) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": torch.optim.AdamW(nets["generator"].parameters(), lr=lr, weight_decay=1e-4)}
+
+    def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                      batch: Batch, autocast: Callable[[], Any], options: Mapping[str, Any]) -> dict[str, float]:
+        loss_kind = str(options.get("loss", "l1")).lower()
+        if loss_kind not in ("l1", "l1+ssim"):
+            raise ConfigError(f"Unknown unet loss '{loss_kind}'.", "Use 'l1' or 'l1+ssim'.")
+        ssim_weight = float(options.get("ssim_weight", 0.5 if loss_kind == "l1+ssim" else 0.0))
+        source, target, mask = batch["source"], batch["target"], batch.get("mask")
+        optimizer = optimizers["generator"]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            prediction = nets["generator"](source)
+        prediction = prediction.float()
+        l1 = masked_l1(prediction, target, mask)
+        losses = {"l1": l1}
+        total = l1
+        if ssim_weight > 0:
+            ssim = masked_ssim_loss(prediction, target, mask, source.dim() - 2)
+            losses["ssim"] = ssim
+            total = total + ssim_weight * ssim
+        total.backward()
+        optimizer.step()
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+
+    def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any],
+                       options: InferenceOptions) -> GeneratorPredictor:
+        return GeneratorPredictor(nets["generator"], options.mc_dropout)
+
+
+FAMILY = UNetFamily()

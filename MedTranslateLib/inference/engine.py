@@ -1,0 +1,283 @@
+"""The inference engine: runs a family's predictor over a prepared, normalised volume.
+
+2D / 2.5D models see slices along the card's ``slice_axis`` (batched; slices without body voxels are
+skipped and get the background value -1; 2.5D adds ``context_slices`` neighbours each side as channels,
+edge slices replicated). 3D models run through MONAI's Gaussian-weighted ``sliding_window_inference``.
+Several passes (stochastic samples, or flip test-time augmentation) give a mean and a standard deviation.
+On CUDA the engine uses mixed precision and channels-last; when the GPU runs out of memory it halves the
+batch, and at batch 1 moves the predictor to the CPU and says so in ``Prediction.warnings``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from MedTranslateLib.errors import DeviceError, ModelError
+from MedTranslateLib.families.base import InferenceOptions, Predictor
+from MedTranslateLib.inference.device import autocast_for
+from MedTranslateLib.progress import ProgressTracker
+
+#: numpy axis of a (z, y, x) array for each slice direction (in the card's orientation)
+SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+BACKGROUND = -1.0
+DEFAULT_BATCH_2D = 16
+DEFAULT_BATCH_3D = 2
+SLAB = 16  # slices per step when accumulating mean / std (bounds temporary memory)
+
+CPU_FALLBACK_WARNING = ("The GPU ran out of memory even with one slice (or patch) at a time; the rest of the "
+                        "volume was computed on the CPU (slower). Close other GPU programs or use a smaller model.")
+
+
+@dataclass
+class Prediction:
+    """The normalised prediction (z, y, x) float32, its per-voxel std (None for a single pass), warnings."""
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class BatchRunner:
+    """Feeds batches to a predictor on a device with mixed precision; on CUDA out-of-memory it retries with
+    half the batch, and at batch size 1 falls back to the CPU (when the predictor has a ``to`` method)."""
+
+    def __init__(self, predictor: Predictor, device: torch.device, batch_size: int) -> None:
+        self.predictor = predictor
+        self.device = torch.device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.warnings: list[str] = []
+        self.fell_back = False
+        self._seed: int | None = None
+        self.generator: torch.Generator | None = None
+
+    def start_pass(self, seed: int | None) -> None:
+        """Begin a pass; a stochastic pass gets a fresh generator seeded with ``seed``."""
+        self._seed = seed
+        self.generator = self._new_generator()
+
+    def _new_generator(self) -> torch.Generator | None:
+        if self._seed is None:
+            return None
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(self._seed))
+        return generator
+
+    def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
+        inputs = chunk.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.device.type == "cuda" and inputs.dim() in (4, 5):
+            layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
+            inputs = inputs.contiguous(memory_format=layout)
+        with autocast_for(self.device):
+            out = self.predictor(inputs, self.generator)
+        return out.float()
+
+    def _recover_from_oom(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            return
+        move = getattr(self.predictor, "to", None)
+        if self.fell_back or move is None:
+            raise DeviceError("The device ran out of memory even with one slice (or patch) at a time.",
+                              "Use --device cpu, close other GPU programs, or use a smaller model.")
+        move(torch.device("cpu"))
+        self.device = torch.device("cpu")
+        self.generator = self._new_generator()
+        self.fell_back = True
+        self.warnings.append(CPU_FALLBACK_WARNING)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Predict ``batch`` (N, C, *spatial) in chunks of ``batch_size``; float32 on ``batch``'s device."""
+        outputs: list[torch.Tensor] = []
+        start = 0
+        while start < batch.shape[0]:
+            size = min(self.batch_size, batch.shape[0] - start)
+            try:
+                out = self._forward(batch[start:start + size])
+            except torch.cuda.OutOfMemoryError:
+                self._recover_from_oom()
+                continue
+            outputs.append(out.to(batch.device))
+            start += size
+        return torch.cat(outputs)
+
+
+def _predict_slices(array: np.ndarray, mask: np.ndarray, axis: int, context: int, runner: BatchRunner,
+                    chunk: int, advance: Callable[[int], None]) -> np.ndarray:
+    """One slice-wise pass (2D / 2.5D); slices without mask voxels are left at the background value."""
+    volume = np.moveaxis(array, axis, 0)
+    body = np.moveaxis(mask, axis, 0)
+    result = np.full(array.shape, BACKGROUND, dtype=np.float32)
+    out_view = np.moveaxis(result, axis, 0)
+    count = volume.shape[0]
+    indices = np.flatnonzero(body.any(axis=(1, 2)))
+    offsets = np.arange(-context, context + 1)
+    for start in range(0, len(indices), chunk):
+        group = indices[start:start + chunk]
+        neighbours = np.clip(group[:, None] + offsets[None, :], 0, count - 1)
+        batch = np.asarray(volume[neighbours], dtype=np.float32)  # (B, C, H, W)
+        prediction = runner(torch.from_numpy(batch))
+        out_view[group] = prediction[:, 0].numpy()
+        advance(len(group))
+    return result
+
+
+def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Number of windows MONAI's sliding window visits (for progress)."""
+    total = 1
+    for size, window in zip(shape, roi):
+        if size <= window:
+            continue
+        interval = max(int(window * (1 - overlap)), 1)
+        total *= int(math.ceil((size - window) / interval)) + 1
+    return total
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The mask's bounding box (None when the mask is empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _predict_windows(array: np.ndarray, mask: np.ndarray, roi: tuple[int, ...], overlap: float,
+                     runner: BatchRunner, sw_device: torch.device, advance: Callable[[int], None]) -> np.ndarray:
+    """One 3D pass: Gaussian-weighted sliding window over the mask's bounding box (stitched on the CPU)."""
+    from monai.inferers import sliding_window_inference
+
+    result = np.full(array.shape, BACKGROUND, dtype=np.float32)
+    box = _bounding_box(mask)
+    if box is None:
+        return result
+    crop = torch.from_numpy(np.ascontiguousarray(array[box], dtype=np.float32))[None, None]
+
+    def window_fn(windows: torch.Tensor) -> torch.Tensor:
+        out = runner(windows)
+        advance(windows.shape[0])
+        return out
+
+    stitched = sliding_window_inference(crop, roi, runner.batch_size, window_fn, overlap=overlap, mode="gaussian",
+                                        sw_device=sw_device, device=torch.device("cpu"), progress=False)
+    result[box] = torch.as_tensor(stitched)[0, 0].numpy()
+    return result
+
+
+def _passes(predictor: Predictor, options: InferenceOptions, flip_axes: tuple[int, int]
+            ) -> list[tuple[int | None, tuple[int, ...]]]:
+    """(seed, flipped axes) per pass: stochastic samples, flip TTA, or a single deterministic pass."""
+    if getattr(predictor, "stochastic", False):
+        count = max(1, int(options.samples), int(options.mc_dropout))
+        return [(int(options.seed) + i, ()) for i in range(count)]
+    if options.tta:
+        a, b = flip_axes
+        return [(None, ()), (None, (a,)), (None, (b,)), (None, (a, b))]
+    return [(None, ())]
+
+
+class _RunningStats:
+    """Mean and population std over passes (Welford), updated slab by slab in float32."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, value: np.ndarray) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = np.array(value, dtype=np.float32)  # copy (value may be a flipped view)
+            self.m2 = np.zeros_like(self.mean)
+            return
+        for start in range(0, value.shape[0], SLAB):
+            part = slice(start, start + SLAB)
+            delta = value[part] - self.mean[part]
+            self.mean[part] += delta / self.count
+            self.m2[part] += delta * (value[part] - self.mean[part])
+
+    def std(self) -> np.ndarray | None:
+        if self.count < 2 or self.m2 is None:
+            return None
+        self.m2 /= self.count
+        np.sqrt(self.m2, out=self.m2)
+        return self.m2
+
+
+def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str, Any], predictor: Predictor,
+                   options: InferenceOptions, device: torch.device, tracker: ProgressTracker) -> Prediction:
+    """Predict a normalised (z, y, x) volume with ``predictor`` as the card's ``dimensionality`` says.
+
+    Reports progress through ``tracker.update`` (which also raises ``Cancelled``) and returns the mean
+    and, for several passes, the standard deviation, both (z, y, x) float32 in the normalised space.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 3:
+        raise ModelError(f"The engine expects a 3D (z, y, x) volume, got shape {array.shape}.",
+                         "This is a bug in the preprocessing; please report it.")
+    body = np.ones(array.shape, dtype=bool) if mask is None else np.asarray(mask) > 0
+    if body.shape != array.shape:
+        raise ModelError(f"The body mask {body.shape} does not match the volume {array.shape}.",
+                         "Give a mask on the same grid as the input volume.")
+    card_input = card.get("input", {})
+    dimensionality = str(card.get("dimensionality", "2d")).lower()
+    axis = SLICE_AXES.get(str(card_input.get("slice_axis", "axial")))
+    if axis is None:
+        raise ModelError(f"Unknown slice_axis '{card_input.get('slice_axis')}' in the model card.",
+                         "Use axial, coronal or sagittal.")
+    in_plane = tuple(a for a in range(3) if a != axis)
+    extra = options.extra or {}
+    context = 0
+    device = torch.device(device)
+
+    if dimensionality == "3d":
+        roi = tuple(int(s) for s in card_input.get("patch_size") or (64, 64, 64))
+        overlap = float(card_input.get("overlap", 0.5))
+        batch = int(extra.get("sw_batch_size", card_input.get("batch_size", DEFAULT_BATCH_3D)))
+        units = lambda m: _window_count(tuple(s.stop - s.start for s in (_bounding_box(m) or ())), roi, overlap)
+    elif dimensionality in ("2d", "2.5d"):
+        in_channels = int(card.get("architecture", {}).get("in_channels", 1))
+        default_context = (in_channels - 1) // 2 if dimensionality == "2.5d" else 0
+        context = int(card_input.get("context_slices", default_context)) if dimensionality == "2.5d" else 0
+        if 2 * context + 1 != in_channels:
+            raise ModelError(f"The card's {dimensionality} input gives {2 * context + 1} channels but the network "
+                             f"takes {in_channels}.", "Fix input.context_slices or architecture.in_channels.")
+        batch = int(extra.get("batch_size", card_input.get("batch_size", DEFAULT_BATCH_2D)))
+        units = lambda m: int(np.count_nonzero(np.moveaxis(m, axis, 0).any(axis=(1, 2))))
+    else:
+        raise ModelError(f"Unknown dimensionality '{dimensionality}' in the model card.", "Use 2d, 2.5d or 3d.")
+
+    passes = _passes(predictor, options, in_plane)
+    per_pass = max(1, units(body))
+    total = per_pass * len(passes)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        tracker.update(min(done / total, 1.0), f"{done}/{total} {'windows' if dimensionality == '3d' else 'slices'}")
+
+    runner = BatchRunner(predictor, device, batch)
+    stats = _RunningStats()
+    tracker.update(0.0)
+    with torch.inference_mode():
+        for seed, flips in passes:
+            runner.start_pass(seed)
+            source = np.flip(array, flips) if flips else array
+            source_mask = np.flip(body, flips) if flips else body
+            if dimensionality == "3d":
+                result = _predict_windows(source, source_mask, roi, overlap, runner, device, advance)
+            else:
+                result = _predict_slices(source, source_mask, axis, context, runner, batch, advance)
+            stats.add(np.flip(result, flips) if flips else result)
+            tracker.check()
+    tracker.update(1.0, "prediction finished")
+    return Prediction(stats.mean, stats.std(), list(runner.warnings))

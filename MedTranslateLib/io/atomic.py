@@ -1,0 +1,172 @@
+"""Atomic output: write into a hidden temporary folder next to the target, then rename into place.
+
+Nothing is left behind when the writer fails or the user cancels, and an existing output is only
+replaced once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from MedTranslateLib.errors import OutputError
+
+#: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
+FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def full_suffix(path: str | os.PathLike) -> str:
+    """The known image suffix of ``path`` (``.nii.gz`` counts as one), else its last suffix, lower case."""
+    name = Path(path).name.lower()
+    for suffix in FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def is_dicom_output(path: str | os.PathLike) -> bool:
+    """True when ``path`` asks for a DICOM series folder: trailing separator, no suffix, ``.dcm`` or a folder."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        return True
+    suffix = full_suffix(text)
+    if suffix in FILE_SUFFIXES:
+        return False
+    return suffix in ("", ".dcm") or Path(text).is_dir()
+
+
+def dicom_output_folder(path: str | os.PathLike) -> Path:
+    """The folder a DICOM output path stands for (``out.dcm`` -> ``out``)."""
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or os.fspath(path))
+    if target.suffix.lower() == ".dcm" and not target.is_dir():
+        target = target.with_suffix("")
+    return target
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless ``path`` can be written (folder exists and is writable, type fits)."""
+    dicom = is_dicom_output(path)
+    target = dicom_output_folder(path) if dicom else Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not dicom and full_suffix(target) not in FILE_SUFFIXES:
+        raise OutputError(
+            f"Cannot write '{target}': unknown output format '{full_suffix(target)}'.",
+            "Use .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd, or a folder path (ending in '/') for a DICOM series.",
+        )
+    if not dicom and target.is_dir():
+        raise OutputError(f"Cannot write '{target}': it is an existing folder, but a file is expected.",
+                          "Choose a file name such as out.nii.gz, or end the path with '/' for a DICOM series.")
+    if dicom and target.exists() and not target.is_dir():
+        raise OutputError(f"Cannot write a DICOM series to '{target}': a file with that name exists.",
+                          "Choose a new folder name for the DICOM series.")
+    if not parent.is_dir():
+        raise OutputError(f"Cannot write '{target}': the folder '{parent}' does not exist.",
+                          "Create the folder first or choose an existing one.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write '{target}': the folder '{parent}' is not writable.",
+                          "Choose a folder you have write permission for.")
+    if dicom and target.is_dir():
+        _check_replaceable_folder(target)
+
+
+def _check_replaceable_folder(folder: Path) -> None:
+    """Only an empty folder or one holding nothing but ``.dcm`` files may be replaced by a DICOM series."""
+    entries = list(folder.iterdir())
+    foreign = [e.name for e in entries if not (e.is_file() and e.suffix.lower() == ".dcm")]
+    if foreign:
+        raise OutputError(
+            f"Cannot write a DICOM series into '{folder}': the folder holds other files "
+            f"(e.g. {', '.join(sorted(foreign)[:3])}) that would be replaced.",
+            "Choose a new or empty folder for the DICOM series.",
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(child: Path, folder: Path) -> bool:
+    try:
+        child.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`OutputError` when writing ``output`` would overwrite (or delete) one of ``inputs``."""
+    dicom = is_dicom_output(output)
+    target = dicom_output_folder(output) if dicom else Path(output)
+    protected: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        protected.append(path)
+        if path.is_file() and path.suffix.lower() == ".dcm":
+            protected.append(path.parent)  # a .dcm input stands for its whole series folder
+        if full_suffix(path) in (".mhd", ".nhdr"):
+            protected.extend(path.parent / p for p in (path.with_suffix(".raw").name, path.with_suffix(".zraw").name))
+    for path in protected:
+        clash = _same_file(target, path) or (dicom and _inside(path, target))
+        if clash:
+            raise OutputError(f"Refusing to write '{target}': it would overwrite the input '{path}'.",
+                              "Choose a different output path; inputs are never modified.")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write to; move it to ``path`` on success, remove it on any failure.
+
+    File mode yields ``<hidden temp folder>/<same name>`` in the target's folder, so writers pick the format
+    from the suffix and companion files (``.raw`` of ``.mhd``) keep the names their header refers to; every
+    file written there is moved next to ``path``, companions first, ``path`` last. Folder mode
+    (``folder=True``, DICOM) yields an empty temporary folder that replaces ``path`` as a whole.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"Cannot write '{target}': {exc.strerror or exc}.",
+                          "Choose a folder that exists and that you can write to.") from exc
+    try:
+        if folder:
+            yield staging
+            _replace_folder(staging, target)
+        else:
+            temp_path = staging / target.name
+            yield temp_path
+            if not temp_path.is_file():
+                raise OutputError(f"Writing '{target}' produced no file.", "Check the output format and try again.")
+            companions = [p for p in staging.iterdir() if p != temp_path]
+            for item in companions + [temp_path]:
+                os.replace(item, parent / item.name)
+            staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Put ``staging`` in place of ``target``; an existing DICOM-only target is swapped out then deleted."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    _check_replaceable_folder(target)
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    backup.rmdir()
+    os.replace(target, backup)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,476 @@
+"""Reading, validating and writing volumes (NIfTI, NRRD, MetaImage and DICOM series).
+
+Headers are checked before any pixel is read, so a broken or hostile file is refused quickly with an
+:class:`~MedTranslateLib.errors.InputError` that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedTranslateLib.errors import InputError, OutputError
+from MedTranslateLib.io.atomic import (
+    FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
+)
+
+#: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
+MAX_VOXELS = 2**31
+#: Largest integer magnitude float32 represents exactly.
+FLOAT32_EXACT = 2**24
+#: Magnitudes beyond this are not plausible intensities of any medical image.
+ABSURD_MAGNITUDE = 1e9
+#: DEFLATE (gzip, zlib) cannot compress better than about 1032:1.
+MAX_DEFLATE_RATIO = 1100
+DICOM_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+              "StudyDate", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality", "SeriesDescription",
+              "AccessionNumber")
+READABLE = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
+_BYTES_PER_VOXEL = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
+_INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
+                  sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
+
+
+@dataclass
+class SourceInfo:
+    """Where a volume came from. ``dicom_tags`` (see :data:`DICOM_TAGS`) is empty for non-DICOM files;
+    ``referenced_instances`` lists ``(SOPClassUID, SOPInstanceUID)`` of the DICOM slices in image order."""
+
+    path: str
+    format: str
+    dicom_tags: dict[str, str] = field(default_factory=dict)
+    referenced_instances: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.format == "dicom"
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _geometry_problems(dimension: int, components: int, size: tuple[int, ...], spacing: tuple[float, ...],
+                       direction: tuple[float, ...], what: str, max_voxels: int) -> None:
+    """Refuse shapes and geometry no translation can use (shared by header and in-memory checks)."""
+    if dimension != 3:
+        kind = "a 2D image" if dimension == 2 else f"a {dimension}D image"
+        extra = " (e.g. a time series or several volumes in one file)" if dimension > 3 else ""
+        raise InputError(f"The {what} is {kind}{extra}; MedTranslate needs one 3D volume.",
+                         "Export a single 3D volume (one time point, all slices) and try again.")
+    if components != 1:
+        raise InputError(f"The {what} has {components} components per voxel (a vector or RGB image); "
+                         "MedTranslate needs a scalar (grey-value) volume.",
+                         "Convert it to a single-channel scalar volume first.")
+    if any(n <= 0 for n in size):
+        raise InputError(f"The {what} is empty: its size is {tuple(size)} (an axis has no voxels).",
+                         "Check that the file holds the whole volume.")
+    if any(n < 2 for n in size):
+        raise InputError(f"The {what} has size {tuple(size)}: a single slice is a 2D image, not a 3D volume.",
+                         "Use the complete 3D series.")
+    voxels = math.prod(int(n) for n in size)
+    if voxels > max_voxels:
+        raise InputError(f"The {what} declares {tuple(size)} = {voxels:,} voxels, more than the limit of "
+                         f"{max_voxels:,}; the header is probably corrupt or the volume is far too large.",
+                         "Check the file, or crop/downsample the volume before translating it.")
+    if any(not math.isfinite(s) or s <= 0 for s in spacing):
+        raise InputError(f"The {what} has invalid voxel spacing {tuple(spacing)}: spacing must be positive "
+                         "and finite (zero, negative or NaN spacing).", "Fix the spacing in the file header.")
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-6:
+        raise InputError(f"The {what} has a singular (degenerate) direction matrix {tuple(direction)}.",
+                         "Fix the orientation (direction cosines) in the file header.")
+    if np.max(np.abs(matrix.T @ matrix - np.eye(3))) > 1e-3:
+        raise InputError(f"The {what} has a non-orthogonal direction matrix {tuple(round(d, 4) for d in direction)} "
+                         "(sheared axes); MedTranslate needs orthonormal direction cosines.",
+                         "Resample the volume onto an orthogonal grid first.")
+
+
+def _content_problems(image: sitk.Image, what: str, pixel_id: int | None = None) -> None:
+    """Refuse NaN/Inf, empty or constant volumes and intensities float32 or medicine cannot hold."""
+    pixel_id = image.GetPixelID() if pixel_id is None else pixel_id
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    low, high = stats.GetMinimum(), stats.GetMaximum()
+    if pixel_id not in _INTEGER_TYPES:
+        array = sitk.GetArrayViewFromImage(image)
+        finite = np.isfinite(array)
+        if not finite.all():
+            n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            raise InputError(f"The {what} contains {n_nan} NaN and {n_inf} Inf (infinite) voxels.",
+                             "Replace the invalid voxels (e.g. by the background value) and try again.")
+    if low == high:
+        kind = "all zero (empty)" if low == 0 else f"constant (every voxel is {low:g})"
+        raise InputError(f"The {what} is {kind}; there is no image content to work with.",
+                         "Check that the right file was chosen and that it was exported correctly.")
+    magnitude = max(abs(low), abs(high))
+    if pixel_id in _INTEGER_TYPES and magnitude > FLOAT32_EXACT:
+        raise InputError(f"The {what} holds integer values up to {magnitude:.0f} (range [{low:.0f}, {high:.0f}]), "
+                         f"beyond 2**24 = {FLOAT32_EXACT}: they cannot be represented exactly in float32 and are "
+                         "not plausible intensities.", "Rescale the intensities to a sensible range first.")
+    if magnitude > ABSURD_MAGNITUDE:
+        raise InputError(f"The {what} has an absurd intensity range [{low:g}, {high:g}] for a medical image.",
+                         "Check the file (wrong data type or byte order?) and rescale the intensities.")
+
+
+def validate_volume(image: sitk.Image, what: str = "input volume", max_voxels: int = MAX_VOXELS) -> None:
+    """Raise :class:`InputError` unless ``image`` is a usable scalar 3D volume with finite, varying values."""
+    _geometry_problems(image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize(),
+                       image.GetSpacing(), image.GetDirection(), what, max_voxels)
+    _content_problems(image, what)
+
+
+# ------------------------------------------------------------------------------------------- read
+def _itk_reason(exc: Exception) -> str:
+    """The last meaningful line of an ITK exception, shortened."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = next((ln for ln in reversed(lines) if "ITK ERROR" in ln or "error" in ln.lower()), lines[-1] if lines else "")
+    reason = re.sub(r"^.*ITK ERROR: [^:]*:\s*", "", reason)
+    return reason[:200]
+
+
+def _unreadable(path: Path, exc: Exception | None = None, detail: str = "") -> InputError:
+    reason = detail or (_itk_reason(exc) if exc is not None else "")
+    return InputError(f"Cannot read '{path}': the file is unreadable, truncated or not a valid "
+                      f"{_format_name(path)} file" + (f" ({reason})." if reason else "."),
+                      f"Check the file (re-export it if needed); readable formats: {READABLE}.")
+
+
+def _format_name(path: Path) -> str:
+    return {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
+            ".mhd": "MetaImage", ".dcm": "DICOM"}.get(full_suffix(path), "image")
+
+
+def _text_header(path: Path, limit: int = 65536) -> tuple[dict[str, str], int]:
+    """Key/value pairs of a MetaImage or NRRD text header and its length in bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(limit)
+    values: dict[str, str] = {}
+    offset = 0
+    for raw_line in head.split(b"\n"):
+        offset += len(raw_line) + 1
+        line = raw_line.decode("latin-1").strip()
+        if full_suffix(path) in (".nrrd", ".nhdr"):
+            if not line and values:
+                break
+            key, sep, value = line.partition(":")
+            if sep and not value.startswith("="):
+                values[key.strip().lower()] = value.strip()
+        else:
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                break
+    return values, offset
+
+
+def _check_declared_bytes(path: Path, declared: int) -> None:
+    """Refuse a header that declares more pixel data than its (raw or deflated) data can hold."""
+    suffix = full_suffix(path)
+    data_bytes, compressed, data_path, length = path.stat().st_size, False, None, 0
+    if suffix == ".nii.gz":
+        compressed = True
+    elif suffix in (".mha", ".mhd"):
+        header, length = _text_header(path)
+        compressed = header.get("compresseddata", "false").lower() == "true"
+        data_file = header.get("elementdatafile", "LOCAL")
+        if data_file.upper() == "LOCAL":
+            data_bytes = path.stat().st_size - length
+        elif data_file.upper().startswith("LIST") or "%" in data_file:
+            return
+        else:
+            data_path = path.parent / data_file
+            if not data_path.is_file():
+                raise _unreadable(path, detail=f"its data file '{data_file}' is missing")
+            data_bytes = data_path.stat().st_size
+    elif suffix in (".nrrd", ".nhdr"):
+        header, length = _text_header(path)
+        encoding = header.get("encoding", "raw").lower()
+        if encoding in ("txt", "text", "ascii", "bz2", "bzip2", "hex"):
+            return
+        compressed = encoding in ("gz", "gzip")
+        data_file = header.get("data file", header.get("datafile"))
+        if data_file is None:
+            data_bytes = path.stat().st_size - length
+        elif " " in data_file or "%" in data_file:
+            return
+        else:
+            data_path = path.parent / data_file
+            if not data_path.is_file():
+                raise _unreadable(path, detail=f"its data file '{data_file}' is missing")
+            data_bytes = data_path.stat().st_size
+    capacity = data_bytes * MAX_DEFLATE_RATIO if compressed else data_bytes
+    if declared <= capacity and compressed:  # ITK zero-fills a truncated stream silently: inflate to check
+        stream_path = data_path if data_path is not None else path
+        start = 0 if data_path is not None or suffix == ".nii.gz" else length
+        wbits = 15 if suffix in (".mha", ".mhd") else 31
+        inflated, complete = _inflated_size(stream_path, start, wbits)
+        if not complete or inflated < declared:
+            raise InputError(f"Cannot read '{path}': its compressed data is truncated or corrupt (it inflates to "
+                             f"{inflated:,} of the {declared:,} bytes its header declares).",
+                             "Re-export or re-download the volume.")
+    if declared > capacity:
+        raise InputError(f"Cannot read '{path}': its header declares {declared:,} bytes of pixel data but the "
+                         f"file holds only {max(data_bytes, 0):,} bytes{' (compressed)' if compressed else ''}; "
+                         "the file is truncated or its header is corrupt (gigantic dimensions?).",
+                         "Re-export or re-download the volume.")
+
+
+def _inflated_size(path: Path, start: int, wbits: int) -> tuple[int, bool]:
+    """Bytes a zlib (``wbits`` 15) or gzip (31, all members) stream from ``start`` inflates to, and whether
+    it ends properly. Streams in chunks, so hostile files cannot exhaust memory."""
+    total, inflater = 0, zlib.decompressobj(wbits)
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        chunk = handle.read(1 << 20)
+        while chunk:
+            try:
+                while chunk and not inflater.eof:
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    chunk = inflater.unconsumed_tail
+            except zlib.error:
+                return total, False
+            if inflater.eof:
+                if wbits != 31:
+                    return total, True
+                rest = inflater.unused_data or handle.read(1 << 20)
+                if not rest.strip(b"\0"):
+                    return total, True
+                inflater, chunk = zlib.decompressobj(wbits), rest
+                continue
+            chunk = handle.read(1 << 20)
+    return total, inflater.eof
+
+
+def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
+    """Read one image file after checking its header; returns the image and its original pixel type."""
+    if full_suffix(path) not in FILE_SUFFIXES:
+        raise InputError(f"Cannot read '{path}': unknown file type '{full_suffix(path) or '(none)'}'.",
+                         f"Use {READABLE}.")
+    if path.stat().st_size == 0:
+        raise InputError(f"Cannot read '{path}': the file is empty (0 bytes).", "Re-export or re-download the volume.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from None
+    what = f"volume '{path.name}'"
+    _geometry_problems(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(),
+                       reader.GetSpacing(), reader.GetDirection(), what, max_voxels)
+    pixel_id = reader.GetPixelID()
+    declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
+    _check_declared_bytes(path, declared)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from None
+    return image, pixel_id
+
+
+def _dicom_series(folder: Path) -> dict[str, list[str]]:
+    """Series UID -> file names (sorted by slice position) of every DICOM series in ``folder``."""
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise InputError(f"Cannot scan '{folder}' for DICOM files ({_itk_reason(exc)}).",
+                         "Check that the folder is readable.") from None
+    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+
+
+def _dicom_header(file_name: str) -> Any:
+    import pydicom
+
+    return pydicom.dcmread(file_name, stop_before_pixels=True, force=True)
+
+
+def _series_label(uid: str, files: list[str]) -> str:
+    try:
+        description = str(getattr(_dicom_header(files[0]), "SeriesDescription", "") or "no description")
+    except Exception:  # noqa: BLE001 - a label only
+        description = "unreadable header"
+    return f"{uid} ({len(files)} files, {description})"
+
+
+def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[sitk.Image, int, SourceInfo]:
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() and not any(folder.iterdir()):
+        raise InputError(f"The folder '{folder}' is empty.", f"Choose a folder holding a DICOM series, or a file: {READABLE}.")
+    series = _dicom_series(folder)
+    if not series:
+        raise InputError(f"No DICOM series found in '{folder}'.",
+                         f"Choose the folder that holds the DICOM files (*.dcm), or a volume file: {READABLE}.")
+    if series_uid is not None:
+        if series_uid not in series:
+            available = "; ".join(_series_label(uid, files) for uid, files in series.items())
+            raise InputError(f"DICOM series '{series_uid}' is not in '{folder}'. Available series: {available}.",
+                             "Pass one of the listed series UIDs (or none to use the largest series).")
+        uid = series_uid
+    else:
+        uid = None
+        if path.is_file():  # a .dcm file means its own series
+            uid = next((u for u, files in series.items() if any(Path(f).samefile(path) for f in files)), None)
+        uid = uid or max(series, key=lambda u: len(series[u]))
+    files = series[uid]
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(Path(files[0]), exc) from None
+    size = first.GetSize()
+    what = f"DICOM series {uid}"
+    declared_size = (size[0], size[1], len(files) if len(files) > 1 else (size[2] if len(size) > 2 else 1))
+    _geometry_problems(3, first.GetNumberOfComponents(), declared_size, (1.0, 1.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                       what, max_voxels)
+    headers = []
+    for name in files:
+        try:
+            headers.append(_dicom_header(name))
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
+            raise _unreadable(Path(name), detail=str(exc)[:200]) from None
+    _check_slice_positions(headers, what)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(folder, exc) from None
+    tags = {name: str(getattr(headers[0], name, "") or "") for name in DICOM_TAGS}
+    instances = [(str(getattr(h, "SOPClassUID", "")), str(getattr(h, "SOPInstanceUID", ""))) for h in headers]
+    return image, image.GetPixelID(), SourceInfo(str(folder), "dicom", tags, instances)
+
+
+def _check_slice_positions(headers: list[Any], what: str) -> None:
+    """Refuse a series with missing, duplicate or unevenly spaced slices (ITK would only warn)."""
+    if len(headers) < 3:
+        return
+    try:
+        orientation = np.asarray([float(v) for v in headers[0].ImageOrientationPatient]).reshape(2, 3)
+        positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    except (AttributeError, TypeError, ValueError):
+        return  # no per-slice geometry (e.g. multi-frame): nothing to check here
+    distances = np.sort(positions @ np.cross(orientation[0], orientation[1]))
+    steps = np.diff(distances)
+    typical = float(np.median(steps))
+    if typical <= 1e-6 or np.max(np.abs(steps - typical)) > max(0.01 * typical, 1e-3):
+        raise InputError(f"The {what} has missing, duplicate or unevenly spaced slices (slice gaps from "
+                         f"{steps.min():.3g} to {steps.max():.3g} mm), so it is not one regular 3D volume.",
+                         "Check that the series is complete (all files copied) or resample it to uniform spacing.")
+
+
+def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, what: str,
+              check_content: bool) -> tuple[sitk.Image, SourceInfo]:
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"Cannot read '{source}': no such file or folder.", "Check the path and try again.")
+    if source.is_dir() or full_suffix(source) == ".dcm":
+        image, pixel_id, info = _read_dicom(source, series_uid, max_voxels)
+    else:
+        image, pixel_id = _read_file(source, max_voxels)
+        info = SourceInfo(str(source), _format_name(source).lower())
+    _geometry_problems(image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize(),
+                       image.GetSpacing(), image.GetDirection(), what, max_voxels)
+    if check_content:
+        _content_problems(image, what, pixel_id)
+    return sitk.Cast(image, sitk.sitkFloat32), info
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None,
+                max_voxels: int = MAX_VOXELS) -> tuple[sitk.Image, SourceInfo]:
+    """Read and validate a scalar 3D volume as float32 with its geometry unchanged.
+
+    ``path`` is a NIfTI/NRRD/MetaImage file, a DICOM folder or a ``.dcm`` file (its series). In a folder the
+    series with most files is used unless ``series_uid`` names another. Raises :class:`InputError`.
+    """
+    return _read_any(path, series_uid, max_voxels, f"input volume '{Path(path).name}'", check_content=True)
+
+
+def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float = 1e-4) -> sitk.Image:
+    """Read a mask as uint8 0/1 on exactly ``reference``'s grid; refuse other grids and empty masks."""
+    image, _ = _read_any(path, None, MAX_VOXELS, f"mask '{Path(path).name}'", check_content=False)
+    differences = []
+    if image.GetSize() != reference.GetSize():
+        differences.append(f"size {image.GetSize()} vs {reference.GetSize()}")
+    for name in ("Spacing", "Origin", "Direction"):
+        mine = np.asarray(getattr(image, f"Get{name}")(), float)
+        theirs = np.asarray(getattr(reference, f"Get{name}")(), float)
+        scale = max(1.0, float(np.max(np.abs(theirs))))
+        if np.max(np.abs(mine - theirs)) > tolerance * scale:
+            differences.append(f"{name.lower()} {tuple(np.round(mine, 5))} vs {tuple(np.round(theirs, 5))}")
+    if differences:
+        raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid: " + "; ".join(differences) + ".",
+                         "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
+    binary = sitk.GetArrayFromImage(image) != 0
+    if not binary.any():
+        raise InputError(f"The mask '{Path(path).name}' is empty (no voxel is set).",
+                         "Use a mask that covers the body, or run without a mask.")
+    mask = sitk.GetImageFromArray(binary.astype(np.uint8))
+    mask.CopyInformation(reference)
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ write
+def _provenance_text(provenance: dict | None, description: str) -> str:
+    record = {"SYNTHETIC": True, "description": description, **(provenance or {})}
+    return json.dumps(record, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceInfo | None = None,
+                 modality: str = "CT", description: str = "", provenance: dict | None = None) -> Path:
+    """Write ``image`` atomically with its exact geometry; the suffix picks the format.
+
+    ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd`` write one file (plus its data file);
+    a path without suffix or ending in ``/`` writes a DICOM series folder (see :mod:`.dicom`).
+    File formats carry ``provenance`` and the description (marked SYNTHETIC) in their header.
+    Returns the written path. Raises :class:`OutputError` when the path cannot be written.
+    """
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise OutputError(f"Cannot write a {image.GetDimension()}D image with "
+                          f"{image.GetNumberOfComponentsPerPixel()} components as a volume.",
+                          "Only scalar 3D volumes can be written.")
+    check_writable(path)
+    if is_dicom_output(path):
+        from MedTranslateLib.io.dicom import write_dicom_series
+
+        return write_dicom_series(image, dicom_output_folder(path), source=source, modality=modality,
+                                  description=description, provenance=provenance)
+    target = Path(path)
+    output = sitk.Image(image)  # shallow copy: metadata below must not leak into the caller's image
+    for key in output.GetMetaDataKeys():
+        output.EraseMetaData(key)
+    label = description or f"SYNTHETIC {modality} (MedTranslate)"
+    if "SYNTHETIC" not in label.upper():
+        label = f"SYNTHETIC {label}"
+    nifti = full_suffix(target) in (".nii", ".nii.gz")
+    if provenance is not None or description:
+        info = provenance or {}
+        if nifti:  # NIfTI only has the 80-character 'descrip' field
+            notes = " ".join(str(v) for v in ("SYNTHETIC MedTranslate", info.get("model_id", ""),
+                                              info.get("model_version", "")) if v)
+            output.SetMetaData("ITK_FileNotes", notes[:79])
+        else:
+            output.SetMetaData("ITK_FileNotes", label)
+            output.SetMetaData("MedTranslate_Provenance", _provenance_text(provenance, label))
+            output.SetMetaData("MedTranslate_Modality", modality)
+            for key, value in info.items():
+                if re.fullmatch(r"[A-Za-z0-9_]+", str(key)):
+                    output.SetMetaData(f"MedTranslate_{key}", " ".join(str(value).split()))
+    compress = full_suffix(target) in (".nii.gz", ".nrrd", ".mha")
+    with atomic_output(target) as temp:
+        try:
+            sitk.WriteImage(output, str(temp), compress)
+        except RuntimeError as exc:
+            raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc)}).",
+                              "Check free disk space and permissions, or choose another format.") from None
+    return target

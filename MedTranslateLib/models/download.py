@@ -1,0 +1,108 @@
+"""Download of missing weights: a card may give ``weights.url``; the file is fetched (urllib) into the user
+model folder with a size cap, progress callback, SHA256 verification and an atomic rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from MedTranslateLib.errors import ModelError
+
+if TYPE_CHECKING:
+    from MedTranslateLib.models.package import ModelPackage
+
+#: Seconds without data before a download is abandoned.
+DOWNLOAD_TIMEOUT_S = 60.0
+_CHUNK = 256 * 1024
+
+
+def cached_weights_path(package: "ModelPackage") -> Path:
+    """Where downloaded weights of a package live: in its folder when that is inside the user model folder,
+    otherwise in ``<user folder>/.downloads/<id>-<version>/``."""
+    from MedTranslateLib.models.registry import user_models_dir
+
+    user = user_models_dir().resolve()
+    card = package.card
+    if not package.is_zip and package.path.resolve().is_relative_to(user):
+        return package.path / card.weights_file
+    return user / ".downloads" / f"{card.id}-{card.version}" / card.weights_file
+
+
+def ensure_weights(package: "ModelPackage",
+                   progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """The package's weights file on disk, downloading it from ``weights.url`` if missing.
+
+    ``progress(received_bytes, total_bytes_or_None)`` is called as data arrives.
+    """
+    existing = package.weights_path()
+    if existing is not None:
+        return existing
+    card = package.card
+    if not card.weights_url:
+        raise ModelError(f"The weights file {card.weights_file} of {card.id} {card.version} is missing "
+                         f"({package.path}) and the card gives no download URL.",
+                         "Re-import the complete package (model.json together with its weights).")
+    target = cached_weights_path(package)
+    download_file(card.weights_url, target, card.weights_sha256, expected_size=card.weights_size, progress=progress)
+    return target
+
+
+def download_file(url: str, target: Path, sha256: str, *, expected_size: int | None = None,
+                  progress: Callable[[int, int | None], None] | None = None,
+                  max_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``target`` atomically; refuse more than the cap and a SHA256 mismatch."""
+    import urllib.error
+    import urllib.request
+    from http.client import HTTPException
+
+    from MedTranslateLib.models.package import MAX_WEIGHTS_BYTES
+
+    cap = min(max_bytes or MAX_WEIGHTS_BYTES, expected_size or MAX_WEIGHTS_BYTES)
+    fix = "Check the network connection and the URL, or download the package manually and import it."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    temp = Path(temp_name)
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                request = urllib.request.Request(url, headers={"User-Agent": "MedTranslate"})
+                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    length_header = response.headers.get("Content-Length")
+                    total = int(length_header) if length_header and length_header.isdigit() else None
+                    if total is not None and total > cap:
+                        raise ModelError(f"The download {url} is {total} bytes, more than the {cap} expected.",
+                                         "The URL does not point at this model's weights; check the card.")
+                    while chunk := response.read(_CHUNK):
+                        received += len(chunk)
+                        if received > cap:
+                            raise ModelError(f"The download {url} sent more than the {cap} bytes expected.",
+                                             "The URL does not point at this model's weights; check the card.")
+                        digest.update(chunk)
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(received, total)
+            except urllib.error.HTTPError as exc:
+                raise ModelError(f"Downloading {url} failed: HTTP {exc.code} {exc.reason}.", fix) from None
+            except urllib.error.URLError as exc:
+                raise ModelError(f"Downloading {url} failed: {exc.reason}.", fix) from None
+            except (HTTPException, OSError) as exc:
+                raise ModelError(f"Downloading {url} failed after {received} bytes: the download was "
+                                 f"interrupted ({type(exc).__name__}).", fix) from None
+        if total is not None and received != total:
+            raise ModelError(f"Downloading {url} stopped after {received} of {total} bytes (truncated).", fix)
+        if expected_size is not None and received != expected_size:
+            raise ModelError(f"The download {url} is {received} bytes; the card says {expected_size}.",
+                             "The file on the server is not this model's weights; check the URL in the card.")
+        if digest.hexdigest() != sha256:
+            raise ModelError(f"The download {url} does not match the card's SHA256 (expected {sha256}, "
+                             f"got {digest.hexdigest()}).",
+                             "The server sent a different file: check the URL, or re-download the package.")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,194 @@
+"""The model registry: built-in packages (``MedTranslateLib/models/builtin/<id>/``) and the user's model folder
+(``MEDTRANSLATE_MODELS_DIR`` or ``platformdirs.user_data_dir("MedTranslate")/models``); import, resolve, remove."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from MedTranslateLib.errors import ModelError
+from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
+from MedTranslateLib.models.package import (
+    MAX_EXTRA_BYTES,
+    ModelPackage,
+    _is_extra,
+    _read_capped,
+    open_package,
+)
+
+BUILTIN_DIR = Path(__file__).with_name("builtin")
+IMPORT_HINT = "Import a package with 'medtranslate models import FILE' or give a package folder / .zip path."
+
+
+def user_models_dir() -> Path:
+    """The user's model folder: ``MEDTRANSLATE_MODELS_DIR`` if set, else the platform's user data folder."""
+    env = os.environ.get("MEDTRANSLATE_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("MedTranslate")) / "models"
+
+
+def version_key(version: str) -> tuple:
+    """Sort key for versions like ``1.2.10`` (numeric parts compare as numbers; pre-releases sort first)."""
+    match = re.match(r"^(\d+)\.(\d+)\.(\d+)(.*)$", version)
+    if not match:
+        return ((0, 0, 0), 0, version)
+    numbers = tuple(int(g) for g in match.groups()[:3])
+    suffix = match.group(4)
+    return (numbers, 0 if suffix else 1, suffix)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One installed package: where it comes from (``builtin`` or ``user``) and where it lives."""
+
+    id: str
+    version: str
+    title: str
+    source: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+class ModelRegistry:
+    """Finds, resolves, imports and removes model packages. ``problems`` lists packages that could not be read."""
+
+    def __init__(self, builtin_dir: str | Path | None = None, user_dir: str | Path | None = None) -> None:
+        self.builtin_dir = Path(builtin_dir) if builtin_dir is not None else BUILTIN_DIR
+        self.user_dir = Path(user_dir) if user_dir is not None else user_models_dir()
+        self.problems: list[str] = []
+
+    def _scan(self, folder: Path, source: str) -> list[RegistryEntry]:
+        entries: list[RegistryEntry] = []
+        if not folder.is_dir():
+            return entries
+        for child in sorted(folder.iterdir()):
+            if child.name.startswith(".") or child.name.startswith("_"):
+                continue
+            is_package_dir = child.is_dir() and (child / "model.json").exists()
+            is_zip = child.is_file() and child.suffix.lower() == ".zip"
+            if not (is_package_dir or is_zip):
+                if child.is_dir():
+                    self.problems.append(f"{child}: no model.json, not a model package")
+                continue
+            try:
+                card = load_card(child) if is_package_dir else open_package(child).card
+            except ModelError as exc:
+                self.problems.append(f"{child}: {exc.problem}")
+                continue
+            entries.append(RegistryEntry(card.id, card.version, card.title, source, child))
+        return entries
+
+    def list_models(self) -> list[RegistryEntry]:
+        """All packages, built-in first, then the user's; unreadable ones are added to ``problems``."""
+        self.problems = []
+        entries = self._scan(self.builtin_dir, "builtin") + self._scan(self.user_dir, "user")
+        return sorted(entries, key=lambda e: (e.id, version_key(e.version), e.source))
+
+    def find(self, name: str) -> RegistryEntry:
+        """The entry for ``id`` (newest version; user over built-in on a tie) or ``id@version``."""
+        model_id, _, version = name.partition("@")
+        entries = self.list_models()
+        matches = [e for e in entries if e.id == model_id and (not version or e.version == version)]
+        if not matches:
+            known = sorted({e.name for e in entries})
+            listing = ", ".join(known) if known else "none installed"
+            what = f"version {version} of model '{model_id}'" if version and any(e.id == model_id for e in entries) \
+                else f"model '{name}'"
+            raise ModelError(f"Unknown {what}. Known models: {listing}.", IMPORT_HINT)
+        return max(matches, key=lambda e: (version_key(e.version), e.source == "user"))
+
+    def resolve(self, name_or_path: str | Path) -> ModelPackage:
+        """Open a package given an id, ``id@version``, a package folder, a ``model.json`` or a ``.zip`` path."""
+        text = str(name_or_path)
+        path = Path(text).expanduser()
+        if path.exists():
+            return open_package(path)
+        if os.sep in text or "/" in text or text.lower().endswith((".zip", ".json")):
+            raise ModelError(f"No model package at {path}.", IMPORT_HINT)
+        return open_package(self.find(text).path)
+
+    def import_package(self, path: str | Path, overwrite: bool = False) -> RegistryEntry:
+        """Validate a package (card, weights SHA256 and format) and copy it atomically into the user folder."""
+        package = open_package(path)
+        card = package.card
+        weights = package.verify() if package.has_weights() else None
+        if weights is None and not card.weights_url:
+            raise ModelError(f"The package {path} has no weights file {card.weights_file}.",
+                             "Import the complete package (model.json with its weights).")
+        destination = self.user_dir / f"{card.id}-{card.version}"
+        if destination.exists() and not overwrite:
+            raise ModelError(f"{card.id} {card.version} is already imported ({destination}).",
+                             "Use --overwrite (overwrite=True) to replace it, or give the package a new version.")
+        self.user_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
+        try:
+            self._copy_files(package, staging, weights)
+            _replace_dir(staging, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return RegistryEntry(card.id, card.version, card.title, "user", destination)
+
+    @staticmethod
+    def _copy_files(package: ModelPackage, staging: Path, weights: bytes | None) -> None:
+        card = package.card
+        if package.zip is not None:
+            names = {"model.json": MAX_CARD_BYTES}
+            names.update({n: MAX_EXTRA_BYTES for n in package.zip.members if _is_extra(n) and n != "model.json"})
+            for name, limit in names.items():
+                (staging / name).write_bytes(package.zip.read(name, limit))
+        else:
+            (staging / "model.json").write_bytes(_read_capped(package.path / "model.json", MAX_CARD_BYTES))
+            for child in package.path.iterdir():
+                if child.name != "model.json" and _is_extra(child.name) and child.is_file() \
+                        and not child.is_symlink():
+                    (staging / child.name).write_bytes(_read_capped(child, MAX_EXTRA_BYTES))
+        if weights is not None:
+            (staging / card.weights_file).write_bytes(weights)
+
+    def remove(self, name: str) -> list[Path]:
+        """Delete a user package (``id`` removes every user version, ``id@version`` one). Built-ins stay."""
+        model_id, _, version = name.partition("@")
+        entries = [e for e in self.list_models() if e.id == model_id and (not version or e.version == version)]
+        user_entries = [e for e in entries if e.source == "user"]
+        if not user_entries:
+            if entries:
+                raise ModelError(f"'{name}' is a built-in model and cannot be removed.",
+                                 "Built-in models ship with MedTranslate; import a newer version instead.")
+            known = ", ".join(sorted({e.name for e in self.list_models() if e.source == 'user'})) or "none"
+            raise ModelError(f"No imported model '{name}'. Imported models: {known}.",
+                             "See 'medtranslate models list'.")
+        removed = []
+        for entry in user_entries:
+            if entry.path.is_dir():
+                shutil.rmtree(entry.path)
+            else:
+                entry.path.unlink()
+            removed.append(entry.path)
+        return removed
+
+
+def _replace_dir(staging: Path, destination: Path) -> None:
+    """Move ``staging`` to ``destination``; an existing destination is swapped out, then deleted."""
+    if not destination.exists():
+        os.replace(staging, destination)
+        return
+    old = destination.with_name(f".old-{destination.name}-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(destination, old)
+    try:
+        os.replace(staging, destination)
+    except OSError:
+        os.replace(old, destination)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+

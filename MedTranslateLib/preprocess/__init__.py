@@ -1,0 +1,18 @@
+"""Preprocessing: recorded, exactly invertible steps between an input volume and the model grid.
+
+``prepare(image, card, mask)`` -> :class:`Prepared` (normalised float32 array, body mask, record);
+``restore(array, record, spec, background)`` -> the prediction on the input's exact grid.
+Heavy libraries (SimpleITK, scikit-image) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from MedTranslateLib.preprocess.body_mask import BodyMaskFallbackWarning, body_mask
+from MedTranslateLib.preprocess.modality import check_modality, guess_modality
+from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
+from MedTranslateLib.preprocess.prepare import PrepRecord, Prepared, prepare, prepare_pair, restore, restore_std
+
+__all__ = [
+    "BodyMaskFallbackWarning", "PrepRecord", "Prepared", "body_mask", "check_modality", "denormalize",
+    "denormalize_std", "guess_modality", "normalize", "prepare", "prepare_pair", "restore", "restore_std",
+]

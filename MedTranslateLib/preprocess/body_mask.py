@@ -1,0 +1,115 @@
+"""Automatic body (foreground) mask: threshold, largest connected component, holes filled, optional dilation.
+
+CT is thresholded at -500 HU (between air and fat); MR and CBCT use Otsu's threshold computed on a
+percentile-clipped copy (so that a few very bright voxels - metal, vessels, fiducials - do not pull it
+up) in the log domain (so that it separates background from body, not dark from bright tissue).
+The mask is never empty: when the threshold finds nothing the mask falls back to ``array > min`` and a
+:class:`BodyMaskFallbackWarning` is issued.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+CT_LIKE = ("CT",)
+CT_THRESHOLD_HU = -500.0
+#: voxels used at most to estimate the Otsu threshold (a strided subsample of larger volumes)
+_OTSU_SAMPLES = 2_000_000
+
+
+class BodyMaskFallbackWarning(UserWarning):
+    """The automatic body mask was empty and fell back to every voxel above the minimum."""
+
+
+def otsu_threshold(array: np.ndarray, clip_percentiles: tuple[float, float] = (0.5, 99.5),
+                   log_domain: bool = True) -> float:
+    """Otsu's threshold of ``array`` on a percentile-clipped (and, when large, subsampled) copy.
+
+    With ``log_domain`` the histogram is taken of ``log(1 + x - p_lo)``: bright tissue classes are
+    compressed, so the split falls between background and body instead of inside the body (MR).
+    """
+    from skimage.filters import threshold_otsu
+
+    flat = np.asarray(array).ravel()
+    step = max(1, flat.size // _OTSU_SAMPLES)
+    sample = np.array(flat[::step], dtype=np.float32, copy=True)  # never modify the caller's array
+    lo, hi = (float(v) for v in np.percentile(sample, clip_percentiles))
+    if hi <= lo:
+        return lo
+    np.clip(sample, lo, hi, out=sample)
+    if not log_domain:
+        return float(threshold_otsu(sample, nbins=256))
+    sample -= np.float32(lo)
+    np.log1p(sample, out=sample)
+    return float(np.expm1(threshold_otsu(sample, nbins=256)) + lo)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of ``mask`` (empty stays empty)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled in 3D and then in every axial slice (axis 0), so open airways and sinuses close."""
+    filled = ndimage.binary_fill_holes(mask)
+    for z in range(filled.shape[0]):
+        if filled[z].any():
+            filled[z] = ndimage.binary_fill_holes(filled[z])
+    return filled
+
+
+def dilate_by_mm(mask: np.ndarray, spacing_xyz: Sequence[float], distance_mm: float) -> np.ndarray:
+    """Every voxel within ``distance_mm`` (Euclidean, in mm, anisotropic spacing honoured) of ``mask``."""
+    if distance_mm <= 0 or not mask.any():
+        return mask
+    spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
+    distance = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
+    return distance <= distance_mm
+
+
+def body_mask(
+    array: np.ndarray,
+    spacing_xyz: Sequence[float],
+    method: str = "otsu",
+    threshold: float | None = None,
+    dilate_mm: float = 0.0,
+    modality: str | None = None,
+) -> np.ndarray:
+    """Boolean body mask of a (z, y, x) volume.
+
+    ``method``: ``otsu`` (CT uses -500 HU unless ``threshold`` is given), ``threshold`` (``array >
+    threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component,
+    holes filled (3D and per axial slice) and an optional dilation of ``dilate_mm`` millimetres.
+    """
+    array = np.asarray(array)
+    if method == "none":
+        return np.ones(array.shape, dtype=bool)
+    if method not in ("otsu", "threshold"):
+        raise ValueError(f"unknown body mask method {method!r} (otsu, threshold or none)")
+    is_ct = modality is not None and modality.upper() in CT_LIKE
+    if threshold is None:
+        if is_ct:
+            threshold = CT_THRESHOLD_HU
+        elif method == "threshold":
+            raise ValueError("body mask method 'threshold' needs a threshold for non-CT volumes")
+        else:
+            threshold = otsu_threshold(array)
+    mask = array > threshold
+    if mask.any():
+        mask = fill_holes(largest_component(mask))
+    if not mask.any():
+        warnings.warn(f"The body mask (threshold {threshold:g}) was empty; using every voxel above the "
+                      "volume's minimum instead.", BodyMaskFallbackWarning, stacklevel=2)
+        mask = array > array.min()
+        if not mask.any():
+            mask = np.ones(array.shape, dtype=bool)
+    return dilate_by_mm(mask, spacing_xyz, dilate_mm)

@@ -1,0 +1,100 @@
+"""Is the input the modality the model expects? A check from the intensities alone.
+
+CT (and HU-calibrated CBCT) volumes contain air at about -1000 HU: around the body, in airways and
+sinuses, or as the -1024 padding outside the field of view. MR intensities are arbitrary but essentially
+never below about -200 (at most small negatives after bias correction). So:
+
+- *clearly CT*: at least 1 % of the voxels below -500 and a minimum of -900 or less;
+- *clearly MR*: fewer than 0.1 % of the voxels below -200.
+
+Anything in between is left alone (no error): a wrong refusal is worse than a missed one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from MedTranslateLib.errors import InputError
+
+CT_LIKE = {"CT", "CBCT"}
+MR_LIKE = {"MR", "T1", "T1C", "T2", "FLAIR", "PD"}
+_SAMPLES = 4_000_000
+
+
+@dataclass(frozen=True)
+class IntensityEvidence:
+    """What the intensities say: fractions of very negative voxels and robust statistics."""
+
+    fraction_below_500: float
+    fraction_below_200: float
+    minimum: float
+    body_median: float
+    body_p99: float
+
+    @property
+    def clearly_ct(self) -> bool:
+        return self.fraction_below_500 >= 0.01 and self.minimum <= -900.0
+
+    @property
+    def clearly_mr(self) -> bool:
+        return self.fraction_below_200 < 0.001
+
+    def describe(self) -> str:
+        return (f"{100 * self.fraction_below_500:.1f} % of voxels below -500, minimum {self.minimum:g}, "
+                f"body median {self.body_median:.4g}, body 99th percentile {self.body_p99:.4g}")
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    flat = np.asarray(values).ravel()
+    step = max(1, flat.size // _SAMPLES)
+    return np.asarray(flat[::step], dtype=np.float32)
+
+
+def intensity_evidence(array: np.ndarray, mask: np.ndarray | None = None) -> IntensityEvidence:
+    """The statistics the modality decision is based on (a strided sample of very large volumes)."""
+    whole = _sample(array)
+    body = whole
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape == np.shape(array) and mask.any():
+            body = _sample(np.asarray(array)[mask])
+    median, p99 = (float(v) for v in np.percentile(body, [50, 99]))
+    return IntensityEvidence(
+        fraction_below_500=float(np.mean(whole < -500.0)),
+        fraction_below_200=float(np.mean(whole < -200.0)),
+        minimum=float(np.min(array)),
+        body_median=median,
+        body_p99=p99,
+    )
+
+
+def guess_modality(array: np.ndarray, mask: np.ndarray | None = None) -> Literal["CT", "MR"]:
+    """``"CT"`` when the volume looks like Hounsfield units (clear air near -1000), else ``"MR"``."""
+    return "CT" if intensity_evidence(array, mask).clearly_ct else "MR"
+
+
+def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) -> None:
+    """Raise :class:`InputError` when the intensities clearly say the input is not ``expected``.
+
+    ``expected`` is the model's source modality (CT, CBCT, MR, T1, T2, ...); others (PET) are not checked.
+    """
+    expected = expected.upper()
+    if expected not in CT_LIKE and expected not in MR_LIKE:
+        return
+    evidence = intensity_evidence(array, mask)
+    if expected in MR_LIKE and evidence.clearly_ct:
+        raise InputError(
+            f"The input looks like a CT in Hounsfield units ({evidence.describe()}), but this model "
+            f"expects an MR ({expected}) volume.",
+            "Choose a model whose source modality is CT, or give the MR series of this patient.",
+        )
+    if expected in CT_LIKE and evidence.clearly_mr:
+        raise InputError(
+            f"The input looks like an MR, not a {expected} in Hounsfield units (no air near -1000: "
+            f"{evidence.describe()}), but this model expects {expected}.",
+            "Choose a model whose source modality is MR, or give the CT/CBCT series; a CBCT must be "
+            "calibrated to Hounsfield units (air about -1000).",
+        )

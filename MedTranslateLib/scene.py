@@ -1,0 +1,312 @@
+"""Slicer scene helpers: fused + linked display, provenance, subject hierarchy, ``.mrb`` export.
+
+The only backend module that imports ``slicer``. It works both inside the Slicer application and with
+the ``slicer-core`` package (MRML and module logics without the desktop application), so the Slicer
+module and ``medtranslate translate --scene OUT.mrb`` share one implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from MedTranslateLib.errors import InputError, OutputError
+
+SIDE_BY_SIDE = "side_by_side"
+FUSED_SINGLE = "fused"
+TRIPLE = "triple"
+LAYOUT_CHOICES = (SIDE_BY_SIDE, FUSED_SINGLE, TRIPLE)
+#: Custom layout id (> 100 as Slicer asks) for input | synthetic | uncertainty, all axial.
+TRIPLE_LAYOUT_ID = 1701
+TRIPLE_LAYOUT_XML = """<layout type="horizontal">
+ <item><view class="vtkMRMLSliceNode" singletontag="Red"><property name="orientation" action="default">Axial</property>
+ <property name="viewlabel" action="default">R</property><property name="viewcolor" action="default">#F34A33</property></view></item>
+ <item><view class="vtkMRMLSliceNode" singletontag="Yellow"><property name="orientation" action="default">Axial</property>
+ <property name="viewlabel" action="default">Y</property><property name="viewcolor" action="default">#EDD54C</property></view></item>
+ <item><view class="vtkMRMLSliceNode" singletontag="Green"><property name="orientation" action="default">Axial</property>
+ <property name="viewlabel" action="default">G</property><property name="viewcolor" action="default">#6EB04B</property></view></item>
+</layout>"""
+VIEW_GROUP = 0
+ATTRIBUTE_PREFIX = "MedTranslate."
+#: Window/level (window, level) for synthetic CT, like Slicer's CT presets.
+CT_WINDOW_LEVEL = {"CT_BRAIN": (100.0, 50.0), "CT_ABDOMEN": (350.0, 40.0), "CT_BONE": (1000.0, 400.0)}
+UNCERTAINTY_COLOR_FILE = "Inferno.txt"
+
+
+def _slicer():
+    import slicer
+
+    return slicer
+
+
+def new_scene(cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
+    """A fresh ``vtkMRMLScene`` with application, colour and volumes logics (no desktop app needed).
+
+    Returns ``(scene, volumes_logic)``; the scene can read ``.mrb`` files (cache manager set).
+    """
+    slicer = _slicer()
+    scene = slicer.vtkMRMLScene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(cache_dir or tempfile.gettempdir()))
+    io_manager = slicer.vtkDataIOManager()
+    io_manager.SetCacheManager(cache)
+    scene.SetDataIOManager(io_manager)
+    scene.SetCacheManager(cache)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(app_logic)
+    colors.SetMRMLScene(scene)
+    app_logic.SetModuleLogic("Colors", colors)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLApplicationLogic(app_logic)
+    volumes.SetMRMLScene(scene)
+    # keep the logics alive as long as the scene object
+    scene._medtranslate_logics = (app_logic, colors, volumes)  # type: ignore[attr-defined]
+    return scene, volumes
+
+
+def load_volume(volumes_logic: Any, path: str | os.PathLike, name: str) -> Any:
+    """Load a volume file into the logic's scene as a ``vtkMRMLScalarVolumeNode``."""
+    node = volumes_logic.AddArchetypeVolume(str(path), name, 0, None)
+    if node is None:
+        raise InputError(f"Slicer could not read the volume {path}.", "Check that the file is a readable 3D volume.")
+    return node
+
+
+def _layout_node(scene: Any) -> Any:
+    slicer = _slicer()
+    node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if node is None:  # no application: the layout logic creates the node with Slicer's standard layouts
+        layout_logic = slicer.vtkMRMLLayoutLogic()
+        layout_logic.SetMRMLScene(scene)
+        node = layout_logic.GetLayoutNode()
+    return node
+
+
+def _composite_node(scene: Any, view: str) -> Any:
+    """The slice composite node of a view; created (with its slice node) when there is no application."""
+    slicer = _slicer()
+    slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+    if slice_node is None or _find_composite(scene, view) is None:
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        if slice_node is None:
+            slice_node = logic.AddSliceNode(view)
+        else:
+            logic.SetSliceNode(slice_node)
+    slice_node.SetOrientation("Axial")
+    return _find_composite(scene, view)
+
+
+def _find_composite(scene: Any, view: str) -> Any:
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if node.GetLayoutName() == view:
+            return node
+    return None
+
+
+def setup_fused_linked_display(scene: Any, input_node: Any, synthetic_node: Any, opacity: float = 0.5,
+                               uncertainty_node: Any = None, layout: str = SIDE_BY_SIDE) -> dict[str, Any]:
+    """Show input and synthetic volumes fused (input behind, synthetic in front) in linked views.
+
+    ``side_by_side``: Red fuses input + synthetic at ``opacity``, Yellow shows the synthetic volume;
+    ``fused``: one Red view; ``triple`` adds a Green view with the uncertainty map. All views share one
+    view group with linked and hot-linked control. Returns ``{view name: composite node}``.
+    """
+    if layout not in LAYOUT_CHOICES:
+        raise InputError(f"Unknown layout {layout!r}.", f"Use one of {', '.join(LAYOUT_CHOICES)}.")
+    slicer = _slicer()
+    opacity = min(max(float(opacity), 0.0), 1.0)
+    layout_node = _layout_node(scene)
+    if layout == TRIPLE or (uncertainty_node is not None and layout == SIDE_BY_SIDE):
+        layout = TRIPLE
+        if not layout_node.IsLayoutDescription(TRIPLE_LAYOUT_ID):
+            layout_node.AddLayoutDescription(TRIPLE_LAYOUT_ID, TRIPLE_LAYOUT_XML)
+        arrangement = TRIPLE_LAYOUT_ID
+    elif layout == SIDE_BY_SIDE:
+        arrangement = slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    else:
+        arrangement = slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+    layout_node.SetViewArrangement(arrangement)
+
+    views = {"Red": (input_node, synthetic_node, opacity)}
+    if layout in (SIDE_BY_SIDE, TRIPLE):
+        views["Yellow"] = (input_node, synthetic_node, 1.0)
+    if layout == TRIPLE:
+        views["Green"] = (input_node, uncertainty_node or synthetic_node, opacity if uncertainty_node else 1.0)
+    composites = {}
+    for view, (background, foreground, view_opacity) in views.items():
+        composite = _composite_node(scene, view)
+        composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(foreground.GetID())
+        composite.SetForegroundOpacity(view_opacity)
+        composite.SetLinkedControl(True)
+        composite.SetHotLinkedControl(True)
+        slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+        slice_node.SetViewGroup(VIEW_GROUP)
+        composite.SetViewGroup(VIEW_GROUP) if hasattr(composite, "SetViewGroup") else None
+        composites[view] = composite
+    return composites
+
+
+def set_provenance(node: Any, provenance: dict[str, Any]) -> None:
+    """Store provenance (model id, version, SHA256, date, ``synthetic``) as node attributes."""
+    for key, value in provenance.items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    node.SetAttribute(ATTRIBUTE_PREFIX + "synthetic", "true")
+    node.SetAttribute(ATTRIBUTE_PREFIX + "provenance", json.dumps(provenance, sort_keys=True, default=str))
+
+
+def provenance_of(node: Any) -> dict[str, Any]:
+    """The provenance stored by :func:`set_provenance` (empty when none)."""
+    text = node.GetAttribute(ATTRIBUTE_PREFIX + "provenance")
+    return json.loads(text) if text else {}
+
+
+def apply_ct_display(node: Any, preset: str = "CT_ABDOMEN") -> None:
+    """CT window/level on a volume's display node (Slicer's preset when the app is there)."""
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    slicer = _slicer()
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "volumes"):
+        modules.volumes.logic().ApplyVolumeDisplayPreset(display, preset)
+        return
+    window, level = CT_WINDOW_LEVEL[preset]
+    display.SetAutoWindowLevel(0)
+    display.SetWindowLevel(window, level)
+
+
+def apply_uncertainty_display(node: Any) -> None:
+    """A perceptual colour map (Inferno) with automatic window for an uncertainty volume."""
+    slicer = _slicer()
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAndObserveColorNodeID(slicer.vtkMRMLColorLogic.GetFileColorNodeID(UNCERTAINTY_COLOR_FILE))
+    node.GetDisplayNode().SetAutoWindowLevel(1)
+
+
+def place_beside(scene: Any, reference_node: Any, node: Any) -> int:
+    """Put ``node`` in the subject hierarchy under the reference's parent (its study). Returns the item id."""
+    slicer = _slicer()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    if not reference_item:
+        reference_item = hierarchy.CreateItem(hierarchy.GetSceneItemID(), reference_node)
+    parent = hierarchy.GetItemParent(reference_item)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        item = hierarchy.CreateItem(parent, node)
+    return item
+
+
+def export_scene_mrb(input_image_path: str | os.PathLike, synthetic_path: str | os.PathLike,
+                     out_mrb: str | os.PathLike, uncertainty_path: str | os.PathLike | None = None,
+                     opacity: float = 0.5, layout: str = SIDE_BY_SIDE,
+                     provenance: dict[str, Any] | None = None, target_modality: str | None = None) -> Path:
+    """Write a Slicer scene bundle (``.mrb``): input + synthetic (+ uncertainty), fused and linked.
+
+    The volumes are put in one patient/study of the subject hierarchy; provenance becomes attributes of
+    the synthetic node. The file is written atomically (temporary file, then rename).
+    """
+    slicer = _slicer()
+    out_mrb = Path(out_mrb)
+    if out_mrb.suffix.lower() != ".mrb":
+        raise OutputError(f"The scene file {out_mrb} must end in .mrb.", "Use a name like result.mrb.")
+    out_mrb.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medtranslate-scene-") as work:
+        scene, volumes = new_scene(work)
+        stem = Path(input_image_path).name.split(".")[0]
+        input_node = load_volume(volumes, input_image_path, stem)
+        synthetic_node = load_volume(volumes, synthetic_path, Path(synthetic_path).name.split(".")[0])
+        uncertainty_node = None
+        if uncertainty_path:
+            uncertainty_node = load_volume(volumes, uncertainty_path, Path(uncertainty_path).name.split(".")[0])
+            apply_uncertainty_display(uncertainty_node)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), stem)
+        study = hierarchy.CreateStudyItem(patient, "MedTranslate")
+        hierarchy.CreateItem(study, input_node)
+        for node in (synthetic_node, uncertainty_node):
+            if node is not None:
+                place_beside(scene, input_node, node)
+        set_provenance(synthetic_node, dict(provenance or {}))
+        target = (target_modality or (provenance or {}).get("target_modality") or "").upper()
+        if target == "CT":
+            apply_ct_display(synthetic_node)
+        setup_fused_linked_display(scene, input_node, synthetic_node, opacity, uncertainty_node, layout)
+        staging = Path(tempfile.mkdtemp(prefix=".medtranslate-", dir=out_mrb.parent))
+        try:  # same folder as the target, so the final rename is atomic
+            partial = staging / out_mrb.name
+            if not scene.WriteToMRB(str(partial)):
+                raise OutputError(f"Slicer could not write the scene {out_mrb}.", "Check the folder is writable.")
+            os.replace(partial, out_mrb)
+        finally:
+            partial.unlink(missing_ok=True)
+            staging.rmdir()
+            scene.Clear(1)
+    return out_mrb
+
+
+def read_scene_mrb(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Any:
+    """Read a ``.mrb`` into a fresh scene (for checks and tests)."""
+    scene, _ = new_scene(cache_dir)
+    if not scene.ReadFromMRB(str(path)):
+        raise InputError(f"Slicer could not read the scene {path}.", "Check that it is a Slicer .mrb file.")
+    return scene
+
+
+def render_slice(scene: Any, view: str = "Red", size: tuple[int, int] = (256, 256)) -> Any:
+    """The view's fused slice image (RGBA ``uint8``, rows top-down) from Slicer's reslice-and-blend pipeline.
+
+    No OpenGL is needed: this is the image Slicer draws in the slice view, fitted to the volumes.
+    """
+    import numpy as np
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    slicer = _slicer()
+    slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+    if slice_node is None:
+        raise InputError(f"The scene has no {view} slice view.", "Call setup_fused_linked_display first.")
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(scene)
+    logic.SetSliceNode(slice_node)
+    slice_node.SetDimensions(size[0], size[1], 1)
+    logic.FitSliceToAll()
+    producer = logic.GetImageDataConnection().GetProducer()
+    producer.Update()
+    image = producer.GetOutputDataObject(0)
+    width, height, _ = image.GetDimensions()
+    pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
+    return np.ascontiguousarray(pixels[::-1])
+
+
+def write_fused_png(input_image_path: str | os.PathLike, synthetic_path: str | os.PathLike,
+                    out_png: str | os.PathLike, opacity: float = 0.5, size: tuple[int, int] = (384, 384),
+                    target_modality: str | None = "CT") -> Path:
+    """Save the side-by-side views (fused input + synthetic | synthetic) as a PNG (e.g. a screenshot)."""
+    import numpy as np
+    from matplotlib import image as mpimg
+
+    with tempfile.TemporaryDirectory(prefix="medtranslate-png-") as work:
+        scene, volumes = new_scene(work)
+        input_node = load_volume(volumes, input_image_path, "input")
+        synthetic_node = load_volume(volumes, synthetic_path, "synthetic")
+        if (target_modality or "").upper() == "CT":
+            apply_ct_display(synthetic_node, "CT_BRAIN")
+        setup_fused_linked_display(scene, input_node, synthetic_node, opacity)
+        panels = [render_slice(scene, view, size)[..., :3] for view in ("Red", "Yellow")]
+        gap = np.zeros((size[1], 4, 3), np.uint8)
+        picture = np.concatenate([panels[0], gap, panels[1]], axis=1)
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        mpimg.imsave(out_png, picture)
+        scene.Clear(1)
+    return out_png

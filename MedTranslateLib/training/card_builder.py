@@ -1,0 +1,142 @@
+"""Model cards for trained models: the working card used for preprocessing during training, and the
+final card (data, split, held-out metrics and on which data, training time, device, intended use,
+limitations, not for clinical use, raw-unit input statistics for out-of-distribution warnings)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from MedTranslateLib.training.config import TrainConfig
+
+CARD_MODALITIES = ("CT", "MR", "CBCT", "PET", "T1", "T1C", "T2", "FLAIR", "PD")
+PLACEHOLDER_SHA = "0" * 64
+
+
+def _modality(name: str) -> str:
+    upper = name.upper()
+    return upper if upper in CARD_MODALITIES else "MR"
+
+
+def base_card(config: TrainConfig, slice_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The card the training run preprocesses with (same normalisation and geometry as inference will use)."""
+    in_channels = 2 * config.n_context + 1
+    architecture = {"in_channels": in_channels, "out_channels": 1, **config.architecture}
+    architecture["in_channels"], architecture["out_channels"] = in_channels, 1
+    inputs: dict[str, Any] = {"spacing": list(config.spacing) if config.spacing else None,
+                              "orientation": config.orientation, "slice_axis": config.slice_axis,
+                              "batch_size": int(config.batch_size), "overlap": float(config.overlap)}
+    if config.dimensionality == "2.5d":
+        inputs["context_slices"] = config.n_context
+    if config.dimensionality == "3d":
+        inputs["patch_size"] = [int(s) for s in config.patch_size]
+        inputs["min_size"] = [int(s) for s in config.patch_size]
+    elif config.slice_size or slice_size:
+        size = config.slice_size or slice_size
+        inputs["slice_size"] = [int(s) for s in size]
+    card: dict[str, Any] = {
+        "schema_version": 1,
+        "id": config.model_id,
+        "version": config.version,
+        "title": config.title,
+        "description": config.description or f"{config.family} {config.dimensionality} "
+                                              f"{config.source_modality} -> {config.target_modality} translation.",
+        "source_modality": _modality(config.source_modality),
+        "target_modality": _modality(config.target_modality),
+        "anatomy": config.anatomy,
+        "field_of_view": config.field_of_view,
+        "family": config.family,
+        "dimensionality": config.dimensionality,
+        "architecture": architecture,
+        "input": inputs,
+        "normalization": {"input": config.input_normalization(), "output": config.output_normalization()},
+        "training": {"data": str(config.data), "split": config.split},
+        "metrics": {"data": "not measured yet", "values": {}},
+        "license": config.license,
+        "citation": config.citation or "Trained with MedTranslate.",
+        "weights": {"file": "weights.safetensors", "sha256": PLACEHOLDER_SHA},
+        "intended_use": config.intended_use,
+        "limitations": config.limitations,
+        "clinical_use": False,
+    }
+    if config.body_mask:
+        card["body_mask"] = dict(config.body_mask)
+    if config.source_modality.upper() not in CARD_MODALITIES:
+        card["source_contrast"] = config.source_modality
+    if config.target_modality.upper() not in CARD_MODALITIES:
+        card["target_contrast"] = config.target_modality
+    return card
+
+
+def combine_references(references: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """One ``intensity_reference`` from per-case ones: per-key medians of percentiles, extent and spacing."""
+    refs = [r for r in references if r]
+    if not refs:
+        return None
+    keys = refs[0]["percentiles"].keys()
+    return {
+        "percentiles": {k: float(np.median([r["percentiles"][k] for r in refs])) for k in keys},
+        "extent_mm": [float(v) for v in np.median([r["extent_mm"] for r in refs], axis=0)],
+        "spacing_mm": [float(v) for v in np.median([r["spacing_mm"] for r in refs], axis=0)],
+        "units": str(refs[0].get("units", "raw")),
+    }
+
+
+def aggregate_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
+    """Mean of each metric over cases (None where a value is missing or not finite)."""
+    if not per_case:
+        return {}
+    out: dict[str, float | None] = {}
+    for key in per_case[0]:
+        values = [float(m[key]) for m in per_case if m.get(key) is not None and np.isfinite(m[key])]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[str, Any],
+               metrics: Mapping[str, float | None], metrics_on: str, metrics_subjects: Sequence[str],
+               seconds: float, device: str, steps: int, references: Sequence[Mapping[str, Any] | None],
+               architecture: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The exported card: ``metrics_on`` says which held-out split ("test", "validation" or "none")."""
+    import torch
+
+    import MedTranslateLib
+
+    out = {key: (dict(value) if isinstance(value, Mapping) else value) for key, value in card.items()}
+    if architecture is not None:
+        out["architecture"] = dict(architecture)
+    config_dict = {k: v for k, v in config.to_dict().items() if v is not None}
+    out["training"] = {
+        "data": str(config.data),
+        "split": dict(split),
+        "steps": int(steps),
+        "seconds": round(float(seconds), 1),
+        "device": device,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": config_dict,
+        "software": f"MedTranslate {getattr(MedTranslateLib, '__version__', '?')}, torch {torch.__version__}, "
+                    f"Python {platform.python_version()}",
+    }
+    if config.epochs:
+        out["training"]["epochs"] = int(config.epochs)
+    if metrics_on == "none":
+        data = "No held-out data: the metrics are empty. Evaluate the model on unseen data before use."
+    else:
+        data = (f"Held-out {metrics_on} data not used for training ({', '.join(metrics_subjects)}), "
+                f"on the model grid after preprocessing, inside the body mask.")
+    out["metrics"] = {
+        "data": data,
+        "definitions": "SynthRAD 2023 MAE/PSNR/SSIM and SynthRAD 2025 PSNR/MS-SSIM (CT targets); "
+                       "MAE and normalised PSNR/SSIM for MR targets (MedTranslateLib.evaluation.metrics).",
+        "values": {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in metrics.items()},
+    }
+    reference = combine_references(references)
+    if reference is not None:
+        out["intensity_reference"] = reference
+    out["performance"] = {"training_seconds": round(float(seconds), 1), "training_device": device}
+    out["limitations"] = config.limitations.rstrip(".") + ". Not for clinical use."
+    out["clinical_use"] = False
+    return out

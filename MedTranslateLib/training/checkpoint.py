@@ -1,0 +1,107 @@
+"""Checkpoints without pickle: network weights and optimiser tensors in safetensors, everything else in JSON.
+
+Layout of a checkpoint folder::
+
+    weights.safetensors     <network>.<parameter>
+    optimizer.safetensors   <optimizer>.state.<param index>.<key>, plus rng.torch (uint8)
+    state.json              step, best metric, history, optimiser param groups and scalar state, numpy RNG
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.families.base import pack_state, unpack_state
+
+
+def _split_optimizer(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}.state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(name: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"{name}.state."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, entry = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[entry] = value
+    for index, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": [dict(g) for g in meta["param_groups"]]}
+
+
+def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
+                    optimizers: Mapping[str, torch.optim.Optimizer], state: Mapping[str, Any],
+                    rng: np.random.Generator | None = None) -> Path:
+    """Write a checkpoint atomically (temp folder in the same parent, then rename over the old one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(pack_state(nets), str(tmp / "weights.safetensors"))
+        opt_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        opt_meta: dict[str, Any] = {}
+        for name, optimizer in optimizers.items():
+            tensors, meta = _split_optimizer(name, optimizer)
+            opt_tensors.update(tensors)
+            opt_meta[name] = meta
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        payload = {"format": "medtranslate-checkpoint-1", "state": dict(state), "optimizers": opt_meta,
+                   "numpy_rng": rng.bit_generator.state if rng is not None else None}
+        (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=float))
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
+                    optimizers: Mapping[str, torch.optim.Optimizer],
+                    rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Restore networks, optimisers and RNGs in place; returns the saved ``state`` (step, best, history...)."""
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        raise ConfigError(f"No checkpoint in {folder}.", "Start without resume, or point work_dir at a previous run.")
+    payload = json.loads((folder / "state.json").read_text())
+    weights = load_file(str(folder / "weights.safetensors"))
+    try:
+        unpack_state(nets, weights, tuple(nets))
+    except RuntimeError as exc:
+        raise ConfigError(f"The checkpoint in {folder} does not fit the configured networks ({exc}).",
+                          "Resume with the same family and architecture, or start a new run.") from None
+    opt_tensors = load_file(str(folder / "optimizer.safetensors"))
+    for name, optimizer in optimizers.items():
+        device_state = _join_optimizer(name, opt_tensors, payload["optimizers"][name])
+        optimizer.load_state_dict(device_state)
+    if "rng.torch" in opt_tensors:
+        torch.set_rng_state(opt_tensors["rng.torch"])
+    if rng is not None and payload.get("numpy_rng"):
+        rng.bit_generator.state = payload["numpy_rng"]
+    return payload["state"]

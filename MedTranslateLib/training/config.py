@@ -1,0 +1,218 @@
+"""Training configuration: a flat dataclass loaded from JSON or TOML with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from MedTranslateLib.errors import ConfigError
+
+CT_LIKE = ("CT", "CBCT")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; every field can be set in the file or with ``--set key=value``."""
+
+    # what
+    family: str = "unet"
+    dimensionality: str = "2d"                       # 2d | 2.5d | 3d
+    source_modality: str = "MR"
+    target_modality: str = "CT"
+    # data
+    data: str = ""
+    layout: str = "auto"
+    source_name: str | None = None                   # file stem override for generic layouts
+    target_name: str | None = None
+    split: str = "subject"                           # subject | zslab
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    train_subjects: list[str] | None = None
+    val_subjects: list[str] | None = None
+    test_subjects: list[str] | None = None
+    slab_gap: int = 4
+    max_cases: int | None = None
+    # model and preprocessing
+    architecture: dict[str, Any] = field(default_factory=dict)
+    normalization_input: dict[str, Any] | None = None
+    normalization_output: dict[str, Any] | None = None
+    body_mask: dict[str, Any] | None = None
+    spacing: list[float] | None = None               # x, y, z mm; None = native spacing
+    orientation: str | None = None
+    slice_axis: str = "axial"
+    context_slices: int | None = None                # 2.5d: neighbours on each side (default 2)
+    slice_size: list[int] | None = None              # 2d/2.5d in-plane training crop (y, x)
+    patch_size: list[int] = field(default_factory=lambda: [32, 64, 64])
+    overlap: float = 0.5
+    # optimisation
+    batch_size: int = 4
+    lr: float = 2e-4
+    steps: int = 1000
+    epochs: int | None = None                        # if set: steps = epochs * steps_per_epoch
+    steps_per_epoch: int | None = None               # default: body slices (or patches) / batch size
+    val_interval: int = 200
+    checkpoint_interval: int = 500
+    log_interval: int = 10
+    body_fraction: float = 0.9                       # share of samples centred on a body voxel
+    augment: bool = False
+    family_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool = True
+    log: str = "csv"                                 # csv | tensorboard
+    # output
+    output: str = "model_package"
+    work_dir: str | None = None                      # checkpoints and logs (default: <output>.work)
+    resume: bool = False
+    export_half: bool = False
+    export_zip: bool = False
+    # card
+    model_id: str = "custom-model"
+    title: str = "Custom MedTranslate model"
+    version: str = "0.1.0"
+    description: str = ""
+    anatomy: str = "unspecified"
+    field_of_view: str = "as in the training data"
+    license: str = "CC-BY-4.0"
+    citation: str = ""
+    intended_use: str = "Research on medical image translation; not for clinical use."
+    limitations: str = ("Trained on a small dataset; expect errors on other scanners, protocols, anatomy and "
+                        "outside the training field of view.")
+
+    # ---------------------------------------------------------------- derived values
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.dimensionality == "3d" else 2
+
+    @property
+    def n_context(self) -> int:
+        if self.dimensionality != "2.5d":
+            return 0
+        return 2 if self.context_slices is None else int(self.context_slices)
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else Path(str(self.output).removesuffix(".zip") + ".work")
+
+    def input_normalization(self) -> dict[str, Any]:
+        if self.normalization_input:
+            return dict(self.normalization_input)
+        return default_normalization(self.source_modality, role="input")
+
+    def output_normalization(self) -> dict[str, Any]:
+        if self.normalization_output:
+            return dict(self.normalization_output)
+        return default_normalization(self.target_modality, role="output")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` for values that cannot work."""
+        choices = {"dimensionality": ("2d", "2.5d", "3d"), "split": ("subject", "zslab"),
+                   "slice_axis": ("axial", "coronal", "sagittal"), "log": ("csv", "tensorboard", "none")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} = {getattr(self, key)!r} is not allowed.", f"Use one of {allowed}.")
+        for key in ("batch_size", "steps", "val_interval", "checkpoint_interval", "log_interval"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)}).", "Give a positive integer.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive (got {self.lr}).", "For example lr = 2e-4.")
+        if not self.data:
+            raise ConfigError("No training data given.", "Set data (a dataset folder or CSV) or pass --data.")
+        if self.dimensionality == "3d" and len(self.patch_size) != 3:
+            raise ConfigError("patch_size needs 3 values (z, y, x).", "For example patch_size = [32, 64, 64].")
+        return self
+
+
+def default_normalization(modality: str, role: str = "input") -> dict[str, Any]:
+    """CT/CBCT: clip [-1024, 3071]; MR: percentiles [0.5, 99.5] in the body mask (outputs map to [0, 1000])."""
+    if modality.upper() in CT_LIKE:
+        spec: dict[str, Any] = {"method": "clip", "range": [-1024.0, 3071.0]}
+        if role == "output":
+            spec["background"] = -1024.0
+        return spec
+    spec = {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True}
+    if role == "output":
+        spec.update({"output_range": [0.0, 1000.0], "background": 0.0})
+    return spec
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+DICT_FIELDS = ("architecture", "family_options", "normalization_input", "normalization_output", "body_mask")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn override text into the field's type (JSON first: numbers, lists, objects, true/false/null)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    default = _FIELDS[key].default
+    if isinstance(default, bool) and not isinstance(value, bool):
+        if str(value).lower() in ("1", "yes", "on", "true"):
+            return True
+        if str(value).lower() in ("0", "no", "off", "false"):
+            return False
+        raise ConfigError(f"{key} must be true or false (got {value!r}).", f"Write {key}=true or {key}=false.")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float)):
+        if float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer (got {value!r}).", f"Write e.g. {key}={int(value)}.")
+        return int(value)
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str) and value is not None:
+        return str(value)
+    return value
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A config from a (possibly sectioned) mapping; unknown keys raise :class:`ConfigError` naming the key."""
+    config = base or TrainConfig()
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        # TOML sections like [train] / [data] / [model] are flattened; dict-valued fields stay dicts.
+        if isinstance(value, Mapping) and key not in DICT_FIELDS:
+            flat.update(value)
+        else:
+            flat[key] = value
+    for key, value in flat.items():
+        key = key.replace("-", "_")
+        if key not in _FIELDS:
+            close = [name for name in _FIELDS if name.startswith(key[:4])]
+            raise ConfigError(f"Unknown training setting {key!r}.",
+                              f"Remove it or use a known key{' such as ' + ', '.join(close) if close else ''}.")
+        setattr(config, key, _coerce(key, value))
+    return config
+
+
+def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
+                **explicit: Any) -> TrainConfig:
+    """Read a JSON or TOML file, then apply ``key=value`` overrides, then explicit (non-None) keyword values."""
+    config = TrainConfig()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"The training config {path} does not exist.", "Check the path given to --config.")
+        try:
+            text = path.read_text()
+            values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"Cannot parse {path}: {exc}.", "Fix the syntax (TOML for .toml, else JSON).") from None
+        config = config_from_dict(values, config)
+        if config.data and not Path(config.data).is_absolute():
+            config.data = str((path.parent / config.data).resolve())
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} is not key=value.", "Write e.g. --set lr=1e-4.")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value.strip()
+    config = config_from_dict(parsed, config)
+    return config_from_dict({k: v for k, v in explicit.items() if v is not None}, config)

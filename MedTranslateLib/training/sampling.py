@@ -1,0 +1,242 @@
+"""Loading (each case read once, prepared with the card's preprocessing, cached as float32) and
+body-weighted slice (2D / 2.5D) or patch (3D) sampling with optional MONAI augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.training.datasets import Case
+
+AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+MAX_CENTRES = 200_000
+
+
+@dataclass
+class PreparedCase:
+    """A case on the model grid: normalised float32 arrays (z, y, x), a bool body mask, and facts for the card.
+
+    ``source`` or ``target`` is None for unpaired cases.
+    """
+
+    name: str
+    subject_id: str
+    source: np.ndarray | None
+    target: np.ndarray | None
+    mask: np.ndarray
+    spacing_xyz: tuple[float, float, float]
+    reference: dict[str, Any] | None = None   # raw-unit input statistics (``evaluation.ood.intensity_reference``)
+
+    def slab(self, z0: int, z1: int) -> "PreparedCase":
+        """Slices ``[z0, z1)`` along the first array axis (z-slab hold-out)."""
+        cut = (lambda a: None if a is None else np.ascontiguousarray(a[z0:z1]))
+        return PreparedCase(self.name, self.subject_id, cut(self.source), cut(self.target), cut(self.mask),
+                            self.spacing_xyz, self.reference)
+
+
+def _read(path: Any):
+    from MedTranslateLib.io import read_volume
+
+    result = read_volume(path)
+    return result[0] if isinstance(result, tuple) else result
+
+
+def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
+    """Read one case once and prepare it with the card's preprocessing (``prepare_pair`` for pairs)."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib import preprocess
+
+    source = _read(case.source_path) if case.source_path else None
+    target = _read(case.target_path) if case.target_path else None
+    reference = source if source is not None else target
+    mask = None
+    if case.mask_path is not None:
+        from MedTranslateLib.io import read_mask
+
+        mask = read_mask(case.mask_path, reference)
+    if source is not None and target is not None:
+        prepared, target_array = preprocess.prepare_pair(source, target, card, mask)
+        source_array, body = prepared.array, prepared.mask
+    elif source is not None:
+        prepared = preprocess.prepare(source, card, mask)
+        source_array, target_array, body = prepared.array, None, prepared.mask
+    else:
+        prepared = preprocess.prepare(target, card, mask, role="target")
+        source_array, target_array, body = None, prepared.array, prepared.mask
+    spacing = card["input"].get("spacing") or list(reference.GetSpacing())
+    as32 = (lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32))
+    stats = _input_reference(source, mask, body, card) if source is not None else None
+    return PreparedCase(case.name, case.subject_id, as32(source_array), as32(target_array),
+                        np.ascontiguousarray(body, dtype=bool), tuple(float(s) for s in spacing), stats)
+
+
+def _input_reference(source: Any, mask: Any, prepared_mask: np.ndarray, card: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw-unit statistics of one training input on its native grid (for out-of-distribution warnings)."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.evaluation.ood import intensity_reference
+
+    raw = sitk.GetArrayFromImage(source).astype(np.float32, copy=False)
+    if mask is not None:
+        native = sitk.GetArrayFromImage(mask) > 0
+    elif prepared_mask.shape == raw.shape:
+        native = prepared_mask
+    else:
+        from MedTranslateLib.preprocess.body_mask import body_mask
+
+        options = card.get("body_mask") or {}
+        native = np.asarray(body_mask(raw, source.GetSpacing(), method=options.get("method", "otsu"),
+                                      threshold=options.get("threshold"), dilate_mm=options.get("dilate_mm", 0.0),
+                                      modality=card.get("source_modality")), dtype=bool)
+    return intensity_reference([raw], [native], source.GetSpacing())
+
+
+def load_cases_prepared(cases: Sequence[Case], card: Mapping[str, Any],
+                        on_case: Callable[[int, int], None] | None = None) -> list[PreparedCase]:
+    """Prepare every case (in order), calling ``on_case(i, n)`` after each (progress / cancel)."""
+    out = []
+    for i, case in enumerate(cases):
+        out.append(load_case(case, card))
+        if on_case is not None:
+            on_case(i + 1, len(cases))
+    return out
+
+
+def _window(array: np.ndarray, start: Sequence[int], size: Sequence[int], pad: float,
+            clamp_first: bool = False) -> np.ndarray:
+    """``array[start:start+size]`` per axis, padded with ``pad`` outside (axis 0 replicated if ``clamp_first``)."""
+    out = np.full(tuple(size), pad, dtype=array.dtype)
+    if clamp_first:
+        idx = np.clip(np.arange(start[0], start[0] + size[0]), 0, array.shape[0] - 1)
+        array = array[idx]
+        start = (0, *start[1:])
+    src, dst = [], []
+    for s, n, dim in zip(start, size, array.shape):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class Sampler:
+    """Draws training batches from prepared cases.
+
+    2D/2.5D: slices along ``slice_axis`` (2.5D: ``context`` neighbours each side as channels, edges
+    replicated), cropped/padded in-plane to ``size`` (y, x). 3D: patches of ``size`` (z, y, x).
+    With probability ``body_fraction`` a sample is centred on a random body voxel, else anywhere.
+    Unpaired cases: source and target come from different cases.
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], dimensionality: str, size: Sequence[int],
+                 slice_axis: str = "axial", context: int = 0, body_fraction: float = 0.9, seed: int = 0,
+                 augment: bool = False) -> None:
+        if not cases:
+            raise ConfigError("No training cases to sample from.", "Check the data and the split.")
+        self.dims = 3 if dimensionality == "3d" else 2
+        self.context = context
+        self.size = tuple(int(s) for s in size)
+        self.body_fraction = body_fraction
+        self.rng = np.random.default_rng(seed)
+        axis = AXIS[slice_axis] if self.dims == 2 else 0
+        move = (lambda a: None if a is None else np.moveaxis(a, axis, 0))
+        self.cases = [PreparedCase(c.name, c.subject_id, move(c.source), move(c.target), move(c.mask),
+                                   c.spacing_xyz) for c in cases]
+        self.sources = [c for c in self.cases if c.source is not None]
+        self.targets = [c for c in self.cases if c.target is not None]
+        if not self.sources or not self.targets:
+            raise ConfigError("Training needs cases with a source and cases with a target.", "Check the data.")
+        self.paired = all(c.source is not None and c.target is not None for c in self.cases)
+        self._centres = {id(c): self._body_centres(c.mask) for c in self.cases}
+        self.augment = self._augmentation(seed) if augment else None
+
+    def _body_centres(self, mask: np.ndarray) -> np.ndarray:
+        flat = np.flatnonzero(mask)
+        if flat.size > MAX_CENTRES:
+            flat = np.sort(self.rng.choice(flat, MAX_CENTRES, replace=False))
+        return flat
+
+    def samples_per_epoch(self) -> int:
+        """Body slices (2D) or body-covering patches (3D) in the training cases: one epoch of samples."""
+        if self.dims == 2:
+            return int(sum(int(np.any(c.mask, axis=(1, 2)).sum()) for c in self.targets))
+        voxels = float(np.prod(self.size))
+        return int(max(1, sum(np.ceil(c.mask.sum() / voxels) for c in self.targets)))
+
+    def _start(self, case: PreparedCase) -> tuple[int, ...]:
+        centres = self._centres[id(case)]
+        if centres.size and self.rng.random() < self.body_fraction:
+            centre = np.unravel_index(int(self.rng.choice(centres)), case.mask.shape)
+        else:
+            centre = tuple(int(self.rng.integers(0, n)) for n in case.mask.shape)
+        if self.dims == 2:
+            return (int(centre[0]) - self.context, *(int(c) - s // 2 for c, s in zip(centre[1:], self.size)))
+        return tuple(int(c) - s // 2 for c, s in zip(centre, self.size))
+
+    def _crop(self, case: PreparedCase, start: tuple[int, ...], key: str) -> np.ndarray:
+        array = getattr(case, key)
+        if self.dims == 2:
+            if key == "source":
+                return _window(array, start, (2 * self.context + 1, *self.size), -1.0, clamp_first=True)
+            centre = (start[0] + self.context, *start[1:])
+            pad = 0 if key == "mask" else -1.0
+            return _window(array, centre, (1, *self.size), pad, clamp_first=True)
+        pad = 0 if key == "mask" else -1.0
+        return _window(array, start, self.size, pad)[None]
+
+    def sample(self) -> dict[str, np.ndarray]:
+        """One sample: ``source`` (C, *size), ``target`` (1, *size), ``mask`` (1, *size) float32."""
+        if self.paired:
+            case = self.cases[int(self.rng.integers(len(self.cases)))]
+            start = self._start(case)
+            item = {k: self._crop(case, start, k).astype(np.float32) for k in ("source", "target", "mask")}
+        else:
+            src = self.sources[int(self.rng.integers(len(self.sources)))]
+            others = [c for c in self.targets if c.subject_id != src.subject_id] or self.targets
+            tgt = others[int(self.rng.integers(len(others)))]
+            s_start, t_start = self._start(src), self._start(tgt)
+            item = {"source": self._crop(src, s_start, "source"), "target": self._crop(tgt, t_start, "target"),
+                    "mask": self._crop(src, s_start, "mask").astype(np.float32),
+                    "target_mask": self._crop(tgt, t_start, "mask").astype(np.float32)}
+        if self.augment is not None:
+            item = {k: np.asarray(v, dtype=np.float32) for k, v in self.augment(item).items()}
+        return item
+
+    def batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        items = [self.sample() for _ in range(batch_size)]
+        return {k: np.stack([it[k] for it in items]).astype(np.float32) for k in items[0]}
+
+    def _augmentation(self, seed: int) -> Callable[[dict], dict]:
+        """MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source only."""
+        from monai import transforms as T
+
+        keys = ["source", "target", "mask"] + ([] if self.paired else ["target_mask"])
+        spatial = tuple(range(self.dims))
+        ops: list[Any] = [T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in spatial[-2:]]
+        if self.paired:  # geometric warps must stay identical for source and target
+            ops.append(T.RandAffined(keys, prob=0.3, rotate_range=[0.1] * (1 if self.dims == 2 else 3),
+                                     scale_range=[0.05] * self.dims, mode=["bilinear", "bilinear", "nearest"],
+                                     padding_mode="border"))
+        ops += [T.RandScaleIntensityd("source", factors=0.1, prob=0.5),
+                T.RandShiftIntensityd("source", offsets=0.05, prob=0.5)]
+        compose = T.Compose(ops)
+        compose.set_random_state(seed=seed)
+        # 2D samples are (C, H, W) already; the MONAI transforms expect channel-first arrays.
+        return lambda item: {k: np.asarray(v) for k, v in compose(dict(item)).items()}
+
+
+def default_slice_size(cases: Sequence[PreparedCase], slice_axis: str, cap: int = 256) -> tuple[int, int]:
+    """In-plane crop (y, x): the smallest case's in-plane size, rounded down to a multiple of 16, capped."""
+    axis = AXIS[slice_axis]
+    shapes = [tuple(s for i, s in enumerate(c.mask.shape) if i != axis) for c in cases]
+    size = []
+    for dim in range(2):
+        smallest = min(s[dim] for s in shapes)
+        size.append(int(min(cap, max(16, (smallest // 16) * 16))))
+    return size[0], size[1]

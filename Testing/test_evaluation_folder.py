@@ -1,0 +1,134 @@
+"""Folder and single-case evaluation: layouts, grid checks, CSV/JSON/HTML outputs, the CLI entry."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from MedTranslateLib.errors import ConfigError, InputError
+from MedTranslateLib.evaluation import evaluate as ev
+from MedTranslateLib.evaluation.cli import add_evaluate_arguments, run_evaluate
+
+SHAPE = (12, 16, 18)
+
+
+def _write(array, path, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0)):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _ct_case(seed):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
+    body = (x**2 + y**2) < 0.7
+    ct = np.where(body, 30 + rng.normal(0, 40, SHAPE), -1000.0)
+    ct[body & (np.abs(x) < 0.3)] += 800
+    mr = np.where(body, 300 + rng.normal(0, 20, SHAPE), 0.0)
+    return ct, mr, body
+
+
+@pytest.fixture
+def synthrad_folder(tmp_path):
+    ref_root, pred_dir = tmp_path / "Task1" / "brain", tmp_path / "pred"
+    for i, case in enumerate(["1BA001", "1BA002", "1BA003"]):
+        ct, mr, body = _ct_case(i)
+        _write(ct, ref_root / case / "ct.nii.gz")
+        _write(mr, ref_root / case / "mr.nii.gz")
+        _write(body.astype(np.float32), ref_root / case / "mask.nii.gz")
+        sct = ct + np.random.default_rng(10 + i).normal(10 * (i + 1), 30, SHAPE)
+        _write(sct, pred_dir / (f"{case}.nii.gz" if i < 2 else f"{case}/sct.nii.gz"))
+    _write(np.abs(np.random.default_rng(5).normal(0, 30, SHAPE)), pred_dir / "1BA001_std.nii.gz")
+    return tmp_path, pred_dir
+
+
+def test_folder_writes_csv_json_html_with_figures(synthrad_folder):
+    root, pred_dir = synthrad_folder
+    out = root / "out"
+    rows, agg = ev.evaluate_folder(pred_dir, root, out_dir=out)
+    assert [r["case"] for r in rows] == ["1BA001", "1BA002", "1BA003"]
+    assert rows[1]["me"] == pytest.approx(20, abs=4)  # bias of case 2 is +20 HU
+    assert agg["mae"]["mean"] == pytest.approx(np.mean([r["mae"] for r in rows]))
+    assert agg["me"]["median"] == pytest.approx(rows[1]["me"])
+    assert set(agg["mae"]) == {"mean", "std", "median", "q1", "q3", "n"}
+    assert "unc_spearman" in rows[0] and "unc_spearman" not in rows[1]
+
+    with open(out / "metrics.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 3 and float(table[0]["mae"]) == pytest.approx(rows[0]["mae"])
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["aggregates"]["ssim"]["n"] == 3 and "ms_ssim" in document["definitions"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 * 2 + 1  # slices + analysis per case, 1 uncertainty
+    assert "Metric definitions" in page and "SynthRAD 2023" in page and "SynthRAD 2025" in page
+    assert not list(out.glob("*.tmp"))
+
+
+def test_single_case_and_grid_mismatch(synthrad_folder, tmp_path):
+    root, pred_dir = synthrad_folder
+    case = root / "Task1" / "brain" / "1BA002"
+    row = ev.evaluate_case(pred_dir / "1BA002.nii.gz", case / "ct.nii.gz", case / "mask.nii.gz")
+    whole = ev.evaluate_case(pred_dir / "1BA002.nii.gz", case / "ct.nii.gz")
+    assert row["mae"] != pytest.approx(whole["mae"])
+    shifted = _write(np.zeros(SHAPE) + np.arange(SHAPE[2]), tmp_path / "shifted.nii.gz", origin=(5.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="grid"):
+        ev.evaluate_case(shifted, case / "ct.nii.gz")
+
+
+def test_brats_and_paired_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    for case in ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000"):
+        t2 = np.zeros(SHAPE)
+        t2[2:-2, 3:-3, 3:-3] = 500 + rng.normal(0, 50, (8, 10, 12))
+        _write(t2, tmp_path / "brats" / case / f"{case}-t2w.nii.gz")
+        _write(t2 * 1.1, tmp_path / "pred" / f"{case}.nii.gz")
+    rows, _ = ev.evaluate_folder(tmp_path / "pred", tmp_path / "brats", layout="auto", target="t2w")
+    assert len(rows) == 2 and set(rows[0]) == {"case", "mae", "me", "psnr_norm", "ssim_norm"}
+    assert rows[0]["me"] > 0
+
+    ct, _, body = _ct_case(3)
+    _write(ct, tmp_path / "paired" / "p1.nii.gz")
+    _write(body.astype(np.float32), tmp_path / "paired" / "masks" / "p1.nii.gz")
+    _write(ct + 5.0, tmp_path / "pred2" / "p1.nii.gz")
+    rows, agg = ev.evaluate_folder(tmp_path / "pred2", tmp_path / "paired", layout="paired")
+    assert rows[0]["mae"] == pytest.approx(5.0, abs=1e-3) and agg["mae"]["std"] == 0.0
+    with pytest.raises(InputError, match="No prediction"):
+        ev.evaluate_folder(tmp_path / "pred2", tmp_path / "brats", layout="brats")
+
+
+def test_aggregate_ignores_nan():
+    agg = ev.aggregate([{"case": "a", "x": 1.0}, {"case": "b", "x": math.nan}, {"case": "c", "x": 3.0}])
+    assert agg["x"]["mean"] == 2.0 and agg["x"]["n"] == 2 and "case" not in agg
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_single_and_folder(synthrad_folder, capsys):
+    root, pred_dir = synthrad_folder
+    case = root / "Task1" / "brain" / "1BA001"
+    out = root / "cli_out"
+    code = run_evaluate(_args("--pred", str(pred_dir / "1BA001.nii.gz"), "--ref", str(case / "ct.nii.gz"),
+                              "--mask", str(case / "mask.nii.gz"), "--input", str(case / "mr.nii.gz"),
+                              "--out", str(out)))
+    assert code == 0
+    assert "mae" in capsys.readouterr().out
+    assert (out / "report.html").read_text().count("data:image/png") == 2
+    assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--out", str(root / "o2"),
+                              "--no-figures")) == 0
+    assert len(json.loads((root / "o2" / "metrics.json").read_text())["cases"]) == 3
+    with pytest.raises(ConfigError):
+        run_evaluate(_args("--pred", "a.nii.gz", "--pred-dir", "x"))

@@ -1,0 +1,102 @@
+"""Out-of-distribution warnings: quiet on training-like input; flags shifts, corrupted slabs, field of view, spacing."""
+
+from __future__ import annotations
+
+import jsonschema
+import json
+from pathlib import Path
+
+import numpy as np
+
+from MedTranslateLib.evaluation.ood import OodWarning, check_input, intensity_reference
+
+SCHEMA = Path(__file__).resolve().parents[1] / "MedTranslateLib" / "models" / "model.schema.json"
+
+
+def _scan(seed: int, shape=(30, 40, 40)):
+    """A CT-like body: soft tissue with a bone block, air outside; mask = body."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = (x**2 + y**2) < 0.6
+    array = np.where(body, 40 + rng.normal(0, 30, shape), -1000 + rng.normal(0, 10, shape))
+    array[(np.abs(x) < 0.2) & (np.abs(y) < 0.2)] += 700
+    return array.astype(np.float32), body
+
+
+def _card():
+    arrays, masks = zip(*[_scan(seed) for seed in range(3)])
+    return {"intensity_reference": intensity_reference(list(arrays), list(masks), (1.0, 1.0, 2.0))}
+
+
+def test_reference_content_and_schema():
+    ref = _card()["intensity_reference"]
+    assert list(ref["percentiles"]) == ["p1", "p5", "p25", "p50", "p75", "p95", "p99"]
+    assert ref["percentiles"]["p1"] < ref["percentiles"]["p50"] < ref["percentiles"]["p99"]
+    assert ref["spacing_mm"] == [1.0, 1.0, 2.0]
+    assert ref["extent_mm"][2] == 60.0  # 30 slices x 2 mm
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(ref, schema["properties"]["intensity_reference"] | {"$defs": schema["$defs"]})
+
+
+def test_in_distribution_input_is_quiet():
+    array, mask = _scan(seed=10)
+    assert check_input(array, mask, (1.0, 1.0, 2.0), _card()) == []
+
+
+def test_shifted_and_scaled_inputs_are_flagged():
+    array, mask = _scan(seed=11)
+    card = _card()
+    for changed in (array + 600, array * 2.5):
+        warnings = check_input(changed, mask, (1.0, 1.0, 2.0), card)
+        kinds = [w.kind for w in warnings]
+        assert "intensity" in kinds
+        message = next(w for w in warnings if w.kind == "intensity").message
+        assert "training" in message and "percentile" in message
+
+
+def test_corrupted_slab_is_flagged_with_its_slices():
+    array, mask = _scan(seed=12)
+    array[12:15] = np.random.default_rng(0).uniform(-1000, 3000, array[12:15].shape)
+    warnings = check_input(array, mask, (1.0, 1.0, 2.0), _card())
+    slabs = [w for w in warnings if w.kind == "slices"]
+    assert len(slabs) == 1 and slabs[0].slices == (12, 14)
+    assert "12-14" in slabs[0].message
+    assert isinstance(slabs[0], OodWarning) and slabs[0].to_dict()["slices"] == (12, 14)
+
+
+def test_field_of_view_and_spacing_are_flagged():
+    array, mask = _scan(seed=13)
+    warnings = check_input(array, mask, (1.0, 1.0, 5.0), _card())  # 30 slices x 5 mm = 150 mm vs 60 mm
+    kinds = {w.kind for w in warnings}
+    assert {"field_of_view", "spacing"} <= kinds
+    assert any("head-foot" in w.message and "larger" in w.message for w in warnings)
+    assert check_input(array, mask, (1.0, 1.0, 2.0), {"id": "no-reference"}) == []
+
+
+def _mr_scan(seed: int, gain: float = 1.0, contrast: str = "t1"):
+    """An MR-like body: two tissues; 't2' swaps which one is bright and adds bright fluid."""
+    rng = np.random.default_rng(seed)
+    shape = (20, 32, 32)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = (x**2 + y**2) < 0.7
+    inner = (x**2 + y**2) < 0.3
+    if contrast == "t1":
+        array = np.where(inner, 600.0, 400.0)
+    else:
+        array = np.where(inner, 300.0, 500.0)
+        array[inner & (x > 0.2)] = 1800.0
+    array = np.where(body, array + rng.normal(0, 30, shape), 0.0)
+    return (gain * array).astype(np.float32), body
+
+
+def test_mr_models_compare_contrast_not_scanner_gain():
+    arrays, masks = zip(*[_mr_scan(seed) for seed in range(3)])
+    card = {"intensity_reference": intensity_reference(list(arrays), list(masks), (1.0, 1.0, 1.0)),
+            "normalization": {"input": {"method": "zscore"}, "output": {"method": "zscore"}}}
+    scaled, mask = _mr_scan(7, gain=3.0)
+    assert check_input(scaled, mask, (1.0, 1.0, 1.0), card) == []  # normalisation removes the gain
+    raw_card = {"intensity_reference": card["intensity_reference"]}
+    assert [w.kind for w in check_input(scaled, mask, (1.0, 1.0, 1.0), raw_card)] == ["intensity"]
+    other, mask = _mr_scan(8, contrast="t2")
+    warnings = check_input(other, mask, (1.0, 1.0, 1.0), card)
+    assert [w.kind for w in warnings] == ["intensity"] and "contrast" in warnings[0].message

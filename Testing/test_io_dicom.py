@@ -1,0 +1,188 @@
+"""DICOM output (derived CT/MR series) and DICOM input (series selection, tags)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image
+from MedTranslateLib.errors import InputError, OutputError
+from MedTranslateLib.io import SourceInfo, read_volume, write_volume
+from test_io_volumes import assert_same_geometry, oblique_direction
+
+PROVENANCE = {"model_id": "demo-unet", "model_version": "1.0.0", "model_sha256": "cd" * 32}
+
+
+def ct_image(shape=(6, 9, 11), seed=0) -> sitk.Image:
+    return make_image(shape, spacing=(0.8, 1.1, 2.5), origin=(-40.0, 12.5, -7.75), direction=oblique_direction(), seed=seed)
+
+
+def dicom_files(folder):
+    return sorted(folder.glob("*.dcm"))
+
+
+def make_dicom_input(folder, image, **tags) -> None:
+    """A DICOM 'scanner' series with the given patient/study tags (made with the writer under test)."""
+    source = SourceInfo(path="scanner", format="dicom", dicom_tags=tags)
+    write_volume(image, folder, source=source, modality="CT", description=tags.get("SeriesDescription", "SCANNER CT"))
+
+
+def test_ct_round_trip_oblique(tmp_path):
+    image = ct_image()
+    out = write_volume(image, tmp_path / "sct", modality="CT", description="SYNTHETIC CT from MR (MedTranslate demo)",
+                       provenance=PROVENANCE)
+    back, info = read_volume(out)
+    assert_same_geometry(back, image)
+    assert np.abs(sitk.GetArrayFromImage(back) - sitk.GetArrayFromImage(image)).max() <= 0.5 + 1e-3
+    assert info.format == "dicom" and info.dicom_tags["Modality"] == "CT"
+    files = dicom_files(out)
+    assert len(files) == image.GetSize()[2]
+    datasets = [pydicom.dcmread(f) for f in files]
+    first = datasets[0]
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert "SYNTHETIC" in first.SeriesDescription and "SYNTHETIC" in first.DerivationDescription
+    assert "demo-unet" in first.DerivationDescription and "cd" * 32 in first.ImageComments
+    assert float(first.RescaleSlope) == 1.0 and first.RescaleType == "HU" and first.pixel_array.dtype == np.int16
+    assert [float(v) for v in first.PixelSpacing] == [1.1, 0.8]
+    assert float(first.SliceThickness) == 2.5 and float(first.SpacingBetweenSlices) == 2.5
+    assert "WindowCenter" in first and "WindowWidth" in first
+    np.testing.assert_allclose([float(v) for v in first.ImageOrientationPatient],
+                               np.asarray(image.GetDirection()).reshape(3, 3)[:, :2].T.ravel(), atol=1e-9)
+    positions = {tuple(float(v) for v in ds.ImagePositionPatient) for ds in datasets}
+    assert len(positions) == len(datasets)
+    assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
+    assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
+    assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_source_study_and_patient_kept(tmp_path):
+    make_dicom_input(tmp_path / "scan", ct_image(), PatientID="P-123", PatientName="Doe^Jane", PatientSex="F",
+                     PatientBirthDate="19700101", StudyID="S1", AccessionNumber="ACC9", StudyDate="20250102")
+    image, info = read_volume(tmp_path / "scan")
+    assert info.dicom_tags["PatientID"] == "P-123" and info.dicom_tags["PatientName"] == "Doe^Jane"
+    out = write_volume(image, tmp_path / "sct/", source=info, modality="CT", provenance=PROVENANCE)
+    back, out_info = read_volume(out)
+    assert_same_geometry(back, image)
+    for tag in ("PatientID", "PatientName", "PatientSex", "PatientBirthDate", "StudyInstanceUID", "StudyID",
+                "AccessionNumber", "FrameOfReferenceUID", "StudyDate"):
+        assert out_info.dicom_tags[tag] == info.dicom_tags[tag], tag
+    assert out_info.dicom_tags["SeriesInstanceUID"] != info.dicom_tags["SeriesInstanceUID"]
+    for k, path in enumerate(dicom_files(out)):
+        ds = pydicom.dcmread(path)
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == info.dicom_tags["SeriesInstanceUID"]
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == info.referenced_instances[k][1]
+
+
+def test_non_dicom_source_gets_new_study(tmp_path):
+    image = ct_image()
+    first = read_volume(write_volume(image, tmp_path / "a"))[1].dicom_tags
+    second = read_volume(write_volume(image, tmp_path / "b"))[1].dicom_tags
+    assert first["StudyInstanceUID"] != second["StudyInstanceUID"]
+    assert first["FrameOfReferenceUID"] != second["FrameOfReferenceUID"]
+    assert "ReferencedSeriesSequence" not in pydicom.dcmread(dicom_files(tmp_path / "a")[0])
+
+
+def test_mr_series_keeps_precision(tmp_path):
+    image = make_image((5, 8, 9), spacing=(1.0, 1.0, 3.0)) * 0.01  # values about 0..6: needs a fine rescale
+    out = write_volume(image, tmp_path / "smr", modality="T2", description="SYNTHETIC T2 from T1")
+    back, info = read_volume(out)
+    assert_same_geometry(back, image)
+    array = sitk.GetArrayFromImage(image)
+    step = (array.max() - array.min()) / 65534
+    assert np.abs(sitk.GetArrayFromImage(back) - array).max() <= step
+    ds = pydicom.dcmread(dicom_files(out)[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and ds.Modality == "MR"
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in ds.SeriesDescription
+
+
+def test_unsupported_dicom_modality_writes_nothing(tmp_path):
+    with pytest.raises(OutputError, match="CT and MR"):
+        write_volume(ct_image(), tmp_path / "unc", modality="OT")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_dicom_output_is_replaced_but_foreign_folder_refused(tmp_path):
+    out = tmp_path / "sct"
+    write_volume(ct_image((6, 9, 11)), out)
+    write_volume(ct_image((4, 9, 11)), out)
+    assert len(dicom_files(out)) == 4 and read_volume(out)[0].GetSize()[2] == 4
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.txt").write_text("precious")
+    with pytest.raises(OutputError, match="other files"):
+        write_volume(ct_image(), tmp_path / "docs")
+    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["thesis.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """One folder holding a 6-slice and a 9-slice series."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    make_dicom_input(small, ct_image((6, 9, 11), seed=1), SeriesDescription="SMALL SERIES")
+    make_dicom_input(large, ct_image((9, 9, 11), seed=2), SeriesDescription="LARGE SERIES")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for folder in (small, large):
+        for path in dicom_files(folder):
+            shutil.copy(path, mixed / f"{folder.name}_{path.name}")
+    uids = {name: read_volume(tmp_path / name)[1].dicom_tags["SeriesInstanceUID"] for name in ("small", "large")}
+    return mixed, uids
+
+
+def test_mixed_series_picks_largest(mixed_folder):
+    mixed, uids = mixed_folder
+    image, info = read_volume(mixed)
+    assert image.GetSize()[2] == 9 and info.dicom_tags["SeriesInstanceUID"] == uids["large"]
+
+
+def test_series_uid_selects_series(mixed_folder):
+    mixed, uids = mixed_folder
+    image, info = read_volume(mixed, series_uid=uids["small"])
+    assert image.GetSize()[2] == 6 and info.dicom_tags["SeriesDescription"].endswith("SMALL SERIES")
+    assert len(info.referenced_instances) == 6
+
+
+def test_dcm_file_means_its_series(mixed_folder):
+    mixed, uids = mixed_folder
+    image, info = read_volume(sorted(mixed.glob("small_*.dcm"))[2])
+    assert image.GetSize()[2] == 6 and info.dicom_tags["SeriesInstanceUID"] == uids["small"]
+
+
+def test_unknown_series_uid_lists_available(mixed_folder):
+    mixed, uids = mixed_folder
+    with pytest.raises(InputError) as info:
+        read_volume(mixed, series_uid="1.2.3.4.5")
+    message = info.value.message
+    assert "1.2.3.4.5" in message and uids["small"] in message and uids["large"] in message
+    assert "6 files" in message and "9 files" in message and "LARGE SERIES" in message
+
+
+def test_left_handed_grid_keeps_physical_positions(tmp_path):
+    """DICOM cannot store a left-handed slice order: the reader gets the same voxels in reversed slice order."""
+    image = make_image((5, 6, 7), spacing=(1.0, 1.5, 2.0), origin=(3.0, -4.0, 5.0),
+                       direction=(1, 0, 0, 0, 1, 0, 0, 0, -1))
+    back, _ = read_volume(write_volume(image, tmp_path / "lh"))
+    corner = image.TransformIndexToPhysicalPoint((0, 0, 4))
+    np.testing.assert_allclose(back.GetOrigin(), corner, atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back)[::-1], np.rint(sitk.GetArrayFromImage(image)), atol=1e-3)
+
+
+def test_missing_slice_refused(tmp_path):
+    out = write_volume(ct_image((8, 9, 11)), tmp_path / "gap")
+    dicom_files(out)[4].unlink()
+    with pytest.raises(InputError, match="missing, duplicate or unevenly spaced"):
+        read_volume(out)
+
+
+def test_truncated_dicom_file_refused(tmp_path):
+    out = write_volume(ct_image((8, 9, 11)), tmp_path / "cut")
+    victim = dicom_files(out)[3]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(InputError) as info:
+        read_volume(out)
+    assert info.value.fix

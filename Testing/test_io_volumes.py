@@ -1,0 +1,216 @@
+"""Round trips for every file format, masks, atomic writes and output-path guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image
+from MedTranslateLib.errors import Cancelled, InputError, OutputError
+from MedTranslateLib.io import (
+    atomic_output, check_writable, ensure_not_input, read_mask, read_volume, validate_volume, write_volume,
+)
+
+FORMATS = ["nii", "nii.gz", "nrrd", "nhdr", "mha", "mhd"]
+
+
+def oblique_direction(degrees: float = 25.0) -> tuple[float, ...]:
+    """A proper rotation about an oblique axis (not a permutation), so every cosine matters."""
+    axis = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)
+    angle = math.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+    return tuple(rotation.ravel())
+
+
+def odd_image() -> sitk.Image:
+    return make_image((7, 9, 11), spacing=(0.7, 1.3, 2.1), origin=(-12.5, 7.25, 3.3), direction=oblique_direction())
+
+
+def assert_same_geometry(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_round_trip_keeps_geometry_and_values(tmp_path, ext):
+    image = odd_image()
+    path = write_volume(image, tmp_path / f"out.{ext}")
+    back, info = read_volume(path)
+    assert_same_geometry(back, image)
+    assert back.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    assert info.dicom_tags == {} and info.path == str(path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_mhd_writes_its_raw_file_with_the_right_name(tmp_path):
+    write_volume(odd_image(), tmp_path / "vol.mhd")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.mhd", "vol.raw"]
+    assert "ElementDataFile = vol.raw" in (tmp_path / "vol.mhd").read_text()
+
+
+def test_integer_input_is_cast_to_float32(tmp_path):
+    image = sitk.Cast(make_image((5, 6, 7)), sitk.sitkInt16)
+    sitk.WriteImage(image, str(tmp_path / "int.nii.gz"))
+    back, info = read_volume(tmp_path / "int.nii.gz")
+    assert back.GetPixelID() == sitk.sitkFloat32 and info.format == "nifti"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image).astype(np.float32))
+
+
+@pytest.mark.parametrize("ext", ["nrrd", "mha", "nhdr"])
+def test_provenance_stored_in_header(tmp_path, ext):
+    provenance = {"model_id": "demo-unet", "model_version": "1.2.0", "model_sha256": "ab" * 32}
+    path = write_volume(odd_image(), tmp_path / f"p.{ext}", description="SYNTHETIC CT from MR", provenance=provenance)
+    header = sitk.ReadImage(str(path))
+    record = json.loads(header.GetMetaData("MedTranslate_Provenance"))
+    assert record["model_sha256"] == "ab" * 32 and record["SYNTHETIC"] is True
+    assert header.GetMetaData("MedTranslate_model_id") == "demo-unet"
+    assert "SYNTHETIC" in header.GetMetaData("ITK_FileNotes")
+
+
+def test_provenance_in_nifti_description(tmp_path):
+    path = write_volume(odd_image(), tmp_path / "p.nii.gz", provenance={"model_id": "demo-unet", "model_version": "1.2"})
+    notes = sitk.ReadImage(str(path)).GetMetaData("descrip")
+    assert "SYNTHETIC" in notes and "demo-unet" in notes
+
+
+def test_writer_does_not_change_caller_metadata(tmp_path):
+    image = odd_image()
+    write_volume(image, tmp_path / "p.mha", provenance={"model_id": "x"})
+    assert "MedTranslate_Provenance" not in image.GetMetaDataKeys()
+
+
+def test_validate_volume_accepts_good_and_refuses_bad():
+    validate_volume(make_image())
+    flat = sitk.Image(4, 5, 6, sitk.sitkFloat32)
+    with pytest.raises(InputError, match="all zero"):
+        validate_volume(flat)
+    sheared = make_image((4, 5, 6), direction=(1, 0.5, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(InputError, match="non-orthogonal"):
+        validate_volume(sheared, "mask")
+
+
+# ---------------------------------------------------------------------------------------- masks
+def test_read_mask_binarises_on_reference_grid(tmp_path):
+    image = odd_image()
+    labels = sitk.Cast(image > 200, sitk.sitkUInt8) * 3
+    sitk.WriteImage(labels, str(tmp_path / "m.nrrd"))
+    mask = read_mask(tmp_path / "m.nrrd", image)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert_same_geometry(mask, image)
+    values = np.unique(sitk.GetArrayFromImage(mask))
+    assert values.tolist() == [0, 1]
+
+
+def test_read_mask_off_grid_says_how(tmp_path):
+    image = odd_image()
+    mask = sitk.Cast(image > 200, sitk.sitkUInt8)
+    mask.SetSpacing((0.7, 1.3, 2.5))
+    sitk.WriteImage(mask, str(tmp_path / "m.nii.gz"))
+    with pytest.raises(InputError, match="spacing") as info:
+        read_mask(tmp_path / "m.nii.gz", image)
+    assert "Resample" in str(info.value)
+    small = sitk.Cast(make_image((5, 5, 5)) > 200, sitk.sitkUInt8)
+    sitk.WriteImage(small, str(tmp_path / "s.nii.gz"))
+    with pytest.raises(InputError, match="size"):
+        read_mask(tmp_path / "s.nii.gz", image)
+
+
+def test_read_mask_within_tolerance_snaps_to_reference(tmp_path):
+    image = odd_image()
+    mask = sitk.Cast(image > 200, sitk.sitkUInt8)
+    mask.SetOrigin(tuple(o + 1e-7 for o in image.GetOrigin()))
+    sitk.WriteImage(mask, str(tmp_path / "m.mha"))
+    assert read_mask(tmp_path / "m.mha", image).GetOrigin() == image.GetOrigin()
+
+
+def test_empty_mask_refused(tmp_path):
+    image = odd_image()
+    empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(tmp_path / "m.nii.gz"))
+    with pytest.raises(InputError, match="empty"):
+        read_mask(tmp_path / "m.nii.gz", image)
+
+
+# ------------------------------------------------------------------------------- atomic writes
+@pytest.mark.parametrize("failure", [RuntimeError("disk on fire"), Cancelled()])
+def test_atomic_output_leaves_nothing_on_failure(tmp_path, failure):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(type(failure)):
+        with atomic_output(target) as temp:
+            assert temp.parent.parent == tmp_path and temp.name == "out.nii.gz"
+            sitk.WriteImage(make_image((3, 4, 5)), str(temp))
+            raise failure
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_keeps_old_file_until_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_output(target) as temp:
+            temp.write_text("new")
+            raise ValueError("writer failed")
+    assert target.read_text() == "old"
+    with atomic_output(target) as temp:
+        temp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_write_volume_failure_writes_nothing(tmp_path, monkeypatch):
+    def broken_writer(*args, **kwargs):
+        raise RuntimeError("ITK ERROR: disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_writer)
+    with pytest.raises(OutputError, match="Cannot write"):
+        write_volume(odd_image(), tmp_path / "out.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_outputs_raise_output_error(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        write_volume(odd_image(), tmp_path / "missing" / "out.nii.gz")
+    (tmp_path / "adir.nii.gz").mkdir()
+    with pytest.raises(OutputError, match="existing folder"):
+        check_writable(tmp_path / "adir.nii.gz")
+    with pytest.raises(OutputError, match="unknown output format"):
+        check_writable(tmp_path / "out.png")
+
+
+def test_read_only_folder_raises_output_error(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits: simulate a read-only folder
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(locked) else real_access(p, mode))
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not writable"):
+            write_volume(odd_image(), locked / "out.nii.gz")
+        with pytest.raises(OutputError, match="not writable"):
+            write_volume(odd_image(), locked / "dicom_out")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+def test_ensure_not_input_refuses_overwriting_inputs(tmp_path):
+    source = tmp_path / "in.nii.gz"
+    write_volume(odd_image(), source)
+    with pytest.raises(OutputError, match="overwrite the input"):
+        ensure_not_input(tmp_path / "." / "in.nii.gz", [source])
+    header = write_volume(odd_image(), tmp_path / "vol.mhd")
+    with pytest.raises(OutputError, match="overwrite the input"):
+        ensure_not_input(tmp_path / "vol.raw", [header])
+    ensure_not_input(tmp_path / "out.nii.gz", [source])  # a different file is fine
+    with pytest.raises(OutputError, match="overwrite the input"):
+        ensure_not_input(str(tmp_path) + "/", [source])  # a DICOM folder replacing the input's folder

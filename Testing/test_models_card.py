@@ -1,0 +1,88 @@
+"""Model cards: validation with field paths, JSON errors naming the file, properties and text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from MedTranslateLib.errors import ModelError
+from MedTranslateLib.models.card import ModelCard, load_card, make_test_card, validate_card
+
+
+def test_valid_card_properties():
+    card = validate_card(make_test_card(dimensionality="2.5d", architecture={"in_channels": 3}))
+    assert isinstance(card, ModelCard)
+    assert (card.id, card.version, card.family) == ("test-mr-to-ct", "0.1.0", "unet")
+    assert card.spatial_dims == 2 and card.in_channels == 3 and card.out_channels == 1
+    assert validate_card(make_test_card(dimensionality="3d")).spatial_dims == 3
+    assert (card.source_modality, card.target_modality) == ("MR", "CT")
+
+
+def test_to_dict_is_a_copy():
+    card = validate_card(make_test_card())
+    data = card.to_dict()
+    data["input"]["slice_axis"] = "coronal"
+    assert card.to_dict()["input"]["slice_axis"] == "axial"
+
+
+def test_summary_and_describe_mention_the_essentials():
+    card = validate_card(make_test_card(metrics={"data": "held-out test subjects 1BA001", "values": {"mae_hu": 61.5}},
+                                        source_contrast="T1"))
+    assert "MR (T1) -> CT" in card.summary() and "test-mr-to-ct" in card.summary()
+    text = card.describe()
+    for expected in ("pelvis", "whole pelvis", "unet", "2d", "synthetic phantoms", "held-out test subjects 1BA001",
+                     "mae_hu: 61.5", "Apache-2.0", "MedTranslate tests.", "Intended use", "Limitations",
+                     "NOT FOR CLINICAL USE"):
+        assert expected in text, expected
+
+
+def test_schema_error_names_the_field_path_and_expected_values():
+    bad = make_test_card()
+    bad["normalization"]["input"]["method"] = "minmax"
+    with pytest.raises(ModelError) as info:
+        validate_card(bad, source="pkg/model.json")
+    message = str(info.value)
+    assert "pkg/model.json" in message
+    assert "normalization.input.method" in message
+    assert "zscore" in message
+
+
+def test_missing_field_and_several_errors_are_one_error():
+    bad = make_test_card()
+    del bad["license"]
+    bad["weights"]["sha256"] = "not-a-hash"
+    with pytest.raises(ModelError) as info:
+        validate_card(bad, source="m.json")
+    message = str(info.value)
+    assert "license" in message and "weights.sha256" in message
+
+
+def test_clinical_use_true_is_refused():
+    with pytest.raises(ModelError, match="clinical_use"):
+        validate_card(make_test_card(clinical_use=True))
+
+
+def test_load_card_json_syntax_error_names_file(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text('{"id": "x",,}')
+    with pytest.raises(ModelError) as info:
+        load_card(path)
+    assert str(path) in str(info.value) and "not valid JSON" in str(info.value)
+
+
+def test_load_card_from_folder_and_missing(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps(make_test_card()))
+    assert load_card(tmp_path).id == "test-mr-to-ct"
+    with pytest.raises(ModelError, match="No model card"):
+        load_card(tmp_path / "nothing")
+
+
+def test_oversized_card_refused(tmp_path, monkeypatch):
+    import MedTranslateLib.models.card as card_module
+
+    monkeypatch.setattr(card_module, "MAX_CARD_BYTES", 100)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(make_test_card()))
+    with pytest.raises(ModelError, match="more than the 100"):
+        load_card(path)

@@ -1,0 +1,146 @@
+"""Model registry: built-in + user listing, problems, resolve by id / id@version / folder / zip,
+import (validation, duplicates, overwrite), remove, and the MEDTRANSLATE_MODELS_DIR override."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from MedTranslateLib.errors import ModelError
+from MedTranslateLib.models.card import make_test_card
+from MedTranslateLib.models.export import export_package
+from MedTranslateLib.models.registry import BUILTIN_DIR, ModelRegistry, user_models_dir, version_key
+from test_models_util import make_package, tiny_state
+
+
+@pytest.fixture
+def builtin(tmp_path):
+    folder = tmp_path / "builtin"
+    make_package(folder / "builtin-ct", id="builtin-ct", version="1.0.0")
+    return folder
+
+
+def test_user_models_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(tmp_path / "mine"))
+    assert user_models_dir() == tmp_path / "mine"
+    assert ModelRegistry().user_dir == tmp_path / "mine"
+    monkeypatch.delenv("MEDTRANSLATE_MODELS_DIR")
+    assert user_models_dir().name == "models" and "MedTranslate" in str(user_models_dir())
+
+
+def test_default_builtin_dir_is_inside_the_package():
+    assert ModelRegistry().builtin_dir == BUILTIN_DIR
+    assert BUILTIN_DIR.parent.name == "models"
+
+
+def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_models):
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "src", id="user-model", version="0.3.0"))
+    broken = isolated_user_models / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{")
+    entries = registry.list_models()
+    assert [(e.id, e.source) for e in entries] == [("builtin-ct", "builtin"), ("user-model", "user")]
+    assert entries[1].path == isolated_user_models / "user-model-0.3.0"
+    assert len(registry.problems) == 1 and "broken" in registry.problems[0]
+
+
+def test_resolve_by_id_version_folder_and_zip(tmp_path, builtin):
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "v1", id="mm", version="1.2.0"))
+    registry.import_package(make_package(tmp_path / "v2", id="mm", version="1.10.0"))
+    assert registry.resolve("mm").card.version == "1.10.0"
+    assert registry.resolve("mm@1.2.0").card.version == "1.2.0"
+    assert registry.resolve("builtin-ct").card.id == "builtin-ct"
+    assert registry.resolve(str(tmp_path / "v1")).card.version == "1.2.0"
+    assert registry.resolve(tmp_path / "v1" / "model.json").card.id == "mm"
+    zipped = export_package(tiny_state(), make_test_card(id="zipped"), tmp_path / "z", as_zip=True)
+    assert registry.resolve(str(zipped)).card.id == "zipped"
+
+
+def test_resolve_unknown_lists_known_ids_and_how_to_import(builtin, tmp_path):
+    registry = ModelRegistry(builtin_dir=builtin)
+    with pytest.raises(ModelError) as info:
+        registry.resolve("nope")
+    assert "builtin-ct@1.0.0" in str(info.value) and "medtranslate models import" in str(info.value)
+    with pytest.raises(ModelError, match="version 9.9.9"):
+        registry.resolve("builtin-ct@9.9.9")
+    with pytest.raises(ModelError, match="No model package at"):
+        registry.resolve(str(tmp_path / "missing.zip"))
+
+
+def test_import_refuses_duplicates_unless_overwrite(tmp_path, builtin):
+    registry = ModelRegistry(builtin_dir=builtin)
+    source = make_package(tmp_path / "src", id="dup", version="1.0.0")
+    registry.import_package(source)
+    with pytest.raises(ModelError, match="already imported"):
+        registry.import_package(source)
+    changed = make_package(tmp_path / "src2", id="dup", version="1.0.0", title="Changed title")
+    entry = registry.import_package(changed, overwrite=True)
+    assert registry.resolve("dup").card.title == "Changed title"
+    assert sorted(p.name for p in entry.path.iterdir()) == ["README.md", "model.json", "weights.safetensors"]
+    assert [p.name for p in registry.user_dir.iterdir()] == ["dup-1.0.0"], "no temporary folders left"
+
+
+def test_import_from_zip_verifies_weights(tmp_path, builtin):
+    registry = ModelRegistry(builtin_dir=builtin)
+    zipped = export_package(tiny_state(), make_test_card(id="from-zip"), tmp_path / "p", as_zip=True)
+    entry = registry.import_package(zipped)
+    assert entry.source == "user" and registry.resolve("from-zip").load_state_dict()
+    folder = make_package(tmp_path / "tampered", id="tampered")
+    card = json.loads((folder / "model.json").read_text())
+    card["weights"]["sha256"] = "a" * 64
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="SHA256"):
+        registry.import_package(folder)
+    assert not (registry.user_dir / "tampered-0.1.0").exists()
+
+
+def test_import_skips_symlinked_and_foreign_files(tmp_path, builtin):
+    folder = make_package(tmp_path / "src", id="links")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    (folder / "NOTES.txt").symlink_to(secret)
+    (folder / "script.py").write_text("print('hi')")
+    entry = ModelRegistry(builtin_dir=builtin).import_package(folder)
+    assert sorted(p.name for p in entry.path.iterdir()) == ["README.md", "model.json", "weights.safetensors"]
+
+
+def test_remove(tmp_path, builtin):
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "a", id="gone", version="1.0.0"))
+    registry.import_package(make_package(tmp_path / "b", id="gone", version="2.0.0"))
+    registry.remove("gone@1.0.0")
+    assert [e.version for e in registry.list_models() if e.id == "gone"] == ["2.0.0"]
+    registry.remove("gone")
+    assert not any(e.id == "gone" for e in registry.list_models())
+    with pytest.raises(ModelError, match="built-in"):
+        registry.remove("builtin-ct")
+    with pytest.raises(ModelError, match="No imported model"):
+        registry.remove("gone")
+
+
+def test_version_key_orders_numerically():
+    versions = ["1.10.0", "1.2.0", "1.2.0-rc1", "0.9.9"]
+    assert sorted(versions, key=version_key) == ["0.9.9", "1.2.0-rc1", "1.2.0", "1.10.0"]
+
+
+def test_import_refuses_pickle_weights_without_running_code(tmp_path, builtin):
+    import hashlib
+    import pickle
+
+    from test_models_package import _Exploit
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"weight": _Exploit(marker)})
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(payload)
+    card = make_test_card(id="evil")
+    card["weights"]["sha256"] = hashlib.sha256(payload).hexdigest()
+    (folder / "model.json").write_text(json.dumps(card))
+    registry = ModelRegistry(builtin_dir=builtin)
+    with pytest.raises(ModelError, match="not a valid safetensors file"):
+        registry.import_package(folder)
+    assert not marker.exists() and not (registry.user_dir / "evil-0.1.0").exists()

@@ -1,0 +1,191 @@
+"""Slicer extension files: CMake lists, .ui (loaded with PySide6 QUiLoader), parameter names, icon, cards."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "MedTranslate"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedTranslate.ui"
+sys.path.insert(0, str(MODULE_DIR))
+
+
+def test_every_module_python_file_is_listed_in_cmake():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"^\s+(\S+\.py)\s*$", cmake, re.MULTILINE)) | {"MedTranslate.py"}
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")}
+    assert on_disk and on_disk <= listed, f"not in MedTranslate/CMakeLists.txt: {sorted(on_disk - listed)}"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in cmake
+        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "MedTranslate")).is_file()
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+
+
+def test_top_level_and_backend_cmake():
+    top = (REPO / "CMakeLists.txt").read_text()
+    for needed in ('EXTENSION_CATEGORY "Image Synthesis"', 'EXTENSION_DEPENDS "PyTorch"', "EXTENSION_HOMEPAGE",
+                   "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DESCRIPTION",
+                   "EXTENSION_CONTRIBUTORS", "add_subdirectory(MedTranslateLib)", "add_subdirectory(MedTranslate)",
+                   "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
+        assert needed in top
+    for url in re.findall(r"raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+?)\"", top):
+        assert (REPO / url).is_file(), url
+    backend = (REPO / "MedTranslateLib" / "CMakeLists.txt").read_text()
+    assert "ctkMacroCompilePythonScript" in backend and "GLOB_RECURSE" in backend
+    for pattern in ("*.py", "*.json", "*.safetensors"):
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in backend
+
+
+def _ui_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget") if w.get("name")}
+    params = {}
+    for name, widget in widgets.items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                params[name] = prop.find("string").text
+    return widgets, params
+
+
+def test_ui_names_used_by_module_exist_and_parameters_match():
+    from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, parameter_names
+
+    widgets, params = _ui_widgets()
+    source = (MODULE_DIR / "MedTranslate.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    assert used and used <= set(widgets), f"missing in the .ui: {sorted(used - set(widgets))}"
+    fields = parameter_names()
+    assert set(params.values()) <= set(fields), sorted(set(params.values()) - set(fields))
+    # every field except the model id (filled from the model list) has a widget
+    assert set(fields) - set(params.values()) == {"modelId"}
+    for combo, choices in (("deviceComboBox", DEVICE_CHOICES), ("layoutComboBox", LAYOUT_CHOICES)):
+        items = [i.find("property/string").text for i in widgets[combo].findall("item")]
+        assert items == list(choices)
+
+
+def test_parameter_node_fields_are_annotated_in_source():
+    tree = ast.parse((MODULE_DIR / "MedTranslateModule" / "parameters.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedTranslateParameterNode")
+    assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in cls.decorator_list)
+    from MedTranslateModule.parameters import parameter_names
+
+    assert [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)] == parameter_names()
+
+
+def test_ui_loads_with_qt_ui_loader(monkeypatch):
+    pytest.importorskip("PySide6")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from PySide6 import QtCore, QtWidgets
+    from PySide6.QtUiTools import QUiLoader
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+    class Loader(QUiLoader):
+        """Slicer's custom widgets (qMRMLNodeComboBox, ctk*) become plain QWidgets/QGroupBoxes."""
+
+        def createWidget(self, class_name, parent=None, name=""):
+            if class_name in ("qMRMLNodeComboBox", "ctkSliderWidget", "qMRMLWidget"):
+                widget = QtWidgets.QWidget(parent)
+            elif class_name == "ctkCollapsibleButton":
+                widget = QtWidgets.QGroupBox(parent)
+            else:
+                return super().createWidget(class_name, parent, name)
+            widget.setObjectName(name)
+            return widget
+
+    ui_file = QtCore.QFile(str(UI_FILE))
+    assert ui_file.open(QtCore.QFile.ReadOnly)
+    root = Loader().load(ui_file)
+    ui_file.close()
+    assert root is not None and root.objectName() == "MedTranslate"
+    widgets, params = _ui_widgets()
+    for name in widgets:
+        if name != "MedTranslate":
+            assert root.findChild(QtCore.QObject, name) is not None, name
+    button = root.findChild(QtWidgets.QPushButton, "translateButton")
+    assert button.text() == "Translate" and not button.isEnabled()
+    assert root.findChild(QtWidgets.QComboBox, "deviceComboBox").count() == 3
+    assert root.findChild(QtWidgets.QSpinBox, "diffusionStepsSpinBox").value() == 50
+    for name, parameter in params.items():
+        assert root.findChild(QtCore.QObject, name).property("SlicerParameterName") == parameter
+    root.deleteLater()
+    del app
+
+
+def test_icon_and_screenshot_are_pngs():
+    from matplotlib import image
+
+    icon = image.imread(MODULE_DIR / "Resources" / "Icons" / "MedTranslate.png")
+    assert icon.shape[:2] == (128, 128)
+    shot = image.imread(MODULE_DIR / "Resources" / "Screenshot.png")
+    assert shot.shape[1] > shot.shape[0] >= 256 and shot.std() > 0.05
+
+
+def test_model_list_parsing_and_card_text():
+    from MedTranslateModule.models import parse_model_list
+
+    text = json.dumps([{"id": "mr2ct-x", "title": "MR to CT", "source_modality": "MR", "target_modality": "CT",
+                        "anatomy": "head", "field_of_view": "whole brain", "license": "CC-BY-4.0",
+                        "performance": {"cuda_seconds_per_volume": 2.0, "cpu_seconds_per_volume": 95.0,
+                                        "training_seconds": 999.0}, "metrics": {"x": 1}},
+                       {"title": "no id"}])
+    models = parse_model_list(text)
+    assert [m.id for m in models] == ["mr2ct-x"]
+    card = models[0].card_text()
+    for piece in ("MR to CT", "MR &rarr; CT", "head, whole brain", "CC-BY-4.0", "GPU about 2 s", "CPU about 95 s"):
+        assert piece in card
+    assert "999" not in card
+    assert parse_model_list(json.dumps({"models": [{"id": "a"}]}))[0].id == "a"
+
+
+def test_model_list_from_a_worker_process(tmp_path):
+    from MedTranslateModule.models import list_models
+
+    script = tmp_path / "worker.py"
+    script.write_text("import json, sys\nassert sys.argv[1:] == ['models', 'list', '--json']\n"
+                      "print(json.dumps([{'id': 'm1', 'target_modality': 'CT'}]))\n")
+    assert list_models([sys.executable, str(script)])[0].target_modality == "CT"
+    script.write_text("import sys\nprint('registry broken', file=sys.stderr)\nsys.exit(4)\n")
+    with pytest.raises(RuntimeError, match="registry broken"):
+        list_models([sys.executable, str(script)])
+
+
+def test_sample_data_sources_come_from_cards(tmp_path):
+    from MedTranslateModule.sample_data import builtin_card_paths, read_cards, sample_sources
+
+    sha = "0f" * 32
+    card_dir = tmp_path / "models" / "builtin" / "mr2ct-headphantom-unet2d"
+    card_dir.mkdir(parents=True)
+    (card_dir / "model.json").write_text(json.dumps({
+        "id": "mr2ct-headphantom-unet2d", "title": "Head phantom", "source_modality": "MR",
+        "target_modality": "CT", "sample_data": [
+            {"name": "HeadPhantomT1", "url": "https://example.org/data/HeadPhantomT1.nrrd", "sha256": sha},
+            {"name": "NoUrl", "sha256": sha}]}))
+    (tmp_path / "models" / "builtin" / "broken").mkdir()
+    (tmp_path / "models" / "builtin" / "broken" / "model.json").write_text("{not json")
+    paths = builtin_card_paths(tmp_path)
+    assert len(paths) == 2
+    sources = sample_sources(read_cards(paths))
+    assert sources == [{"category": "MedTranslate", "sampleName": "HeadPhantomT1",
+                        "uris": ["https://example.org/data/HeadPhantomT1.nrrd"],
+                        "fileNames": ["HeadPhantomT1.nrrd"], "nodeNames": ["HeadPhantomT1"],
+                        "checksums": [f"SHA256:{sha}"]}]
+
+
+def test_install_helper_reports_missing_requirements(monkeypatch):
+    import importlib.util
+
+    from MedTranslateModule import install
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "monai" else real(name))
+    assert install.missing_requirements() == ["monai>=1.4"]
+    assert not any("torch" in req for req in install.BACKEND_REQUIREMENTS.values())

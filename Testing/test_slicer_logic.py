@@ -1,0 +1,214 @@
+"""Slicer module logic with slicer-core and a real (fake) worker process: run, progress, cancel, failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedTranslate"))
+
+from test_slicer_fakeworker import fake_worker_command  # noqa: E402
+
+from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,  # noqa: E402
+                                      output_name_for)
+from MedTranslateModule.process import parse_worker_line  # noqa: E402
+
+IJK_TO_RAS = np.array([[0.0, -1.2, 0.0, 30.5], [-0.9, 0.0, 0.0, 12.25], [0.0, 0.0, 2.5, -40.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def scene():
+    import slicer
+
+    from MedTranslateLib.scene import new_scene
+
+    scene, _ = new_scene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    yield scene
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture
+def input_node(scene):
+    import slicer
+
+    z, y, x = np.mgrid[0:12, 0:14, 0:16]
+    array = (100.0 * np.sin(x / 3.0) + 10.0 * y + z).astype(np.float32)
+    node = slicer.util.addVolumeFromArray(array, ijkToRAS=IJK_TO_RAS, name="MRHead")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient")
+    study = hierarchy.CreateStudyItem(patient, "Study")
+    hierarchy.CreateItem(study, node)
+    return node
+
+
+def _logic(scene):
+    return TranslationLogic(scene=scene, worker_command=fake_worker_command())
+
+
+def _matrix(node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not reaped) counts as dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_parse_worker_line():
+    event = parse_worker_line('{"event": "progress", "stage": "predict", "fraction": 1.5, "eta_seconds": 3}')
+    assert (event.kind, event.stage, event.fraction, event.eta_seconds) == ("progress", "predict", 1.0, 3.0)
+    assert parse_worker_line("plain text").kind == "log"
+    assert parse_worker_line("   ") is None
+    assert parse_worker_line('{"event": "done", "output": "x"}').payload["output"] == "x"
+
+
+def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, input_node):
+    import slicer
+
+    statuses = []
+    logic = _logic(scene)
+    logic.on_status = lambda status: statuses.append((status.state, status.stage, status.fraction))
+    status = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True,
+                                          device="cpu", steps=5, samples=2), timeout=60)
+    output = status.output_node
+    assert output.GetName() == output_name_for("MRHead", "CT") == "MRHead_synthetic_CT"
+    assert output.IsA("vtkMRMLScalarVolumeNode")
+    assert np.array_equal(_matrix(output), _matrix(input_node))
+    assert output.GetImageData().GetDimensions() == input_node.GetImageData().GetDimensions()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output),
+                               slicer.util.arrayFromVolume(input_node) * 2 - 1000, rtol=1e-5)
+    assert output.GetAttribute("MedTranslate.synthetic") == "true"
+    assert output.GetAttribute("MedTranslate.model_id") == "fake-ok"
+    assert output.GetAttribute("MedTranslate.model_sha256") == "ab" * 32
+    assert output.GetAttribute("MedTranslate.steps") == "5"
+    assert output.GetDisplayNode().GetAutoWindowLevel() == 0  # CT window, not auto
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(input_node))
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(output)) == study
+    uncertainty = status.uncertainty_node
+    assert uncertainty is not None and np.array_equal(_matrix(uncertainty), _matrix(input_node))
+    assert uncertainty.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeFileInferno.txt"
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(uncertainty)) == study
+    assert status.warnings == ["fake warning: input looks unusual"]
+    assert statuses[0][0] == "running" and statuses[-1] == ("done", "write", 1.0)
+    fractions = [fraction for _, _, fraction in statuses]
+    assert fractions == sorted(fractions)
+    assert logic.workdir is None and not logic.is_running
+
+
+def test_existing_output_node_is_reused(scene, input_node):
+    import slicer
+
+    target = slicer.util.addVolumeFromArray(np.zeros((2, 2, 2), np.float32), name="mine")
+    count = scene.GetNumberOfNodes()
+    status = _logic(scene).run(TranslationRequest(input_node, "fake-ok", output_node=target), timeout=60)
+    assert status.output_node is target
+    assert target.GetImageData().GetDimensions() == (16, 14, 12)
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_cancel_mid_run_kills_tree_removes_temp_and_keeps_scene(scene, input_node, tmp_path, monkeypatch):
+    pid_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_WORKER_PIDFILE", str(pid_file))
+    logic = _logic(scene)
+    before = scene.GetNumberOfNodes()
+    logic.start(TranslationRequest(input_node, "fake-slow"))
+    workdir = logic.workdir
+    assert os.path.isdir(workdir)
+    deadline = time.monotonic() + 30
+    while (logic.poll().stage != "predict" or not pid_file.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert logic.status.stage == "predict" and 0 < logic.status.fraction < 1
+    assert logic.status.eta_seconds is not None
+    with pytest.raises(TranslationFailed, match="already running"):
+        logic.start(TranslationRequest(input_node, "fake-ok"))
+    worker_pid, child_pid = map(int, pid_file.read_text().split())
+    logic.cancel()
+    assert logic.status.state == "cancelled" and not logic.is_running
+    assert not os.path.exists(workdir)
+    assert not _alive(worker_pid) and not _alive(child_pid)
+    assert scene.GetNumberOfNodes() == before
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("fake-crash", "crashed"),
+    ("fake-oom", "out of memory"),
+    ("fake-error", "input volume is constant"),
+    ("fake-shifted", "geometry differs"),
+    ("fake-silent", "without reporting a result"),
+])
+def test_failures_become_messages_and_leave_scene_unchanged(scene, input_node, model, expected):
+    logic = _logic(scene)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(TranslationFailed, match=expected):
+        logic.run(TranslationRequest(input_node, model), timeout=60)
+    assert logic.status.state == "failed"
+    assert scene.GetNumberOfNodes() == before
+    assert logic.workdir is None
+
+
+def test_force_cpu_sets_cuda_visible_devices_and_command_line(scene, input_node):
+    logic = _logic(scene)
+    paths = {"input": "in.nrrd", "output": "out.nrrd", "mask": "m.nrrd", "uncertainty": "u.nrrd"}
+    command = logic.build_command(TranslationRequest(input_node, "model-x", device="cpu", steps=10, samples=3),
+                                  paths)
+    assert command[len(fake_worker_command()):] == [
+        "translate", "in.nrrd", "-m", "model-x", "-o", "out.nrrd", "--progress", "jsonl", "--device", "cpu",
+        "--uncertainty", "u.nrrd", "--mask", "m.nrrd", "--steps", "10", "--samples", "3"]
+    # the fake worker fails unless CUDA_VISIBLE_DEVICES=-1 reaches it for a CPU run
+    status = logic.run(TranslationRequest(input_node, "fake-ok", device="cpu"), timeout=60)
+    assert status.output_node.GetAttribute("MedTranslate.device") == "cpu"
+    with pytest.raises(TranslationFailed, match="Unknown device"):
+        logic.build_command(TranslationRequest(input_node, "m", device="tpu"), paths)
+
+
+def test_mask_is_written_and_passed(scene, input_node):
+    import slicer
+
+    mask = slicer.util.addVolumeFromArray(np.ones((12, 14, 16), np.uint8), ijkToRAS=IJK_TO_RAS, name="mask")
+    status = _logic(scene).run(TranslationRequest(input_node, "fake-ok", mask_node=mask), timeout=60)
+    assert status.output_node.GetAttribute("MedTranslate.mask") == "True"
+
+
+def test_invalid_requests_are_refused(scene, input_node):
+    logic = _logic(scene)
+    with pytest.raises(TranslationFailed, match="model"):
+        logic.start(TranslationRequest(input_node, ""))
+    with pytest.raises(TranslationFailed, match="input volume"):
+        logic.start(TranslationRequest(None, "fake-ok"))
+    assert not logic.is_running and logic.workdir is None
+
+
+def test_evaluate_against_reference(scene, input_node):
+    import slicer
+
+    from MedTranslateModule.logic import evaluate_against_reference
+
+    array = slicer.util.arrayFromVolume(input_node)
+    reference = slicer.util.addVolumeFromArray(array + 10.0, ijkToRAS=IJK_TO_RAS, name="reference")
+    metrics = evaluate_against_reference(input_node, reference)
+    assert metrics["mae"] == pytest.approx(10.0, rel=1e-4) and metrics["me"] == pytest.approx(-10.0, rel=1e-4)
+    shifted = IJK_TO_RAS.copy()
+    shifted[0, 3] += 3.0
+    moved = slicer.util.addVolumeFromArray(array, ijkToRAS=shifted, name="moved")
+    with pytest.raises(TranslationFailed, match="not on the synthetic volume's grid"):
+        evaluate_against_reference(input_node, moved)

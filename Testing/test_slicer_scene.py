@@ -1,0 +1,153 @@
+"""MedTranslateLib.scene with slicer-core: fused + linked display, layout, provenance, .mrb round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+from conftest import make_image  # noqa: E402
+
+
+def _volumes(tmp_path):
+    import SimpleITK as sitk
+
+    image = make_image(spacing=(0.8, 1.2, 2.0), origin=(3.0, -4.0, 5.0),
+                       direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("input", "synthetic", "uncertainty")}
+    sitk.WriteImage(image, str(paths["input"]))
+    synthetic = sitk.Cast(image * 3.0 - 1000.0, sitk.sitkFloat32)
+    sitk.WriteImage(synthetic, str(paths["synthetic"]))
+    sitk.WriteImage(sitk.Cast(sitk.Abs(image) * 0.1, sitk.sitkFloat32), str(paths["uncertainty"]))
+    return image, paths
+
+
+def _composites(scene):
+    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    return {node.GetLayoutName(): node for node in nodes}
+
+
+def _ras_matrix(node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def test_setup_fused_linked_display_side_by_side(tmp_path):
+    import slicer
+
+    from MedTranslateLib.scene import load_volume, new_scene, setup_fused_linked_display
+
+    _, paths = _volumes(tmp_path)
+    scene, volumes = new_scene(tmp_path)
+    source = load_volume(volumes, paths["input"], "input")
+    synthetic = load_volume(volumes, paths["synthetic"], "synthetic")
+    composites = setup_fused_linked_display(scene, source, synthetic, opacity=0.3)
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert set(composites) == {"Red", "Yellow"}
+    for view, composite in composites.items():
+        assert composite.GetBackgroundVolumeID() == source.GetID()
+        assert composite.GetForegroundVolumeID() == synthetic.GetID()
+        assert composite.GetLinkedControl() and composite.GetHotLinkedControl()
+        slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+        assert slice_node.GetViewGroup() == 0 and slice_node.GetOrientation() == "Axial"
+    assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.3)
+    assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(1.0)
+    # a second call reuses the same views (no duplicate composite nodes)
+    setup_fused_linked_display(scene, source, synthetic, opacity=0.7, layout="fused")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == len(_composites(scene))
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+    assert _composites(scene)["Red"].GetForegroundOpacity() == pytest.approx(0.7)
+    with pytest.raises(Exception, match="Unknown layout"):
+        setup_fused_linked_display(scene, source, synthetic, layout="grid")
+
+
+def test_export_scene_mrb_round_trip(tmp_path):
+    import slicer
+
+    from MedTranslateLib.scene import TRIPLE_LAYOUT_ID, export_scene_mrb, provenance_of, read_scene_mrb
+
+    image, paths = _volumes(tmp_path)
+    out = export_scene_mrb(paths["input"], paths["synthetic"], tmp_path / "scenes" / "result.mrb",
+                           uncertainty_path=paths["uncertainty"], opacity=0.4,
+                           provenance={"model_id": "m1", "model_version": "1.0.0", "target_modality": "CT"})
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["result.mrb"]  # no leftovers
+    scene = read_scene_mrb(out, tmp_path / "cache")
+    names = {scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName(): scene.GetNthNodeByClass(
+        i, "vtkMRMLScalarVolumeNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
+    assert set(names) == {"input", "synthetic", "uncertainty"}
+    source, synthetic, uncertainty = names["input"], names["synthetic"], names["uncertainty"]
+    for node in names.values():
+        assert node.GetImageData().GetDimensions() == image.GetSize()
+        np.testing.assert_allclose(_ras_matrix(node), _ras_matrix(source), atol=1e-6)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(synthetic),
+                               slicer.util.arrayFromVolume(source) * 3 - 1000, rtol=1e-4, atol=1e-3)
+    spacing = np.linalg.norm(_ras_matrix(source)[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, image.GetSpacing(), rtol=1e-6)
+    composites = _composites(scene)
+    assert composites["Red"].GetBackgroundVolumeID() == source.GetID()
+    assert composites["Red"].GetForegroundVolumeID() == synthetic.GetID()
+    assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.4)
+    assert composites["Green"].GetForegroundVolumeID() == uncertainty.GetID()
+    assert all(c.GetLinkedControl() and c.GetHotLinkedControl() for c in composites.values())
+    assert scene.GetFirstNodeByClass("vtkMRMLLayoutNode").GetViewArrangement() == TRIPLE_LAYOUT_ID
+    assert synthetic.GetAttribute("MedTranslate.synthetic") == "true"
+    assert provenance_of(synthetic)["model_id"] == "m1"
+    display = synthetic.GetDisplayNode()
+    assert display.GetAutoWindowLevel() == 0 and display.GetWindow() == pytest.approx(350.0)
+    assert uncertainty.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeFileInferno.txt"
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(source))
+    assert study and hierarchy.GetItemLevel(study) == "Study"
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(synthetic)) == study
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(uncertainty)) == study
+
+
+def test_export_scene_mrb_rejects_other_suffix(tmp_path):
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.scene import export_scene_mrb
+
+    _, paths = _volumes(tmp_path)
+    with pytest.raises(OutputError, match=".mrb"):
+        export_scene_mrb(paths["input"], paths["synthetic"], tmp_path / "result.mrml")
+
+
+def test_render_slice_blends_input_and_synthetic(tmp_path):
+    import slicer
+
+    from MedTranslateLib.scene import load_volume, new_scene, render_slice, setup_fused_linked_display
+
+    _, paths = _volumes(tmp_path)
+    scene, volumes = new_scene(tmp_path)
+    source = load_volume(volumes, paths["input"], "input")
+    synthetic = load_volume(volumes, paths["synthetic"], "synthetic")
+    source.GetDisplayNode().SetAutoWindowLevel(0)
+    source.GetDisplayNode().SetWindowLevel(800, 300)  # input: mid grey
+    synthetic.GetDisplayNode().SetAutoWindowLevel(0)
+    synthetic.GetDisplayNode().SetWindowLevel(10, -2000)  # synthetic: white everywhere (above the window)
+    images = {}
+    for opacity in (0.0, 0.5, 1.0):
+        setup_fused_linked_display(scene, source, synthetic, opacity=opacity, layout="fused")
+        images[opacity] = render_slice(scene, "Red", (64, 48)).astype(float)
+    assert images[0.0].shape == (48, 64, 4)
+    images = {key: value[16:32, 24:40] for key, value in images.items()}  # inside the volume
+    assert images[1.0][..., :3].min() == 255  # only the synthetic layer
+    assert 0 < images[0.0][..., :3].mean() < 200  # only the input layer
+    np.testing.assert_allclose(images[0.5][..., :3], (images[0.0][..., :3] + 255) / 2, atol=1.5)
+    del slicer
+
+
+def test_write_fused_png(tmp_path):
+    from matplotlib import image
+
+    from MedTranslateLib.scene import write_fused_png
+
+    _, paths = _volumes(tmp_path)
+    out = write_fused_png(paths["input"], paths["synthetic"], tmp_path / "shot.png", size=(64, 48))
+    picture = image.imread(out)
+    assert picture.shape[:2] == (48, 64 * 2 + 4) and picture.std() > 0.01

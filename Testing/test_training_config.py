@@ -1,0 +1,77 @@
+"""TrainConfig: TOML/JSON loading, overrides, unknown keys, default normalisation, CLI arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.training.config import TrainConfig, default_normalization, load_config
+
+
+def test_toml_sections_overrides_and_flags(tmp_path):
+    path = tmp_path / "cfg.toml"
+    path.write_text('family = "pix2pix"\n[data]\ndata = "ds"\nval_fraction = 0.25\n'
+                    '[train]\nsteps = 50\nlr = 1e-3\namp = false\narchitecture = {features = [8, 16]}\n')
+    config = load_config(path, ["steps=70", "batch_size=2", "patch_size=[16,32,32]", "deterministic=true"],
+                         seed=5, model_id=None)
+    assert config.family == "pix2pix" and config.steps == 70 and config.batch_size == 2 and config.lr == 1e-3
+    assert config.patch_size == [16, 32, 32] and config.deterministic is True and config.amp is False
+    assert config.seed == 5 and config.architecture == {"features": [8, 16]}
+    assert config.data == str((tmp_path / "ds").resolve())  # relative to the config file
+    assert config.val_fraction == 0.25
+
+
+def test_json_and_errors(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"family": "unet", "data": "/x", "dimensionality": "2.5d"}))
+    config = load_config(path)
+    assert config.n_context == 2 and config.spatial_dims == 2
+    path.write_text(json.dumps({"famly": "unet"}))
+    with pytest.raises(ConfigError, match="famly"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="bogus_key"):
+        load_config(None, ["bogus_key=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["steps"])
+    with pytest.raises(ConfigError, match="integer"):
+        load_config(None, ["steps=1.5"])
+    with pytest.raises(ConfigError, match="true or false"):
+        load_config(None, ["amp=maybe"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3")
+    with pytest.raises(ConfigError, match="parse"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="dimensionality"):
+        TrainConfig(data="/x", dimensionality="4d").validate()
+    with pytest.raises(ConfigError, match="No training data"):
+        TrainConfig().validate()
+
+
+def test_default_normalisation():
+    assert default_normalization("CT") == {"method": "clip", "range": [-1024.0, 3071.0]}
+    assert default_normalization("CBCT", "output")["background"] == -1024.0
+    mr_in = default_normalization("MR")
+    assert mr_in["method"] == "percentile" and mr_in["percentiles"] == [0.5, 99.5] and mr_in["within_mask"]
+    t2_out = default_normalization("T2", "output")
+    assert t2_out["output_range"] == [0.0, 1000.0]
+    config = TrainConfig(source_modality="T1", target_modality="FLAIR", data="/x")
+    assert config.output_normalization()["output_range"] == [0.0, 1000.0]
+    assert config.input_normalization()["method"] == "percentile"
+
+
+def test_cli_arguments(tmp_path):
+    from MedTranslateLib.training.cli import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('steps = 10\nfamily = "unet"\n')
+    args = parser.parse_args(["--config", str(cfg), "--data", "/d", "--steps", "20", "--set", "lr=0.01",
+                              "--batch-size", "3", "--resume", "--id", "my-model"])
+    config = config_from_args(args)
+    assert (config.steps, config.lr, config.batch_size, config.data, config.resume, config.model_id) == \
+        (20, 0.01, 3, "/d", True, "my-model")
+    assert config_from_args(parser.parse_args(["--data", "/d"])).resume is False

@@ -1,0 +1,151 @@
+"""Dataset readers, layout detection, and splits by subject / z-slab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.training.datasets import (Case, detect_layout, load_cases, split_by_subject,
+                                               zslab_holdout)
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_synthrad2023_and_2025(tmp_path):
+    for case in ("1BA001", "1BA002"):
+        for name in ("mr", "ct", "mask"):
+            touch(tmp_path / "a" / "Task1" / "brain" / case / f"{name}.nii.gz")
+    touch(tmp_path / "a" / "Task2" / "pelvis" / "2PA001" / "cbct.nii.gz")
+    touch(tmp_path / "a" / "Task2" / "pelvis" / "2PA001" / "ct.nii.gz")
+    assert detect_layout(tmp_path / "a") == "synthrad2023"
+    cases = load_cases(tmp_path / "a", source="MR", target="CT")
+    assert [c.subject_id for c in cases] == ["1BA001", "1BA002"]
+    assert cases[0].source_path.name == "mr.nii.gz" and cases[0].mask_path.name == "mask.nii.gz"
+    cbct = load_cases(tmp_path / "a", source="CBCT", target="CT")
+    assert [c.subject_id for c in cbct] == ["2PA001"] and cbct[0].mask_path is None
+    for name in ("mr", "ct", "mask"):
+        touch(tmp_path / "b" / "Task1" / "AB" / "1ABA005" / f"{name}.mha")
+    assert detect_layout(tmp_path / "b") == "synthrad2025"
+    cases = load_cases(tmp_path / "b")
+    assert cases[0].source_path.name == "mr.mha" and cases[0].subject_id == "1ABA005"
+
+
+def test_brats_2021_2023_and_contrast_names(tmp_path):
+    for case in ("BraTS2021_00000", "BraTS2021_00002"):
+        for c in ("t1", "t1ce", "t2", "flair", "seg"):
+            touch(tmp_path / "r21" / case / f"{case}_{c}.nii.gz")
+    assert detect_layout(tmp_path / "r21") == "brats2021"
+    cases = load_cases(tmp_path / "r21", source="T1C", target="FLAIR")
+    assert len(cases) == 2 and cases[0].source_path.name.endswith("_t1ce.nii.gz")
+    assert cases[0].target_path.name.endswith("_flair.nii.gz")
+    for case in ("BraTS-GLI-00001-000", "BraTS-GLI-00001-001", "BraTS-GLI-00002-000"):
+        for c in ("t1n", "t1c", "t2w", "t2f"):
+            touch(tmp_path / "r23" / case / f"{case}-{c}.nii.gz")
+    assert detect_layout(tmp_path / "r23") == "brats2023"
+    cases = load_cases(tmp_path / "r23", source="T1", target="T2")
+    assert cases[0].source_path.name.endswith("-t1n.nii.gz") and cases[0].target_path.name.endswith("-t2w.nii.gz")
+    # two time points of one patient are one subject
+    assert sorted({c.subject_id for c in cases}) == ["BraTS-GLI-00001", "BraTS-GLI-00002"]
+    assert load_cases(tmp_path / "r23", source="FLAIR", target="T1C")[0].source_path.name.endswith("-t2f.nii.gz")
+
+
+def test_ixi_csv_paired_and_unpaired(tmp_path):
+    for subject in ("IXI002-Guys-0828", "IXI012-HH-1211"):
+        for c in ("T1", "T2", "PD"):
+            touch(tmp_path / "ixi" / f"{subject}-{c}.nii.gz")
+    touch(tmp_path / "ixi" / "IXI013-HH-1212-T2.nii.gz")  # no PD: skipped
+    assert detect_layout(tmp_path / "ixi") == "ixi"
+    cases = load_cases(tmp_path / "ixi", source="T2", target="PD")
+    assert [c.subject_id for c in cases] == ["IXI002", "IXI012"]
+
+    for case in ("p1", "p2"):
+        touch(tmp_path / "gen" / case / "t1.nii.gz")
+        touch(tmp_path / "gen" / case / "flair.nii.gz")
+    assert detect_layout(tmp_path / "gen") == "paired_folder"
+    cases = load_cases(tmp_path / "gen", source="T1", target="FLAIR")
+    assert [c.subject_id for c in cases] == ["p1", "p2"]
+
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("subject,source,target,mask\ns1,gen/p1/t1.nii.gz,gen/p1/flair.nii.gz,\n")
+    assert detect_layout(csv_path) == "csv"
+    cases = load_cases(csv_path)
+    assert cases[0].source_path == tmp_path / "gen" / "p1" / "t1.nii.gz" and cases[0].mask_path is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,a,b\n")
+    with pytest.raises(ConfigError, match="column"):
+        load_cases(bad)
+
+    touch(tmp_path / "un" / "mr" / "a.nii.gz")
+    touch(tmp_path / "un" / "ct" / "b.nii.gz")
+    touch(tmp_path / "un" / "ct" / "c.nii.gz")
+    assert detect_layout(tmp_path / "un") == "unpaired"
+    cases = load_cases(tmp_path / "un", source="MR", target="CT")
+    assert sum(c.source_path is not None for c in cases) == 1
+    assert sum(c.target_path is not None for c in cases) == 2
+
+
+def test_unknown_layout_and_empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="layout"):
+        detect_layout(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_cases(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="Unknown dataset layout"):
+        load_cases(tmp_path / "empty", layout="nonsense")
+
+
+def _cases(n_subjects: int, per_subject: int = 2) -> list[Case]:
+    return [Case(f"s{i:02d}", Path(f"s{i}_{j}_mr"), Path(f"s{i}_{j}_ct"), None, f"s{i:02d}_{j}")
+            for i in range(n_subjects) for j in range(per_subject)]
+
+
+def test_split_by_subject_is_disjoint_seeded_and_complete():
+    cases = _cases(20)
+    split = split_by_subject(cases, val_fraction=0.2, test_fraction=0.1, seed=3)
+    train, val, test = (set(split.subjects(k)) for k in ("train", "val", "test"))
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train | val | test) == 20 and len(val) == 4 and len(test) == 2
+    assert len(split.train) + len(split.val) + len(split.test) == len(cases)
+    assert split_by_subject(cases, 0.2, 0.1, seed=3).subjects("val") == split.subjects("val")
+    assert split_by_subject(cases, 0.2, 0.1, seed=4).subjects("val") != split.subjects("val")
+    assert split.description["val"] == split.subjects("val")
+
+
+def test_split_small_and_explicit():
+    two = split_by_subject(_cases(2), val_fraction=0.5, test_fraction=0.0)
+    assert len(two.subjects("train")) == 1 and len(two.subjects("val")) == 1
+    explicit = split_by_subject(_cases(4), val_subjects=["s01"], test_subjects=["s02"])
+    assert explicit.subjects("train") == ["s00", "s03"] and explicit.subjects("test") == ["s02"]
+    with pytest.raises(ConfigError, match="unknown subject"):
+        split_by_subject(_cases(3), val_subjects=["nobody"])
+    with pytest.raises(ConfigError, match="both"):
+        split_by_subject(_cases(3), val_subjects=["s00"], test_subjects=["s00"])
+    with pytest.raises(ConfigError, match="no subject for training"):
+        split_by_subject(_cases(2), train_subjects=[], val_subjects=["s00", "s01"])
+
+
+def test_zslab_holdout_ranges():
+    slabs = zslab_holdout(100, test_fraction=0.2, val_fraction=0.1, gap=5)
+    assert slabs["train"] == [0, 60] and slabs["val"] == [65, 75] and slabs["test"] == [80, 100]
+    no_val = zslab_holdout(50, test_fraction=0.2, gap=4)
+    assert no_val["val"] is None and no_val["train"][1] + 4 == no_val["test"][0] and no_val["test"][1] == 50
+    with pytest.raises(ConfigError, match="too thin"):
+        zslab_holdout(6, test_fraction=0.5, val_fraction=0.3, gap=4)
+
+
+@pytest.mark.data
+def test_real_data_readers(real_data):
+    phantom = load_cases(real_data / "Task1", source="MR", target="CT")
+    assert {c.subject_id for c in phantom} >= {"1PA001", "1PA003"}
+    assert all(c.mask_path is not None and c.source_path.name == "mr.nii.gz" for c in phantom)
+    assert detect_layout(real_data / "Task1") == "synthrad2023"
+    brats = load_cases(real_data / "BraTS2023", source="T1", target="FLAIR")
+    assert detect_layout(real_data / "BraTS2023") == "brats2023"
+    assert {c.case_id for c in brats} == {"BraTS-GLI-00001-000", "AURORA-example", "TCGA-DU-7294", "TCGA-FG-6692"}
+    assert all(c.target_path.name.endswith("-t2f.nii.gz") for c in brats)

@@ -1,0 +1,97 @@
+"""Body-weighted slice / patch sampling, 2.5D context, unpaired draws, augmentation, and the card builder."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from MedTranslateLib.training import card_builder
+from MedTranslateLib.training.config import TrainConfig
+from MedTranslateLib.training.sampling import PreparedCase, Sampler, default_slice_size
+
+
+
+def _case(name="a", shape=(20, 40, 48), source=True, target=True, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    mask[8:12, 10:20, 12:24] = True  # a small body: 0.6 % of the volume
+    z = np.arange(shape[0], dtype=np.float32)[:, None, None] * np.ones(shape, np.float32)
+    src = np.where(mask, 0.5, -1.0).astype(np.float32) + 0.001 * z  # encodes the slice index
+    tgt = np.where(mask, 0.2, -1.0).astype(np.float32) + rng.normal(0, 0.01, shape).astype(np.float32)
+    return PreparedCase(name, name, src if source else None, tgt if target else None, mask, (1.0, 1.0, 2.0))
+
+
+def test_2d_samples_mostly_contain_body():
+    sampler = Sampler([_case()], "2d", (32, 32), body_fraction=0.9, seed=0)
+    batch = sampler.batch(64)
+    assert batch["source"].shape == (64, 1, 32, 32) and batch["target"].shape == (64, 1, 32, 32)
+    assert batch["mask"].shape == (64, 1, 32, 32) and batch["source"].dtype == np.float32
+    with_body = (batch["mask"].reshape(64, -1).max(axis=1) > 0).mean()
+    assert with_body > 0.75  # uniform sampling would give ~ 4/20 slices
+    uniform = Sampler([_case()], "2d", (32, 32), body_fraction=0.0, seed=0).batch(64)
+    assert (uniform["mask"].reshape(64, -1).max(axis=1) > 0).mean() < with_body
+    assert sampler.samples_per_epoch() == 4
+
+
+def test_25d_context_replicates_edges_and_keeps_centre():
+    sampler = Sampler([_case()], "2.5d", (16, 16), context=2, body_fraction=0.0, seed=1)
+    for _ in range(30):
+        item = sampler.sample()
+        assert item["source"].shape == (5, 16, 16) and item["target"].shape == (1, 16, 16)
+        # slice-index encoding: neighbours differ by 0.001 (or 0 at replicated edges), centre is channel 2
+        diffs = np.diff(item["source"][:, 0, 0])
+        assert np.all((np.abs(diffs - 0.001) < 1e-5) | (np.abs(diffs) < 1e-6))
+
+
+def test_3d_patches_and_coronal_axis():
+    sampler = Sampler([_case()], "3d", (8, 16, 16), seed=2)
+    batch = sampler.batch(4)
+    assert batch["source"].shape == (4, 1, 8, 16, 16) and batch["mask"].shape == (4, 1, 8, 16, 16)
+    coronal = Sampler([_case()], "2d", (16, 16), slice_axis="coronal", seed=2).sample()
+    assert coronal["source"].shape == (1, 16, 16)
+    assert default_slice_size([_case()], "axial") == (32, 48)
+    assert default_slice_size([_case()], "sagittal") == (16, 32)
+
+
+def test_unpaired_draws_other_subjects_and_augmentation():
+    cases = [_case("s1", target=False), _case("t1", source=False, seed=1), _case("t2", source=False, seed=2)]
+    sampler = Sampler(cases, "2d", (32, 32), seed=3, augment=True)
+    assert not sampler.paired
+    batch = sampler.batch(6)
+    assert set(batch) == {"source", "target", "mask", "target_mask"}
+    assert batch["target"].shape == (6, 1, 32, 32)
+    paired = Sampler([_case()], "2d", (32, 32), seed=4, augment=True).batch(8)
+    assert paired["source"].shape == (8, 1, 32, 32) and np.isfinite(paired["source"]).all()
+
+
+def _schema():
+    from pathlib import Path
+
+    return json.loads((Path(__file__).resolve().parents[1] / "MedTranslateLib/models/model.schema.json").read_text())
+
+
+@pytest.mark.parametrize("dims", ["2d", "2.5d", "3d"])
+def test_card_builder_cards_validate(dims):
+    config = TrainConfig(data="/data", dimensionality=dims, source_modality="T1", target_modality="FLAIR",
+                         model_id="t1-flair-test", architecture={"features": [8, 16]}, epochs=2)
+    card = card_builder.base_card(config)
+    jsonschema.validate(card, _schema())
+    assert card["architecture"]["in_channels"] == (5 if dims == "2.5d" else 1)
+    assert card["normalization"]["output"]["output_range"] == [0.0, 1000.0]
+    ref = {"percentiles": {"p1": 0.0, "p50": 10.0}, "extent_mm": [100.0, 120.0, 80.0], "spacing_mm": [1.0, 1.0, 1.0]}
+    ref2 = {"percentiles": {"p1": 2.0, "p50": 30.0}, "extent_mm": [110.0, 120.0, 90.0], "spacing_mm": [1.0, 1.0, 3.0]}
+    final = card_builder.final_card(card, config, split={"method": "by subject", "train": ["a"], "test": ["b"]},
+                                    metrics={"mae": 12.5, "psnr_norm": float("nan")}, metrics_on="test",
+                                    metrics_subjects=["b"], seconds=3.2, device="cpu", steps=40,
+                                    references=[ref, ref2, None])
+    jsonschema.validate(final, _schema())
+    assert final["metrics"]["values"] == {"mae": 12.5, "psnr_norm": None}
+    assert "test" in final["metrics"]["data"] and "b" in final["metrics"]["data"]
+    assert final["intensity_reference"]["percentiles"] == {"p1": 1.0, "p50": 20.0}
+    assert final["intensity_reference"]["spacing_mm"] == [1.0, 1.0, 2.0]
+    assert "not for clinical use" in final["limitations"].lower() and final["clinical_use"] is False
+    assert final["training"]["steps"] == 40 and final["training"]["device"] == "cpu"
+    assert card_builder.aggregate_metrics([{"mae": 1.0}, {"mae": 3.0}]) == {"mae": 2.0}
