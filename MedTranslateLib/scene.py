@@ -150,7 +150,6 @@ def setup_fused_linked_display(scene: Any, input_node: Any, synthetic_node: Any,
         composite.SetHotLinkedControl(True)
         slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
         slice_node.SetViewGroup(VIEW_GROUP)
-        composite.SetViewGroup(VIEW_GROUP) if hasattr(composite, "SetViewGroup") else None
         composites[view] = composite
     return composites
 

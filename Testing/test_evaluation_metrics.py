@@ -121,5 +121,5 @@ def test_full_size_volume_runs_in_seconds():
     mask[10:140, 20:220, 20:220] = True
     start = time.perf_counter()
     out = M.compute_metrics(pred, ref, mask)
-    assert time.perf_counter() - start < 20
+    assert time.perf_counter() - start < 60  # ~5 s on an idle 2-core machine; generous for shared CI
     assert 0.9 < out["ms_ssim"] <= 1.0

@@ -186,3 +186,14 @@ def test_truncated_dicom_file_refused(tmp_path):
     with pytest.raises(InputError) as info:
         read_volume(out)
     assert info.value.fix
+
+
+def test_gantry_tilt_refused(tmp_path):
+    out = write_volume(make_image((5, 9, 11)), tmp_path / "tilt")
+    for k, path in enumerate(dicom_files(out)):
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.5 * k, z]  # each slice shifted: a tilted gantry
+        ds.save_as(path)
+    with pytest.raises(InputError, match="gantry tilt"):
+        read_volume(out)

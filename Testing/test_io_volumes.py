@@ -77,9 +77,10 @@ def test_provenance_stored_in_header(tmp_path, ext):
 
 
 def test_provenance_in_nifti_description(tmp_path):
-    path = write_volume(odd_image(), tmp_path / "p.nii.gz", provenance={"model_id": "demo-unet", "model_version": "1.2"})
+    provenance = {"model_id": "demo-unet", "model_version": "1.2", "model_sha256": "0123456789ab" + "f" * 52}
+    path = write_volume(odd_image(), tmp_path / "p.nii.gz", provenance=provenance)
     notes = sitk.ReadImage(str(path)).GetMetaData("descrip")
-    assert "SYNTHETIC" in notes and "demo-unet" in notes
+    assert "SYNTHETIC" in notes and "demo-unet" in notes and "1.2" in notes and "sha256:0123456789ab" in notes
 
 
 def test_writer_does_not_change_caller_metadata(tmp_path):
@@ -214,3 +215,16 @@ def test_ensure_not_input_refuses_overwriting_inputs(tmp_path):
     ensure_not_input(tmp_path / "out.nii.gz", [source])  # a different file is fine
     with pytest.raises(OutputError, match="overwrite the input"):
         ensure_not_input(str(tmp_path) + "/", [source])  # a DICOM folder replacing the input's folder
+
+
+def test_atomic_output_folder_mode(tmp_path):
+    target = tmp_path / "series"
+    with pytest.raises(Cancelled):
+        with atomic_output(str(target) + "/") as temp:
+            assert temp.is_dir() and temp.parent == tmp_path
+            (temp / "IMG00001.dcm").write_bytes(b"x")
+            raise Cancelled()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(str(target) + "/") as temp:
+        (temp / "IMG00001.dcm").write_bytes(b"x")
+    assert [p.name for p in target.iterdir()] == ["IMG00001.dcm"]

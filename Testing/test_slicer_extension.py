@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -189,3 +188,27 @@ def test_install_helper_reports_missing_requirements(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "monai" else real(name))
     assert install.missing_requirements() == ["monai>=1.4"]
     assert not any("torch" in req for req in install.BACKEND_REQUIREMENTS.values())
+
+
+def test_module_file_is_thin_and_has_slicer_classes():
+    source = (MODULE_DIR / "MedTranslate.py").read_text()
+    tree = ast.parse(source)
+    classes = {n.name: [b.id for b in n.bases if isinstance(b, ast.Name)] for n in tree.body
+               if isinstance(n, ast.ClassDef)}
+    assert classes["MedTranslate"] == ["ScriptedLoadableModule"]
+    assert classes["MedTranslateWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["MedTranslateLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["MedTranslateTest"] == ["ScriptedLoadableModuleTest"]
+    top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top_imports |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not top_imports & {"torch", "monai", "SimpleITK", "matplotlib", "MedTranslateLib"}
+    assert len(source.splitlines()) < 400
+    assert 'categories = [_("Image Synthesis")]' in source
+
+
+def test_parameter_annotations_are_real_types():
+    """The parameter node wrapper needs evaluated annotations (no postponed string annotations)."""
+    from MedTranslateModule.parameters import MedTranslateParameterNode
+
+    assert all(not isinstance(value, str) for value in MedTranslateParameterNode.__annotations__.values())
+    assert MedTranslateParameterNode.__annotations__["uncertainty"] is bool

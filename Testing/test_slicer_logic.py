@@ -86,7 +86,13 @@ def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, in
 
     statuses = []
     logic = _logic(scene)
-    logic.on_status = lambda status: statuses.append((status.state, status.stage, status.fraction))
+    workdirs = set()
+
+    def record(status):
+        statuses.append((status.state, status.stage, status.fraction))
+        workdirs.add(logic.workdir)
+
+    logic.on_status = record
     status = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True,
                                           device="cpu", steps=5, samples=2), timeout=60)
     output = status.output_node
@@ -113,6 +119,7 @@ def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, in
     fractions = [fraction for _, _, fraction in statuses]
     assert fractions == sorted(fractions)
     assert logic.workdir is None and not logic.is_running
+    assert any(workdirs) and not any(path and os.path.exists(path) for path in workdirs)  # temp files removed
 
 
 def test_existing_output_node_is_reused(scene, input_node):
@@ -212,3 +219,42 @@ def test_evaluate_against_reference(scene, input_node):
     moved = slicer.util.addVolumeFromArray(array, ijkToRAS=shifted, name="moved")
     with pytest.raises(TranslationFailed, match="not on the synthetic volume's grid"):
         evaluate_against_reference(input_node, moved)
+
+
+def test_real_backend_worker_error_reaches_the_user(scene, input_node):
+    """The default worker (``python -m MedTranslateLib``) speaks the same protocol as the fake."""
+    from MedTranslateModule.models import list_models
+
+    logic = TranslationLogic(scene=scene, python_executable=sys.executable)
+    assert logic.worker_command == [sys.executable, "-m", "MedTranslateLib"]
+    assert isinstance(list_models(logic.worker_command), list)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(TranslationFailed, match="Unknown model 'no-such-model'"):
+        logic.run(TranslationRequest(input_node, "no-such-model", device="cpu"), timeout=120)
+    assert scene.GetNumberOfNodes() == before and logic.workdir is None
+
+
+def test_worker_environment():
+    from MedTranslateModule.logic import worker_environment
+
+    env = worker_environment("cpu", base={"PYTHONPATH": "/somewhere", "CUDA_VISIBLE_DEVICES": "0"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PYTHONUNBUFFERED"] == "1"
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert (Path(parts[0]) / "MedTranslateLib" / "__init__.py").is_file() and parts[1] == "/somewhere"
+    assert worker_environment("auto", base={"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_display_helpers_set_fused_views_and_opacity(scene, input_node):
+    import slicer
+
+    from MedTranslateModule.display import set_foreground_opacity, show_result
+
+    synthetic = slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(input_node) * 2, ijkToRAS=IJK_TO_RAS,
+                                               name="synthetic")
+    composites = show_result(input_node, synthetic, opacity=0.25)
+    assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.25)
+    set_foreground_opacity(0.8)
+    assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.8)
+    assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(1.0)  # the synthetic-only view
+    set_foreground_opacity(7.0)
+    assert composites["Red"].GetForegroundOpacity() == pytest.approx(1.0)

@@ -118,8 +118,6 @@ def test_export_scene_mrb_rejects_other_suffix(tmp_path):
 
 
 def test_render_slice_blends_input_and_synthetic(tmp_path):
-    import slicer
-
     from MedTranslateLib.scene import load_volume, new_scene, render_slice, setup_fused_linked_display
 
     _, paths = _volumes(tmp_path)
@@ -139,7 +137,6 @@ def test_render_slice_blends_input_and_synthetic(tmp_path):
     assert images[1.0][..., :3].min() == 255  # only the synthetic layer
     assert 0 < images[0.0][..., :3].mean() < 200  # only the input layer
     np.testing.assert_allclose(images[0.5][..., :3], (images[0.0][..., :3] + 255) / 2, atol=1.5)
-    del slicer
 
 
 def test_write_fused_png(tmp_path):

@@ -77,7 +77,7 @@ def test_train_lowers_loss_and_exports_valid_package(tmp_path):
     from MedTranslateLib.training.loop import STAGES, train
 
     events = []
-    config = _config(tmp_path, steps=40)
+    config = _config(tmp_path, steps=24, val_interval=12, checkpoint_interval=12)
     result = train(config, ProgressTracker(STAGES, events.append, min_interval=0.0))
     losses = [row for row in result.history if not row.get("validation")]
     first, last = losses[0], losses[-1]
@@ -103,7 +103,7 @@ def test_train_lowers_loss_and_exports_valid_package(tmp_path):
     assert weights and all(np.isfinite(v.float().numpy()).all() for v in weights.values())
     work = config.work_path
     assert (work / "train_log.csv").is_file() and (work / "validation_log.csv").is_file()
-    assert result.best_step in (15, 30, 40)
+    assert result.best_step in (12, 24)
 
 
 def test_resume_continues_like_an_uninterrupted_run(tmp_path):
@@ -112,14 +112,14 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
     from MedTranslateLib.training.loop import train
 
-    straight = train(_config(tmp_path / "a", steps=8, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=4))
-    first = train(_config(tmp_path / "b", steps=4, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=4))
-    assert first.steps == 4
+    straight = train(_config(tmp_path / "a", steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3))
+    first = train(_config(tmp_path / "b", steps=3, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3))
+    assert first.steps == 3
     state = json.loads((_config(tmp_path / "b").work_path / "checkpoint" / "state.json").read_text())
-    assert state["state"]["step"] == 4 and state["optimizers"]
-    resumed = train(_config(tmp_path / "b", steps=8, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=4,
+    assert state["state"]["step"] == 3 and state["optimizers"]
+    resumed = train(_config(tmp_path / "b", steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3,
                             resume=True))
-    assert resumed.steps == 8 and resumed.metrics_on == "none"
+    assert resumed.steps == 6 and resumed.metrics_on == "none"
     a = load_file(str(straight.package / "weights.safetensors"))
     b = load_file(str(resumed.package / "weights.safetensors"))
     assert a.keys() == b.keys()
@@ -152,11 +152,11 @@ def test_cli_entry_point(tmp_path):
                    f'architecture = {{features = [4, 8, 8, 16, 16, 4]}}\nbatch_size = 2\nval_interval = 3\n')
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    args = parser.parse_args(["--config", str(cfg), "--steps", "3", "--output", str(tmp_path / "cli_pkg"),
+    args = parser.parse_args(["--config", str(cfg), "--steps", "2", "--output", str(tmp_path / "cli_pkg"),
                               "--device", "cpu", "--progress", "none", "--id", "cli-model"])
     assert run_train(args) == 0
     card = json.loads((tmp_path / "cli_pkg" / "model.json").read_text())
-    assert card["id"] == "cli-model" and card["training"]["steps"] == 3
+    assert card["id"] == "cli-model" and card["training"]["steps"] == 2
     assert card["metrics"]["data"].startswith("Held-out validation")
 
 

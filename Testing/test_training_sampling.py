@@ -95,3 +95,21 @@ def test_card_builder_cards_validate(dims):
     assert "not for clinical use" in final["limitations"].lower() and final["clinical_use"] is False
     assert final["training"]["steps"] == 40 and final["training"]["device"] == "cpu"
     assert card_builder.aggregate_metrics([{"mae": 1.0}, {"mae": 3.0}]) == {"mae": 2.0}
+
+
+@pytest.mark.data
+def test_real_phantom_case_is_prepared_once_with_the_card(real_data):
+    from MedTranslateLib.training.datasets import load_cases
+    from MedTranslateLib.training.sampling import load_case
+
+    case = next(c for c in load_cases(real_data / "Task1", source="MR", target="CT") if c.subject_id == "1PA003")
+    card = card_builder.base_card(TrainConfig(data=str(real_data), model_id="phantom-test"))
+    prepared = load_case(case, card)
+    assert prepared.source.dtype == np.float32 and prepared.target.dtype == np.float32
+    assert prepared.source.shape == prepared.target.shape == prepared.mask.shape
+    assert prepared.mask.any() and prepared.source[prepared.mask].min() >= -1.0001
+    body_target = prepared.target[prepared.mask]
+    assert body_target.min() >= -1.0001 and body_target.max() <= 1.0001 and body_target.std() > 0.01
+    assert prepared.reference is not None and prepared.reference["spacing_mm"] == [1.0, 1.0, 1.0]
+    sampler = Sampler([prepared], "2d", default_slice_size([prepared], "axial"), seed=0)
+    assert sampler.batch(2)["source"].shape[0] == 2

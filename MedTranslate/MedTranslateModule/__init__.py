@@ -1,0 +1,1 @@
+"""Logic, worker process, display and packaging helpers of the MedTranslate Slicer module."""

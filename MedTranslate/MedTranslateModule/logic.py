@@ -62,6 +62,26 @@ def output_name_for(input_name: str, target_modality: str) -> str:
     return f"{input_name}_synthetic_{target}"
 
 
+def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the worker: unbuffered output, the backend importable, no GPU for a CPU run.
+
+    Slicer adds extension folders to its own ``sys.path`` at run time only, so the folder holding
+    ``MedTranslateLib`` is put on the child's ``PYTHONPATH``.
+    """
+    import importlib.util
+
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    spec = importlib.util.find_spec("MedTranslateLib")
+    if spec is not None and spec.origin:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+        parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part]
+        env["PYTHONPATH"] = os.pathsep.join([root] + [part for part in parts if part != root])
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # "Force CPU": the child cannot see any GPU
+    return env
+
+
 class TranslationLogic:
     """Runs one translation at a time in a worker process and loads the result into the scene."""
 
@@ -138,11 +158,7 @@ class TranslationLogic:
             if request.uncertainty:
                 paths["uncertainty"] = os.path.join(self._workdir, "uncertainty.nrrd")
             command = self.build_command(request, paths)
-            env = dict(os.environ)
-            env["PYTHONUNBUFFERED"] = "1"
-            if request.device == "cpu":
-                env["CUDA_VISIBLE_DEVICES"] = "-1"  # "Force CPU": the child cannot see any GPU
-            self._worker = WorkerProcess(command, env=env, cwd=self._workdir)
+            self._worker = WorkerProcess(command, env=worker_environment(request.device), cwd=self._workdir)
             self._worker.start()
         except BaseException:
             self._worker = None
@@ -209,6 +225,8 @@ class TranslationLogic:
                 status.state, status.message = "failed", self._failure_message(code, worker)
         except TranslationFailed as error:
             status.state, status.message = "failed", str(error)
+        except Exception as error:  # an unexpected failure while loading must still end the run cleanly
+            status.state, status.message = "failed", f"Could not load the result: {error}"
         finally:
             self._worker = None
             self._cleanup()
@@ -297,6 +315,7 @@ class TranslationLogic:
         matrix = vtk.vtkMatrix4x4()
         input_node.GetIJKToRASMatrix(matrix)
         target.SetIJKToRASMatrix(matrix)
+        target.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())  # same place as the input
         slicer.util.updateVolumeFromArray(target, array)
         target.CreateDefaultDisplayNodes()
         return target

@@ -2,10 +2,9 @@
 
 Inside Slicer the class is a real parameter node wrapper bound to the panel through the
 ``SlicerParameterName`` properties of the ``.ui``; outside Slicer (tests) it stays a plain annotated
-class so the field names can be checked against the ``.ui``.
+class so the field names can be checked against the ``.ui``. No ``from __future__ import annotations``
+here: the wrapper reads the annotations as real types.
 """
-
-from __future__ import annotations
 
 from typing import Annotated
 

@@ -40,6 +40,7 @@ class ConditionalDenoiser(nn.Module):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
+        _ensure_rearrange()
         arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
         if spatial_dims not in (2, 3):
             raise ConfigError(f"Diffusion models work in 2D or 3D, not {spatial_dims}D.",
@@ -49,8 +50,6 @@ class ConditionalDenoiser(nn.Module):
         if len(attention) != len(channels):
             raise ConfigError("architecture.attention_levels must have one entry per channels level.",
                               f"Give {len(channels)} booleans.")
-        if any(attention):
-            _require_einops()
         groups = int(arch["norm_num_groups"])
         if any(c % groups for c in channels):
             raise ConfigError(f"Every entry of architecture.channels must be divisible by norm_num_groups ({groups}).",
@@ -71,14 +70,37 @@ class ConditionalDenoiser(nn.Module):
         return self.unet(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps)
 
 
-def _require_einops() -> None:
-    """MONAI's attention blocks need the optional ``einops`` package."""
+class _HeadRearrange(nn.Module):
+    """Stand-in for ``einops.layers.torch.Rearrange`` covering the two head-splitting patterns MONAI's attention
+    blocks use ("b h (l d) -> b l h d" and "b l h d -> b h (l d)"); used only when einops is not installed."""
+
+    def __init__(self, pattern: str, **sizes: int) -> None:
+        super().__init__()
+        self.pattern = " ".join(pattern.split())
+        if self.pattern not in ("b h (l d) -> b l h d", "b l h d -> b h (l d)"):
+            raise ConfigError(f"This MONAI network needs the 'einops' package (pattern '{pattern}').",
+                              "Install it with 'pip install einops'.")
+        self.heads = sizes.get("l")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pattern == "b h (l d) -> b l h d":
+            b, h, ld = x.shape
+            return x.reshape(b, h, self.heads, ld // self.heads).permute(0, 2, 1, 3)
+        b, l, h, d = x.shape
+        return x.permute(0, 2, 1, 3).reshape(b, h, l * d)
+
+
+def _ensure_rearrange() -> None:
+    """Make MONAI's attention blocks constructible without einops (they need only head reshapes)."""
     import importlib.util
 
-    if importlib.util.find_spec("einops") is None:
-        raise ConfigError("Diffusion attention layers (architecture.attention_levels) need the 'einops' package, "
-                          "which is not installed.",
-                          "Install it with 'pip install einops', or set every attention level to false.")
+    if importlib.util.find_spec("einops") is not None:
+        return
+    from monai.networks.blocks import crossattention, selfattention
+
+    for module in (selfattention, crossattention):
+        if getattr(module, "Rearrange", None) is not _HeadRearrange:
+            module.Rearrange = _HeadRearrange
 
 
 def _pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:
@@ -162,11 +184,11 @@ class ConditionalDiffusionFamily:
         """Channels of the condition given to the denoiser."""
         return int(architecture["in_channels"])
 
-    def training_condition(self, batch: Batch) -> torch.Tensor:
+    def training_condition(self, batch: Batch, net: ConditionalDenoiser) -> torch.Tensor:
         """The condition for a training batch (paired: the source image)."""
         return batch["source"]
 
-    def inference_condition(self, source: torch.Tensor) -> torch.Tensor:
+    def inference_condition(self, source: torch.Tensor, net: ConditionalDenoiser) -> torch.Tensor:
         """The condition at inference (paired: the source image)."""
         return source
 
@@ -197,7 +219,7 @@ class ConditionalDiffusionFamily:
         net.train()
         target = batch["target"].float()
         mask = batch.get("mask") if bool(options.get("masked_loss", False)) else None
-        condition = self.training_condition(batch).float()
+        condition = self.training_condition(batch, net).float()
         pads = _pad_amounts(tuple(target.shape[2:]), net.size_divisor)
         if any(pads):
             target = F.pad(target, pads, mode="replicate")
@@ -229,7 +251,7 @@ class ConditionalDiffusionFamily:
                              "Fix the card (architecture.train_timesteps is the value used in training).")
         steps = options.steps if options.steps is not None else int(sampling.get("steps", DEFAULT_STEPS))
         callback = options.extra.get("step_callback") if options.extra else None
-        return DiffusionPredictor(net, self.inference_condition, steps=steps,
+        return DiffusionPredictor(net, lambda source: self.inference_condition(source, net), steps=steps,
                                   sampler=str(sampling.get("sampler", "ddim")), eta=float(sampling.get("eta", 0.0)),
                                   condition_pad_mode=self.condition_pad_mode, step_callback=callback)
 

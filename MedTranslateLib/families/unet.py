@@ -17,15 +17,15 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import masked_l1, masked_ssim_loss
 from MedTranslateLib.networks import build_generator
 
-MIN_SIZE = 32  # four poolings leave >= 2 voxels per axis (instance norm needs more than one)
-
-
 def _pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:
-    """``F.pad`` amounts (last axis first) growing each axis to a multiple of ``divisor`` and >= MIN_SIZE."""
+    """``F.pad`` amounts (last axis first) growing each axis to a multiple of ``divisor``; when that leaves a
+    single voxel at the bottom of the U-Net (instance norm needs more than one) the first axis doubles."""
+    target = [max(divisor, -(-size // divisor) * divisor) for size in shape]
+    if all(t == divisor for t in target):
+        target[0] *= 2
     pads: list[int] = []
-    for size in reversed(shape):
-        target = max(MIN_SIZE, -(-size // divisor) * divisor)
-        pads += [0, target - size]
+    for size, wanted in zip(reversed(shape), reversed(target)):
+        pads += [0, wanted - size]
     return pads
 
 

@@ -122,15 +122,18 @@ def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLi
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path to write to; move it to ``path`` on success, remove it on any failure.
 
     File mode yields ``<hidden temp folder>/<same name>`` in the target's folder, so writers pick the format
     from the suffix and companion files (``.raw`` of ``.mhd``) keep the names their header refers to; every
     file written there is moved next to ``path``, companions first, ``path`` last. Folder mode
-    (``folder=True``, DICOM) yields an empty temporary folder that replaces ``path`` as a whole.
+    (``folder=True``, DICOM) yields an empty temporary folder that replaces ``path`` as a whole; by default
+    the mode follows :func:`is_dicom_output` (no suffix or a trailing ``/`` means a folder).
     """
-    target = Path(path)
+    if folder is None:
+        folder = is_dicom_output(path)
+    target = dicom_output_folder(path) if folder else Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))

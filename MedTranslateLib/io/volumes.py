@@ -180,6 +180,8 @@ def _check_declared_bytes(path: Path, declared: int) -> None:
     data_bytes, compressed, data_path, length = path.stat().st_size, False, None, 0
     if suffix == ".nii.gz":
         compressed = True
+    elif suffix == ".nii":
+        data_bytes -= 348  # the NIfTI-1 header precedes the voxels
     elif suffix in (".mha", ".mhd"):
         header, length = _text_header(path)
         compressed = header.get("compresseddata", "false").lower() == "true"
@@ -202,7 +204,7 @@ def _check_declared_bytes(path: Path, declared: int) -> None:
         data_file = header.get("data file", header.get("datafile"))
         if data_file is None:
             data_bytes = path.stat().st_size - length
-        elif " " in data_file or "%" in data_file:
+        elif " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
             return
         else:
             data_path = path.parent / data_file
@@ -360,8 +362,16 @@ def _check_slice_positions(headers: list[Any], what: str) -> None:
         positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
     except (AttributeError, TypeError, ValueError):
         return  # no per-slice geometry (e.g. multi-frame): nothing to check here
-    distances = np.sort(positions @ np.cross(orientation[0], orientation[1]))
-    steps = np.diff(distances)
+    normal = np.cross(orientation[0], orientation[1])
+    along = positions @ normal
+    order = np.argsort(along)
+    span = positions[order[-1]] - positions[order[0]]
+    sideways = np.linalg.norm(span - (span @ normal) * normal)
+    if sideways > max(0.01 * np.linalg.norm(span), 1e-3):
+        raise InputError(f"The {what} is sheared: its slices shift sideways by {sideways:.3g} mm across the "
+                         "series (gantry tilt), which a 3D grid cannot represent.",
+                         "Correct the gantry tilt (resample to an orthogonal grid) before translating.")
+    steps = np.diff(along[order])
     typical = float(np.median(steps))
     if typical <= 1e-6 or np.max(np.abs(steps - typical)) > max(0.01 * typical, 1e-3):
         raise InputError(f"The {what} has missing, duplicate or unevenly spaced slices (slice gaps from "
@@ -456,8 +466,9 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
     if provenance is not None or description:
         info = provenance or {}
         if nifti:  # NIfTI only has the 80-character 'descrip' field
+            sha = str(info.get("model_sha256", ""))[:12]
             notes = " ".join(str(v) for v in ("SYNTHETIC MedTranslate", info.get("model_id", ""),
-                                              info.get("model_version", "")) if v)
+                                              info.get("model_version", ""), sha and f"sha256:{sha}") if v)
             output.SetMetaData("ITK_FileNotes", notes[:79])
         else:
             output.SetMetaData("ITK_FileNotes", label)

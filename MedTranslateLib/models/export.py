@@ -81,13 +81,13 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
             with zipfile.ZipFile(temp_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for name, content in files.items():
                     archive.writestr(name, content)
-            _replace(temp_zip, final)
+            replace_atomically(temp_zip, final)
         else:
             package_dir = staging / "package"
             package_dir.mkdir()
             for name, content in files.items():
                 (package_dir / name).write_bytes(content)
-            _replace(package_dir, final)
+            replace_atomically(package_dir, final)
     except OSError as exc:
         raise OutputError(f"Cannot write the model package {final}: {exc.strerror or exc}.",
                           "Check that the folder is writable and has free space.") from None
@@ -108,7 +108,7 @@ def _check_replaceable(final: Path) -> None:
                           "Choose a new output path.")
 
 
-def _replace(source: Path, final: Path) -> None:
+def replace_atomically(source: Path, final: Path) -> None:
     """Atomically move ``source`` to ``final`` (an existing package there is moved aside, then deleted)."""
     if final.is_dir():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

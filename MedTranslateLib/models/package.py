@@ -60,7 +60,7 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     return parts
 
 
-def _is_extra(name: str) -> bool:
+def is_extra_file(name: str) -> bool:
     return name == "README.md" or name.upper() in EXTRA_NAMES or name.lower().endswith(EXTRA_SUFFIXES)
 
 
@@ -118,7 +118,7 @@ def open_safe_zip(zip_path: Path) -> SafeZip:
         name = parts[-1]
         if name in members:
             raise _unsafe(zip_path, info.filename, "is duplicated")
-        if name != "model.json" and not name.endswith(".safetensors") and not _is_extra(name):
+        if name != "model.json" and not name.endswith(".safetensors") and not is_extra_file(name):
             raise _unsafe(zip_path, info.filename, "is not part of a model package (model.json, "
                           "*.safetensors, README.md, licence or text files)")
         limit = (MAX_WEIGHTS_BYTES if name.endswith(".safetensors")
@@ -186,7 +186,7 @@ class ModelPackage:
                 from MedTranslateLib.models.download import ensure_weights
 
                 path = ensure_weights(self, progress=progress)
-            data = _read_capped(path, MAX_WEIGHTS_BYTES)
+            data = read_file_capped(path, MAX_WEIGHTS_BYTES)
         if self.card.weights_size is not None and len(data) != self.card.weights_size:
             raise ModelError(f"The weights of {self.card.id} {self.card.version} ({self.path}) are {len(data)} "
                              f"bytes; the card says {self.card.weights_size}.",
@@ -212,7 +212,7 @@ class ModelPackage:
         return _parse_safetensors(self.read_weights(progress), self)
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
+def read_file_capped(path: Path, limit: int) -> bytes:
     try:
         if path.is_symlink() or not path.is_file():
             raise ModelError(f"The weights file {path} is not a regular file.", "Re-import the package.")
@@ -245,7 +245,7 @@ def safetensors_header_problem(data: bytes) -> str | None:
     if not isinstance(header, dict):
         return "the header is not a JSON object"
     body = len(data) - 8 - header_size
-    spans = []
+    tensors = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -253,8 +253,8 @@ def safetensors_header_problem(data: bytes) -> str | None:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= body):
             return f"tensor {name!r} has invalid data offsets"
-        spans.append(tuple(offsets))
-    if not spans:
+        tensors += 1
+    if not tensors:
         return "it holds no tensors"
     return None
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
+from MedTranslateLib.models.export import replace_atomically
 from MedTranslateLib.models.package import (
     MAX_EXTRA_BYTES,
     ModelPackage,
-    _is_extra,
-    _read_capped,
+    is_extra_file,
+    read_file_capped,
     open_package,
 )
 
@@ -133,7 +134,7 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
         try:
             self._copy_files(package, staging, weights)
-            _replace_dir(staging, destination)
+            replace_atomically(staging, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return RegistryEntry(card.id, card.version, card.title, "user", destination)
@@ -143,15 +144,15 @@ class ModelRegistry:
         card = package.card
         if package.zip is not None:
             names = {"model.json": MAX_CARD_BYTES}
-            names.update({n: MAX_EXTRA_BYTES for n in package.zip.members if _is_extra(n) and n != "model.json"})
+            names.update({n: MAX_EXTRA_BYTES for n in package.zip.members if is_extra_file(n) and n != "model.json"})
             for name, limit in names.items():
                 (staging / name).write_bytes(package.zip.read(name, limit))
         else:
-            (staging / "model.json").write_bytes(_read_capped(package.path / "model.json", MAX_CARD_BYTES))
+            (staging / "model.json").write_bytes(read_file_capped(package.path / "model.json", MAX_CARD_BYTES))
             for child in package.path.iterdir():
-                if child.name != "model.json" and _is_extra(child.name) and child.is_file() \
+                if child.name != "model.json" and is_extra_file(child.name) and child.is_file() \
                         and not child.is_symlink():
-                    (staging / child.name).write_bytes(_read_capped(child, MAX_EXTRA_BYTES))
+                    (staging / child.name).write_bytes(read_file_capped(child, MAX_EXTRA_BYTES))
         if weights is not None:
             (staging / card.weights_file).write_bytes(weights)
 
@@ -175,20 +176,4 @@ class ModelRegistry:
                 entry.path.unlink()
             removed.append(entry.path)
         return removed
-
-
-def _replace_dir(staging: Path, destination: Path) -> None:
-    """Move ``staging`` to ``destination``; an existing destination is swapped out, then deleted."""
-    if not destination.exists():
-        os.replace(staging, destination)
-        return
-    old = destination.with_name(f".old-{destination.name}-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(destination, old)
-    try:
-        os.replace(staging, destination)
-    except OSError:
-        os.replace(old, destination)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 

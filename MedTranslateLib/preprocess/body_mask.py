@@ -59,21 +59,40 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in 3D and then in every axial slice (axis 0), so open airways and sinuses close."""
-    filled = ndimage.binary_fill_holes(mask)
-    for z in range(filled.shape[0]):
-        if filled[z].any():
-            filled[z] = ndimage.binary_fill_holes(filled[z])
-    return filled
+    """Holes filled in every axial slice (axis 0), so open airways and sinuses close too.
+
+    Background that is not 4-connected to the edge of its slice becomes body. Every enclosed 3D cavity
+    is enclosed in each of its slices as well, so this also fills all 3D holes (one labelling pass,
+    much faster than a 3D fill followed by a slice loop).
+    """
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, count = ndimage.label(~mask, structure=in_plane)
+    outside = np.zeros(count + 1, dtype=bool)
+    outside[0] = True  # label 0 is the body itself
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[np.unique(edge)] = True
+    return mask | ~outside[labels]
 
 
 def dilate_by_mm(mask: np.ndarray, spacing_xyz: Sequence[float], distance_mm: float) -> np.ndarray:
-    """Every voxel within ``distance_mm`` (Euclidean, in mm, anisotropic spacing honoured) of ``mask``."""
+    """Every voxel within ``distance_mm`` (Euclidean, in mm, anisotropic spacing honoured) of ``mask``.
+
+    The distance transform runs only on the mask's bounding box grown by the distance (exact, cheaper).
+    """
     if distance_mm <= 0 or not mask.any():
         return mask
     spacing_zyx = tuple(float(s) for s in reversed(tuple(spacing_xyz)))
-    distance = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
-    return distance <= distance_mm
+    box = []
+    for axis, step in enumerate(spacing_zyx):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        reach = int(np.ceil(distance_mm / step))
+        box.append(slice(max(0, int(hits[0]) - reach), min(mask.shape[axis], int(hits[-1]) + 1 + reach)))
+    box = tuple(box)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing_zyx) <= distance_mm
+    return out
 
 
 def body_mask(
@@ -88,7 +107,7 @@ def body_mask(
 
     ``method``: ``otsu`` (CT uses -500 HU unless ``threshold`` is given), ``threshold`` (``array >
     threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component,
-    holes filled (3D and per axial slice) and an optional dilation of ``dilate_mm`` millimetres.
+    holes filled (per axial slice, which includes 3D cavities) and an optional dilation of ``dilate_mm`` millimetres.
     """
     array = np.asarray(array)
     if method == "none":

@@ -78,6 +78,19 @@ def _statistics_values(array: np.ndarray, mask: np.ndarray | None, use_mask: boo
     return np.asarray(array, dtype=np.float32).ravel()
 
 
+def mean_std(values: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
+    """Mean and (population) standard deviation of a 1D float32 array, accumulated in float64 chunk by
+    chunk (no float64 copy of the whole array)."""
+    count = values.size
+    total = sum(float(np.sum(values[i:i + chunk], dtype=np.float64)) for i in range(0, count, chunk))
+    mean = total / count
+    squares = 0.0
+    for i in range(0, count, chunk):
+        part = values[i:i + chunk].astype(np.float64) - mean
+        squares += float(np.dot(part, part))
+    return mean, (squares / count) ** 0.5
+
+
 def normalize(array: np.ndarray, mask: np.ndarray | None, spec: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
     """Map ``array`` to [-1, 1] with ``spec``; returns (float32 array, the parameters actually used).
 
@@ -97,8 +110,7 @@ def normalize(array: np.ndarray, mask: np.ndarray | None, spec: Mapping[str, Any
         return _linear_to_unit(array, lo, hi), {"method": method, "lo": lo, "hi": hi,
                                                 "percentiles": [p_lo, p_hi]}
     values = _statistics_values(array, mask, bool(spec.get("within_mask", True)))
-    mean = float(np.mean(values, dtype=np.float64))
-    std = float(np.std(values, dtype=np.float64))
+    mean, std = mean_std(values)
     if std < _EPS * max(1.0, abs(mean)):
         std = 1.0
     # x/3 after standardising == linear map with mean - 3 sd -> -1 and mean + 3 sd -> 1

@@ -48,6 +48,7 @@ class PrepRecord:
     original: dict  # the input grid: size (x, y, z), spacing, origin, direction (+ orientation code)
     steps: list[dict] = field(default_factory=list)
     normalization: dict = field(default_factory=dict)  # parameters normalize() actually used
+    target_normalization: dict = field(default_factory=dict)  # prepare_pair: the target's parameters
     model_shape: list[int] = field(default_factory=list)  # (z, y, x) of the prepared array
     mask_source: str = "auto"  # "auto", "user" or "none"
     body_mask: str = ""  # the body mask on the input grid, packed (pack_mask)
@@ -226,7 +227,7 @@ def prepare_pair(source: "sitk.Image", target: "sitk.Image", card: Mapping[str, 
         elif step["step"] == "resample":
             target_array = geometry.resample_array(target_array, step["from"], step["to"],
                                                    default=float(target_array.min()))
-    normalised, _ = normalize(target_array, body, card["normalization"]["output"])
+    normalised, record.target_normalization = normalize(target_array, body, card["normalization"]["output"])
     del target_array
     prepared = _finish(source_array, body, card, _spec(card, "input"), record)
     pad_value = float(normalised.min())

@@ -1,0 +1,251 @@
+"""Inference engine: shapes, identity round trips, slice axes, progress, cancel, uncertainty, OOM handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedTranslateLib.errors import Cancelled, DeviceError, ModelError
+from MedTranslateLib.families.base import InferenceOptions
+from MedTranslateLib.inference.engine import CPU_FALLBACK_WARNING, BatchRunner, predict_volume
+from MedTranslateLib.progress import CancelToken, ProgressTracker
+
+CPU = torch.device("cpu")
+
+
+def card(dimensionality: str = "2d", slice_axis: str = "axial", context: int = 0, **inputs) -> dict:
+    spec = {"slice_axis": slice_axis, "spacing": None, **inputs}
+    if dimensionality == "2.5d":
+        spec["context_slices"] = context
+    return {"dimensionality": dimensionality, "architecture": {"in_channels": 2 * context + 1, "out_channels": 1},
+            "input": spec}
+
+
+class Identity:
+    """Returns the centre channel: the engine must give back its input."""
+
+    stochastic = False
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self.batch_sizes.append(source.shape[0])
+        centre = source.shape[1] // 2
+        return source[:, centre:centre + 1].clone()
+
+
+class Noisy(Identity):
+    stochastic = True
+
+    def __call__(self, source, generator=None):
+        noise = torch.randn(source[:, :1].shape, generator=generator, device=source.device)
+        return source[:, source.shape[1] // 2:][:, :1] + 0.1 * noise
+
+
+def volume(shape=(6, 16, 20), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def run(array, mask, spec, predictor, options=None, tracker=None):
+    return predict_volume(array, mask, spec, predictor, options or InferenceOptions(), CPU,
+                          tracker or ProgressTracker())
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+@pytest.mark.parametrize("dimensionality,context", [("2d", 0), ("2.5d", 2)])
+def test_slicewise_identity_returns_input(axis, dimensionality, context):
+    array = volume()
+    result = run(array, np.ones_like(array, bool), card(dimensionality, axis, context, batch_size=3), Identity())
+    assert result.mean.shape == array.shape and result.mean.dtype == np.float32
+    np.testing.assert_array_equal(result.mean, array)
+    assert result.std is None and result.warnings == []
+
+
+def test_3d_identity_within_tolerance():
+    array = volume((12, 14, 18))
+    spec = card("3d", patch_size=[8, 8, 8], overlap=0.25, batch_size=2)
+    result = run(array, np.ones_like(array, bool), spec, Identity())
+    assert result.mean.shape == array.shape
+    np.testing.assert_allclose(result.mean, array, atol=1e-5)
+
+
+def test_3d_outside_mask_box_is_background():
+    array = volume((12, 14, 18))
+    mask = np.zeros_like(array, bool)
+    mask[2:8, 3:10, 4:12] = True
+    result = run(array, mask, card("3d", patch_size=[8, 8, 8], overlap=0.5), Identity())
+    np.testing.assert_allclose(result.mean[mask], array[mask], atol=1e-5)
+    assert np.all(result.mean[0] == -1) and np.all(result.mean[:, :, 15:] == -1)
+
+
+class SliceIndex:
+    """Fills each output slice with the value of the input at its first voxel (the slice's encoded index)."""
+
+    stochastic = False
+
+    def __call__(self, source, generator=None):
+        centre = source.shape[1] // 2
+        return source[:, centre:centre + 1, :1, :1].expand(-1, 1, *source.shape[2:]).clone()
+
+
+@pytest.mark.parametrize("axis_name,axis", [("axial", 0), ("coronal", 1), ("sagittal", 2)])
+def test_slices_go_along_the_card_axis(axis_name, axis):
+    shape = (5, 7, 9)
+    index = np.arange(shape[axis], dtype=np.float32)
+    array = np.broadcast_to(np.expand_dims(index, [a for a in range(3) if a != axis]), shape).copy()
+    result = run(array, np.ones(shape, bool), card("2.5d", axis_name, 1), SliceIndex())
+    np.testing.assert_array_equal(result.mean, array)
+
+
+def test_slices_without_body_are_skipped_and_background():
+    array = volume()
+    mask = np.zeros_like(array, bool)
+    mask[2:4, 5:9, 5:9] = True
+    predictor = Identity()
+    result = run(array, mask, card("2.5d", "axial", 1, batch_size=8), predictor)
+    assert sum(predictor.batch_sizes) == 2
+    np.testing.assert_array_equal(result.mean[2:4], array[2:4])
+    assert np.all(result.mean[[0, 1, 4, 5]] == -1)
+
+
+def test_25d_edge_slices_replicate():
+    class Channels:
+        stochastic = False
+
+        def __call__(self, source, generator=None):
+            seen.append(source[:, :, 0, 0].clone())
+            return source[:, 2:3]
+
+    seen: list[torch.Tensor] = []
+    array = np.broadcast_to(np.arange(4, dtype=np.float32)[:, None, None], (4, 3, 3)).copy()
+    run(array, np.ones_like(array, bool), card("2.5d", "axial", 2, batch_size=4), Channels())
+    channels = torch.cat(seen)
+    assert channels[0].tolist() == [0, 0, 0, 1, 2] and channels[3].tolist() == [1, 2, 3, 3, 3]
+
+
+def test_channel_mismatch_is_a_model_error():
+    spec = card("2.5d", "axial", 1)
+    spec["architecture"]["in_channels"] = 5
+    with pytest.raises(ModelError):
+        run(volume(), None, spec, Identity())
+
+
+def test_progress_increases_to_one_and_cancel_stops():
+    events = []
+    tracker = ProgressTracker(callback=events.append, min_interval=0.0)
+    run(volume((10, 8, 8)), None, card("2d", batch_size=2), Identity(), tracker=tracker)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and len(set(fractions)) > 3
+
+    token = CancelToken()
+    calls = []
+
+    def cancel_after_two(event):
+        calls.append(event)
+        if len(calls) == 3:
+            token.cancel()
+
+    predictor = Identity()
+    with pytest.raises(Cancelled):
+        run(volume((10, 8, 8)), None, card("2d", batch_size=1), predictor,
+            tracker=ProgressTracker(callback=cancel_after_two, cancel=token, min_interval=0.0))
+    assert len(predictor.batch_sizes) < 10
+
+
+def test_cancel_during_3d_windows():
+    token = CancelToken()
+    tracker = ProgressTracker(callback=lambda e: token.cancel() if e.fraction > 0 else None, cancel=token,
+                              min_interval=0.0)
+    predictor = Identity()
+    with pytest.raises(Cancelled):
+        run(volume((16, 16, 16)), None, card("3d", patch_size=[8, 8, 8], batch_size=1), predictor, tracker=tracker)
+    assert len(predictor.batch_sizes) < 8
+
+
+def test_stochastic_samples_give_std_and_are_seeded():
+    array = volume()
+    options = InferenceOptions(samples=3, seed=5)
+    first = run(array, None, card("2d"), Noisy(), options)
+    second = run(array, None, card("2d"), Noisy(), options)
+    assert first.std is not None and first.std.shape == array.shape and float(first.std.mean()) > 0.01
+    np.testing.assert_array_equal(first.mean, second.mean)
+    other = run(array, None, card("2d"), Noisy(), InferenceOptions(samples=3, seed=6))
+    assert not np.array_equal(first.mean, other.mean)
+
+
+def test_deterministic_std_none_and_tta_flips_back():
+    array = volume()
+    plain = run(array, None, card("2d"), Identity())
+    assert plain.std is None
+    tta = run(array, None, card("2d"), Identity(), InferenceOptions(tta=True))
+    np.testing.assert_allclose(tta.mean, array, atol=1e-6)  # identity is flip-equivariant: std 0
+    assert tta.std is not None and float(tta.std.max()) < 1e-5
+
+    class LeftBias:  # not flip-equivariant: adds a ramp along x
+        stochastic = False
+
+        def __call__(self, source, generator=None):
+            ramp = torch.linspace(0, 1, source.shape[-1])
+            return source[:, :1] + ramp
+
+    biased = run(array, None, card("2d"), LeftBias(), InferenceOptions(tta=True))
+    assert float(biased.std.mean()) > 0.1
+
+
+class OOMAbove:
+    """Raises CUDA out-of-memory for batches larger than ``limit`` (or always until moved to the CPU)."""
+
+    stochastic = False
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.moved_to: torch.device | None = None
+        self.sizes: list[int] = []
+
+    def to(self, device):
+        self.moved_to = torch.device(device)
+        return self
+
+    def __call__(self, source, generator=None):
+        if self.moved_to is None and (self.limit is None or source.shape[0] > self.limit):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        self.sizes.append(source.shape[0])
+        return source[:, :1].clone()
+
+
+def test_oom_retries_with_half_batch():
+    array = volume((12, 8, 8))
+    predictor = OOMAbove(limit=3)
+    result = run(array, None, card("2d", batch_size=8), predictor)
+    np.testing.assert_array_equal(result.mean, array)
+    assert max(predictor.sizes) == 2 and sum(predictor.sizes) == 12 and predictor.moved_to is None
+    assert result.warnings == []
+
+
+def test_oom_at_batch_one_falls_back_to_cpu_with_warning():
+    array = volume((6, 8, 8))
+    predictor = OOMAbove(limit=None)
+    result = run(array, None, card("2d", batch_size=4), predictor)
+    np.testing.assert_array_equal(result.mean, array)
+    assert predictor.moved_to == CPU and result.warnings == [CPU_FALLBACK_WARNING]
+
+
+def test_oom_without_fallback_is_a_device_error():
+    class Stuck:
+        stochastic = False
+
+        def __call__(self, source, generator=None):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+
+    with pytest.raises(DeviceError):
+        BatchRunner(Stuck(), CPU, 2)(torch.zeros(2, 1, 4, 4))
+
+
+def test_3d_oom_retry_splits_windows():
+    array = volume((12, 12, 12))
+    predictor = OOMAbove(limit=1)
+    result = run(array, None, card("3d", patch_size=[8, 8, 8], batch_size=4), predictor)
+    np.testing.assert_allclose(result.mean, array, atol=1e-5)
+    assert max(predictor.sizes) == 1

@@ -1,0 +1,120 @@
+"""The family registry, the U-Net generator and the ``unet`` family."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from MedTranslateLib.errors import ModelError
+from MedTranslateLib.families import FAMILY_NAMES, get_family
+from MedTranslateLib.families.base import InferenceOptions, pack_state, unpack_state
+from MedTranslateLib.inference.engine import predict_volume
+from MedTranslateLib.networks import build_discriminator, build_generator
+from MedTranslateLib.progress import ProgressTracker
+
+TINY = {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2}
+
+
+def arch(in_channels: int = 1, **extra) -> dict:
+    return {"in_channels": in_channels, "out_channels": 1, **TINY, **extra}
+
+
+def pair(shape, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A smooth synthetic source and its intensity-inverted target (a learnable mapping)."""
+    torch.manual_seed(seed)
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape[2:]], indexing="ij")
+    base = sum(torch.sin(3 * g + i) for i, g in enumerate(grids)) / len(grids)
+    source = base.expand(shape).clone() + 0.05 * torch.randn(shape)
+    centre = shape[1] // 2
+    target = (0.2 - 0.8 * source[:, centre:centre + 1]).clone()
+    mask = torch.ones_like(target)
+    return {"source": source, "target": target, "mask": mask}
+
+
+def test_registry_names_and_unknown():
+    assert FAMILY_NAMES == ("unet", "pix2pix", "cyclegan", "diffusion", "contourdiff", "random_forest")
+    assert get_family("unet").name == "unet"
+    with pytest.raises(ModelError):
+        get_family("transformer")
+
+
+def test_generator_has_no_transposed_convolutions_and_keeps_shape():
+    for dims, shape in ((2, (2, 3, 32, 32)), (3, (1, 1, 32, 16, 16))):
+        net = build_generator(arch(shape[1]), dims).eval()
+        assert not any(isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)) for m in net.modules())
+        assert any(isinstance(m, nn.Upsample) for m in net.modules())
+        assert net(torch.zeros(shape)).shape == (shape[0], 1, *shape[2:])
+
+
+def test_generator_options():
+    net = build_generator(arch(dropout=0.2, residual=True, output_activation="tanh"), 2)
+    assert any(isinstance(m, nn.Dropout2d | nn.Dropout) and m.p == 0.2 for m in net.modules())
+    assert float(net(torch.full((1, 1, 32, 32), 50.0)).abs().max()) <= 1.0
+    with pytest.raises(ModelError):
+        build_generator(arch(features=[4, 4]), 2)
+    with pytest.raises(ModelError):
+        build_generator(arch(norm="layer"), 2)
+    disc = build_discriminator(arch(), 2, 2)
+    assert disc(torch.zeros(1, 2, 32, 32)).dim() == 4
+
+
+def test_residual_generator_starts_near_the_centre_channel():
+    net = build_generator(arch(3, residual=True), 2)
+    for parameter in net.net.final_conv.parameters():
+        nn.init.zeros_(parameter)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(net(x), x[:, 1:2])
+
+
+@pytest.mark.parametrize("dimensionality,dims,shape", [("2d", 2, (4, 1, 32, 32)), ("2.5d", 2, (4, 3, 32, 32)),
+                                                        ("3d", 3, (1, 1, 32, 16, 16))])
+def test_unet_trains_and_predicts(dimensionality, dims, shape):
+    torch.manual_seed(0)
+    family = get_family("unet")
+    nets = family.build(arch(shape[1]), dims)
+    optimizers = family.configure_optimizers(nets, 3e-3)
+    batch = pair(shape)
+    losses = [family.training_step(nets, optimizers, batch, contextlib.nullcontext, {})["l1"] for _ in range(6)]
+    assert losses[-1] < losses[0]
+    predictor = family.make_predictor(nets, {}, InferenceOptions())
+    assert predictor.stochastic is False
+    odd = torch.zeros((2, shape[1], *[s - 3 for s in shape[2:]]))
+    assert predictor(odd).shape == (2, 1, *odd.shape[2:])
+
+
+def test_unet_ssim_loss_option_and_state_round_trip():
+    family = get_family("unet")
+    nets = family.build(arch(), 2)
+    optimizers = family.configure_optimizers(nets, 1e-3)
+    losses = family.training_step(nets, optimizers, pair((2, 1, 32, 32)), contextlib.nullcontext,
+                                  {"loss": "l1+ssim"})
+    assert {"loss", "l1", "ssim"} <= set(losses) and losses["loss"] > losses["l1"]
+    state = pack_state(nets, family.inference_networks())
+    fresh = family.build(arch(), 2)
+    unpack_state(fresh, state, family.inference_networks())
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(fresh["generator"].eval()(x), nets["generator"].eval()(x))
+
+
+def test_mc_dropout_predictor_is_stochastic_and_seeded():
+    family = get_family("unet")
+    nets = family.build(arch(dropout=0.3), 2)
+    predictor = family.make_predictor(nets, {}, InferenceOptions(mc_dropout=4))
+    assert predictor.stochastic
+    x = torch.randn(1, 1, 32, 32)
+    a = predictor(x, torch.Generator().manual_seed(1))
+    b = predictor(x, torch.Generator().manual_seed(1))
+    c = predictor(x, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    card = {"dimensionality": "2d", "architecture": arch(), "input": {"slice_axis": "axial"}}
+    volume = np.random.default_rng(0).uniform(-1, 1, (3, 20, 20)).astype(np.float32)
+    result = predict_volume(volume, None, card, predictor, InferenceOptions(mc_dropout=4), torch.device("cpu"),
+                            ProgressTracker())
+    assert result.std is not None and float(result.std.mean()) > 0
+    with pytest.raises(ModelError):
+        family.make_predictor(family.build(arch(), 2), {}, InferenceOptions(mc_dropout=2))
