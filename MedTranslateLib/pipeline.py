@@ -104,11 +104,10 @@ class Translator:
         tracker.stage("preprocess", "normalising and resampling")
         validate_volume(image, "input volume")
         prepared = prepare(image, card, mask=mask, role="input")
-        check_modality(sitk.GetArrayViewFromImage(image), prepared_mask_on_input(image, mask, prepared),
-                       card["source_modality"])
-        warnings = [w.message for w in check_input(sitk.GetArrayViewFromImage(image),
-                                                   prepared_mask_on_input(image, mask, prepared),
-                                                   image.GetSpacing(), card)]
+        body = prepared.input_mask
+        check_modality(sitk.GetArrayViewFromImage(image), body, card["source_modality"])
+        warnings = list(prepared.record.warnings)
+        warnings += [w.message for w in check_input(sitk.GetArrayViewFromImage(image), body, image.GetSpacing(), card)]
         seconds["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -132,15 +131,6 @@ class Translator:
             raise InputError("The model produced non-finite values for this input.",
                              "Check that the input matches the model's modality and field of view.")
         return TranslationResult(output, std_image, warnings, self.provenance(), seconds)
-
-
-def prepared_mask_on_input(image: "sitk.Image", mask: "sitk.Image | None", prepared: Any):
-    """The body mask on the input grid (the user's mask when given, else computed by preprocessing)."""
-    import SimpleITK as sitk
-
-    if mask is not None:
-        return sitk.GetArrayViewFromImage(mask) > 0
-    return prepared.input_mask
 
 
 def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOptions:
@@ -208,7 +198,7 @@ def translate_file(
                  description=description, provenance=result.provenance)
     if uncertainty_path is not None and result.uncertainty is not None:
         tracker.check()
-        write_volume(result.uncertainty, uncertainty_path, source=source_info, modality="OT",
+        write_volume(result.uncertainty, uncertainty_path, source=source_info, modality=card["target_modality"],
                      description=f"UNCERTAINTY (std) of {description}", provenance=result.provenance)
     result.seconds["write"] = time.perf_counter() - start
     tracker.done()

@@ -175,8 +175,8 @@ def apply_ct_display(node: Any, preset: str = "CT_ABDOMEN") -> None:
     slicer = _slicer()
     modules = getattr(slicer, "modules", None)
     if modules is not None and hasattr(modules, "volumes"):
-        modules.volumes.logic().ApplyVolumeDisplayPreset(display, preset)
-        return
+        if modules.volumes.logic().ApplyVolumeDisplayPreset(display, preset):
+            return
     window, level = CT_WINDOW_LEVEL[preset]
     display.SetAutoWindowLevel(0)
     display.SetWindowLevel(window, level)

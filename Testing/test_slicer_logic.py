@@ -258,3 +258,33 @@ def test_display_helpers_set_fused_views_and_opacity(scene, input_node):
     assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(1.0)  # the synthetic-only view
     set_foreground_opacity(7.0)
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(1.0)
+
+
+def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, tmp_path):
+    """Slicer logic -> ``python -m MedTranslateLib translate`` with a real (untrained) U-Net package."""
+    import json
+
+    import slicer
+
+    from MedTranslateLib.families import get_family
+    from MedTranslateLib.models.card import make_test_card
+    from MedTranslateLib.models.export import export_package
+
+    card = make_test_card(id="slicer-e2e", architecture={"channels": [4, 8], "strides": [2]},
+                          input={"slice_size": [16, 16], "batch_size": 16})
+    nets = get_family("unet").build(card["architecture"], 2)
+    state = {f"{name}.{key}": value for name, net in nets.items() for key, value in net.state_dict().items()}
+    package = export_package(state, card, tmp_path / "package")
+    logic = TranslationLogic(scene=scene, python_executable=sys.executable)
+    before = scene.GetNumberOfNodes()
+    status = logic.run(TranslationRequest(input_node, str(package), target_modality="CT", device="cpu"),
+                       timeout=300)
+    output = status.output_node
+    assert np.array_equal(_matrix(output), _matrix(input_node))  # left-handed, permuted grid kept exactly
+    values = slicer.util.arrayFromVolume(output)
+    assert values.shape == (12, 14, 16) and np.isfinite(values).all()
+    assert -1024.5 <= values.min() and values.max() <= 3071.5
+    sha256 = json.loads((Path(package) / "model.json").read_text())["weights"]["sha256"]
+    assert output.GetAttribute("MedTranslate.model_sha256") == sha256
+    assert output.GetAttribute("MedTranslate.model_id") == "slicer-e2e"
+    assert scene.GetNumberOfNodes() > before and logic.workdir is None

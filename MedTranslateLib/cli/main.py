@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"error: {error.message}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # e.g. `medtranslate models show X | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)
         return 130

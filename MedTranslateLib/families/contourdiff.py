@@ -9,7 +9,7 @@ a voxel is an edge when its gradient lies in the top ``edge_fraction`` of the gr
 foreground (estimated the same way for every modality, from the image's own intensity percentiles); in 2D the
 edges are thinned by non-maximum suppression along the gradient direction. All torch ops, so it runs on the
 GPU too. Architecture keys are those of the
-``diffusion`` family plus ``edge_fraction`` (default 0.12) and ``edge_sigma`` (default 1.0 voxel).
+``diffusion`` family plus ``edge_fraction`` (default 0.2) and ``edge_sigma`` (default 1.0 voxel).
 """
 
 from __future__ import annotations
@@ -22,58 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from MedTranslateLib.families.base import Batch
+from MedTranslateLib.families.features import gaussian_smooth, sobel_gradients
 from MedTranslateLib.families.diffusion import ConditionalDenoiser, ConditionalDiffusionFamily
 
-DEFAULT_EDGE_FRACTION = 0.12
+DEFAULT_EDGE_FRACTION = 0.2
 DEFAULT_EDGE_SIGMA = 1.0
 _MAX_QUANTILE_VALUES = 1_000_000  # torch.quantile input limit is 16M; subsample beyond this
-
-
-def _gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    coords = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of an (N, 1, *spatial) tensor with replicate padding."""
-    if sigma <= 0:
-        return image
-    dims = image.dim() - 2
-    kernel = _gaussian_kernel1d(sigma, image.device)
-    radius = kernel.numel() // 2
-    conv = F.conv2d if dims == 2 else F.conv3d
-    out = image
-    for axis in range(dims):
-        shape = [1, 1] + [1] * dims
-        shape[2 + axis] = kernel.numel()
-        pads = [0, 0] * dims
-        pads[2 * (dims - 1 - axis)] = radius
-        pads[2 * (dims - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pads, mode="replicate"), kernel.view(shape))
-    return out
-
-
-def _sobel_gradients(image: torch.Tensor) -> list[torch.Tensor]:
-    """Sobel derivatives of an (N, 1, *spatial) tensor along each spatial axis (replicate padding)."""
-    dims = image.dim() - 2
-    device = image.device
-    derivative = torch.tensor([-1.0, 0.0, 1.0], device=device)
-    smoothing = torch.tensor([1.0, 2.0, 1.0], device=device)
-    padded = F.pad(image, [1, 1] * dims, mode="replicate")
-    conv = F.conv2d if dims == 2 else F.conv3d
-    gradients = []
-    for axis in range(dims):
-        kernel = None
-        for other in range(dims):
-            vector = derivative if other == axis else smoothing
-            shape = [1] * dims
-            shape[other] = 3
-            factor = vector.view(shape)
-            kernel = factor if kernel is None else kernel * factor
-        gradients.append(conv(padded, kernel.view([1, 1] + [3] * dims)))
-    return gradients
 
 
 def _foreground(image: torch.Tensor) -> torch.Tensor:
@@ -124,8 +78,8 @@ def contour_map(image: torch.Tensor, edge_fraction: float = DEFAULT_EDGE_FRACTIO
         shape = [-1] + [1] * (x.dim() - 1)
         low, high = levels[0].view(shape), levels[1].view(shape)
         x = ((x - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
-        smoothed = _smooth(x, sigma)
-        gradients = _sobel_gradients(smoothed)
+        smoothed = gaussian_smooth(x, sigma)
+        gradients = sobel_gradients(smoothed)
         magnitude = torch.sqrt(sum(g * g for g in gradients))
         # gradients near the body outline belong to the anatomy: widen the foreground by the Sobel reach
         foreground = _foreground(smoothed)

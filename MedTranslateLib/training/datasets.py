@@ -245,8 +245,9 @@ def split_by_subject(cases: Sequence[Case], val_fraction: float = 0.1, test_frac
             raise ConfigError(f"Subject(s) {sorted(val_set & test_set)} are in both val and test.",
                               "Give each subject one split.")
         train_set = set(train_subjects) if train_subjects is not None else set(subjects) - val_set - test_set
-        if train_set & (val_set | test_set):
-            raise ConfigError(f"Subject(s) {sorted(train_set & (val_set | test_set))} are in train and a held-out split.",
+        overlap = train_set & (val_set | test_set)
+        if overlap:
+            raise ConfigError(f"Subject(s) {sorted(overlap)} are in train and in a held-out split.",
                               "Give each subject one split.")
         description: dict[str, Any] = {"method": "subject lists"}
     else:

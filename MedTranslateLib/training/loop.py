@@ -171,127 +171,184 @@ def _to_device(batch: Mapping[str, np.ndarray], device: Any) -> dict[str, Any]:
     return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(config: TrainConfig, progress: ProgressTracker | None = None) -> TrainResult:
-    """Train a model as configured and export the best weights as a model package (rank 0)."""
-    import torch
-    from safetensors.torch import load_file, save_file
+class _Run:
+    """The state of one training run (rank-local), with one method per phase."""
 
-    from MedTranslateLib.families import get_family
-    from MedTranslateLib.families.base import pack_state, unpack_state
+    def __init__(self, config: TrainConfig, tracker: ProgressTracker, device: Any,
+                 ctx: distributed.DistContext) -> None:
+        from MedTranslateLib.families import get_family
+
+        self.config, self.tracker, self.device, self.ctx = config, tracker, device, ctx
+        self.started = time.monotonic()
+        self.family = get_family(config.family)
+        self.card = card_builder.base_card(config)
+        tracker.stage("load", "reading and preparing the training data")
+        self.data = _load_data(config, self.card, tracker)
+        self.nets = {k: v.to(device) for k, v in self.family.build(self.card["architecture"],
+                                                                     config.spatial_dims).items()}
+        self.inference_names = tuple(self.family.inference_networks())
+        self.work = config.work_path
+        if ctx.is_main:
+            self.work.mkdir(parents=True, exist_ok=True)
+        self.logger = _Logger(self.work, config.log, ctx.is_main)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
+        self.best_state: dict[str, Any] | None = None
+        self.step, self.earlier_seconds = 0, 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier_seconds + time.monotonic() - self.started
+
+    def fit(self) -> None:
+        """Families fitted once (random forest): ``family.fit(samples, options)`` gives the weights."""
+        from MedTranslateLib.families.base import unpack_state
+
+        self.tracker.stage("train", f"fitting {self.config.family}")
+        samples = [(c.source, c.target, c.mask) for c in self.data.train]
+        state = self.family.fit(samples, dict(self.config.family_options))
+        unpack_state(self.nets, state, self.inference_names)
+        self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def _sampler(self) -> Sampler:
+        config = self.config
+        size = (config.patch_size if config.spatial_dims == 3 else
+                (config.slice_size or default_slice_size(self.data.train, config.slice_axis)))
+        return Sampler(distributed.shard(self.data.train, self.ctx), config.dimensionality, size, config.slice_axis,
+                       config.n_context, config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1),
+                       config.augment)
+
+    def _total_steps(self, sampler: Sampler) -> int:
+        config = self.config
+        if not config.epochs:
+            return int(config.steps)
+        per_epoch = config.steps_per_epoch or math.ceil(sampler.samples_per_epoch() / config.batch_size)
+        return int(config.epochs) * max(1, int(per_epoch) // self.ctx.world_size)
+
+    def gradient_train(self) -> None:
+        """Optimisation steps with logging, periodic validation, best-model selection and checkpoints."""
+        from safetensors.torch import load_file
+
+        from MedTranslateLib.errors import Cancelled
+        from MedTranslateLib.families.base import pack_state
+
+        config, family = self.config, self.family
+        sampler = self._sampler()
+        total = self._total_steps(sampler)
+        optimizers = family.configure_optimizers(self.nets, config.lr)
+        ckpt_dir = self.work / "checkpoint"
+        if config.resume:
+            saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.rng)
+            self.step, self.best = int(saved["step"]), dict(saved["best"])
+            self.history = list(saved.get("history", []))
+            self.earlier_seconds = float(saved.get("seconds", 0.0))
+            if (self.work / "best.safetensors").is_file():
+                self.best_state = load_file(str(self.work / "best.safetensors"))
+        train_nets = distributed.wrap_networks(self.nets, self.ctx, self.device)
+        autocast = _autocast_factory(self.device, config.amp)
+        options = dict(config.family_options)
+        self.tracker.stage("train", f"training {config.family} for {total} steps on {self.device}")
+        save = lambda: checkpoint.save_checkpoint(  # noqa: E731
+            ckpt_dir, self.nets, optimizers, {"step": self.step, "best": self.best, "history": self.history,
+                                              "seconds": self.seconds}, sampler.rng)
+        running: dict[str, list[float]] = {}
+        first = self.step
+        for net in self.nets.values():
+            net.train()
+        try:
+            while self.step < total:
+                batch = _to_device(sampler.batch(config.batch_size), self.device)
+                losses = family.training_step(train_nets, optimizers, batch, autocast, options)
+                self.step += 1
+                for key, value in losses.items():
+                    running.setdefault(key, []).append(float(value))
+                last = self.step == total
+                if self.step % config.log_interval == 0 or last:
+                    row = {"step": self.step, "seconds": round(self.seconds, 2),
+                           **{k: float(np.mean(v)) for k, v in running.items()}}
+                    self.history.append(row)
+                    self.logger.write("train_log", row)
+                    running = {}
+                message = f"step {self.step}/{total} " + " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
+                self.tracker.update((self.step - first) / max(1, total - first), message)
+                if self.ctx.is_main and self.data.val and (self.step % config.val_interval == 0 or last):
+                    self.validate()
+                if self.ctx.is_main and (self.step % config.checkpoint_interval == 0 or last):
+                    save()
+        except Cancelled:
+            if self.ctx.is_main and self.step > first:
+                save()  # cancelled: keep the progress so the run can be resumed
+            raise
+        if self.best_state is None:  # no validation data: the last weights are the result
+            self.best_state = pack_state(self.nets, self.inference_names)
+
+    def validate(self) -> None:
+        """Validation metrics in physical units; keeps the weights with the lowest MAE."""
+        from safetensors.torch import save_file
+
+        from MedTranslateLib.families.base import pack_state
+
+        per_case = evaluate_prepared(self.family, self.nets, self.card, self.data.val, self.device, self.tracker)
+        metrics = card_builder.aggregate_metrics(per_case)
+        self.history.append({"validation": True, "step": self.step, **metrics})
+        self.logger.write("validation_log", {"step": self.step, **metrics})
+        value = metrics.get("mae")
+        if value is not None and (self.best["mae"] is None or value < self.best["mae"]):
+            self.best = {"mae": value, "step": self.step, "metrics": metrics}
+            self.best_state = pack_state(self.nets, self.inference_names)
+            save_file(self.best_state, str(self.work / "best.safetensors"))
+
+    def export(self) -> tuple[Path, dict[str, float | None], str]:
+        """Held-out metrics of the best weights (test if any, else validation) and the model package."""
+        from MedTranslateLib.families.base import unpack_state
+        from MedTranslateLib.models.export import export_package
+
+        self.tracker.stage("evaluate", "measuring held-out metrics")
+        unpack_state(self.nets, self.best_state, self.inference_names)
+        held_cases, metrics_on = (self.data.test, "test") if self.data.test else (self.data.val, "validation")
+        per_case = evaluate_prepared(self.family, self.nets, self.card, held_cases, self.device, self.tracker)
+        held_out = card_builder.aggregate_metrics(per_case)
+        if not per_case:
+            metrics_on = "none"
+        self.tracker.stage("export", "writing the model package")
+        final = card_builder.final_card(
+            self.card, self.config, split=self.data.split, metrics=held_out, metrics_on=metrics_on,
+            metrics_subjects=sorted({c.name for c in held_cases}) if per_case else [], seconds=self.seconds,
+            device=str(self.device), steps=self.step, references=[c.reference for c in self.data.train])
+        package = export_package(self.best_state, final, Path(self.config.output), half=self.config.export_half,
+                                 as_zip=self.config.export_zip)
+        self.tracker.done(f"saved {package}")
+        return Path(package), held_out, metrics_on
+
+
+def train(config: TrainConfig, progress: ProgressTracker | None = None) -> TrainResult:
+    """Train a model as configured and export the best weights as a model package.
+
+    Under ``torchrun`` every rank trains on its share of the data; only rank 0 validates, checkpoints,
+    logs and exports (other ranks return a result with ``package=None``).
+    """
+    import torch
+
     from MedTranslateLib.inference.device import select_device
 
     config.validate()
-    started = time.monotonic()
     tracker = progress or ProgressTracker(STAGES)
     device = select_device(config.device)
     ctx = distributed.init_distributed(device)
     device = distributed.rank_device(device, ctx)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         _seed_everything(config.seed, config.deterministic)
-        family = get_family(config.family)
-        card = card_builder.base_card(config)
-        tracker.stage("load", "reading and preparing the training data")
-        data = _load_data(config, card, tracker)
-        spatial_dims = config.spatial_dims
-        nets = {k: v.to(device) for k, v in family.build(card["architecture"], spatial_dims).items()}
-        work = config.work_path
-        logger = _Logger(work, config.log, ctx.is_main)
-        if ctx.is_main:
-            work.mkdir(parents=True, exist_ok=True)
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
-        best_state: dict[str, torch.Tensor] | None = None
-        step, earlier_seconds = 0, 0.0
-        if not getattr(family, "gradient_trained", True):
-            tracker.stage("train", "fitting")
-            samples = [(c.source, c.target, c.mask) for c in data.train]
-            state = family.fit(samples, dict(config.family_options))
-            unpack_state(nets, state, tuple(family.inference_networks()))
-            best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
-            total = 0
+        run = _Run(config, tracker, device, ctx)
+        if getattr(run.family, "gradient_trained", True):
+            run.gradient_train()
         else:
-            train_cases = distributed.shard(data.train, ctx)
-            size = (config.patch_size if spatial_dims == 3 else
-                    (config.slice_size or default_slice_size(data.train, config.slice_axis)))
-            sampler = Sampler(train_cases, config.dimensionality, size, config.slice_axis, config.n_context,
-                              config.body_fraction, config.seed + 7919 * (ctx.rank + 1), config.augment)
-            total = int(config.steps)
-            if config.epochs:
-                per_epoch = config.steps_per_epoch or math.ceil(sampler.samples_per_epoch() / config.batch_size)
-                total = int(config.epochs) * max(1, int(per_epoch) // ctx.world_size)
-            optimizers = family.configure_optimizers(nets, config.lr)
-            ckpt_dir, best_file = work / "checkpoint", work / "best.safetensors"
-            if config.resume:
-                saved = checkpoint.load_checkpoint(ckpt_dir, nets, optimizers, sampler.rng)
-                step, history, best = int(saved["step"]), list(saved.get("history", [])), dict(saved["best"])
-                earlier_seconds = float(saved.get("seconds", 0.0))
-                if best_file.is_file():
-                    best_state = load_file(str(best_file))
-            train_nets = distributed.wrap_networks(nets, ctx, device)
-            autocast = _autocast_factory(device, config.amp)
-            options = dict(config.family_options)
-            tracker.stage("train", f"training {config.family} for {total} steps on {device}")
-            running: dict[str, list[float]] = {}
-            step_start = step
-            for net in nets.values():
-                net.train()
-            while step < total:
-                batch = _to_device(sampler.batch(config.batch_size), device)
-                losses = family.training_step(train_nets, optimizers, batch, autocast, options)
-                step += 1
-                for key, value in losses.items():
-                    running.setdefault(key, []).append(float(value))
-                if step % config.log_interval == 0 or step == total:
-                    row = {"step": step, "seconds": round(time.monotonic() - started, 2),
-                           **{k: float(np.mean(v)) for k, v in running.items()}}
-                    history.append(row)
-                    logger.write("train_log", row)
-                    running = {}
-                message = f"step {step}/{total} " + " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
-                tracker.update((step - step_start) / max(1, total - step_start), message)
-                validate = data.val and (step % config.val_interval == 0 or step == total)
-                if ctx.is_main and validate:
-                    per_case = evaluate_prepared(family, distributed.unwrap(train_nets), card, data.val, device,
-                                                 tracker)
-                    metrics = card_builder.aggregate_metrics(per_case)
-                    row = {"step": step, **metrics}
-                    history.append({"validation": True, **row})
-                    logger.write("validation_log", row)
-                    value = metrics.get("mae")
-                    if value is not None and (best["mae"] is None or value < best["mae"]):
-                        best = {"mae": value, "step": step, "metrics": metrics}
-                        best_state = pack_state(distributed.unwrap(train_nets), tuple(family.inference_networks()))
-                        save_file(best_state, str(best_file))
-                if ctx.is_main and (step % config.checkpoint_interval == 0 or step == total):
-                    checkpoint.save_checkpoint(ckpt_dir, nets, optimizers,
-                                               {"step": step, "best": best, "history": history,
-                                                "seconds": earlier_seconds + time.monotonic() - started}, sampler.rng)
-            if best_state is None:  # no validation data: the last weights are the result
-                best_state = pack_state(nets, tuple(family.inference_networks()))
+            run.fit()
         distributed.barrier(ctx)
-        package, metrics_on, held_out = None, "none", {}
-        if ctx.is_main:
-            tracker.stage("evaluate", "measuring held-out metrics")
-            unpack_state(nets, best_state, tuple(family.inference_networks()))
-            held_cases, metrics_on = (data.test, "test") if data.test else (data.val, "validation")
-            per_case = evaluate_prepared(family, nets, card, held_cases, device, tracker) if held_cases else []
-            held_out = card_builder.aggregate_metrics(per_case)
-            if not per_case:
-                metrics_on = "none"
-            subjects = sorted({c.name for c in held_cases}) if per_case else []
-            tracker.stage("export", "writing the model package")
-            final = card_builder.final_card(
-                card, config, split=data.split, metrics=held_out, metrics_on=metrics_on,
-                metrics_subjects=subjects, seconds=earlier_seconds + time.monotonic() - started, device=str(device), steps=step,
-                references=[c.reference for c in data.train])
-            from MedTranslateLib.models.export import export_package
-
-            package = export_package(best_state, final, Path(config.output), half=config.export_half,
-                                     as_zip=config.export_zip)
-            tracker.done(f"saved {package}")
-        logger.close()
+        package, held_out, metrics_on = run.export() if ctx.is_main else (None, {}, "none")
+        run.logger.close()
         distributed.barrier(ctx)
-        return TrainResult(package, held_out, metrics_on, best["step"], step,
-                           earlier_seconds + time.monotonic() - started, history)
+        return TrainResult(package, held_out, metrics_on, run.best["step"], run.step, run.seconds, run.history)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         distributed.cleanup(ctx)
