@@ -19,7 +19,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,
-                                      evaluate_against_reference, output_name_for)
+                                      evaluate_against_reference, output_name_for, worker_environment)
 from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
@@ -133,7 +133,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.clear()
         try:
             with slicer.util.WaitCursor():
-                models = list_models(self.logic.translation.worker_command)
+                models = list_models(self.logic.translation.worker_command, env=worker_environment("auto"))
         except Exception as error:
             self.ui.modelCardLabel.text = _("No models: {error}").format(error=error)
             return
@@ -247,14 +247,13 @@ class MedTranslateLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def cudaAvailable() -> bool:
-        """True when torch (if installed) sees a CUDA GPU; never installs anything."""
-        import importlib.util
+        """Cheap guess (no torch import in Slicer's process): an NVIDIA driver is installed.
 
-        if importlib.util.find_spec("torch") is None:
-            return False
-        import torch
+        The worker reports the device it really uses (a warning when it falls back to the CPU).
+        """
+        from MedTranslateModule.logic import nvidia_driver_present
 
-        return torch.cuda.is_available()
+        return nvidia_driver_present()
 
 
 class MedTranslateTest(ScriptedLoadableModuleTest):

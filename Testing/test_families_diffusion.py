@@ -135,9 +135,9 @@ def test_sampler_loop_is_deterministic_and_reports_steps():
 
 
 def test_sampling_time_per_slice_batch_vs_steps(capsys):
-    """Report the time of one 2D slice batch (4 x 1 x 64 x 64, tiny network, CPU) against the step count."""
+    """Report the time of one 2D slice batch (4 x 1 x 32 x 32, tiny network, CPU) against the step count."""
     nets = FAMILY.build(TINY, 2)
-    source = torch.randn(4, 1, 64, 64)
+    source = torch.randn(4, 1, 32, 32)
     timings = {}
     for steps in (5, 10, 20, 50):
         predictor = FAMILY.make_predictor(nets, {}, InferenceOptions(steps=steps))
@@ -145,6 +145,6 @@ def test_sampling_time_per_slice_batch_vs_steps(capsys):
         predictor(source, torch.Generator().manual_seed(0))
         timings[steps] = time.perf_counter() - start
     with capsys.disabled():
-        print("\nDDIM time per 4-slice 64x64 batch: "
+        print("\nDDIM time per 4-slice 32x32 batch: "
               + ", ".join(f"{s} steps {t:.2f} s" for s, t in timings.items()))
     assert timings[50] > timings[5]

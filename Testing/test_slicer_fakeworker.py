@@ -93,6 +93,19 @@ def fake_worker_command() -> list[str]:
     return [sys.executable, str(HERE)]
 
 
+def make_tiny_package(folder: Path, model_id: str = "slicer-e2e") -> Path:
+    """A real model package (untrained 2D U-Net, MR -> CT) for end-to-end tests with the real backend."""
+    from MedTranslateLib.families import get_family
+    from MedTranslateLib.models.card import make_test_card
+    from MedTranslateLib.models.export import export_package
+
+    card = make_test_card(id=model_id, architecture={"channels": [4, 8], "strides": [2]},
+                          input={"slice_size": [16, 16], "batch_size": 16})
+    nets = get_family("unet").build(card["architecture"], 2)
+    state = {f"{name}.{key}": value for name, net in nets.items() for key, value in net.state_dict().items()}
+    return Path(export_package(state, card, folder))
+
+
 def test_fake_worker_writes_output_with_input_geometry(tmp_path):
     import SimpleITK as sitk
     from conftest import make_image

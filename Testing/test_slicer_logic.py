@@ -260,21 +260,16 @@ def test_display_helpers_set_fused_views_and_opacity(scene, input_node):
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, tmp_path):
     """Slicer logic -> ``python -m MedTranslateLib translate`` with a real (untrained) U-Net package."""
     import json
 
     import slicer
 
-    from MedTranslateLib.families import get_family
-    from MedTranslateLib.models.card import make_test_card
-    from MedTranslateLib.models.export import export_package
+    from test_slicer_fakeworker import make_tiny_package
 
-    card = make_test_card(id="slicer-e2e", architecture={"channels": [4, 8], "strides": [2]},
-                          input={"slice_size": [16, 16], "batch_size": 16})
-    nets = get_family("unet").build(card["architecture"], 2)
-    state = {f"{name}.{key}": value for name, net in nets.items() for key, value in net.state_dict().items()}
-    package = export_package(state, card, tmp_path / "package")
+    package = make_tiny_package(tmp_path / "package")
     logic = TranslationLogic(scene=scene, python_executable=sys.executable)
     before = scene.GetNumberOfNodes()
     status = logic.run(TranslationRequest(input_node, str(package), target_modality="CT", device="cpu"),
@@ -288,3 +283,14 @@ def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, 
     assert output.GetAttribute("MedTranslate.model_sha256") == sha256
     assert output.GetAttribute("MedTranslate.model_id") == "slicer-e2e"
     assert scene.GetNumberOfNodes() > before and logic.workdir is None
+
+
+def test_nvidia_driver_detection_follows_path(tmp_path, monkeypatch):
+    from MedTranslateModule.logic import nvidia_driver_present
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not nvidia_driver_present()
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert nvidia_driver_present()

@@ -148,3 +148,25 @@ def test_write_fused_png(tmp_path):
     out = write_fused_png(paths["input"], paths["synthetic"], tmp_path / "shot.png", size=(64, 48))
     picture = image.imread(out)
     assert picture.shape[:2] == (48, 64 * 2 + 4) and picture.std() > 0.01
+
+
+@pytest.mark.slow
+def test_cli_translate_writes_a_scene(tmp_path):
+    """``medtranslate translate --scene OUT.mrb`` (real backend, tiny package) writes a loadable scene."""
+    import subprocess
+    import sys
+
+    from test_slicer_fakeworker import make_tiny_package
+
+    from MedTranslateLib.scene import read_scene_mrb
+
+    _, paths = _volumes(tmp_path)
+    package = make_tiny_package(tmp_path / "package")
+    done = subprocess.run([sys.executable, "-m", "MedTranslateLib", "translate", str(paths["input"]), "-m",
+                           str(package), "-o", str(tmp_path / "sct.nii.gz"), "--device", "cpu", "--progress", "none",
+                           "--scene", str(tmp_path / "result.mrb")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    scene = read_scene_mrb(tmp_path / "result.mrb", tmp_path / "cache")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    red = _composites(scene)["Red"]
+    assert red.GetBackgroundVolumeID() != red.GetForegroundVolumeID() and red.GetLinkedControl()

@@ -132,12 +132,64 @@ def test_zslab_holdout_on_one_volume(tmp_path):
     from MedTranslateLib.training.loop import train
 
     config = _config(tmp_path, split="zslab", steps=6, val_fraction=0.0, test_fraction=0.3, slab_gap=1,
-                     val_interval=100, max_cases=1)
+                     val_interval=100, max_cases=1, augment=True, log="tensorboard")
     result = train(config)
+    assert (config.work_path / "tensorboard").is_dir()
     card = json.loads((result.package / "model.json").read_text())
     split = card["training"]["split"]
     assert split["method"] == "z-slab" and split["train"][1] + 1 == split["test"][0]
     assert result.metrics_on == "test" and result.best_metrics["mae"] is not None
+
+
+def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
+    _require_backend()
+    from MedTranslateLib.errors import Cancelled
+    from MedTranslateLib.progress import CancelToken, ProgressTracker
+    from MedTranslateLib.training.loop import STAGES, train
+
+    token = CancelToken()
+
+    def cancel_at_step_2(event):
+        if event.message.startswith("step 2/"):
+            token.cancel()
+
+    config = _config(tmp_path, steps=50, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=100)
+    with pytest.raises(Cancelled):
+        train(config, ProgressTracker(STAGES, cancel_at_step_2, token, min_interval=0.0))
+    state = json.loads((config.work_path / "checkpoint" / "state.json").read_text())
+    assert state["state"]["step"] == 3  # the cancel is seen at the next progress update, after step 3
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
+    _require_backend()
+    import shutil
+
+    from MedTranslateLib.training.loop import train
+
+    pairs = write_pairs(tmp_path / "pairs", n=3)
+    for i, kind in ((0, "mr"), (1, "ct"), (2, "ct")):
+        (tmp_path / "un" / kind).mkdir(parents=True, exist_ok=True)
+        shutil.copy(pairs / f"subj{i}" / f"{kind}.nii.gz", tmp_path / "un" / kind / f"subj{i}.nii.gz")
+    config = _config(tmp_path, data=str(tmp_path / "un"), layout="auto", family="cyclegan", steps=2,
+                     batch_size=2, val_fraction=0.0, test_fraction=0.0)
+    result = train(config)
+    assert result.steps == 2 and result.metrics_on == "none"
+    card = json.loads((result.package / "model.json").read_text())
+    assert card["family"] == "cyclegan" and card["metrics"]["values"] == {}
+
+
+def test_random_forest_is_fitted_not_stepped(tmp_path):
+    _require_backend()
+    from MedTranslateLib.training.loop import train
+
+    config = _config(tmp_path, family="random_forest", architecture={}, val_fraction=0.0, test_fraction=0.34,
+                     family_options={"n_trees": 3, "max_depth": 6, "n_samples": 3000})
+    result = train(config)
+    card = json.loads((result.package / "model.json").read_text())
+    jsonschema.validate(card, _schema())
+    assert card["architecture"]["n_trees"] == 3 and result.steps == 0
+    assert result.metrics_on == "test" and result.best_metrics["mae"] < 100  # HU; the mean as a constant guess gives ~500
 
 
 def test_cli_entry_point(tmp_path):

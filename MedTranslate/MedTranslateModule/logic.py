@@ -62,6 +62,11 @@ def output_name_for(input_name: str, target_modality: str) -> str:
     return f"{input_name}_synthetic_{target}"
 
 
+def nvidia_driver_present() -> bool:
+    """True when an NVIDIA driver tool (``nvidia-smi``) is on the PATH: a CUDA GPU is likely usable."""
+    return shutil.which("nvidia-smi") is not None
+
+
 def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of the worker: unbuffered output, the backend importable, no GPU for a CPU run.
 

@@ -52,10 +52,11 @@ def parse_model_list(text: str) -> list[ModelInfo]:
     return [ModelInfo.from_dict(item) for item in data if isinstance(item, dict) and item.get("id")]
 
 
-def list_models(worker_command: Sequence[str], timeout: float = 60.0) -> list[ModelInfo]:
+def list_models(worker_command: Sequence[str], timeout: float = 60.0,
+                env: dict[str, str] | None = None) -> list[ModelInfo]:
     """Run ``<worker> models list --json`` and return the models (raises RuntimeError with a message)."""
     done = subprocess.run([*worker_command, "models", "list", "--json"], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError("Could not list the models: " + (done.stderr.strip().splitlines() or ["no output"])[-1])
     return parse_model_list(done.stdout)

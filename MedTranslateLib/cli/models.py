@@ -21,8 +21,10 @@ def run_models(args: argparse.Namespace) -> int:
         table = Table(title="MedTranslate models")
         for column in ("id", "version", "source -> target", "family", "dims", "where"):
             table.add_column(column)
+        from MedTranslateLib.models.package import open_package
+
         for e in entries:
-            card = registry.resolve(str(e.path)).card
+            card = open_package(e.path).card
             table.add_row(card.id, card.version, f"{card.source_modality} -> {card.target_modality}",
                           card.family, card.dimensionality, e.source)
         Console().print(table)
@@ -45,7 +47,10 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def _entry_json(registry, entry) -> dict:
-    card = registry.resolve(str(entry.path)).card.to_dict()
+    from MedTranslateLib.models.package import open_package
+
+    card = open_package(entry.path).card.to_dict()
     keys = ("id", "version", "title", "source_modality", "target_modality", "anatomy", "field_of_view",
-            "family", "dimensionality", "license", "performance", "intended_use", "limitations", "metrics")
+            "family", "dimensionality", "license", "performance", "intended_use", "limitations", "metrics",
+            "sample_data")
     return {**{k: card.get(k) for k in keys}, "source": entry.source, "path": str(entry.path)}

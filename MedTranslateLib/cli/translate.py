@@ -48,7 +48,9 @@ def run_translate(args: argparse.Namespace) -> int:
         if args.scene:
             from MedTranslateLib.scene import export_scene_mrb
 
-            scene = str(export_scene_mrb(path, out_path, args.scene, uncertainty_path=args.uncertainty))
+            scene = str(export_scene_mrb(path, out_path, args.scene, uncertainty_path=args.uncertainty,
+                                         provenance=result.provenance,
+                                         target_modality=translator.card.target_modality))
         if jsonl:
             emit_json("done", output=str(out_path), uncertainty=args.uncertainty, scene=scene,
                       provenance=result.provenance, warnings=result.warnings,

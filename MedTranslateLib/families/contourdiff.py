@@ -8,8 +8,7 @@ The contour map is modality-agnostic: each image is smoothed, its Sobel gradient
 a voxel is an edge when its gradient lies in the top ``edge_fraction`` of the gradients inside the image's
 foreground (estimated the same way for every modality, from the image's own intensity percentiles); in 2D the
 edges are thinned by non-maximum suppression along the gradient direction. All torch ops, so it runs on the
-GPU too. Architecture keys are those of the
-``diffusion`` family plus ``edge_fraction`` (default 0.2) and ``edge_sigma`` (default 1.0 voxel).
+GPU too. Architecture keys are those of the ``diffusion`` family plus ``edge_fraction`` (default 0.2) and ``edge_sigma`` (default 1.0 voxel).
 """
 
 from __future__ import annotations
@@ -30,15 +29,20 @@ DEFAULT_EDGE_SIGMA = 1.0
 _MAX_QUANTILE_VALUES = 1_000_000  # torch.quantile input limit is 16M; subsample beyond this
 
 
-def _foreground(image: torch.Tensor) -> torch.Tensor:
-    """Foreground estimate per sample: above 10 % of the 1st-99th percentile range (any modality)."""
+def _percentiles(image: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample low / high quantiles of an (N, ...) tensor, shaped to broadcast against it."""
     flat = image.flatten(1)
     if flat.shape[1] > _MAX_QUANTILE_VALUES:
         flat = flat[:, :: int(math.ceil(flat.shape[1] / _MAX_QUANTILE_VALUES))]
-    levels = torch.quantile(flat, torch.tensor([0.01, 0.99], device=image.device), dim=1)  # (2, N)
-    low, high = levels[0], levels[1]
-    threshold = (low + 0.1 * (high - low)).view([-1] + [1] * (image.dim() - 1))
-    return image > threshold
+    levels = torch.quantile(flat, torch.tensor([low, high], device=image.device), dim=1)  # (2, N)
+    shape = [-1] + [1] * (image.dim() - 1)
+    return levels[0].view(shape), levels[1].view(shape)
+
+
+def _foreground(image: torch.Tensor) -> torch.Tensor:
+    """Foreground estimate per sample: above 10 % of the 1st-99th percentile range (any modality)."""
+    low, high = _percentiles(image, 0.01, 0.99)
+    return image > low + 0.1 * (high - low)
 
 
 def _non_maximum_suppression_2d(magnitude: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
@@ -71,12 +75,7 @@ def contour_map(image: torch.Tensor, edge_fraction: float = DEFAULT_EDGE_FRACTIO
     with torch.no_grad():
         channel = image.shape[1] // 2
         x = image[:, channel:channel + 1].float()
-        flat = x.flatten(1)
-        if flat.shape[1] > _MAX_QUANTILE_VALUES:
-            flat = flat[:, :: int(math.ceil(flat.shape[1] / _MAX_QUANTILE_VALUES))]
-        levels = torch.quantile(flat, torch.tensor([0.01, 0.99], device=x.device), dim=1)
-        shape = [-1] + [1] * (x.dim() - 1)
-        low, high = levels[0].view(shape), levels[1].view(shape)
+        low, high = _percentiles(x, 0.01, 0.99)
         x = ((x - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
         smoothed = gaussian_smooth(x, sigma)
         gradients = sobel_gradients(smoothed)

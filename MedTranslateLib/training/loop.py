@@ -184,8 +184,9 @@ class _Run:
         self.card = card_builder.base_card(config)
         tracker.stage("load", "reading and preparing the training data")
         self.data = _load_data(config, self.card, tracker)
-        self.nets = {k: v.to(device) for k, v in self.family.build(self.card["architecture"],
-                                                                     config.spatial_dims).items()}
+        self.gradient_trained = bool(getattr(self.family, "gradient_trained", True))
+        # families fitted once (random forest) learn their architecture from the data: built after fit
+        self.nets = self._build(self.card["architecture"]) if self.gradient_trained else {}
         self.inference_names = tuple(self.family.inference_networks())
         self.work = config.work_path
         if ctx.is_main:
@@ -200,15 +201,30 @@ class _Run:
     def seconds(self) -> float:
         return self.earlier_seconds + time.monotonic() - self.started
 
+    def _build(self, architecture: Mapping[str, Any]) -> dict[str, Any]:
+        built = self.family.build(architecture, self.config.spatial_dims)
+        return {name: net.to(self.device) for name, net in built.items()}
+
     def fit(self) -> None:
-        """Families fitted once (random forest): ``family.fit(samples, options)`` gives the weights."""
-        from MedTranslateLib.families.base import unpack_state
+        """Families fitted once (random forest): ``family.fit(samples, options)`` gives the weights, and
+        ``family.architecture(weights, options)`` (when the family has it) the card's architecture."""
+        from MedTranslateLib.families.base import pack_state, unpack_state
 
         self.tracker.stage("train", f"fitting {self.config.family}")
+        options = {"dimensionality": self.config.dimensionality, "seed": self.config.seed,
+                   **self.config.family_options}
         samples = [(c.source, c.target, c.mask) for c in self.data.train]
-        state = self.family.fit(samples, dict(self.config.family_options))
-        unpack_state(self.nets, state, self.inference_names)
-        self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        state = self.family.fit(samples, options)
+        if hasattr(self.family, "architecture"):
+            self.card["architecture"] = {**self.card["architecture"], **self.family.architecture(state, options)}
+        self.nets = self._build(self.card["architecture"])
+        prefixed = all(any(k.startswith(n + ".") for n in self.inference_names) for k in state)
+        if prefixed:
+            unpack_state(self.nets, state, self.inference_names)
+        else:  # the state dict of the single inference network
+            self.nets[self.inference_names[0]].load_state_dict(state, strict=True)
+        self.best_state = pack_state(self.nets, self.inference_names)
+        self.tracker.update(1.0, "fitted")
 
     def _sampler(self) -> Sampler:
         config = self.config
@@ -340,7 +356,7 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     try:
         _seed_everything(config.seed, config.deterministic)
         run = _Run(config, tracker, device, ctx)
-        if getattr(run.family, "gradient_trained", True):
+        if run.gradient_trained:
             run.gradient_train()
         else:
             run.fit()
