@@ -139,6 +139,14 @@ def test_channel_mismatch_is_a_model_error():
     spec["architecture"]["in_channels"] = 5
     with pytest.raises(ModelError):
         run(volume(), None, spec, Identity())
+    spec3d = card("3d", patch_size=[8, 8, 8])
+    spec3d["architecture"]["in_channels"] = 2
+    with pytest.raises(ModelError):
+        run(volume(), None, spec3d, Identity())
+    with pytest.raises(ModelError):
+        run(volume(), None, card("2d", "oblique"), Identity())
+    with pytest.raises(ModelError):
+        run(volume(), np.ones((2, 2, 2), bool), card("2d"), Identity())
 
 
 def test_progress_increases_to_one_and_cancel_stops():

@@ -61,6 +61,15 @@ def test_cyclegan_trains_and_predicts(dimensionality, dims, shape):
         torch.testing.assert_close(predictor(x), nets["g_ab"].eval()(x))
 
 
+def test_discriminator_accepts_small_patches():
+    from MedTranslateLib.networks import build_discriminator
+
+    for layers in (2, 3):
+        disc = build_discriminator({"disc_channels": 4, "disc_layers": layers}, 3, 2)
+        out = disc(torch.randn(2, 2, 8, 16, 40))
+        assert out.shape[:2] == (2, 1) and min(out.shape[2:]) >= 1
+
+
 def test_gan_options_hinge_and_weights():
     _, _, history = train("pix2pix", 2, (2, 1, 32, 32), 1, {"gan_loss": "hinge", "l1_weight": 0.0})
     assert history[0]["loss"] == pytest.approx(history[0]["g_adv"], abs=1e-5)

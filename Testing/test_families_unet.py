@@ -59,6 +59,16 @@ def test_generator_has_no_transposed_convolutions_and_keeps_shape():
         assert net(torch.zeros(shape)).shape == (shape[0], 1, *shape[2:])
 
 
+def test_generator_pads_any_size_and_crops_back():
+    net = build_generator(arch(), 3)  # training mode: instance norm needs > 1 voxel at the bottom
+    x = torch.randn(1, 1, 8, 16, 16, requires_grad=True)
+    out = net(x)
+    assert out.shape == x.shape
+    out.mean().backward()
+    assert x.grad is not None
+    assert build_generator(arch(), 2)(torch.randn(2, 1, 21, 35)).shape == (2, 1, 21, 35)
+
+
 def test_generator_options():
     net = build_generator(arch(dropout=0.2, residual=True, output_activation="tanh"), 2)
     assert any(isinstance(m, nn.Dropout2d | nn.Dropout) and m.p == 0.2 for m in net.modules())

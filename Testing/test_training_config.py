@@ -75,3 +75,14 @@ def test_cli_arguments(tmp_path):
     assert (config.steps, config.lr, config.batch_size, config.data, config.resume, config.model_id) == \
         (20, 0.01, 3, "/d", True, "my-model")
     assert config_from_args(parser.parse_args(["--data", "/d"])).resume is False
+
+
+def test_example_config_loads():
+    from pathlib import Path
+
+    import MedTranslateLib.training as training
+
+    example = Path(training.__file__).parent / "example_train.toml"
+    config = load_config(example, ["data=/d"])
+    assert config.family == "unet" and config.slice_size == [128, 128] and config.model_id == "my-mr-sct"
+    assert config.validate() is config

@@ -141,6 +141,27 @@ def test_zslab_holdout_on_one_volume(tmp_path):
     assert result.metrics_on == "test" and result.best_metrics["mae"] is not None
 
 
+@pytest.mark.parametrize("dims", ["2.5d", "3d"])
+def test_25d_and_3d_training(tmp_path, dims):
+    _require_backend()
+    from MedTranslateLib.training.loop import train
+
+    # 2.5d counts in epochs (1 epoch of 2 steps), 3d in steps
+    epochs = {"epochs": 1, "steps_per_epoch": 2} if dims == "2.5d" else {}
+    config = _config(tmp_path, dimensionality=dims, steps=2 if not epochs else 99, batch_size=2, val_fraction=0.34,
+                     test_fraction=0.0, patch_size=[16, 16, 16], val_interval=2, **epochs)
+    result = train(config)
+    assert result.steps == 2
+    card = json.loads((result.package / "model.json").read_text())
+    jsonschema.validate(card, _schema())
+    assert card["dimensionality"] == dims and result.metrics_on == "validation"
+    assert result.best_metrics["mae"] is not None
+    if dims == "2.5d":
+        assert card["architecture"]["in_channels"] == 5 and card["input"]["context_slices"] == 2
+    else:
+        assert card["input"]["patch_size"] == [16, 16, 16]
+
+
 def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
     _require_backend()
     from MedTranslateLib.errors import Cancelled

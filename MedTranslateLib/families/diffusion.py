@@ -27,7 +27,7 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 
 DEFAULT_STEPS = 20
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
-    "channels": (64, 128, 256), "attention_levels": (False, False, False), "num_res_blocks": 2,
+    "channels": (64, 128, 256), "attention_levels": (False, False, True), "num_res_blocks": 2,
     "num_head_channels": 32, "norm_num_groups": 32, "train_timesteps": 1000,
     "prediction_type": "epsilon", "schedule": "linear_beta",
 }
@@ -40,7 +40,6 @@ class ConditionalDenoiser(nn.Module):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
-        _ensure_rearrange()
         arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
         if spatial_dims not in (2, 3):
             raise ConfigError(f"Diffusion models work in 2D or 3D, not {spatial_dims}D.",
@@ -68,39 +67,6 @@ class ConditionalDenoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.unet(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps)
-
-
-class _HeadRearrange(nn.Module):
-    """Stand-in for ``einops.layers.torch.Rearrange`` covering the two head-splitting patterns MONAI's attention
-    blocks use ("b h (l d) -> b l h d" and "b l h d -> b h (l d)"); used only when einops is not installed."""
-
-    def __init__(self, pattern: str, **sizes: int) -> None:
-        super().__init__()
-        self.pattern = " ".join(pattern.split())
-        if self.pattern not in ("b h (l d) -> b l h d", "b l h d -> b h (l d)"):
-            raise ConfigError(f"This MONAI network needs the 'einops' package (pattern '{pattern}').",
-                              "Install it with 'pip install einops'.")
-        self.heads = sizes.get("l")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pattern == "b h (l d) -> b l h d":
-            b, h, ld = x.shape
-            return x.reshape(b, h, self.heads, ld // self.heads).permute(0, 2, 1, 3)
-        b, l, h, d = x.shape
-        return x.permute(0, 2, 1, 3).reshape(b, h, l * d)
-
-
-def _ensure_rearrange() -> None:
-    """Make MONAI's attention blocks constructible without einops (they need only head reshapes)."""
-    import importlib.util
-
-    if importlib.util.find_spec("einops") is not None:
-        return
-    from monai.networks.blocks import crossattention, selfattention
-
-    for module in (selfattention, crossattention):
-        if getattr(module, "Rearrange", None) is not _HeadRearrange:
-            module.Rearrange = _HeadRearrange
 
 
 def _pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from MedTranslateLib.errors import ConfigError, ModelError
@@ -17,20 +16,8 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import masked_l1, masked_ssim_loss
 from MedTranslateLib.networks import build_generator
 
-def _pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:
-    """``F.pad`` amounts (last axis first) growing each axis to a multiple of ``divisor``; when that leaves a
-    single voxel at the bottom of the U-Net (instance norm needs more than one) the first axis doubles."""
-    target = [max(divisor, -(-size // divisor) * divisor) for size in shape]
-    if all(t == divisor for t in target):
-        target[0] *= 2
-    pads: list[int] = []
-    for size, wanted in zip(reversed(shape), reversed(target)):
-        pads += [0, wanted - size]
-    return pads
-
-
 class GeneratorPredictor:
-    """Runs a generator on a normalised batch, padding to the network's size divisor and cropping back.
+    """Runs a generator on a normalised batch (the generator pads to its size divisor and crops back itself).
 
     With ``mc_dropout > 0`` dropout stays active (Monte Carlo dropout) and the predictor is stochastic;
     the dropout masks are seeded from the engine's per-sample generator.
@@ -40,7 +27,6 @@ class GeneratorPredictor:
         self.net = net
         self.mc_dropout = int(mc_dropout)
         self.stochastic = self.mc_dropout > 0
-        self.divisor = int(getattr(net, "size_divisor", 16))
         if self.stochastic and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
                                        for m in net.modules()):
             raise ModelError("Monte Carlo dropout was asked for, but this model has no dropout layers.",
@@ -60,18 +46,13 @@ class GeneratorPredictor:
 
     def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self._set_modes()
-        shape = tuple(source.shape[2:])
-        pads = _pad_amounts(shape, self.divisor)
-        padded = F.pad(source, pads, mode="replicate") if any(pads) else source
         if self.stochastic and generator is not None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
             devices = [source.device] if source.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                out = self.net(padded)
-        else:
-            out = self.net(padded)
-        return out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)]
+                return self.net(source)
+        return self.net(source)
 
 
 class UNetFamily:

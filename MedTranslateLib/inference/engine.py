@@ -196,8 +196,9 @@ class _RunningStats:
         self.count += 1
         if self.mean is None:
             self.mean = np.array(value, dtype=np.float32)  # copy (value may be a flipped view)
-            self.m2 = np.zeros_like(self.mean)
             return
+        if self.m2 is None:
+            self.m2 = np.zeros_like(self.mean)
         for start in range(0, value.shape[0], SLAB):
             part = slice(start, start + SLAB)
             delta = value[part] - self.mean[part]
@@ -210,6 +211,52 @@ class _RunningStats:
         self.m2 /= self.count
         np.sqrt(self.m2, out=self.m2)
         return self.m2
+
+
+@dataclass
+class _Plan:
+    """How a card says to walk the volume."""
+
+    dimensionality: str
+    axis: int
+    context: int = 0
+    batch: int = DEFAULT_BATCH_2D
+    roi: tuple[int, ...] = (64, 64, 64)
+    overlap: float = 0.5
+
+    def units(self, body: np.ndarray) -> int:
+        """Work items of one pass (body slices, or sliding windows) for progress."""
+        if self.dimensionality == "3d":
+            box = _bounding_box(body)
+            return _window_count(tuple(s.stop - s.start for s in box) if box else (), self.roi, self.overlap)
+        return int(np.count_nonzero(np.moveaxis(body, self.axis, 0).any(axis=(1, 2))))
+
+
+def _plan(card: Mapping[str, Any], options: InferenceOptions) -> _Plan:
+    """Read and check the card's input settings (slice axis, 2.5D context, 3D window, batch size)."""
+    card_input = card.get("input", {})
+    extra = options.extra or {}
+    dimensionality = str(card.get("dimensionality", "2d")).lower()
+    axis = SLICE_AXES.get(str(card_input.get("slice_axis", "axial")))
+    if axis is None:
+        raise ModelError(f"Unknown slice_axis '{card_input.get('slice_axis')}' in the model card.",
+                         "Use axial, coronal or sagittal.")
+    in_channels = int(card.get("architecture", {}).get("in_channels", 1))
+    if dimensionality == "3d":
+        if in_channels != 1:
+            raise ModelError(f"A 3D model must take one input channel, not {in_channels}.",
+                             "Fix architecture.in_channels in the model card.")
+        return _Plan("3d", axis, batch=int(extra.get("sw_batch_size", card_input.get("batch_size", DEFAULT_BATCH_3D))),
+                     roi=tuple(int(s) for s in card_input.get("patch_size") or (64, 64, 64)),
+                     overlap=float(card_input.get("overlap", 0.5)))
+    if dimensionality not in ("2d", "2.5d"):
+        raise ModelError(f"Unknown dimensionality '{dimensionality}' in the model card.", "Use 2d, 2.5d or 3d.")
+    context = int(card_input.get("context_slices", (in_channels - 1) // 2)) if dimensionality == "2.5d" else 0
+    if 2 * context + 1 != in_channels:
+        raise ModelError(f"The card's {dimensionality} input gives {2 * context + 1} channels but the network "
+                         f"takes {in_channels}.", "Fix input.context_slices or architecture.in_channels.")
+    return _Plan(dimensionality, axis, context, int(extra.get("batch_size", card_input.get("batch_size",
+                                                                                         DEFAULT_BATCH_2D))))
 
 
 def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str, Any], predictor: Predictor,
@@ -227,45 +274,19 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
     if body.shape != array.shape:
         raise ModelError(f"The body mask {body.shape} does not match the volume {array.shape}.",
                          "Give a mask on the same grid as the input volume.")
-    card_input = card.get("input", {})
-    dimensionality = str(card.get("dimensionality", "2d")).lower()
-    axis = SLICE_AXES.get(str(card_input.get("slice_axis", "axial")))
-    if axis is None:
-        raise ModelError(f"Unknown slice_axis '{card_input.get('slice_axis')}' in the model card.",
-                         "Use axial, coronal or sagittal.")
-    in_plane = tuple(a for a in range(3) if a != axis)
-    extra = options.extra or {}
-    context = 0
+    plan = _plan(card, options)
     device = torch.device(device)
-
-    if dimensionality == "3d":
-        roi = tuple(int(s) for s in card_input.get("patch_size") or (64, 64, 64))
-        overlap = float(card_input.get("overlap", 0.5))
-        batch = int(extra.get("sw_batch_size", card_input.get("batch_size", DEFAULT_BATCH_3D)))
-        units = lambda m: _window_count(tuple(s.stop - s.start for s in (_bounding_box(m) or ())), roi, overlap)
-    elif dimensionality in ("2d", "2.5d"):
-        in_channels = int(card.get("architecture", {}).get("in_channels", 1))
-        default_context = (in_channels - 1) // 2 if dimensionality == "2.5d" else 0
-        context = int(card_input.get("context_slices", default_context)) if dimensionality == "2.5d" else 0
-        if 2 * context + 1 != in_channels:
-            raise ModelError(f"The card's {dimensionality} input gives {2 * context + 1} channels but the network "
-                             f"takes {in_channels}.", "Fix input.context_slices or architecture.in_channels.")
-        batch = int(extra.get("batch_size", card_input.get("batch_size", DEFAULT_BATCH_2D)))
-        units = lambda m: int(np.count_nonzero(np.moveaxis(m, axis, 0).any(axis=(1, 2))))
-    else:
-        raise ModelError(f"Unknown dimensionality '{dimensionality}' in the model card.", "Use 2d, 2.5d or 3d.")
-
-    passes = _passes(predictor, options, in_plane)
-    per_pass = max(1, units(body))
-    total = per_pass * len(passes)
+    passes = _passes(predictor, options, tuple(a for a in range(3) if a != plan.axis))
+    total = max(1, plan.units(body)) * len(passes)
+    unit_name = "windows" if plan.dimensionality == "3d" else "slices"
     done = 0
 
     def advance(n: int) -> None:
         nonlocal done
         done += n
-        tracker.update(min(done / total, 1.0), f"{done}/{total} {'windows' if dimensionality == '3d' else 'slices'}")
+        tracker.update(min(done / total, 1.0), f"{done}/{total} {unit_name}")
 
-    runner = BatchRunner(predictor, device, batch)
+    runner = BatchRunner(predictor, device, plan.batch)
     stats = _RunningStats()
     tracker.update(0.0)
     with torch.inference_mode():
@@ -273,10 +294,10 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
             runner.start_pass(seed)
             source = np.flip(array, flips) if flips else array
             source_mask = np.flip(body, flips) if flips else body
-            if dimensionality == "3d":
-                result = _predict_windows(source, source_mask, roi, overlap, runner, device, advance)
+            if plan.dimensionality == "3d":
+                result = _predict_windows(source, source_mask, plan.roi, plan.overlap, runner, device, advance)
             else:
-                result = _predict_slices(source, source_mask, axis, context, runner, batch, advance)
+                result = _predict_slices(source, source_mask, plan.axis, plan.context, runner, plan.batch, advance)
             stats.add(np.flip(result, flips) if flips else result)
             tracker.check()
     tracker.update(1.0, "prediction finished")

@@ -2,8 +2,8 @@
 
 The decoder uses ``upsample="nontrainable"``: MONAI then applies a 1x1 convolution, (bi/tri)linear
 interpolation and two 3x3 convolutions per level - no transposed convolutions, hence no checkerboard
-artefacts. Four pooling levels: inputs should be a multiple of 16 in every spatial axis
-(:attr:`UNetGenerator.size_divisor`).
+artefacts. Four pooling levels: inputs whose size is not a multiple of 16 (:attr:`UNetGenerator.size_divisor`)
+are padded (replicate) inside ``forward`` and the output is cropped back, so any size works.
 """
 
 from __future__ import annotations
@@ -11,11 +11,26 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from MedTranslateLib.errors import ModelError
 
 DEFAULT_FEATURES = (32, 32, 64, 128, 256, 32)
+
+
+def pad_amounts(shape: tuple[int, ...], divisor: int) -> list[int]:
+    """``F.pad`` amounts (last axis first) growing each axis to a multiple of ``divisor``; when that leaves a
+    single voxel at the bottom of the U-Net (instance norm needs more than one) the first axis doubles."""
+    target = [max(divisor, -(-size // divisor) * divisor) for size in shape]
+    if all(t == divisor for t in target):
+        target[0] *= 2
+    pads: list[int] = []
+    for size, wanted in zip(reversed(shape), reversed(target)):
+        pads += [0, wanted - size]
+    return pads
+
+
 NORMS = {"instance": ("instance", {"affine": True}), "batch": "batch", "group": ("group", {"num_groups": 8}),
          "none": None}
 
@@ -44,7 +59,13 @@ class UNetGenerator(nn.Module):
                              features=features, norm=NORMS[norm], dropout=float(dropout), upsample="nontrainable")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        shape = tuple(x.shape[2:])
+        pads = pad_amounts(shape, self.size_divisor)
+        if any(pads):
+            out = self.net(F.pad(x, pads, mode="replicate"))
+            out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)]
+        else:
+            out = self.net(x)
         if self.residual:
             centre = self.in_channels // 2
             out = out + x[:, centre:centre + 1]

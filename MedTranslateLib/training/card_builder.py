@@ -21,8 +21,10 @@ def _modality(name: str) -> str:
     return upper if upper in CARD_MODALITIES else "MR"
 
 
-def base_card(config: TrainConfig, slice_size: Sequence[int] | None = None) -> dict[str, Any]:
-    """The card the training run preprocesses with (same normalisation and geometry as inference will use)."""
+def base_card(config: TrainConfig) -> dict[str, Any]:
+    """The card the training run preprocesses with (same normalisation and geometry as inference will use).
+
+    ``config.slice_size`` is only the training crop: whole slices are predicted at inference."""
     in_channels = 2 * config.n_context + 1
     architecture = {"in_channels": in_channels, "out_channels": 1, **config.architecture}
     architecture["in_channels"], architecture["out_channels"] = in_channels, 1
@@ -33,10 +35,6 @@ def base_card(config: TrainConfig, slice_size: Sequence[int] | None = None) -> d
         inputs["context_slices"] = config.n_context
     if config.dimensionality == "3d":
         inputs["patch_size"] = [int(s) for s in config.patch_size]
-        inputs["min_size"] = [int(s) for s in config.patch_size]
-    elif config.slice_size or slice_size:
-        size = config.slice_size or slice_size
-        inputs["slice_size"] = [int(s) for s in size]
     card: dict[str, Any] = {
         "schema_version": 1,
         "id": config.model_id,
@@ -72,17 +70,23 @@ def base_card(config: TrainConfig, slice_size: Sequence[int] | None = None) -> d
 
 
 def combine_references(references: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
-    """One ``intensity_reference`` from per-case ones: per-key medians of percentiles, extent and spacing."""
+    """One ``intensity_reference`` from per-case ones (``evaluation.ood.intensity_reference`` of each training
+    input): the median over cases of every number (per key for tables such as ``percentiles``, per axis for
+    ``extent_mm`` / ``spacing_mm``); text fields are taken from the first case."""
     refs = [r for r in references if r]
     if not refs:
         return None
-    keys = refs[0]["percentiles"].keys()
-    return {
-        "percentiles": {k: float(np.median([r["percentiles"][k] for r in refs])) for k in keys},
-        "extent_mm": [float(v) for v in np.median([r["extent_mm"] for r in refs], axis=0)],
-        "spacing_mm": [float(v) for v in np.median([r["spacing_mm"] for r in refs], axis=0)],
-        "units": str(refs[0].get("units", "raw")),
-    }
+    out: dict[str, Any] = {}
+    for key, value in refs[0].items():
+        if isinstance(value, Mapping):
+            out[key] = {k: float(np.median([r[key][k] for r in refs])) for k in value}
+        elif isinstance(value, (list, tuple)):
+            out[key] = [float(v) for v in np.median([r[key] for r in refs], axis=0)]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(np.median([r[key] for r in refs]))
+        else:
+            out[key] = value
+    return out
 
 
 def aggregate_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, float | None]:

@@ -34,7 +34,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set lr=1e-4")
     for flag, (_, kind, help_text) in FLAGS.items():
-        parser.add_argument("--" + flag.replace("_", "-"), dest=f"flag_{flag}", type=kind, help=help_text)
+        parser.add_argument("--" + flag.replace("_", "-"), dest=f"flag_{flag}", type=kind, help=help_text,
+                            metavar=flag.upper())
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
     parser.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     parser.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich", help="progress display")

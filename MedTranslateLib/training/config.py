@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -185,9 +186,9 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     for key, value in flat.items():
         key = key.replace("-", "_")
         if key not in _FIELDS:
-            close = [name for name in _FIELDS if name.startswith(key[:4])]
-            raise ConfigError(f"Unknown training setting {key!r}.",
-                              f"Remove it or use a known key{' such as ' + ', '.join(close) if close else ''}.")
+            close = difflib.get_close_matches(key, list(_FIELDS), n=3)
+            hint = f"Did you mean {', '.join(close)}?" if close else "See TrainConfig for the known keys."
+            raise ConfigError(f"Unknown training setting {key!r}.", f"Remove it or fix the name. {hint}")
         setattr(config, key, _coerce(key, value))
     return config
 

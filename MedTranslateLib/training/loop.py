@@ -230,16 +230,22 @@ class _Run:
         config = self.config
         size = (config.patch_size if config.spatial_dims == 3 else
                 (config.slice_size or default_slice_size(self.data.train, config.slice_axis)))
-        return Sampler(distributed.shard(self.data.train, self.ctx), config.dimensionality, size, config.slice_axis,
-                       config.n_context, config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1),
-                       config.augment)
+        paired = all(c.source is not None and c.target is not None for c in self.data.train)
+        # each rank its share of the subjects (unpaired data: every rank keeps sources AND targets)
+        cases = distributed.shard(self.data.train, self.ctx) if paired else self.data.train
+        return Sampler(cases, config.dimensionality, size, config.slice_axis, config.n_context,
+                       config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1), config.augment)
 
     def _total_steps(self, sampler: Sampler) -> int:
         config = self.config
         if not config.epochs:
             return int(config.steps)
-        per_epoch = config.steps_per_epoch or math.ceil(sampler.samples_per_epoch() / config.batch_size)
-        return int(config.epochs) * max(1, int(per_epoch) // self.ctx.world_size)
+        if config.steps_per_epoch:
+            return int(config.epochs) * max(1, int(config.steps_per_epoch) // self.ctx.world_size)
+        per_rank = math.ceil(sampler.samples_per_epoch() / config.batch_size)
+        if len(sampler.cases) == len(self.data.train):  # not sharded: the ranks share one epoch
+            per_rank = per_rank // self.ctx.world_size
+        return int(config.epochs) * max(1, per_rank)
 
     def gradient_train(self) -> None:
         """Optimisation steps with logging, periodic validation, best-model selection and checkpoints."""
