@@ -1,0 +1,67 @@
+"""Test helper (no tests here): small, untrained but real model packages of every family and
+dimensionality, exported through the same code path as trained ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from MedTranslateLib.families import get_family
+from MedTranslateLib.families.base import pack_state
+from MedTranslateLib.models.card import make_test_card
+from MedTranslateLib.models.export import export_package
+
+TINY_ARCH: dict[str, dict[str, Any]] = {
+    "unet": {"features": [4, 4, 8, 8, 8, 4]},
+    "pix2pix": {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2},
+    "cyclegan": {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2},
+    "diffusion": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
+                  "num_head_channels": 8, "norm_num_groups": 4},
+    "contourdiff": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
+                    "num_head_channels": 8, "norm_num_groups": 4},
+}
+
+NORMALIZATION = {
+    "MR": {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True},
+    "CT": {"method": "clip", "range": [-1024.0, 3071.0]},
+}
+OUTPUT = {
+    "CT": {"method": "clip", "range": [-1024.0, 3071.0], "background": -1024.0},
+    "MR": {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True,
+           "output_range": [0.0, 1000.0], "background": 0.0},
+}
+
+
+def input_spec(dimensionality: str, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"spacing": None, "orientation": None, "slice_axis": "axial", "batch_size": 8}
+    if dimensionality == "2.5d":
+        spec["context_slices"] = 1
+    if dimensionality == "3d":
+        spec.update(patch_size=[16, 32, 32], overlap=0.25, min_size=[4, 8, 8])
+    spec.update(overrides)
+    return spec
+
+
+def make_untrained_package(folder: Path, family: str = "unet", dimensionality: str = "2d",
+                           source: str = "MR", target: str = "CT", seed: int = 0,
+                           input_overrides: dict | None = None, **card_overrides: Any) -> Path:
+    """Export a real (randomly initialised) package of ``family`` and return its folder."""
+    torch.manual_seed(seed)
+    in_channels = 3 if dimensionality == "2.5d" else 1
+    arch = {"in_channels": in_channels, "out_channels": 1, **TINY_ARCH[family]}
+    fam = get_family(family)
+    nets = fam.build(arch, 3 if dimensionality == "3d" else 2)
+    state = pack_state(nets, fam.inference_networks())
+    card = make_test_card(
+        id=card_overrides.pop("id", f"test-{family}-{dimensionality.replace('.', '')}"),
+        family=family, dimensionality=dimensionality, architecture=arch,
+        source_modality=source, target_modality=target,
+        input=input_spec(dimensionality, **(input_overrides or {})),
+        normalization={"input": NORMALIZATION["CT" if source in ("CT", "CBCT") else "MR"],
+                       "output": OUTPUT["CT" if target in ("CT", "CBCT") else "MR"]},
+        **({"sampling": {"sampler": "ddim", "steps": 2, "samples": 1}} if family in ("diffusion", "contourdiff") else {}),
+        **card_overrides,
+    )
+    return export_package(state, card, folder)

@@ -1,0 +1,159 @@
+"""``medtranslate translate`` end to end: the output grid equals the input grid exactly, for NIfTI,
+NRRD, MHA and DICOM inputs with oblique directions, anisotropic spacing and odd sizes, and for 2D,
+2.5D and 3D models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedTranslateLib.cli.main import main
+from MedTranslateLib.io import read_volume, write_volume
+from MedTranslateLib.phantom import make_head_phantom
+from packages import make_untrained_package
+
+
+def oblique_direction(angle_deg: float = 17.0) -> tuple[float, ...]:
+    a, b = math.radians(angle_deg), math.radians(angle_deg / 2)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    return tuple((rz @ rx).ravel())
+
+
+@pytest.fixture(scope="module")
+def mr_input():
+    """A phantom T1 MR on an oblique, anisotropic, odd-sized grid (37 x 45 x 23 voxels)."""
+    t1 = make_head_phantom(shape_zyx=(28, 48, 40), spacing_mm=(4.0, 4.0, 6.0), seed=11).t1
+    out = sitk.Resample(t1, [37, 45, 23], sitk.Transform(), sitk.sitkLinear, (-70.0, -88.0, -75.0),
+                        (3.9, 4.1, 6.7), oblique_direction(), 0.0, sitk.sitkFloat32)
+    return out
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=1e-6)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4)
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-6))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", "dicom"])
+@pytest.mark.parametrize("dimensionality", ["2d", "2.5d", "3d"])
+def test_translate_keeps_the_input_grid(tmp_path, mr_input, suffix, dimensionality, capsys):
+    package = make_untrained_package(tmp_path / "model", "unet", dimensionality)
+    source = tmp_path / ("input" if suffix == "dicom" else f"input{suffix}")
+    write_volume(mr_input, source, modality="MR")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    image, _ = read_volume(source)
+    out = tmp_path / f"sct{'.nii.gz' if suffix == 'dicom' else suffix}"
+    assert main(["translate", str(source), "-m", str(package), "-o", str(out), "--device", "cpu",
+                 "--progress", "none"]) == 0
+    result, _ = read_volume(out)
+    assert same_grid(result, image), (result.GetOrigin(), image.GetOrigin())
+    if suffix in (".nrrd", ".mha"):  # these store the geometry in double precision
+        assert np.allclose(result.GetSpacing(), image.GetSpacing(), rtol=1e-12, atol=0)
+        assert np.allclose(result.GetDirection(), image.GetDirection(), rtol=0, atol=1e-12)
+    values = sitk.GetArrayFromImage(result)
+    assert values.min() >= -1024.5 and values.max() <= 3071.5
+    assert (values == -1024).any(), "outside the body holds the CT background"
+    created = sorted(p.name for p in tmp_path.rglob("*"))
+    assert set(created) - set(before) - set(p.name for p in out.parent.rglob(out.name + "*")) <= set()
+
+
+@pytest.mark.parametrize("dimensionality", ["2d", "2.5d", "3d"])
+def test_in_memory_result_has_the_identical_grid(tmp_path, mr_input, dimensionality):
+    from MedTranslateLib.models.package import open_package
+    from MedTranslateLib.pipeline import Translator
+
+    package = make_untrained_package(tmp_path / "model", "unet", dimensionality)
+    result = Translator(open_package(package), device="cpu").translate(mr_input)
+    assert result.output.GetSize() == mr_input.GetSize()
+    assert result.output.GetSpacing() == mr_input.GetSpacing()
+    assert result.output.GetOrigin() == mr_input.GetOrigin()
+    assert result.output.GetDirection() == mr_input.GetDirection()
+
+
+def test_dicom_output_is_a_synthetic_ct_series(tmp_path, mr_input):
+    import pydicom
+
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    source = tmp_path / "mr_series"
+    write_volume(mr_input, source, modality="MR")
+    out = tmp_path / "sct_series"
+    assert main(["translate", str(source), "-m", str(package), "-o", str(out), "--progress", "none"]) == 0
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == mr_input.GetSize()[2]
+    ds = pydicom.dcmread(files[0])
+    src = pydicom.dcmread(sorted(source.glob("*.dcm"))[0])
+    assert ds.Modality == "CT" and "SYNTHETIC" in ds.SeriesDescription
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.StudyInstanceUID == src.StudyInstanceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert float(ds.RescaleSlope) == 1.0
+    image, _ = read_volume(source)
+    result, _ = read_volume(out)
+    assert same_grid(result, image)
+
+
+def test_jsonl_worker_protocol_and_uncertainty(tmp_path, mr_input, capsys):
+    package = make_untrained_package(tmp_path / "model", "pix2pix", "2d")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    out, std = tmp_path / "sct.nii.gz", tmp_path / "std.nii.gz"
+    code = main(["translate", str(source), "-m", str(package), "-o", str(out), "--uncertainty", str(std),
+                 "--progress", "jsonl", "--device", "cpu"])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "done" and "progress" in kinds
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] <= 1.0
+    stages = {e["stage"] for e in events if e["event"] == "progress"}
+    assert {"read", "preprocess", "inference", "restore", "write"} <= stages
+    done = events[-1]
+    assert done["provenance"]["synthetic"] == "true" and len(done["provenance"]["model_sha256"]) == 64
+    std_image, _ = read_volume(std)
+    image, _ = read_volume(source)
+    assert same_grid(std_image, image)
+    assert sitk.GetArrayFromImage(std_image).max() > 0
+
+
+@pytest.mark.parametrize("family", ["diffusion", "contourdiff", "cyclegan"])
+def test_other_families_translate_with_uncertainty(tmp_path, mr_input, family):
+    package = make_untrained_package(tmp_path / "model", family, "2d")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    out, std = tmp_path / "sct.nii.gz", tmp_path / "std.nii.gz"
+    assert main(["translate", str(source), "-m", str(package), "-o", str(out), "--uncertainty", str(std),
+                 "--samples", "2", "--steps", "2", "--progress", "none"]) == 0
+    assert same_grid(read_volume(out)[0], read_volume(source)[0])
+    assert sitk.GetArrayFromImage(read_volume(std)[0]).max() > 0
+
+
+def test_batch_translation_into_a_folder(tmp_path, mr_input):
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    inputs = []
+    for name in ("a", "b"):
+        inputs.append(tmp_path / f"{name}.nii.gz")
+        write_volume(mr_input, inputs[-1], modality="MR")
+    out_dir = tmp_path / "out"
+    assert main(["translate", *map(str, inputs), "-m", str(package), "-o", str(out_dir), "--progress", "none"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_synthetic.nii.gz", "b_synthetic.nii.gz"]
+
+
+def test_ensemble_mean_and_spread(tmp_path, mr_input):
+    a = make_untrained_package(tmp_path / "a", "unet", "2d", seed=1, id="ens-a")
+    b = make_untrained_package(tmp_path / "b", "unet", "2d", seed=2, id="ens-b")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    outs = {}
+    for name, models in (("a", [str(a)]), ("b", [str(b)]), ("ab", [str(a), "--ensemble", str(b)])):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        extra = ["--uncertainty", str(tmp_path / "std.nii.gz")] if name == "ab" else []
+        assert main(["translate", str(source), "-m", *models, "-o", str(outs[name]), "--progress", "none", *extra]) == 0
+    arrays = {k: sitk.GetArrayFromImage(read_volume(v)[0]) for k, v in outs.items()}
+    assert np.allclose(arrays["ab"], (arrays["a"] + arrays["b"]) / 2, atol=0.5)
+    std = sitk.GetArrayFromImage(read_volume(tmp_path / "std.nii.gz")[0])
+    assert np.allclose(std, np.abs(arrays["a"] - arrays["b"]) / 2, atol=0.5)
