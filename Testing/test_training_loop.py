@@ -239,7 +239,7 @@ def test_ddp_two_processes(tmp_path):
     data = write_pairs(tmp_path / "data", n=3)
     script = tmp_path / "run_ddp.py"
     script.write_text(textwrap.dedent(f"""
-        import os, torch
+        import json, os, torch
         torch.set_num_threads(1)
         from MedTranslateLib.training.config import TrainConfig
         from MedTranslateLib.training.loop import train
@@ -248,14 +248,16 @@ def test_ddp_two_processes(tmp_path):
                              checkpoint_interval=3, val_fraction=0.34, device="cpu",
                              output={str(tmp_path / "ddp_pkg")!r}, model_id="ddp-test")
         result = train(config)
-        print("RANK", os.environ["RANK"], "PACKAGE", result.package, "STEPS", result.steps)
+        with open(f"result_{{os.environ['RANK']}}.json", "w") as handle:  # stdout of the ranks interleaves
+            json.dump({{"package": result.package and str(result.package), "steps": result.steps}}, handle)
     """))
     paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "RANK 0 PACKAGE" in proc.stdout and "RANK 1 PACKAGE None" in proc.stdout
-    assert proc.stdout.count("STEPS 6") == 2
+    rank0, rank1 = (json.loads((tmp_path / f"result_{r}.json").read_text()) for r in (0, 1))
+    assert rank0["package"] == str(tmp_path / "ddp_pkg") and rank1["package"] is None  # only rank 0 exports
+    assert rank0["steps"] == rank1["steps"] == 6
     card = json.loads((tmp_path / "ddp_pkg" / "model.json").read_text())
     jsonschema.validate(card, _schema())
