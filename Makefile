@@ -31,10 +31,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/medtranslate demo --output demo_output
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest Testing $(PYTEST_ARGS)
+	$(PY) -m pytest Testing -n 2 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest Testing -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest Testing -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/medtranslate bench --output BENCHMARKS.md

@@ -54,3 +54,15 @@ def make_image(shape_zyx=(20, 24, 28), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0
 @pytest.fixture
 def small_image():
     return make_image()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread per test process: tiny networks run faster on one thread, and parallel test
+    workers (pytest -n 2) do not fight over the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,13 +14,6 @@ from MedTranslateLib.progress import CancelToken, ProgressTracker
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run far faster on one thread (and do not fight parallel test runs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def card(dimensionality: str = "2d", slice_axis: str = "axial", context: int = 0, **inputs) -> dict:

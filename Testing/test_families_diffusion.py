@@ -18,12 +18,8 @@ TINY = {"in_channels": 1, "out_channels": 1, "channels": [8, 16], "attention_lev
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _pair(spatial: tuple[int, ...], batch: int = 4) -> dict[str, torch.Tensor]:

@@ -17,12 +17,6 @@ from MedTranslateLib.families.forest import FAMILY, export_trees, sample_trainin
 OPTIONS = {"n_samples": 4000, "n_trees": 5, "max_depth": 8, "seed": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_pair(seed: int, shape: tuple[int, int, int] = (16, 20, 20)):

@@ -17,13 +17,6 @@ from test_families_unet import arch, pair
 SHAPES = [("2d", 2, (4, 1, 32, 32)), ("2.5d", 2, (2, 3, 32, 32)), ("3d", 3, (1, 1, 32, 16, 16))]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run far faster on one thread (and do not fight parallel test runs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(name: str, dims: int, shape, steps: int, options=None, lr: float = 3e-3):

@@ -19,13 +19,6 @@ from MedTranslateLib.progress import ProgressTracker
 TINY = {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run far faster on one thread (and do not fight parallel test runs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def arch(in_channels: int = 1, **extra) -> dict:

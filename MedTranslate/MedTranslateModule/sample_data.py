@@ -1,7 +1,8 @@
 """Sample data for bundled models, registered in Slicer's Sample Data module from the model cards.
 
-Each card may list ``sample_data: [{"name", "url", "sha256"}]``; every entry with a URL becomes a
-Sample Data source (category "MedTranslate") checked with its SHA256.
+Each card may list ``sample_data: [{"name", "url" | "sample", "sha256"}]``. An entry with a URL is
+downloaded by Sample Data; an entry naming a ``sample`` (see ``MedTranslateLib.samples``) is rendered
+locally into ``cache_dir`` and offered as a ``file://`` URL. Either way Sample Data checks the SHA256.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ def builtin_card_paths(package_dir: Path | None = None) -> list[Path]:
     return sorted((package_dir / "models" / "builtin").glob("*/model.json"))
 
 
-def sample_sources(cards: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keyword arguments of ``registerCustomSampleDataSource`` for each card's downloadable samples."""
+def sample_sources(cards: Iterable[dict[str, Any]], cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Keyword arguments of ``registerCustomSampleDataSource`` for each card's samples (generated samples
+    are written to ``cache_dir``; without one they are skipped)."""
     sources = []
     for card in cards:
         for sample in card.get("sample_data") or []:
             url, sha256 = sample.get("url"), str(sample.get("sha256", "")).lower()
+            if not url and sample.get("sample") and cache_dir is not None:
+                from MedTranslateLib.samples import write_sample
+
+                url = Path(write_sample(sample["sample"], cache_dir)).resolve().as_uri()
             if not url or len(sha256) != 64:
                 continue
             file_name = url.rstrip("/").split("/")[-1]
@@ -56,8 +62,10 @@ def read_cards(paths: Iterable[Path]) -> list[dict[str, Any]]:
 def register_sample_data(thumbnail: str | None = None) -> int:
     """Register the built-in models' sample data in Slicer (inside Slicer only). Returns the count."""
     import SampleData
+    import slicer
 
-    sources = sample_sources(read_cards(builtin_card_paths()))
+    cache = Path(slicer.app.cachePath) / "MedTranslate" / "samples"
+    sources = sample_sources(read_cards(builtin_card_paths()), cache_dir=cache)
     for source in sources:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(thumbnailFileName=thumbnail, **source)
     return len(sources)

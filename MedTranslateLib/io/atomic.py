@@ -160,10 +160,17 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
 
 def _replace_folder(staging: Path, target: Path) -> None:
     """Put ``staging`` in place of ``target``; an existing DICOM-only target is swapped out then deleted."""
+    if target.exists():
+        _check_replaceable_folder(target)
+    swap_into_place(staging, target)
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Atomically move ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted
+    only once the new one is in place (restored if the move fails)."""
     if not target.exists():
         os.replace(staging, target)
         return
-    _check_replaceable_folder(target)
     backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     backup.rmdir()
     os.replace(target, backup)
@@ -172,4 +179,7 @@ def _replace_folder(staging: Path, target: Path) -> None:
     except BaseException:
         os.replace(backup, target)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    if backup.is_dir():
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        backup.unlink(missing_ok=True)

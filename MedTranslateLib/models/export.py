@@ -110,12 +110,9 @@ def _check_replaceable(final: Path) -> None:
 
 def replace_atomically(source: Path, final: Path) -> None:
     """Atomically move ``source`` to ``final`` (an existing package there is moved aside, then deleted)."""
-    if final.is_dir():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        try:
-            os.replace(source, final)
+    from MedTranslateLib.io.atomic import swap_into_place
+
+    swap_into_place(source, final)
         except OSError:
             os.replace(old, final)
             raise

@@ -1,0 +1,324 @@
+"""Benchmark of the real-data models: family x task -> held-out metrics, uncertainty, speed, size, training time.
+
+    python -m MedTranslateLib.benchmark_models [--data DIR] [--train] [--models DIR] [--write BENCHMARKS.md]
+
+Without ``--train`` it evaluates model packages: the built-in ones (default) or those in ``--models DIR``;
+with ``--train`` it first retrains every config ``MedTranslateLib/configs/{mr2ct-phantom,t1-t2-brats,
+t1-flair-brats}-*.toml`` into ``<work>/pkg/<id>`` and evaluates those. Only packages whose card names a real-data
+task (see :data:`TASKS`) are evaluated. The held-out data is read from the card's recorded split (z-slab or test
+subjects), so a package is always scored on data it never saw in training:
+
+* z-slab split (MR -> CT phantom): the whole source volume is translated (as a user would), and the metrics are
+  taken on the held-out slab only (2D models predict every slice independently of the others).
+* subject split (BraTS): each held-out subject's volume is translated and scored inside its body mask; MR
+  references are put on the model's output scale (the card's output normalisation, per volume).
+
+Metrics are the SynthRAD 2023 definitions of :mod:`MedTranslateLib.evaluation.metrics` (CT: MAE/PSNR/SSIM in HU,
+per-tissue MAE, bone Dice; MR: MAE on the 0-1000 output scale, PSNR/SSIM on [0, 1]-normalised images).
+Uncertainty vs error (:func:`~MedTranslateLib.evaluation.uncertainty.uncertainty_error_relation`) is measured for
+the U-Net (test-time augmentation spread) and the random forest (spread across trees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+START, END = "<!-- models:start -->", "<!-- models:end -->"
+UNCERTAINTY_FAMILIES = ("unet", "random_forest")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A real-data task: its id prefix (of config and model ids), title and data sub-folder."""
+
+    prefix: str
+    title: str
+    subfolder: str
+
+
+TASKS = (Task("mr2ct-phantom", "MR (T2) -> CT, pork head phantom", "Task1"),
+         Task("t1-t2-brats", "T1 -> T2, BraTS 2023", "BraTS2023"),
+         Task("t1-flair-brats", "T1 -> FLAIR, BraTS 2023", "BraTS2023"))
+
+
+def task_of(model_id: str) -> Task | None:
+    """The task whose prefix starts ``model_id`` (None for other models, e.g. the procedural demo)."""
+    return next((t for t in TASKS if model_id.startswith(t.prefix + "-")), None)
+
+
+def default_data_dir() -> Path:
+    """``MEDTRANSLATE_DATA`` or ``../shared/data`` next to the repository."""
+    env = os.environ.get("MEDTRANSLATE_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def config_ids() -> list[str]:
+    """Ids of the real-data training configs (file stems)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if task_of(p.stem))
+
+
+# ------------------------------------------------------------------ held-out data
+@dataclass
+class HeldOut:
+    """One held-out case: file paths and, for a z-slab split, the slice range scored."""
+
+    name: str
+    source: Path
+    target: Path
+    mask: Path | None
+    z_range: tuple[int, int] | None = None
+
+
+def held_out_cases(card: dict[str, Any], data_root: Path) -> list[HeldOut]:
+    """The held-out cases recorded in ``card['training']['split']``, found under ``data_root``."""
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.training.datasets import load_cases
+
+    training = card.get("training") or {}
+    split, config = training.get("split") or {}, training.get("config") or {}
+    task = task_of(card["id"])
+    root = data_root / task.subfolder if task else data_root
+    cases = load_cases(root, config.get("layout", "auto"), card["source_modality"], card["target_modality"],
+                       config.get("source_name"), config.get("target_name"))
+    if split.get("method") == "z-slab":
+        if not split.get("test"):
+            raise ConfigError(f"{card['id']}: the z-slab split has no test slab.", "Retrain with test_fraction > 0.")
+        chosen = [c for c in cases if c.subject_id == split.get("subject")]
+        z0, z1 = (int(v) for v in split["test"])
+        return [HeldOut(f"{c.name}[z{z0}:{z1}]", c.source_path, c.target_path, c.mask_path, (z0, z1))
+                for c in chosen[:1]]
+    test = set(split.get("test") or [])
+    return [HeldOut(c.name, c.source_path, c.target_path, c.mask_path) for c in cases if c.subject_id in test]
+
+
+def _array(image: Any) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image).astype(np.float32)
+
+
+def evaluation_mask(source: Any, mask_path: Path | None, card: dict[str, Any]) -> np.ndarray:
+    """The case's mask file, else the body mask the preprocessing computes from the source (card settings)."""
+    from MedTranslateLib.io import read_mask
+    from MedTranslateLib.preprocess.body_mask import body_mask
+
+    if mask_path is not None:
+        return _array(read_mask(mask_path, source)) > 0
+    options = card.get("body_mask") or {}
+    return np.asarray(body_mask(_array(source), source.GetSpacing(), method=options.get("method", "otsu"),
+                                threshold=options.get("threshold"), dilate_mm=options.get("dilate_mm", 0.0),
+                                modality=card.get("source_modality")), dtype=bool)
+
+
+def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]) -> np.ndarray:
+    """CT stays in HU; an MR reference goes through the card's output normalisation (per volume) and back."""
+    from MedTranslateLib.preprocess.normalization import denormalize, normalize
+
+    if card["target_modality"].upper() in ("CT", "CBCT"):
+        return ref
+    spec = card["normalization"]["output"]
+    normalised, params = normalize(ref, mask, spec)
+    return np.asarray(denormalize(normalised, spec, params), dtype=np.float32)
+
+
+def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOut, card: dict[str, Any],
+               std: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of one held-out case (restricted to its z-slab), plus uncertainty vs error when ``std`` is given."""
+    from MedTranslateLib.evaluation.metrics import compute_metrics
+    from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
+
+    ref = reference_on_output_scale(ref, mask, card)
+    if case.z_range is not None:
+        z0, z1 = case.z_range
+        pred, ref, mask = pred[z0:z1], ref[z0:z1], mask[z0:z1]
+        std = None if std is None else std[z0:z1]
+    modality = "CT" if card["target_modality"].upper() in ("CT", "CBCT") else "MR"
+    out: dict[str, Any] = dict(compute_metrics(pred, ref, mask, modality))
+    if std is not None:
+        relation = uncertainty_error_relation(std, np.abs(pred - ref), mask)
+        out.update({f"unc_{k}": relation[k] for k in ("pearson", "spearman", "error_top10", "error_bottom10")})
+    return out
+
+
+# ------------------------------------------------------------------ one package
+def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = None) -> dict[str, Any]:
+    """Held-out metrics, inference seconds per volume (CPU), parameters, size and training time of a package."""
+    import SimpleITK as sitk
+    import torch
+
+    from MedTranslateLib.io import read_mask, read_volume
+    from MedTranslateLib.models.package import open_package
+    from MedTranslateLib.pipeline import Translator
+
+    package = open_package(path)
+    card = package.card.to_dict()
+    translator = Translator(package, device="cpu")
+    with_std = card["family"] in UNCERTAINTY_FAMILIES if uncertainty is None else uncertainty
+    rows, seconds = [], []
+    for case in held_out_cases(card, data_root):
+        image, _ = read_volume(case.source)
+        mask_image = read_mask(case.mask, image) if case.mask else None
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        result = translator.translate(image, mask_image)
+        seconds.append(time.perf_counter() - start)
+        ref_image, _ = read_volume(case.target)
+        mask = evaluation_mask(image, case.mask, card)
+        std = None
+        if with_std:
+            with_unc = translator.translate(image, mask_image, uncertainty=True)
+            std = None if with_unc.uncertainty is None else _array(with_unc.uncertainty)
+        row = score_case(_array(result.output), _array(ref_image), mask, case, card, std)
+        row.update({"case": case.name, "voxels": int(np.prod(sitk.GetArrayViewFromImage(image).shape))})
+        rows.append(row)
+    if not rows:
+        raise RuntimeError(f"{card['id']}: no held-out case found under {data_root}.")
+    state = package.load_state_dict()
+    weights = package.weights_path
+    keys = sorted({k for r in rows for k in r if isinstance(r[k], (int, float)) and k != "voxels"})
+    mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
+    return {"id": card["id"], "family": card["family"], "task": task_of(card["id"]).prefix,
+            "path": str(path), "cases": [r["case"] for r in rows], "metrics": mean, "per_case": rows,
+            "card_metrics": (card.get("metrics") or {}).get("values", {}),
+            "cpu_seconds": float(np.mean(seconds)), "torch_threads": torch.get_num_threads(),
+            "parameters": int(sum(t.numel() for t in state.values())),
+            "size_mb": (weights.stat().st_size / 1e6) if weights else math.nan,
+            "training_seconds": (card.get("training") or {}).get("seconds"),
+            "training_steps": (card.get("training") or {}).get("steps")}
+
+
+def update_card_performance(path: Path, result: dict[str, Any]) -> None:
+    """Write the measured ``cpu_seconds`` per volume into the package's ``model.json`` (validated)."""
+    from MedTranslateLib.models.card import validate_card
+
+    card_path = Path(path) / "model.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("performance", {}).update({
+        "cpu_seconds": round(result["cpu_seconds"], 2),
+        "cpu_seconds_note": (f"one held-out volume ({', '.join(result['cases'])}) on a shared 2-core CPU, "
+                             f"{result['torch_threads']} torch thread(s), benchmark_models")})
+    validate_card(card)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ training
+def train_all(data_root: Path, work: Path, only: Sequence[str] = ()) -> Path:
+    """Retrain every real-data config (or ``only`` those ids) into ``work/pkg/<id>``; returns ``work/pkg``."""
+    out = work / "pkg"
+    out.mkdir(parents=True, exist_ok=True)
+    for model_id in config_ids():
+        if only and model_id not in only:
+            continue
+        task = task_of(model_id)
+        command = [sys.executable, "-m", "MedTranslateLib", "train", "--config", str(CONFIG_DIR / f"{model_id}.toml"),
+                   "--data", str(data_root / task.subfolder), "--output", str(out / model_id), "--progress", "none"]
+        print("training", model_id, flush=True)
+        subprocess.run(command, check=True, cwd=REPO)
+    return out
+
+
+# ------------------------------------------------------------------ table
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables, one per task, sorted by held-out MAE."""
+    lines = []
+    for task in TASKS:
+        rows = sorted((r for r in results if r["task"] == task.prefix), key=lambda r: r["metrics"].get("mae", 1e9))
+        if not rows:
+            continue
+        ct = task.prefix.startswith("mr2ct")
+        lines += [f"### {task.title}", "", f"Held out: {', '.join(rows[0]['cases'])}.", ""]
+        head = ["model", "family", "MAE", "PSNR", "SSIM"]
+        head += ["MAE air", "MAE soft", "MAE bone", "Dice bone"] if ct else []
+        head += ["unc. Pearson", "unc. Spearman", "err top/bottom 10 %", "CPU s/vol", "params", "MB",
+                 "train s (steps)"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            m = r["metrics"]
+            psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
+            cells = [f"`{r['id']}`", r["family"], _fmt(m.get("mae")), _fmt(psnr, 2), _fmt(ssim, 3)]
+            if ct:
+                cells += [_fmt(m.get("mae_air")), _fmt(m.get("mae_soft")), _fmt(m.get("mae_bone")),
+                          _fmt(m.get("dice_bone"), 3)]
+            unc = "unc_pearson" in m
+            cells += [_fmt(m.get("unc_pearson"), 2) if unc else "-", _fmt(m.get("unc_spearman"), 2) if unc else "-",
+                      f"{m['unc_error_top10']:.1f} / {m['unc_error_bottom10']:.1f}" if unc else "-",
+                      _fmt(r["cpu_seconds"]), f"{r['parameters']:,}", _fmt(r["size_mb"], 2),
+                      f"{_fmt(r['training_seconds'], 0)} ({r['training_steps']})"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the text between the models markers of ``path`` (created with both sections when missing)."""
+    text = path.read_text() if path.is_file() else (
+        "# MedTranslate benchmarks\n\n" + START + "\n" + END + "\n\n<!-- speed:start -->\n<!-- speed:end -->\n")
+    if START not in text or END not in text:
+        text = text.rstrip("\n") + "\n\n" + START + "\n" + END + "\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(head + START + "\n" + body.rstrip("\n") + "\n" + END + tail)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m MedTranslateLib.benchmark_models", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="real data folder (default MEDTRANSLATE_DATA or ../shared/data)")
+    parser.add_argument("--train", action="store_true", help="retrain every real-data config first")
+    parser.add_argument("--only", nargs="*", default=[], help="model ids to train/evaluate (default all)")
+    parser.add_argument("--models", type=Path, default=None, help="folder of packages (default: the built-in ones)")
+    parser.add_argument("--work", type=Path, default=Path("benchmark_models_work"), help="training output folder")
+    parser.add_argument("--write", type=Path, default=None, help="markdown file whose models section is replaced")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
+    parser.add_argument("--update-cards", action="store_true", help="write the measured cpu_seconds into the cards")
+    args = parser.parse_args(argv)
+    data_root = args.data or default_data_dir()
+    if not data_root.is_dir():
+        print(f"error: the real data folder {data_root} does not exist (set --data or MEDTRANSLATE_DATA)", file=sys.stderr)
+        return 2
+    from MedTranslateLib.models.registry import BUILTIN_DIR
+
+    folder = train_all(data_root, args.work, args.only) if args.train else (args.models or BUILTIN_DIR)
+    results = []
+    for path in sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file()):
+        model_id = json.loads((path / "model.json").read_text()).get("id", "")
+        if not task_of(model_id) or (args.only and model_id not in args.only):
+            continue
+        print("evaluating", model_id, flush=True)
+        result = evaluate_package(path, data_root)
+        results.append(result)
+        if args.update_cards:
+            update_card_performance(path, result)
+    body = (f"## Real-data models (held-out)\n\nRegenerate: `python -m MedTranslateLib.benchmark_models "
+            f"{'--train ' if args.train else ''}--write BENCHMARKS.md`. CPU seconds per whole volume on this "
+            f"machine's shared CPU ({os.cpu_count()} cores, torch threads {results[0]['torch_threads'] if results else '?'}).\n\n"
+            + render_table(results))
+    print(body)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+    if args.write:
+        write_section(args.write, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Sample volumes the project makes itself (no download needed), reproducible to the byte.
+
+The phantom is rendered with a fixed seed and stored as int16 NRRD without compression, so the file and
+its SHA256 are the same on every machine; the Slicer module registers it in Sample Data with that checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+#: sample id -> (phantom seed, modality, file name)
+SAMPLES: dict[str, tuple[int, str, str]] = {
+    "phantom-t1": (1000, "T1", "MedTranslateHeadPhantomT1.nrrd"),
+    "phantom-ct": (1000, "CT", "MedTranslateHeadPhantomCT.nrrd"),
+}
+
+
+def write_sample(sample: str, folder: str | Path) -> Path:
+    """Render ``sample`` into ``folder`` (atomically) and return the file path."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.phantom import make_head_phantom
+
+    if sample not in SAMPLES:
+        raise ConfigError(f"Unknown sample {sample!r}.", f"Choose one of {', '.join(SAMPLES)}.")
+    seed, modality, name = SAMPLES[sample]
+    image = make_head_phantom(seed=seed).modality(modality)
+    rounded = sitk.Cast(sitk.Round(image), sitk.sitkInt16)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = folder / f".{name}.tmp.nrrd"
+    sitk.WriteImage(rounded, str(tmp), False)
+    tmp.replace(path)
+    return path
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
