@@ -113,12 +113,6 @@ def replace_atomically(source: Path, final: Path) -> None:
     from MedTranslateLib.io.atomic import swap_into_place
 
     swap_into_place(source, final)
-        except OSError:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, final)
 
 
 def import_legacy_checkpoint(pt_path: str | Path, card_dict: Mapping[str, Any], destination: str | Path, *,

@@ -1,0 +1,127 @@
+"""Real-data models: the shipped packages through ``medtranslate translate`` on their held-out data reproduce the
+held-out metrics of their cards; the benchmark helpers (split lookup, scoring, markdown section) work.
+
+The shipped-model tests are marked ``data`` and ``slow`` and skip cleanly without the real data."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedTranslateLib import benchmark_models as bm
+from MedTranslateLib.models.registry import BUILTIN_DIR
+
+SHIPPED = sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model.json").is_file() and bm.task_of(p.name)) \
+    if BUILTIN_DIR.is_dir() else []
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- fast unit tests (no data)
+def test_task_of_and_configs() -> None:
+    assert bm.task_of("mr2ct-phantom-unet2d").subfolder == "Task1"
+    assert bm.task_of("t1-flair-brats-pix2pix2d").prefix == "t1-flair-brats"
+    assert bm.task_of("mr2ct-headphantom-unet2d") is None  # the procedural demo is not a real-data model
+    ids = bm.config_ids()
+    for task in bm.TASKS:  # every task has at least U-Net, pix2pix and diffusion configs
+        for family in ("unet", "pix2pix", "diffusion"):
+            assert f"{task.prefix}-{family}2d" in ids
+    assert "mr2ct-phantom-forest2d" in ids
+
+
+def test_configs_load_and_hold_out_data() -> None:
+    from MedTranslateLib.training.config import load_config
+
+    for model_id in bm.config_ids():
+        config = load_config(bm.CONFIG_DIR / f"{model_id}.toml", data="/nonexistent").validate()
+        assert config.model_id == model_id
+        if config.split == "zslab":
+            assert config.test_fraction > 0 and config.slab_gap > 0
+        else:
+            assert config.test_subjects and not set(config.test_subjects) & set(config.train_subjects or [])
+
+
+def test_score_case_zslab_and_uncertainty() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-1000, 1500, (12, 20, 20)).astype(np.float32)
+    pred = ref.copy()
+    pred[8:] += 100.0  # error only in the held-out slab
+    mask = np.ones_like(ref, bool)
+    card = {"target_modality": "CT", "normalization": {"output": {"method": "clip", "range": [-1024, 3071]}}}
+    case = bm.HeldOut("c", Path("s"), Path("t"), None, (8, 12))
+    std = np.abs(pred - ref) + rng.uniform(0, 1, ref.shape).astype(np.float32)
+    out = bm.score_case(pred, ref, mask, case, card, std)
+    assert out["mae"] == pytest.approx(100.0, rel=1e-4)
+    whole = bm.score_case(pred, ref, mask, bm.HeldOut("c", Path("s"), Path("t"), None), card)
+    assert whole["mae"] == pytest.approx(100.0 * 4 / 12, rel=1e-3)
+    assert "unc_pearson" in out and "unc_pearson" not in whole
+
+
+def test_mr_reference_goes_to_output_scale() -> None:
+    ref = np.linspace(0, 5000, 1000, dtype=np.float32).reshape(10, 10, 10)
+    mask = np.ones_like(ref, bool)
+    spec = {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True, "output_range": [0.0, 1000.0]}
+    scaled = bm.reference_on_output_scale(ref, mask, {"target_modality": "T2", "normalization": {"output": spec}})
+    assert 0.0 <= scaled.min() and scaled.max() <= 1000.0 and scaled.max() > 990.0
+
+
+def test_write_section_keeps_other_sections(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    bm.write_section(path, "first")
+    text = path.read_text()
+    assert bm.START in text and "<!-- speed:start -->" in text
+    path.write_text(text.replace("<!-- speed:end -->", "speed table\n<!-- speed:end -->"))
+    bm.write_section(path, "second")
+    text = path.read_text()
+    assert "second" in text and "first" not in text and "speed table" in text
+
+
+def test_render_table_marks_families() -> None:
+    row = {"id": "mr2ct-phantom-unet2d", "family": "unet", "task": "mr2ct-phantom", "cases": ["1PA001[z64:86]"],
+           "metrics": {"mae": 80.0, "psnr": 25.0, "ssim": 0.8, "mae_bone": 300.0, "dice_bone": 0.5,
+                       "unc_pearson": 0.3, "unc_spearman": 0.2, "unc_error_top10": 200.0, "unc_error_bottom10": 20.0},
+           "cpu_seconds": 1.5, "parameters": 1000, "size_mb": 0.5, "training_seconds": 100.0, "training_steps": 300}
+    table = bm.render_table([row])
+    assert "MAE bone" in table and "80.0" in table and "200.0 / 20.0" in table
+
+
+# ---------------------------------------------------------------- shipped models on real data
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", SHIPPED or ["<none shipped>"])
+def test_shipped_model_reproduces_card(model_id: str, real_data: Path, tmp_path: Path) -> None:
+    """``medtranslate translate`` on the held-out data gives the card's held-out MAE (within 5 %)."""
+    import SimpleITK as sitk
+
+    if not SHIPPED:
+        pytest.skip("no real-data model is shipped")
+    package = BUILTIN_DIR / model_id
+    card = json.loads((package / "model.json").read_text())
+    assert card["clinical_use"] is False and "not for clinical use" in card["limitations"].lower()
+    assert card["metrics"]["values"]["mae"] is not None
+    assert float(card["performance"]["cpu_seconds"]) > 0
+    cases = bm.held_out_cases(card, real_data)
+    assert cases, "no held-out case found"
+    case = cases[0]
+    out = tmp_path / "pred.nii.gz"
+    command = [sys.executable, "-m", "MedTranslateLib", "translate", str(case.source), "-m", str(package),
+               "-o", str(out), "--device", "cpu", "--progress", "none"]
+    if case.mask:
+        command += ["--mask", str(case.mask)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    source = sitk.ReadImage(str(case.source))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))).astype(np.float32)
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(case.target))).astype(np.float32)
+    mask = bm.evaluation_mask(source, case.mask, card)
+    got = bm.score_case(pred, ref, mask, case, card)
+    want = card["metrics"]["values"]
+    assert math.isfinite(got["mae"])
+    assert got["mae"] == pytest.approx(want["mae"], rel=0.05)
+    if "dice_bone" in want and want["dice_bone"] is not None:
+        assert got["dice_bone"] == pytest.approx(want["dice_bone"], abs=0.05)
