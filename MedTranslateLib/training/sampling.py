@@ -46,7 +46,6 @@ def _read(path: Any):
 
 def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
     """Read one case once and prepare it with the card's preprocessing (``prepare_pair`` for pairs)."""
-    import SimpleITK as sitk
 
     from MedTranslateLib import preprocess
 
