@@ -1,8 +1,10 @@
 """``medtranslate bench``: end-to-end translate time and peak memory per stage and volume size, the
 network's achieved FLOP/s against a measured matrix-multiply peak, and training throughput per family.
 
-Each size runs ``medtranslate translate`` in a fresh process (so its peak resident memory is its own),
-reading the per-stage seconds from the worker protocol's ``done`` line.
+Each size runs ``medtranslate translate`` in a fresh process, reaped with ``os.wait4`` so that its peak
+resident memory and CPU time are that run's own; the per-stage seconds come from the worker protocol's
+``done`` line. The results are spliced into ``BENCHMARKS.md`` between ``<!-- speed:start -->`` and
+``<!-- speed:end -->`` (everything outside the markers is kept).
 """
 
 from __future__ import annotations
@@ -11,57 +13,92 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
+SPEED_START = "<!-- speed:start -->"
+SPEED_END = "<!-- speed:end -->"
+MODELS_START = "<!-- models:start -->"
+MODELS_END = "<!-- models:end -->"
+INTRO = ("# MedTranslate benchmarks\n\n"
+         "Measured on this repository's code with `medtranslate bench` (speed and memory) and the model "
+         "evaluation (models). Each translation runs in a fresh process; peak RSS is that process's own.\n\n")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mr2ct-headphantom-unet2d", help="model to benchmark")
+    parser.add_argument("--model", action="append", default=None,
+                        help="model id or package folder to benchmark, optionally MODEL=SIZES to give it its own "
+                             "sizes (repeatable; default mr2ct-headphantom-unet2d)")
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
-                        help="volume sizes x*y*z, comma separated (default: %(default)s)")
+                        help="volume sizes XxYxZ, comma separated (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per size (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size (medians are reported)")
     parser.add_argument("--training", action="store_true", help="also measure training throughput per family")
-    parser.add_argument("--output", default=None, help="write the results as Markdown (e.g. BENCHMARKS.md section)")
+    parser.add_argument("--output", default="BENCHMARKS.md",
+                        help="Markdown file whose speed section is replaced (default: %(default)s; '-' for none)")
     parser.add_argument("--json", default=None, help="write the raw results as JSON")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    """``"24x24x16,256x256x160"`` -> [(24, 24, 16), (256, 256, 160)] (x, y, z voxels)."""
     from MedTranslateLib.errors import ConfigError
 
     sizes = []
-    for text in args.sizes.split(","):
+    for part in text.split(","):
         try:
-            sizes.append(tuple(int(v) for v in text.lower().split("x")))
+            size = tuple(int(v) for v in part.strip().lower().split("x"))
         except ValueError:
-            raise ConfigError(f"--sizes: cannot read {text!r}.", "Write sizes as XxYxZ, e.g. 256x256x160.") from None
-    results: dict[str, Any] = {"machine": machine_description(args.device), "model": args.model, "runs": []}
+            size = ()
+        if len(size) != 3 or min(size) < 1:
+            raise ConfigError(f"--sizes: cannot read {part!r}.", "Write sizes as XxYxZ, e.g. 256x256x160.")
+        sizes.append(size)  # type: ignore[arg-type]
+    return sizes  # type: ignore[return-value]
+
+
+def split_model_sizes(spec: str, default: list[tuple[int, int, int]]) -> tuple[str, list[tuple[int, int, int]]]:
+    """``"model=24x24x16,32x32x8"`` -> ("model", [sizes]); a plain model keeps ``default``."""
+    model, sep, sizes = spec.rpartition("=")
+    if sep and model:
+        return model, parse_sizes(sizes)
+    return spec, list(default)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Benchmark each model at each size; print and splice the Markdown; optionally dump JSON."""
+    from MedTranslateLib.cli.translate import apply_thread_defaults
+
+    apply_thread_defaults()  # the in-process measurements run like a translation does
+    sizes = parse_sizes(args.sizes)
+    models = args.model or ["mr2ct-headphantom-unet2d"]
+    results: dict[str, Any] = {"machine": machine_description(args.device), "models": []}
     results["matmul_peak_gflops"] = matmul_peak_gflops(args.device)
-    results["network"] = network_flops(args.model, args.device)
     with tempfile.TemporaryDirectory(prefix="medtranslate-bench-") as tmp:
+        volumes = {}
         for size in sizes:
-            volume = Path(tmp) / f"input_{'x'.join(map(str, size))}.nii.gz"
-            make_bench_volume(size, volume)
-            runs = [run_translate_process(volume, args.model, Path(tmp) / "out.nii.gz", args.device)
-                    for _ in range(max(1, args.repeats))]
-            runs.sort(key=lambda r: r["wall_seconds"])
-            run = runs[len(runs) // 2]
-            run["size"] = list(size)
-            slices = size[2]
-            inference = run["seconds"].get("inference", float("nan"))
-            run["slices_per_second"] = slices / inference if inference else None
-            flops_per_slice = results["network"].get("flops_per_slice_at_256")
-            if flops_per_slice:
-                scale = size[0] * size[1] / (256 * 256)
-                run["achieved_gflops"] = flops_per_slice * scale * slices / inference / 1e9
-            results["runs"].append(run)
-            print(json.dumps(run))
+            volumes[size] = Path(tmp) / f"input_{'x'.join(map(str, size))}.nii.gz"
+            make_bench_volume(size, volumes[size])
+        for spec in models:
+            model, model_sizes = split_model_sizes(spec, sizes)
+            for size in model_sizes:
+                if size not in volumes:
+                    volumes[size] = Path(tmp) / f"input_{'x'.join(map(str, size))}.nii.gz"
+                    make_bench_volume(size, volumes[size])
+            entry: dict[str, Any] = {"model": model, "network": network_flops(model, args.device), "runs": []}
+            for size in model_sizes:
+                runs = [run_translate_process(volumes[size], model, Path(tmp) / "out.nii.gz", args.device)
+                        for _ in range(max(1, args.repeats))]
+                run = summarise_runs(runs)
+                run["size"] = list(size)
+                add_flop_rates(run, entry["network"])
+                entry["runs"].append(run)
+                print(json.dumps(run), flush=True)
+            results["models"].append(entry)
     if args.training:
         results["training"] = training_throughput(args.device)
     results["help_seconds"] = help_latency()
@@ -69,26 +106,37 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(results, indent=1))
     text = to_markdown(results)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+    if args.output and args.output != "-":
+        splice_markdown(Path(args.output), text)
     return 0
 
 
 def machine_description(device: str) -> dict[str, Any]:
     import torch
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
+    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
+        info["load_1min"] = round(os.getloadavg()[0], 1)
+    except (ValueError, OSError, AttributeError):
         pass
     if device != "cpu" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
-def make_bench_volume(size_xyz: tuple[int, ...], path: Path) -> None:
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_bench_volume(size_xyz: Sequence[int], path: Path) -> None:
     """A head phantom T1 resampled to ``size_xyz`` voxels covering the same head."""
     import SimpleITK as sitk
 
@@ -103,20 +151,54 @@ def make_bench_volume(size_xyz: tuple[int, ...], path: Path) -> None:
     sitk.WriteImage(out, str(path))
 
 
-def run_translate_process(volume: Path, model: str, output: Path, device: str) -> dict[str, Any]:
-    """One translation in a fresh process; wall time, peak RSS and the stage seconds it reports."""
-    cmd = [sys.executable, "-m", "MedTranslateLib", "translate", str(volume), "-m", model, "-o", str(output),
-           "--device", device, "--progress", "jsonl"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    # communicate() reaped the child; RUSAGE_CHILDREN's max RSS is the largest child so far (sizes ascend)
-    import resource
+#: Runs in a small interpreter between the benchmark and the measured command. On Linux a forked child
+#: starts with its parent's high-water RSS (kept across exec), so spawning straight from a benchmark
+#: process that holds a model would report at least that process's size; spawned from this helper, the
+#: measured command starts from a few MiB. Reports the command's own ``wait4`` usage as JSON to argv[1].
+_WAIT4_HELPER = """
+import json, os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"status": status, "maxrss": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime}, f)
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
 
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` (argv[0] a path) and measure it: exit code, wall and CPU seconds, its own peak RSS, output.
+
+    The command is reaped with ``os.wait4`` (its own resource usage; ``getrusage(RUSAGE_CHILDREN)`` would
+    give the largest child so far) by a small helper interpreter (see ``_WAIT4_HELPER``). Output goes
+    through temporary files so that no pipe can fill up.
+    """
+    with tempfile.TemporaryDirectory(prefix="medtranslate-run-") as tmp:
+        usage_file = Path(tmp) / "usage.json"
+        out_file, err_file = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with open(out_file, "wb") as out, open(err_file, "wb") as err:
+            start = time.perf_counter()
+            if hasattr(os, "wait4") and hasattr(os, "posix_spawn"):
+                code = subprocess.call([sys.executable, "-S", "-c", _WAIT4_HELPER, str(usage_file), *cmd],
+                                       stdout=out, stderr=err, env=env)
+            else:  # pragma: no cover - Windows: no per-child rusage
+                code = subprocess.call(list(cmd), stdout=out, stderr=err, env=env)
+            wall = time.perf_counter() - start
+        peak_mib, cpu = float("nan"), float("nan")
+        if usage_file.exists():
+            usage = json.loads(usage_file.read_text())
+            peak_mib = usage["maxrss"] / (1024 * 1024 if sys.platform == "darwin" else 1024)
+            cpu = usage["cpu"]
+        return {"returncode": code, "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mib": peak_mib,
+                "stdout": out_file.read_text(errors="replace"), "stderr": err_file.read_text(errors="replace")}
+
+
+def run_translate_process(volume: Path, model: str, output: Path, device: str) -> dict[str, Any]:
+    """One translation in a fresh process: wall and CPU seconds, its peak RSS, the stage seconds it reports."""
+    cmd = [sys.executable, "-m", "MedTranslateLib", "translate", str(volume), "-m", str(model), "-o", str(output),
+           "--device", device, "--progress", "jsonl"]
+    measured = run_measured(cmd)
     done = None
-    for line in stdout.splitlines():
+    for line in measured["stdout"].splitlines():
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
@@ -125,13 +207,42 @@ def run_translate_process(volume: Path, model: str, output: Path, device: str) -
             done = event
         elif event.get("event") == "error":
             raise RuntimeError(f"benchmark translation failed: {event.get('message')}")
-    if proc.returncode != 0 or done is None:
-        raise RuntimeError(f"benchmark translation failed ({proc.returncode}): {stderr[-2000:]}")
-    return {"wall_seconds": wall, "peak_rss_mib": peak_kib / 1024, "seconds": done["seconds"]}
+    if measured["returncode"] != 0 or done is None:
+        raise RuntimeError(f"benchmark translation failed ({measured['returncode']}): {measured['stderr'][-2000:]}")
+    return {"wall_seconds": measured["wall_seconds"], "cpu_seconds": measured["cpu_seconds"],
+            "peak_rss_mib": measured["peak_rss_mib"], "seconds": done.get("seconds", {}),
+            "stats": done.get("stats", {})}
 
 
-def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
-    """Measured float32 matrix-multiply throughput of the device (GFLOP/s)."""
+def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs (wall, CPU, peak RSS and each stage); ``repeats`` and the wall range."""
+    stages = sorted({k for r in runs for k in r["seconds"]})
+    return {"repeats": len(runs),
+            "wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
+            "wall_min": min(r["wall_seconds"] for r in runs), "wall_max": max(r["wall_seconds"] for r in runs),
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
+            "seconds": {k: statistics.median(r["seconds"].get(k, float("nan")) for r in runs) for k in stages},
+            "stats": runs[0].get("stats", {})}
+
+
+def add_flop_rates(run: dict[str, Any], network: dict[str, Any]) -> None:
+    """Slices/s and achieved GFLOP/s of the inference stage, from the model grid the run reported."""
+    inference = run["seconds"].get("inference")
+    stats = run.get("stats") or {}
+    units = stats.get("units")
+    run["slices_per_second"] = units / inference if units and inference else None
+    shape = stats.get("unit_shape")
+    per_pixel = network.get("flops_per_pixel")
+    if units and inference and shape and per_pixel:
+        pixels = 1
+        for s in shape:
+            pixels *= int(s)
+        run["achieved_gflops"] = per_pixel * pixels * units * stats.get("passes", 1) / inference / 1e9
+
+
+def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 8) -> float:
+    """Measured float32 matrix-multiply throughput of the device (best of ``repeats``, GFLOP/s)."""
     import torch
 
     from MedTranslateLib.inference.device import select_device
@@ -139,6 +250,7 @@ def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
     dev = select_device(device)
     a = torch.randn(n, n, device=dev)
     b = torch.randn(n, n, device=dev)
+    torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         if dev.type == "cuda":
@@ -151,24 +263,42 @@ def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def network_flops(model: str, device: str) -> dict[str, Any]:
-    """FLOPs of one network pass on a 256 x 256 slice (or patch) and the network's parameter count."""
+def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """FLOPs of one network pass on a ``size`` x ``size`` slice (2D) or one patch (3D), the parameter count
+    and the isolated forward throughput (GFLOP/s) at the card's batch size on ``device``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from MedTranslateLib.inference.engine import forward_context, to_device_layout
     from MedTranslateLib.models.registry import ModelRegistry
     from MedTranslateLib.pipeline import Translator
 
-    translator = Translator(ModelRegistry().resolve(model), device="cpu")
+    translator = Translator(ModelRegistry().resolve(model), device=device)
     card = translator.card.to_dict()
     net = next(iter(translator.nets.values()))
-    channels = card["architecture"]["in_channels"]
-    shape = (1, channels, 256, 256) if translator.card.spatial_dims == 2 else (1, channels, *card["input"]["patch_size"])
+    channels = int(card["architecture"].get("in_channels", 1))
+    spatial = (size, size) if translator.card.spatial_dims == 2 else tuple(card["input"]["patch_size"])
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        net(torch.zeros(shape))
+        net(torch.zeros((1, channels, *spatial), device=translator.device))
+    flops = counter.get_total_flops()
+    pixels = 1
+    for s in spatial:
+        pixels *= s
+    batch = int(card["input"].get("batch_size", 8))
+    x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device)
+    best = float("inf")
+    with torch.inference_mode(), forward_context(translator.device):
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            net(x)
+            if translator.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first pass is a warm-up
+                best = min(best, time.perf_counter() - start)
     params = sum(p.numel() for n in translator.nets.values() for p in n.parameters())
-    return {"flops_per_slice_at_256": counter.get_total_flops(), "parameters": params,
-            "family": card["family"], "dimensionality": card["dimensionality"]}
+    return {"flops_per_unit": flops, "unit": "x".join(map(str, spatial)), "flops_per_pixel": flops / pixels,
+            "parameters": params, "family": card["family"], "dimensionality": card["dimensionality"],
+            "forward_gflops": flops * batch / best / 1e9, "batch": batch}
 
 
 def training_throughput(device: str, steps: int = 5) -> dict[str, float]:
@@ -197,34 +327,78 @@ def training_throughput(device: str, steps: int = 5) -> dict[str, float]:
     return out
 
 
-def help_latency() -> float:
-    """Wall seconds of ``medtranslate --help`` in a fresh interpreter."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "MedTranslateLib", "--help"], capture_output=True, check=True)
-    return time.perf_counter() - start
+def help_latency(repeats: int = 3) -> float:
+    """Median wall seconds of ``medtranslate --help`` in a fresh interpreter."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "MedTranslateLib", "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:.{digits}f}"
 
 
 def to_markdown(results: dict[str, Any]) -> str:
+    """The speed section (Markdown) for ``results`` of :func:`run_bench`."""
     m = results["machine"]
-    lines = [f"### Translate benchmark: `{results['model']}`", "",
+    peak = results["matmul_peak_gflops"]
+    lines = ["## Speed and memory (`medtranslate bench`)", "",
              f"Machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('memory_gib', '?')} GiB), "
-             f"torch {m.get('torch')} ({m.get('threads')} threads)" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
-             f"Matrix-multiply peak (float32, 2048^3): {results['matmul_peak_gflops']:.1f} GFLOP/s. "
-             f"Network: {results['network']['family']} {results['network']['dimensionality']}, "
-             f"{results['network']['parameters']:,} parameters, "
-             f"{results['network']['flops_per_slice_at_256'] / 1e9:.2f} GFLOP per 256x256 slice.", "",
-             "| size (x y z) | total s | read | preprocess | inference | restore | write | slices/s | GFLOP/s (share of peak) | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for run in results["runs"]:
-        s = run["seconds"]
-        gflops = run.get("achieved_gflops")
-        share = f"{gflops:.1f} ({gflops / results['matmul_peak_gflops']:.0%})" if gflops else "-"
-        lines.append(f"| {' x '.join(map(str, run['size']))} | {run['wall_seconds']:.1f} | "
-                     + " | ".join(f"{s.get(k, float('nan')):.2f}" for k in ("read", "preprocess", "inference", "restore", "write"))
-                     + f" | {run['slices_per_second']:.1f} | {share} | {run['peak_rss_mib']:.0f} |")
-    lines.append("")
-    lines.append(f"`medtranslate --help`: {results['help_seconds']:.2f} s (fresh interpreter).")
+             f"torch {m.get('torch')} ({m.get('threads')} threads)" + (f", GPU {m['gpu']}" if "gpu" in m else "")
+             + (f"; 1-minute load average at the start: {m['load_1min']}" if "load_1min" in m else "") + ".",
+             f"Matrix-multiply peak (float32, 2048^3): {peak:.1f} GFLOP/s. "
+             f"`medtranslate --help`: {results['help_seconds']:.2f} s (fresh interpreter, median of 3).", ""]
+    for entry in results["models"]:
+        net = entry["network"]
+        lines += [f"### `{entry['model']}`", "",
+                  f"{net['family']} {net['dimensionality']}, {net['parameters']:,} parameters, "
+                  f"{net['flops_per_unit'] / 1e9:.2f} GFLOP per {net['unit']} input; isolated forward "
+                  f"(batch {net['batch']}): {net['forward_gflops']:.1f} GFLOP/s = "
+                  f"{net['forward_gflops'] / peak:.0%} of the matmul peak.", "",
+                  "| size (x y z) | model grid (z y x) | wall s | CPU s | read | preprocess | inference | restore "
+                  "| write | slices/s | inference GFLOP/s (of peak) | peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for run in entry["runs"]:
+            s = run["seconds"]
+            gflops = run.get("achieved_gflops")
+            share = f"{gflops:.1f} ({gflops / peak:.0%})" if gflops else "-"
+            grid = "x".join(map(str, run.get("stats", {}).get("model_shape", []))) or "-"
+            lines.append(f"| {' x '.join(map(str, run['size']))} | {grid} | {_fmt(run['wall_seconds'], 1)} | "
+                         f"{_fmt(run['cpu_seconds'], 1)} | "
+                         + " | ".join(_fmt(s.get(k)) for k in ("read", "preprocess", "inference", "restore", "write"))
+                         + f" | {_fmt(run.get('slices_per_second'), 1)} | {share} | {_fmt(run['peak_rss_mib'], 0)} |")
+        repeats = entry["runs"][0]["repeats"] if entry["runs"] else 0
+        lines += ["", f"Medians of {repeats} run(s) per size; wall includes interpreter start-up and model loading.", ""]
     if "training" in results:
-        lines += ["", "| family | training samples/s (2D 64x64, batch 4) |", "|---|---|"]
+        lines += ["| family | training samples/s (2D 64x64, batch 4) |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in results["training"].items()]
-    return "\n".join(lines) + "\n"
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def splice_markdown(path: Path, section: str, start: str = SPEED_START, end: str = SPEED_END) -> str:
+    """Replace what lies between ``start`` and ``end`` in ``path`` with ``section``; keep everything else.
+
+    A missing file is created with a short intro and both sections' markers; a file without the markers
+    gets them appended. Returns the new text (written atomically).
+    """
+    block = f"{start}\n{section.strip()}\n{end}"
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = INTRO + f"{start}\n{end}\n\n{MODELS_START}\n{MODELS_END}\n"
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if i >= 0 and j >= 0:
+        text = text[:i] + block + text[j + len(end):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + "\n"
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+    return text

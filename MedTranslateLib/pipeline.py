@@ -39,6 +39,7 @@ class TranslationResult:
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # model grid shape and the engine's work counts
 
 
 class Translator:
@@ -130,7 +131,8 @@ class Translator:
         if not np.isfinite(sitk.GetArrayViewFromImage(output)).all():
             raise InputError("The model produced non-finite values for this input.",
                              "Check that the input matches the model's modality and field of view.")
-        return TranslationResult(output, std_image, warnings, self.provenance(), seconds)
+        stats = {"model_shape": list(prepared.record.model_shape), **dict(getattr(prediction, "stats", {}) or {})}
+        return TranslationResult(output, std_image, warnings, self.provenance(), seconds, stats)
 
 
 def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOptions:

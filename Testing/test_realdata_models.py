@@ -48,17 +48,17 @@ def test_configs_load_and_hold_out_data() -> None:
 
 def test_score_case_zslab_and_uncertainty() -> None:
     rng = np.random.default_rng(0)
-    ref = rng.uniform(-1000, 1500, (12, 20, 20)).astype(np.float32)
+    ref = rng.uniform(-1000, 1500, (30, 24, 24)).astype(np.float32)
     pred = ref.copy()
-    pred[8:] += 100.0  # error only in the held-out slab
+    pred[16:] += 100.0  # error only in the held-out slab
     mask = np.ones_like(ref, bool)
     card = {"target_modality": "CT", "normalization": {"output": {"method": "clip", "range": [-1024, 3071]}}}
-    case = bm.HeldOut("c", Path("s"), Path("t"), None, (8, 12))
+    case = bm.HeldOut("c", Path("s"), Path("t"), None, (16, 30))
     std = np.abs(pred - ref) + rng.uniform(0, 1, ref.shape).astype(np.float32)
     out = bm.score_case(pred, ref, mask, case, card, std)
     assert out["mae"] == pytest.approx(100.0, rel=1e-4)
     whole = bm.score_case(pred, ref, mask, bm.HeldOut("c", Path("s"), Path("t"), None), card)
-    assert whole["mae"] == pytest.approx(100.0 * 4 / 12, rel=1e-3)
+    assert whole["mae"] == pytest.approx(100.0 * 14 / 30, rel=1e-3)
     assert "unc_pearson" in out and "unc_pearson" not in whole
 
 

@@ -37,25 +37,36 @@ def _inputs() -> list[sitk.Image]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("family, dimensionality", [("unet", "2d"), ("unet", "3d")])
-def test_fifty_translations_do_not_grow_resident_memory(tmp_path, family, dimensionality):
+@pytest.mark.parametrize("family, dimensionality, files", [
+    ("unet", "2d", False), ("unet", "3d", False), ("diffusion", "2d", False), ("unet", "2d", True)])
+def test_fifty_translations_do_not_grow_resident_memory(tmp_path, family, dimensionality, files):
+    """One Translator, 50 runs (in memory, or file to file through ``translate_file``)."""
     from MedTranslateLib.models.package import open_package
-    from MedTranslateLib.pipeline import Translator
+    from MedTranslateLib.pipeline import Translator, translate_file
 
-    translator = Translator(open_package(make_untrained_package(tmp_path / "pkg", family, dimensionality)), "cpu")
+    package = make_untrained_package(tmp_path / "pkg", family, dimensionality)
+    translator = Translator(open_package(package), "cpu")
     inputs = _inputs()
+    paths = []
+    for i, image in enumerate(inputs if files else []):
+        paths.append(tmp_path / f"in{i}.nrrd")
+        sitk.WriteImage(image, str(paths[-1]))
     rss: dict[int, int] = {}
     start = time.perf_counter()
     for index in range(1, TRANSLATIONS + 1):
-        image = inputs[0] if index % 2 else inputs[(index // 2) % len(inputs)]  # same and different inputs
-        result = translator.translate(image)
+        which = 0 if index % 2 else (index // 2) % len(inputs)  # same and different inputs
+        image = inputs[which]
+        if files:
+            result = translate_file(paths[which], package, tmp_path / "out.nii.gz", translator=translator)
+        else:
+            result = translator.translate(image)
         assert result.output.GetSize() == image.GetSize()
         assert np.isfinite(sitk.GetArrayViewFromImage(result.output)).all()
         del result
         rss[index] = vm_rss_kib()
     seconds = time.perf_counter() - start
     growth = (rss[TRANSLATIONS] - rss[5]) / rss[5]
-    print(f"\n[soak {family}-{dimensionality}] VmRSS after 1: {rss[1] / 1024:.1f} MiB, after 5: {rss[5] / 1024:.1f} MiB, "
+    print(f"\n[soak {family}-{dimensionality}{' files' if files else ''}] VmRSS after 1: {rss[1] / 1024:.1f} MiB, after 5: {rss[5] / 1024:.1f} MiB, "
           f"after 25: {rss[25] / 1024:.1f} MiB, after 50: {rss[50] / 1024:.1f} MiB, growth 5->50: {growth * 100:+.2f} %, "
           f"max {max(rss.values()) / 1024:.1f} MiB, {TRANSLATIONS} translations in {seconds:.1f} s")
     assert growth < 0.10

@@ -133,9 +133,18 @@ class WorkerProcess:
         return self._process.poll() if self._process else None
 
     def finished(self) -> bool:
-        """True when the process has exited and all its output was read."""
-        return (self._process is not None and self._process.poll() is not None
-                and not any(thread.is_alive() for thread in self._threads))
+        """True when the process has exited and all its output was read.
+
+        A worker that died (e.g. killed by the system) can leave children holding its output pipes open;
+        they are killed here, so the run ends at once and no orphan keeps running.
+        """
+        if self._process is None or self._process.poll() is None:
+            return False
+        if any(thread.is_alive() for thread in self._threads) and os.name != "nt":
+            self._signal_group(signal.SIGKILL)  # the group outlives its leader only through leftover children
+            for thread in self._threads:
+                thread.join(timeout=0.5)
+        return not any(thread.is_alive() for thread in self._threads)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit and the end of its output; returns the exit code."""

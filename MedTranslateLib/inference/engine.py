@@ -40,6 +40,22 @@ class Prediction:
     mean: np.ndarray
     std: np.ndarray | None
     warnings: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # units (slices / windows) per pass, unit shape, passes
+
+
+def to_device_layout(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``inputs`` as float32 on ``device``; channels-last on CUDA (faster convolutions with tensor cores)."""
+    device = torch.device(device)
+    inputs = inputs.to(device, dtype=torch.float32, non_blocking=True)
+    if device.type == "cuda" and inputs.dim() in (4, 5):
+        layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
+        inputs = inputs.contiguous(memory_format=layout)
+    return inputs
+
+
+def forward_context(device: torch.device) -> Any:
+    """The autocast context a network pass runs in on ``device`` (bf16/fp16 on CUDA, none on the CPU)."""
+    return autocast_for(torch.device(device))
 
 
 class BatchRunner:
@@ -68,11 +84,8 @@ class BatchRunner:
         return generator
 
     def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
-        inputs = chunk.to(self.device, dtype=torch.float32, non_blocking=True)
-        if self.device.type == "cuda" and inputs.dim() in (4, 5):
-            layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
-            inputs = inputs.contiguous(memory_format=layout)
-        with autocast_for(self.device):
+        inputs = to_device_layout(chunk, self.device)
+        with forward_context(self.device):
             out = self.predictor(inputs, self.generator)
         return out.float()
 
@@ -277,7 +290,8 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
     plan = _plan(card, options)
     device = torch.device(device)
     passes = _passes(predictor, options, tuple(a for a in range(3) if a != plan.axis))
-    total = max(1, plan.units(body)) * len(passes)
+    units = plan.units(body)
+    total = max(1, units) * len(passes)
     unit_name = "windows" if plan.dimensionality == "3d" else "slices"
     done = 0
 
@@ -301,4 +315,8 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
             stats.add(np.flip(result, flips) if flips else result)
             tracker.check()
     tracker.update(1.0, "prediction finished")
-    return Prediction(stats.mean, stats.std(), list(runner.warnings))
+    unit_shape = plan.roi if plan.dimensionality == "3d" else tuple(
+        n for a, n in enumerate(array.shape) if a != plan.axis)
+    return Prediction(stats.mean, stats.std(), list(runner.warnings),
+                      {"units": units, "unit_shape": [int(n) for n in unit_shape], "passes": len(passes),
+                       "batch_size": runner.batch_size, "device": runner.device.type})
