@@ -1,5 +1,5 @@
 """The MONAI-free BasicUNet (inference/fast_unet.py) must equal MONAI's: same parameter names and shapes
-(weights load unchanged) and the same outputs, for every norm, 2D and 3D, odd sizes (padding path)."""
+(weights load unchanged) and the same outputs, for every norm, 2D and 3D, sizes that are not multiples of 16 (the padding path)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ NORMS = {"instance": ("instance", {"affine": True}), "batch": "batch", "group": 
          "none": None}
 
 
-@pytest.mark.parametrize("dims,shape", [(2, (2, 3, 20, 28)), (2, (1, 1, 16, 16)), (3, (1, 1, 16, 16, 24))])
+@pytest.mark.parametrize("dims,shape", [(2, (2, 3, 36, 44)), (2, (1, 1, 32, 34)), (3, (1, 1, 32, 32, 40))])
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_same_parameters_and_outputs_as_monai(dims, shape, norm):
     from monai.networks.nets import BasicUNet as MonaiBasicUNet
@@ -32,7 +32,6 @@ def test_same_parameters_and_outputs_as_monai(dims, shape, norm):
     x = torch.randn(shape)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-5, atol=1e-5)
-    assert repr(fast.upcat_1.upsample) == repr(reference.upcat_1.upsample).replace("UpSample", "UpSample")
 
 
 def test_import_does_not_load_monai():

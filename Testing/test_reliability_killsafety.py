@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_image
+from packages import make_untrained_package
 
 from MedTranslateLib.errors import Cancelled, OutputError
 from MedTranslateLib.pipeline import translate_file
 from MedTranslateLib.progress import CancelToken
-
-from conftest import make_image
-from packages import make_untrained_package
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +82,7 @@ def test_failure_while_writing_leaves_no_file(tmp_path, package, source, monkeyp
     """A writer that dies half-way (after writing some bytes) leaves neither output nor temp files."""
     import pydicom.dataset
 
-    import MedTranslateLib.io.volumes as volumes
+    from MedTranslateLib.io import volumes
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -157,7 +156,11 @@ def test_cli_killed_mid_inference_leaves_nothing(tmp_path, source):
 def _slicer_logic():
     pytest.importorskip("slicer")
     sys.path.insert(0, str(REPO / "MedTranslate"))
-    from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest
+    from MedTranslateModule.logic import (
+        TranslationFailed,
+        TranslationLogic,
+        TranslationRequest,
+    )
 
     return TranslationFailed, TranslationLogic, TranslationRequest
 

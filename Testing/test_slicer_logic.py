@@ -115,6 +115,7 @@ def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, in
     assert uncertainty.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeFileInferno.txt"
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(uncertainty)) == study
     assert status.warnings == ["fake warning: input looks unusual"]
+    assert output.GetAttribute("MedTranslate.warnings") == "fake warning: input looks unusual"
     assert statuses[0][0] == "running" and statuses[-1] == ("done", "write", 1.0)
     fractions = [fraction for _, _, fraction in statuses]
     assert fractions == sorted(fractions)

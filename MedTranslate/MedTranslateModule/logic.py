@@ -266,6 +266,8 @@ class TranslationLogic:
         # everything is read and checked: only now is the scene changed
         output_node = self._store(loaded, request.output_node, name, input_node)
         provenance = dict(done.get("provenance") or {})
+        if self.status.warnings:  # reference-free warnings travel with the volume
+            provenance["warnings"] = " | ".join(self.status.warnings)
         scene_tools.set_provenance(output_node, provenance)
         scene_tools.place_beside(self.scene, input_node, output_node)
         target = (request.target_modality or provenance.get("target_modality") or "").upper()

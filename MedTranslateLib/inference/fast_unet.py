@@ -106,8 +106,11 @@ class BasicUNet(nn.Module):
     upsample="nontrainable")`` with LeakyReLU(0.1) and biases (its defaults)."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, features: Sequence[int],
-                 norm: NormSpec = ("instance", {"affine": True}), dropout: float = 0.0, bias: bool = True) -> None:
+                 norm: NormSpec = ("instance", {"affine": True}), dropout: float = 0.0, bias: bool = True,
+                 upsample: str = "nontrainable") -> None:
         super().__init__()
+        if upsample != "nontrainable":
+            raise ValueError(f"only upsample='nontrainable' is implemented, not {upsample!r}")
         f = [int(v) for v in features]
         d, args = int(spatial_dims), (norm, float(dropout), bool(bias))
         self.conv_0 = TwoConv(d, in_channels, f[0], *args)
