@@ -71,9 +71,6 @@ def split_model_sizes(spec: str, default: list[tuple[int, int, int]]) -> tuple[s
 
 def run_bench(args: argparse.Namespace) -> int:
     """Benchmark each model at each size; print and splice the Markdown; optionally dump JSON."""
-    from MedTranslateLib.cli.translate import apply_thread_defaults
-
-    apply_thread_defaults()  # the in-process measurements run like a translation does
     sizes = parse_sizes(args.sizes)
     models = args.model or ["mr2ct-headphantom-unet2d"]
     results: dict[str, Any] = {"machine": machine_description(args.device), "models": []}

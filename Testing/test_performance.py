@@ -1,5 +1,5 @@
 """Performance features that must not silently disappear: OpenMP passive waiting set before torch is
-loaded by the translate command, and the engine's work counts reported in the worker protocol."""
+loaded (by importing the package), and the engine's work counts reported in the worker protocol."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from MedTranslateLib.inference.engine import predict_volume
 from MedTranslateLib.progress import ProgressTracker
 
 
-def test_translate_command_sets_passive_omp_wait_before_torch_loads():
-    code = ("import sys, os; from MedTranslateLib.cli.main import build_parser; build_parser(); "
-            "assert 'torch' not in sys.modules; import MedTranslateLib.cli.translate; "
-            "print(os.environ.get('OMP_WAIT_POLICY'))")
+def test_package_sets_passive_omp_wait_before_torch_loads():
+    code = ("import sys, os; import MedTranslateLib; "
+            "assert 'torch' not in sys.modules; print(os.environ.get('OMP_WAIT_POLICY'))")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "PASSIVE"

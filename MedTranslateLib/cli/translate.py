@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from MedTranslateLib.cli.progress_display import emit_json, progress_display
 from MedTranslateLib.errors import ConfigError
-
-#: OpenMP's default active waiting makes torch's CPU kernels up to 10x slower when the cores are shared
-#: (measured: a U-Net batch 0.29 s passive vs 2.24 s active on 2 busy cores). It must be set before torch
-#: loads; a value the user set wins.
-OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def apply_thread_defaults() -> None:
-    """Set :data:`OMP_DEFAULTS` in the environment unless already set (call before importing torch)."""
-    for key, value in OMP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-apply_thread_defaults()
-
 
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
