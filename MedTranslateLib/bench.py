@@ -40,6 +40,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size (medians are reported)")
     parser.add_argument("--training", action="store_true", help="also measure training throughput per family")
+    parser.add_argument("--sampling-steps", default=None, metavar="N,N,...",
+                        help="diffusion models: time per volume for each number of sampling steps (e.g. 5,10,20,50) "
+                             "on the first size, and the mean |difference| from the largest step count")
     parser.add_argument("--output", default="BENCHMARKS.md",
                         help="Markdown file whose speed section is replaced (default: %(default)s; '-' for none)")
     parser.add_argument("--json", default=None, help="write the raw results as JSON")
@@ -87,6 +90,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     volumes[size] = Path(tmp) / f"input_{'x'.join(map(str, size))}.nii.gz"
                     make_bench_volume(size, volumes[size])
             entry: dict[str, Any] = {"model": model, "network": network_flops(model, args.device), "runs": []}
+            if args.sampling_steps and entry["network"]["family"] in ("diffusion", "contourdiff"):
+                steps = [int(v) for v in args.sampling_steps.split(",")]
+                entry["sampling"] = sampling_sweep(volumes[model_sizes[0]], model, steps, args.device, Path(tmp))
             for size in model_sizes:
                 runs = [run_translate_process(volumes[size], model, Path(tmp) / "out.nii.gz", args.device)
                         for _ in range(max(1, args.repeats))]
@@ -189,10 +195,11 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[
                 "stdout": out_file.read_text(errors="replace"), "stderr": err_file.read_text(errors="replace")}
 
 
-def run_translate_process(volume: Path, model: str, output: Path, device: str) -> dict[str, Any]:
+def run_translate_process(volume: Path, model: str, output: Path, device: str,
+                          extra: Sequence[str] = ()) -> dict[str, Any]:
     """One translation in a fresh process: wall and CPU seconds, its peak RSS, the stage seconds it reports."""
     cmd = [sys.executable, "-m", "MedTranslateLib", "translate", str(volume), "-m", str(model), "-o", str(output),
-           "--device", device, "--progress", "jsonl"]
+           "--device", device, "--progress", "jsonl", *extra]
     measured = run_measured(cmd)
     done = None
     for line in measured["stdout"].splitlines():
@@ -209,6 +216,26 @@ def run_translate_process(volume: Path, model: str, output: Path, device: str) -
     return {"wall_seconds": measured["wall_seconds"], "cpu_seconds": measured["cpu_seconds"],
             "peak_rss_mib": measured["peak_rss_mib"], "seconds": done.get("seconds", {}),
             "stats": done.get("stats", {})}
+
+
+def sampling_sweep(volume: Path, model: str, steps: Sequence[int], device: str, tmp: Path) -> list[dict[str, Any]]:
+    """Seconds per volume for each number of diffusion sampling steps (same seed), and the mean absolute
+    difference of each result from the result with the most steps (the quality cost of fewer steps)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    rows, outputs = [], {}
+    for n in sorted(steps):
+        outputs[n] = tmp / f"sampling_{n}.nii.gz"
+        run = run_translate_process(volume, model, outputs[n], device, extra=["--steps", str(n), "--seed", "0"])
+        rows.append({"steps": n, "wall_seconds": run["wall_seconds"],
+                     "inference_seconds": run["seconds"].get("inference")})
+    best = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[max(steps)]), sitk.sitkFloat32))
+    for row in rows:
+        other = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[row["steps"]]), sitk.sitkFloat32))
+        row["mean_abs_difference_to_max_steps"] = float(np.mean(np.abs(other - best)))
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,8 +288,8 @@ def matmul_peak_gflops(device: str, n: int = 2048, repeats: int = 8) -> float:
 
 
 def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) -> dict[str, Any]:
-    """FLOPs of one network pass on a ``size`` x ``size`` slice (2D) or one patch (3D), the parameter count
-    and the isolated forward throughput (GFLOP/s) at the card's batch size on ``device``."""
+    """FLOPs of one network pass (one denoising step for diffusion) on a ``size`` x ``size`` slice (2D) or one
+    patch (3D), the parameter count and the isolated forward throughput (GFLOP/s) at the card's batch size."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -270,9 +297,19 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     from MedTranslateLib.models.registry import ModelRegistry
     from MedTranslateLib.pipeline import Translator
 
+    from MedTranslateLib.families.base import InferenceOptions
+
     translator = Translator(ModelRegistry().resolve(model), device=device)
     card = translator.card.to_dict()
-    net = next(iter(translator.nets.values()))
+    # one network pass: diffusion predictors run one denoising step with steps=1
+    predictor = translator.family.make_predictor(translator.nets, card, InferenceOptions(steps=1))
+
+    def net(x: "torch.Tensor") -> "torch.Tensor":
+        generator = torch.Generator(device=translator.device).manual_seed(0)
+        return predictor(x, generator)
+
+    if card["family"] in ("diffusion", "contourdiff"):
+        size = min(size, 64)  # attention layers grow with the square of the token count: keep this bounded
     channels = int(card["architecture"].get("in_channels", 1))
     spatial = (size, size) if translator.card.spatial_dims == 2 else tuple(card["input"]["patch_size"])
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -281,7 +318,7 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     pixels = 1
     for s in spatial:
         pixels *= s
-    batch = int(card["input"].get("batch_size", 8))
+    batch = int(card["input"].get("batch_size", 8)) if card["family"] not in ("diffusion", "contourdiff") else 1
     x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device)
     best = float("inf")
     with torch.inference_mode(), forward_context(translator.device):
@@ -371,6 +408,13 @@ def to_markdown(results: dict[str, Any]) -> str:
                          + f" | {_fmt(run.get('slices_per_second'), 1)} | {share} | {_fmt(run['peak_rss_mib'], 0)} |")
         repeats = entry["runs"][0]["repeats"] if entry["runs"] else 0
         lines += ["", f"Medians of {repeats} run(s) per size; wall includes interpreter start-up and model loading.", ""]
+        if entry.get("sampling"):
+            top = max(r["steps"] for r in entry["sampling"])
+            lines += ["| sampling steps | wall s per volume | inference s | mean abs difference to "
+                      f"{top} steps |", "|---|---|---|---|"]
+            lines += [f"| {r['steps']} | {_fmt(r['wall_seconds'], 1)} | {_fmt(r['inference_seconds'], 1)} | "
+                      f"{_fmt(r['mean_abs_difference_to_max_steps'], 1)} |" for r in entry["sampling"]]
+            lines.append("")
     if "training" in results:
         lines += ["| family | training samples/s (2D 64x64, batch 4) |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in results["training"].items()]

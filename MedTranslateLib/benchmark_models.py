@@ -272,8 +272,9 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             unc = "unc_pearson" in m
             cells += [_fmt(m.get("unc_pearson"), 2) if unc else "-", _fmt(m.get("unc_spearman"), 2) if unc else "-",
                       f"{m['unc_error_top10']:.1f} / {m['unc_error_bottom10']:.1f}" if unc else "-",
-                      _fmt(r["cpu_seconds"]), _fmt(r.get("wall_seconds")), f"{r['parameters']:,}", _fmt(r["size_mb"], 2),
-                      f"{_fmt(r['training_seconds'], 0)} ({r['training_steps']})"]
+                      _fmt(r["cpu_seconds"]), _fmt(r.get("wall_seconds")), f"{r['parameters']:,}",
+                      _fmt(r["size_mb"], 2),
+                      f"{_fmt(r['training_seconds'], 0)} ({r['training_steps'] or 'fit'})"]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines += ["", summary(rows), ""]
     return "\n".join(lines)
@@ -316,6 +317,7 @@ scale (reference normalised the same way, per volume), PSNR/SSIM on [0, 1]-norma
 error: U-Net = flip test-time augmentation spread, random forest = spread across trees (Pearson/Spearman of std vs
 |error|, and mean |error| in the 10 % most / least uncertain voxels). A pork phantom is not a patient and four
 brains are a tiny cohort: these numbers rank the families on this data only. Not for clinical use.
+A family missing from a task's table did not finish training within the CPU budget of the run that made it.
 """
 
 

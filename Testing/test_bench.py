@@ -121,3 +121,18 @@ def test_model_can_carry_its_own_sizes():
     default = [(8, 8, 8)]
     assert bench.split_model_sizes("a/b", default) == ("a/b", default)
     assert bench.split_model_sizes("a/b=24x24x16,32x32x8", default) == ("a/b", [(24, 24, 16), (32, 32, 8)])
+
+
+@pytest.mark.slow
+def test_sampling_sweep_times_each_step_count(tmp_path):
+    from MedTranslateLib.bench import make_bench_volume, sampling_sweep
+    from packages import make_untrained_package
+
+    package = make_untrained_package(tmp_path / "diffusion", "diffusion", "2d")
+    volume = tmp_path / "in.nii.gz"
+    make_bench_volume((24, 24, 6), volume)
+    rows = sampling_sweep(volume, str(package), [1, 3], "cpu", tmp_path)
+    assert [r["steps"] for r in rows] == [1, 3]
+    assert all(r["inference_seconds"] > 0 for r in rows)
+    assert rows[-1]["mean_abs_difference_to_max_steps"] == 0.0
+    assert rows[0]["mean_abs_difference_to_max_steps"] > 0.0
