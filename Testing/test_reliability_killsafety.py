@@ -239,3 +239,34 @@ def test_slicer_real_backend_sigkilled_mid_inference(scene_and_input, tmp_path):
     assert logic.status.state == "failed" and "signal 9" in logic.status.message
     assert scene.GetNumberOfNodes() == before and logic.workdir is None
     assert not os.path.exists(workdir) and not _alive(pid)
+
+
+def test_diffusion_cancel_is_checked_between_denoising_steps(tmp_path):
+    """Cancel reaches a diffusion sampler between denoising steps, not only between slice batches."""
+    import numpy as np
+
+    from MedTranslateLib.errors import Cancelled
+    from MedTranslateLib.families import get_family
+    from MedTranslateLib.families.base import InferenceOptions
+    from MedTranslateLib.inference.engine import predict_volume
+    from MedTranslateLib.models.package import open_package
+    from MedTranslateLib.progress import ProgressTracker
+    from packages import make_untrained_package
+
+    class CancelOnFifthCheck(ProgressTracker):
+        checks = 0
+
+        def check(self) -> None:
+            self.checks += 1
+            if self.checks >= 5:
+                self.cancel_token.cancel()
+            super().check()
+
+    card = open_package(make_untrained_package(tmp_path / "d", "diffusion", "2d")).card.to_dict()
+    family = get_family("diffusion")
+    options = InferenceOptions(steps=400)
+    predictor = family.make_predictor(family.build(card["architecture"], 2), card, options)
+    tracker = CancelOnFifthCheck()
+    with pytest.raises(Cancelled):
+        predict_volume(np.zeros((2, 16, 16), np.float32), None, card, predictor, options, "cpu", tracker)
+    assert tracker.checks < 20, "the sampler ran on for many steps after the cancel"

@@ -300,6 +300,8 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
         done += n
         tracker.update(min(done / total, 1.0), f"{done}/{total} {unit_name}")
 
+    if hasattr(predictor, "step_callback"):  # diffusion: cancel is also honoured between denoising steps
+        predictor.step_callback = lambda step, steps: tracker.check()
     runner = BatchRunner(predictor, device, plan.batch)
     stats = _RunningStats()
     tracker.update(0.0)
