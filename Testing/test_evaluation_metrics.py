@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -115,11 +114,10 @@ def test_compute_metrics_keys_and_errors():
 
 
 @pytest.mark.slow
-def test_full_size_volume_runs_in_seconds():
+def test_full_size_volume():
+    """A BraTS-sized volume goes through every metric (about 5 s on an idle 2-core machine)."""
     pred, ref, _ = _pair(shape=(155, 240, 240), noise=50.0)
     mask = np.zeros(ref.shape, bool)
     mask[10:140, 20:220, 20:220] = True
-    start = time.perf_counter()
     out = M.compute_metrics(pred, ref, mask)
-    assert time.perf_counter() - start < 60  # ~5 s on an idle 2-core machine; generous for shared CI
     assert 0.9 < out["ms_ssim"] <= 1.0
