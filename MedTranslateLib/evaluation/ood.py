@@ -178,6 +178,12 @@ def _check_slices(array: np.ndarray, m: np.ndarray, scale: float) -> list[OodWar
         mad = 1.4826 * float(np.median(deviation))
         robust = deviation / max(mad, 1e-6 * scale)
         flags[ok] |= (robust > SLICE_ROBUST_Z) & (deviation > SLICE_MIN_SHIFT * scale)
+    # the last few judged slices at each end have a one-sided neighbourhood, where anatomy changes fastest
+    # (skull cap, neck): they are not flagged, which avoids false alarms at the edges of the field of view
+    judged = np.flatnonzero(ok)
+    edge = SLICE_WINDOW // 2
+    flags[judged[:edge]] = False
+    flags[judged[-edge:]] = False
     warnings = []
     for first, last in _slice_runs(flags):
         span = f"slice {first}" if first == last else f"slices {first}-{last}"
