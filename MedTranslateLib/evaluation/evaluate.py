@@ -28,8 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from MedTranslateLib.errors import ConfigError, InputError, OutputError
+from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
+from MedTranslateLib.io.atomic import find_volume as _find_volume
 
-EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 STATS = ("mean", "std", "median", "q1", "q3")
 GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: header round-off only
 
@@ -153,7 +154,10 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
         "Error analysis": analysis_figure(arrays.pred, arrays.ref, arrays.mask, metrics, modality),
     }
     if arrays.std is not None:
-        from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation, uncertainty_figure
+        from MedTranslateLib.evaluation.uncertainty import (
+            uncertainty_error_relation,
+            uncertainty_figure,
+        )
 
         rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
         figures["Uncertainty calibration"] = uncertainty_figure(rel, "HU" if modality == "CT" else "a.u.")
@@ -161,14 +165,6 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
 
 
 # ----------------------------------------------------------------------------------------- folders
-
-def _find_volume(folder: Path, stem: str) -> Path | None:
-    for ext in EXTENSIONS:
-        candidate = folder / f"{stem}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
-
 
 def _case_name(path: Path) -> str:
     name = path.name

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "atomic_output": "atomic", "check_writable": "atomic", "ensure_not_input": "atomic", "is_dicom_output": "atomic",
+    "FILE_SUFFIXES": "atomic", "find_volume": "atomic",
     "MAX_VOXELS": "volumes", "SourceInfo": "volumes", "read_mask": "volumes", "read_volume": "volumes",
     "validate_volume": "volumes", "write_volume": "volumes", "write_dicom_series": "dicom",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from MedTranslateLib.io.atomic import atomic_output, check_writable, ensure_not_input, is_dicom_output
+    from MedTranslateLib.io.atomic import (
+        FILE_SUFFIXES, atomic_output, check_writable, ensure_not_input, find_volume, is_dicom_output,
+    )
     from MedTranslateLib.io.dicom import write_dicom_series
     from MedTranslateLib.io.volumes import (
         MAX_VOXELS, SourceInfo, read_mask, read_volume, validate_volume, write_volume,

@@ -19,6 +19,15 @@ from MedTranslateLib.errors import OutputError
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
+def find_volume(folder: str | os.PathLike, stem: str) -> Path | None:
+    """``folder/<stem><suffix>`` for the first volume format (:data:`FILE_SUFFIXES`) that exists, else None."""
+    for suffix in FILE_SUFFIXES:
+        candidate = Path(folder) / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def full_suffix(path: str | os.PathLike) -> str:
     """The known image suffix of ``path`` (``.nii.gz`` counts as one), else its last suffix, lower case."""
     name = Path(path).name.lower()

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
+from MedTranslateLib.io.atomic import find_volume as _find_volume
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
 
 #: card modality -> file stem per layout family
@@ -51,14 +52,6 @@ def _stem(path: Path) -> str:
 
 def _is_volume(path: Path) -> bool:
     return path.is_file() and path.name.endswith(VOLUME_SUFFIXES)
-
-
-def _find_volume(folder: Path, stem: str) -> Path | None:
-    for suffix in VOLUME_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _name_for(modality: str, table: dict[str, str], override: str | None) -> str:
