@@ -225,18 +225,43 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ training
-def train_all(data_root: Path, work: Path, only: Sequence[str] = ()) -> Path:
-    """Retrain every real-data config (or ``only`` those ids) into ``work/pkg/<id>``; returns ``work/pkg``."""
-    out = work / "pkg"
+def _training_cost(model_id: str) -> float:
+    """A rough relative cost of a config (steps x family factor), to start the longest trainings first."""
+    from MedTranslateLib.training.config import load_config
+
+    config = load_config(CONFIG_DIR / f"{model_id}.toml")
+    factor = {"diffusion": 1.8, "contourdiff": 1.8, "random_forest": 0.0}.get(config.family, 1.0)
+    return factor * config.steps
+
+
+def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int = 1) -> Path:
+    """Retrain every real-data config (or ``only`` those ids) into ``work/pkg/<id>``; returns ``work/pkg``.
+
+    ``jobs`` trainings run at once (longest first), each with ``cores // jobs`` torch threads; the progress of
+    each goes to ``work/logs/<id>.log`` (JSON lines)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, logs = work / "pkg", work / "logs"
     out.mkdir(parents=True, exist_ok=True)
-    for model_id in config_ids():
-        if only and model_id not in only:
-            continue
+    logs.mkdir(parents=True, exist_ok=True)
+    ids = sorted((i for i in config_ids() if not only or i in only), key=_training_cost, reverse=True)
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def run(model_id: str) -> None:
         task = task_of(model_id)
         command = [sys.executable, "-m", "MedTranslateLib", "train", "--config", str(CONFIG_DIR / f"{model_id}.toml"),
-                   "--data", str(data_root / task.subfolder), "--output", str(out / model_id), "--progress", "none"]
-        print("training", model_id, flush=True)
-        subprocess.run(command, check=True, cwd=REPO)
+                   "--data", str(data_root / task.subfolder), "--output", str(out / model_id), "--progress", "jsonl"]
+        print(f"training {model_id} ({threads} thread(s)); log: {logs / (model_id + '.log')}", flush=True)
+        with open(logs / f"{model_id}.log", "w") as log:
+            done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"training {model_id} failed (exit {done.returncode}); see {logs / (model_id + '.log')}")
+        print(f"trained {model_id}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(run, model_id) for model_id in ids]:
+            future.result()
     return out
 
 
@@ -337,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="real data folder (default MEDTRANSLATE_DATA or ../shared/data)")
     parser.add_argument("--train", action="store_true", help="retrain every real-data config first")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once, each with cores/jobs threads (default 1)")
     parser.add_argument("--only", nargs="*", default=[], help="model ids to train/evaluate (default all)")
     parser.add_argument("--models", type=Path, default=None, help="folder of packages (default: the built-in ones)")
     parser.add_argument("--work", type=Path, default=Path("benchmark_models_work"), help="training output folder")
@@ -355,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from MedTranslateLib.models.registry import BUILTIN_DIR
 
     results = [r for f in args.results for r in json.loads(Path(f).read_text())]
-    folder = train_all(data_root, args.work, args.only) if args.train else (args.models or BUILTIN_DIR)
+    folder = train_all(data_root, args.work, args.only, args.jobs) if args.train else (args.models or BUILTIN_DIR)
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
     for path in paths:
         model_id = json.loads((path / "model.json").read_text()).get("id", "")

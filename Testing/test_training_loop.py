@@ -261,3 +261,38 @@ def test_ddp_two_processes(tmp_path):
     assert rank0["steps"] == rank1["steps"] == 6
     card = json.loads((tmp_path / "ddp_pkg" / "model.json").read_text())
     jsonschema.validate(card, _schema())
+
+
+def test_learning_rate_schedule_warmup_then_cosine():
+    from MedTranslateLib.training.config import TrainConfig
+    from MedTranslateLib.training.loop import lr_factor
+
+    config = TrainConfig(lr_schedule="cosine", warmup_steps=4, min_lr_fraction=0.1)
+    factors = [lr_factor(config, step, 24) for step in range(24)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+    assert all(b <= a + 1e-12 for a, b in zip(factors[4:], factors[5:]))  # decays monotonically
+    assert lr_factor(TrainConfig(), 100, 200) == 1.0  # constant by default
+
+
+def test_cosine_schedule_reaches_the_optimizer(tmp_path):
+    _require_backend()
+    from MedTranslateLib.training.loop import train
+
+    config = _config(tmp_path, steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=6,
+                     lr_schedule="cosine", min_lr_fraction=0.2)
+    train(config)
+    state = json.loads((config.work_path / "checkpoint" / "state.json").read_text())
+    groups = [g for meta in state["optimizers"].values() for g in meta["param_groups"]]
+    assert groups and all(g["lr"] == pytest.approx(0.2 * g["initial_lr"]) for g in groups)
+    assert all(g["initial_lr"] == pytest.approx(config.lr) for g in groups)
+
+
+def test_bad_schedule_is_refused():
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(data="x", lr_schedule="linear").validate()
+    with pytest.raises(ConfigError, match="min_lr_fraction"):
+        TrainConfig(data="x", min_lr_fraction=2.0).validate()

@@ -51,6 +51,9 @@ class TrainConfig:
     # optimisation
     batch_size: int = 4
     lr: float = 2e-4
+    lr_schedule: str = "constant"                    # constant | cosine (to lr * min_lr_fraction at the last step)
+    warmup_steps: int = 0                            # linear warm-up from lr / warmup_steps
+    min_lr_fraction: float = 0.05
     steps: int = 1000
     epochs: int | None = None                        # if set: steps = epochs * steps_per_epoch
     steps_per_epoch: int | None = None               # default: body slices (or patches) / batch size
@@ -115,13 +118,17 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` for values that cannot work."""
         choices = {"dimensionality": ("2d", "2.5d", "3d"), "split": ("subject", "zslab"),
-                   "slice_axis": ("axial", "coronal", "sagittal"), "log": ("csv", "tensorboard", "none")}
+                   "slice_axis": ("axial", "coronal", "sagittal"), "log": ("csv", "tensorboard", "none"),
+                   "lr_schedule": ("constant", "cosine")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r} is not allowed.", f"Use one of {allowed}.")
         for key in ("batch_size", "steps", "val_interval", "checkpoint_interval", "log_interval"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)}).", "Give a positive integer.")
+        if int(self.warmup_steps) < 0 or not 0.0 <= float(self.min_lr_fraction) <= 1.0:
+            raise ConfigError(f"warmup_steps must be >= 0 and min_lr_fraction in [0, 1] (got {self.warmup_steps}, "
+                              f"{self.min_lr_fraction}).", "For example warmup_steps = 50, min_lr_fraction = 0.05.")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive (got {self.lr}).", "For example lr = 2e-4.")
         if not self.data:

@@ -171,6 +171,26 @@ def _to_device(batch: Mapping[str, np.ndarray], device: Any) -> dict[str, Any]:
     return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    """Learning-rate multiplier before optimisation step ``step`` (0-based) of ``total``: linear warm-up, then
+    constant or cosine decay to ``min_lr_fraction``. Stateless, so a resumed run continues the same curve."""
+    warmup = int(config.warmup_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule != "cosine":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    low = float(config.min_lr_fraction)
+    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _set_learning_rates(optimizers: Mapping[str, Any], factor: float) -> None:
+    """Scale every parameter group's base rate (``initial_lr``, recorded on first use) by ``factor``."""
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
 class _Run:
     """The state of one training run (rank-local), with one method per phase."""
 
@@ -280,6 +300,7 @@ class _Run:
         try:
             while self.step < total:
                 batch = _to_device(sampler.batch(config.batch_size), self.device)
+                _set_learning_rates(optimizers, lr_factor(config, self.step, total))
                 losses = family.training_step(train_nets, optimizers, batch, autocast, options)
                 self.step += 1
                 for key, value in losses.items():
