@@ -319,7 +319,8 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     for s in spatial:
         pixels *= s
     batch = int(card["input"].get("batch_size", 8)) if card["family"] not in ("diffusion", "contourdiff") else 1
-    x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device)
+    x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device,
+                         getattr(predictor, "channels_last", None))
     best = float("inf")
     with torch.inference_mode(), forward_context(translator.device):
         for i in range(repeats + 1):
@@ -332,7 +333,9 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     params = sum(p.numel() for n in translator.nets.values() for p in n.parameters())
     return {"flops_per_unit": flops, "unit": "x".join(map(str, spatial)), "flops_per_pixel": flops / pixels,
             "parameters": params, "family": card["family"], "dimensionality": card["dimensionality"],
-            "forward_gflops": flops * batch / best / 1e9, "batch": batch}
+            "forward_gflops": flops * batch / best / 1e9, "batch": batch,
+            "folded_norms": sum(layout.folded_norms for layout in translator.layouts.values()),
+            "channels_last": any(layout.channels_last for layout in translator.layouts.values())}
 
 
 def training_throughput(device: str, steps: int = 5) -> dict[str, float]:
@@ -393,7 +396,9 @@ def to_markdown(results: dict[str, Any]) -> str:
                   f"{net['family']} {net['dimensionality']}, {net['parameters']:,} parameters, "
                   f"{net['flops_per_unit'] / 1e9:.2f} GFLOP per {net['unit']} input; isolated forward "
                   f"(batch {net['batch']}): {net['forward_gflops']:.1f} GFLOP/s = "
-                  f"{net['forward_gflops'] / peak:.0%} of the matmul peak.", "",
+                  f"{net['forward_gflops'] / peak:.0%} of the matmul peak "
+                  f"({net.get('folded_norms', 0)} batch norms folded into convolutions, "
+                  f"{'channels-last' if net.get('channels_last') else 'default'} memory layout).", "",
                   "| size (x y z) | model grid (z y x) | wall s | CPU s | read | preprocess | inference | restore "
                   "| write | slices/s | inference GFLOP/s (of peak) | peak RSS MiB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]

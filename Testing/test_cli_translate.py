@@ -157,3 +157,48 @@ def test_ensemble_mean_and_spread(tmp_path, mr_input):
     assert np.allclose(arrays["ab"], (arrays["a"] + arrays["b"]) / 2, atol=0.5)
     std = sitk.GetArrayFromImage(read_volume(tmp_path / "std.nii.gz")[0])
     assert np.allclose(std, np.abs(arrays["a"] - arrays["b"]) / 2, atol=0.5)
+
+
+@pytest.mark.parametrize("output_type, pixel, exact", [("auto", sitk.sitkInt16, False), ("int16", sitk.sitkInt16, False),
+                                                       ("float32", sitk.sitkFloat32, True)])
+def test_output_type_of_a_synthetic_ct(tmp_path, mr_input, output_type, pixel, exact):
+    """CT is written as int16 Hounsfield units by default (rounded), float32 when asked; same grid either way."""
+    from MedTranslateLib.pipeline import Translator
+    from MedTranslateLib.models.package import open_package
+
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    source = tmp_path / "input.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    out = tmp_path / "sct.nii.gz"
+    assert main(["translate", str(source), "-m", str(package), "-o", str(out), "--device", "cpu",
+                 "--progress", "none", "--output-type", output_type]) == 0
+    written = sitk.ReadImage(str(out))
+    assert written.GetPixelID() == pixel and same_grid(written, read_volume(source)[0])
+    image, _ = read_volume(source)
+    expected = sitk.GetArrayFromImage(Translator(open_package(package), device="cpu").translate(image).output)
+    values = sitk.GetArrayFromImage(written).astype(np.float64)
+    if exact:
+        assert np.allclose(values, expected, atol=1e-3)
+    else:
+        assert np.abs(values - expected).max() <= 0.5 + 1e-3
+
+
+def test_an_mr_target_stays_float32_with_auto(tmp_path):
+    from MedTranslateLib.pipeline import as_output_type
+
+    image = sitk.GetImageFromArray(np.linspace(0, 1000, 60, dtype=np.float32).reshape(3, 4, 5) + 0.25)
+    assert as_output_type(image, "auto", "MR") is image
+    as_int = as_output_type(image, "auto", "CT")
+    assert as_int.GetPixelID() == sitk.sitkInt16
+    assert np.array_equal(sitk.GetArrayFromImage(as_int), np.rint(sitk.GetArrayFromImage(image)).astype(np.int16))
+
+
+def test_unknown_output_type_is_refused_before_anything_is_written(tmp_path, mr_input):
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.pipeline import translate_file
+
+    source = tmp_path / "input.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    with pytest.raises(ConfigError, match="output type"):
+        translate_file(source, "mr2ct-headphantom-unet2d", tmp_path / "out.nii.gz", output_type="uint8")
+    assert not (tmp_path / "out.nii.gz").exists()

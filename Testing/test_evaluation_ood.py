@@ -111,3 +111,20 @@ def test_bundled_model_is_quiet_on_a_held_out_phantom():
     translator = Translator(ModelRegistry().resolve("mr2ct-headphantom-unet2d"), device="cpu")
     result = translator.translate(make_head_phantom(seed=1000).t1)
     assert not [w for w in result.warnings if "along z" in w], result.warnings
+
+
+def test_large_inputs_are_checked_on_a_subsample_with_the_same_findings(monkeypatch):
+    """Above CHECK_VOXELS the check runs on an in-plane strided subsample: same warnings, same slices."""
+    import MedTranslateLib.evaluation.ood as ood
+
+    array, mask = _scan(seed=12, shape=(30, 80, 80))
+    array[12:15] = np.random.default_rng(0).uniform(-1000, 3000, array[12:15].shape)
+    card = _card()
+    full = check_input(array, mask, (0.5, 0.5, 2.0), card)
+    seen = []
+    original = ood._check_slices
+    monkeypatch.setattr(ood, "_check_slices", lambda a, m, s: seen.append(a.shape) or original(a, m, s))
+    monkeypatch.setattr(ood, "CHECK_VOXELS", array.size // 4)
+    sampled = check_input(array, mask, (0.5, 0.5, 2.0), card)
+    assert seen == [(30, 40, 40)]  # stride 2 in-plane
+    assert [(w.kind, w.slices) for w in sampled] == [(w.kind, w.slices) for w in full]

@@ -230,3 +230,30 @@ def test_corrupt_gzip_stream(tmp_path):
     data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     path.write_bytes(bytes(data))
     expect_input_error(path, "corrupt")
+
+
+@pytest.mark.parametrize("ext", ["nii.gz", "nrrd"])
+def test_complete_gzip_is_checked_from_its_trailer_without_inflating(tmp_path, monkeypatch, ext):
+    """A complete single-member gzip stream is recognised from its ISIZE trailer: no second decompression."""
+    import MedTranslateLib.io.volumes as volumes
+
+    path = write_volume(make_image((12, 14, 16)), tmp_path / f"c.{ext}")
+
+    def inflate(*args):
+        raise AssertionError("the complete file was inflated a second time")
+
+    monkeypatch.setattr(volumes, "_inflated_size", inflate)
+    image, _ = read_volume(path)
+    assert image.GetSize() == (16, 14, 12)
+
+
+def test_multi_member_gzip_gets_the_full_check_and_reads(tmp_path):
+    """Two gzip members (e.g. written by a parallel compressor): the trailer only covers the last one, so the
+    reader falls back to inflating every member - and still reads the volume."""
+    raw = tmp_path / "v.nii"
+    sitk.WriteImage(make_image((12, 14, 16)), str(raw))
+    data = raw.read_bytes()
+    path = tmp_path / "v.nii.gz"
+    path.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    image, _ = read_volume(path)
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(sitk.ReadImage(str(raw))))

@@ -40,7 +40,8 @@ def run_translate(args: argparse.Namespace) -> int:
         with progress_display(args.progress, Path(path).name) as callback:
             result = translate_file(path, args.model, out_path, mask_path=args.mask,
                                     uncertainty_path=args.uncertainty, device=args.device, options=options,
-                                    series_uid=args.series_uid, progress=callback, translator=translator)
+                                    series_uid=args.series_uid, progress=callback, translator=translator,
+                                    output_type=args.output_type)
         for warning in result.warnings:
             _warn(warning, jsonl)
         scene = None

@@ -15,6 +15,7 @@ offset that normalisation removes anyway is not reported, while a different cont
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 from MedTranslateLib.errors import InputError
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+CHECK_VOXELS = 4_000_000  # larger inputs are checked on an in-plane strided subsample of about this many voxels
 INTENSITY_WARN = 0.15   # shift of a percentile, as a fraction of the training p1..p99 range
 INTENSITY_SEVERE = 0.35
 RELATIVE_WARN = 0.3     # the same for MR-style (median / IQR standardised) comparisons
@@ -134,7 +136,7 @@ def _check_intensity(values: np.ndarray, pct_ref: dict[str, float], scale: float
     keys = [k for k in ("p5", "p50", "p95") if k in pct_ref]
     if not keys:
         return []
-    now = {k: float(np.percentile(values, float(k[1:]))) for k in keys}
+    now = dict(zip(keys, (float(v) for v in np.percentile(values, [float(k[1:]) for k in keys]))))
     worst = max(abs(now[k] - pct_ref[k]) / scale for k in keys)
     warn, severe = (RELATIVE_WARN, RELATIVE_SEVERE) if relative else (INTENSITY_WARN, INTENSITY_SEVERE)
     if worst < warn:
@@ -225,6 +227,11 @@ def check_input(array: np.ndarray, mask: np.ndarray | None, spacing_xyz: Sequenc
     ref = _card_get(card, "intensity_reference")
     if not ref:
         return []
+    step = max(1, math.ceil(math.sqrt(np.prod(array.shape) / CHECK_VOXELS)))
+    if step > 1:  # statistics of a large volume from an in-plane strided subsample (about CHECK_VOXELS voxels)
+        array = array[:, ::step, ::step]
+        mask = None if mask is None else np.asarray(mask)[:, ::step, ::step]
+        spacing_xyz = (float(spacing_xyz[0]) * step, float(spacing_xyz[1]) * step, float(spacing_xyz[2]))
     array = np.asarray(array, dtype=np.float32)
     m = _mask_of(array, mask)
     relative = _uses_relative_units(card) and "relative_percentiles" in ref

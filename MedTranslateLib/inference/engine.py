@@ -43,11 +43,13 @@ class Prediction:
     stats: dict[str, Any] = field(default_factory=dict)  # units (slices / windows) per pass, unit shape, passes
 
 
-def to_device_layout(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``inputs`` as float32 on ``device``; channels-last on CUDA (faster convolutions with tensor cores)."""
+def to_device_layout(inputs: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    """``inputs`` as float32 on ``device``, channels-last when asked (default: on CUDA, for tensor cores)."""
     device = torch.device(device)
     inputs = inputs.to(device, dtype=torch.float32, non_blocking=True)
-    if device.type == "cuda" and inputs.dim() in (4, 5):
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last and inputs.dim() in (4, 5):
         layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
         inputs = inputs.contiguous(memory_format=layout)
     return inputs
@@ -84,7 +86,7 @@ class BatchRunner:
         return generator
 
     def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
-        inputs = to_device_layout(chunk, self.device)
+        inputs = to_device_layout(chunk, self.device, getattr(self.predictor, "channels_last", None))
         with forward_context(self.device):
             out = self.predictor(inputs, self.generator)
         return out.float()
