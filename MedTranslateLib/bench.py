@@ -102,6 +102,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 entry["runs"].append(run)
                 print(json.dumps(run), flush=True)
             results["models"].append(entry)
+    from MedTranslateLib.bench_network import layout_comparison
+
+    results["network_rewrites"] = layout_comparison(args.device)
     if args.training:
         results["training"] = training_throughput(args.device)
     results["help_seconds"] = help_latency()
@@ -420,6 +423,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines += [f"| {r['steps']} | {_fmt(r['wall_seconds'], 1)} | {_fmt(r['inference_seconds'], 1)} | "
                       f"{_fmt(r['mean_abs_difference_to_max_steps'], 1)} |" for r in entry["sampling"]]
             lines.append("")
+    if results.get("network_rewrites"):
+        from MedTranslateLib.bench_network import to_markdown as rewrites_markdown
+
+        lines += rewrites_markdown(results["network_rewrites"], peak)
     if "training" in results:
         lines += ["| family | training samples/s (2D 64x64, batch 4) |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in results["training"].items()]

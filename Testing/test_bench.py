@@ -108,6 +108,7 @@ def test_tiny_bench_run_writes_benchmarks_md(tmp_path, monkeypatch):
     assert bench.run_bench(args) == 0
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "models table" in text and bench.SPEED_START in text and "| 24 x 24 x 16 |" in text
+    assert "channels-last (pipeline)" in text  # the side-by-side network rewrites table
     results = json.loads((tmp_path / "bench.json").read_text())
     run = results["models"][0]["runs"][0]
     assert run["peak_rss_mib"] > 50 and run["wall_seconds"] > 0
@@ -136,3 +137,14 @@ def test_sampling_sweep_times_each_step_count(tmp_path):
     assert all(r["inference_seconds"] > 0 for r in rows)
     assert rows[-1]["mean_abs_difference_to_max_steps"] == 0.0
     assert rows[0]["mean_abs_difference_to_max_steps"] > 0.0
+
+
+def test_network_rewrites_side_by_side():
+    from MedTranslateLib.bench_network import layout_comparison, to_markdown
+
+    rows = layout_comparison("cpu", features=(4, 4, 8, 8, 16, 4), size=32, batch=2, repeats=1)
+    assert [r["variant"].split(",")[0] for r in rows] == ["instance norm", "batch norm", "batch norm folded",
+                                                          "batch norm folded"]
+    assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in rows)
+    text = "\n".join(to_markdown(rows, peak_gflops=100.0, size=32, batch=2))
+    assert "| instance norm, default layout |" in text and "1.00x |" in text

@@ -259,3 +259,17 @@ def test_3d_oom_retry_splits_windows():
     result = run(array, None, card("3d", patch_size=[8, 8, 8], batch_size=4), predictor)
     np.testing.assert_allclose(result.mean, array, atol=1e-5)
     assert max(predictor.sizes) == 1
+
+
+def test_cuda_plans_large_slice_batches_unless_the_batch_is_given():
+    """A GPU gets at least CUDA_MIN_BATCH_2D slices per batch; an explicit batch_size is kept; CPU keeps the card's."""
+    import torch
+
+    from MedTranslateLib.families.base import InferenceOptions
+    from MedTranslateLib.inference.engine import CUDA_MIN_BATCH_2D, _plan
+
+    card = {"dimensionality": "2d", "input": {"slice_axis": "axial", "batch_size": 8},
+            "architecture": {"in_channels": 1}}
+    assert _plan(card, InferenceOptions(), torch.device("cpu")).batch == 8
+    assert _plan(card, InferenceOptions(), torch.device("cuda")).batch == CUDA_MIN_BATCH_2D
+    assert _plan(card, InferenceOptions(extra={"batch_size": 4}), torch.device("cuda")).batch == 4

@@ -27,6 +27,7 @@ SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 BACKGROUND = -1.0
 DEFAULT_BATCH_2D = 16
 DEFAULT_BATCH_3D = 2
+CUDA_MIN_BATCH_2D = 64
 SLAB = 16  # slices per step when accumulating mean / std (bounds temporary memory)
 
 CPU_FALLBACK_WARNING = ("The GPU ran out of memory even with one slice (or patch) at a time; the rest of the "
@@ -46,6 +47,8 @@ class Prediction:
 def to_device_layout(inputs: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
     """``inputs`` as float32 on ``device``, channels-last when asked (default: on CUDA, for tensor cores)."""
     device = torch.device(device)
+    if device.type == "cuda" and inputs.device.type == "cpu":
+        inputs = inputs.float().pin_memory()  # page-locked: the copy to the GPU runs asynchronously
     inputs = inputs.to(device, dtype=torch.float32, non_blocking=True)
     if channels_last is None:
         channels_last = device.type == "cuda"
@@ -247,8 +250,11 @@ class _Plan:
         return int(np.count_nonzero(np.moveaxis(body, self.axis, 0).any(axis=(1, 2))))
 
 
-def _plan(card: Mapping[str, Any], options: InferenceOptions) -> _Plan:
-    """Read and check the card's input settings (slice axis, 2.5D context, 3D window, batch size)."""
+def _plan(card: Mapping[str, Any], options: InferenceOptions, device: torch.device | None = None) -> _Plan:
+    """Read and check the card's input settings (slice axis, 2.5D context, 3D window, batch size).
+
+    On CUDA, 2D/2.5D slices go in batches of at least :data:`CUDA_MIN_BATCH_2D` (a GPU is idle on 8 slices;
+    out-of-memory halves the batch again), unless the options give ``batch_size`` explicitly."""
     card_input = card.get("input", {})
     extra = options.extra or {}
     dimensionality = str(card.get("dimensionality", "2d")).lower()
@@ -270,8 +276,10 @@ def _plan(card: Mapping[str, Any], options: InferenceOptions) -> _Plan:
     if 2 * context + 1 != in_channels:
         raise ModelError(f"The card's {dimensionality} input gives {2 * context + 1} channels but the network "
                          f"takes {in_channels}.", "Fix input.context_slices or architecture.in_channels.")
-    return _Plan(dimensionality, axis, context, int(extra.get("batch_size", card_input.get("batch_size",
-                                                                                         DEFAULT_BATCH_2D))))
+    batch = int(extra.get("batch_size", card_input.get("batch_size", DEFAULT_BATCH_2D)))
+    if device is not None and torch.device(device).type == "cuda" and "batch_size" not in extra:
+        batch = max(batch, CUDA_MIN_BATCH_2D)
+    return _Plan(dimensionality, axis, context, batch)
 
 
 def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str, Any], predictor: Predictor,
@@ -289,8 +297,8 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
     if body.shape != array.shape:
         raise ModelError(f"The body mask {body.shape} does not match the volume {array.shape}.",
                          "Give a mask on the same grid as the input volume.")
-    plan = _plan(card, options)
     device = torch.device(device)
+    plan = _plan(card, options, device)
     passes = _passes(predictor, options, tuple(a for a in range(3) if a != plan.axis))
     units = plan.units(body)
     total = max(1, units) * len(passes)
