@@ -120,11 +120,12 @@ def test_large_inputs_are_checked_on_a_subsample_with_the_same_findings(monkeypa
     array, mask = _scan(seed=12, shape=(30, 80, 80))
     array[12:15] = np.random.default_rng(0).uniform(-1000, 3000, array[12:15].shape)
     card = _card()
-    full = check_input(array, mask, (0.5, 0.5, 2.0), card)
+    full = check_input(array, mask, (0.3, 0.3, 2.0), card)
     seen = []
     original = ood._check_slices
     monkeypatch.setattr(ood, "_check_slices", lambda a, m, s: seen.append(a.shape) or original(a, m, s))
     monkeypatch.setattr(ood, "CHECK_VOXELS", array.size // 4)
-    sampled = check_input(array, mask, (0.5, 0.5, 2.0), card)
+    sampled = check_input(array, mask, (0.3, 0.3, 2.0), card)
     assert seen == [(30, 40, 40)]  # stride 2 in-plane
-    assert [(w.kind, w.slices) for w in sampled] == [(w.kind, w.slices) for w in full]
+    assert [(w.kind, w.slices, w.region) for w in sampled] == [(w.kind, w.slices, w.region) for w in full]
+    assert "spacing" in [w.kind for w in full]  # 0.3 mm in-plane against 1 mm in training: judged on the input's spacing

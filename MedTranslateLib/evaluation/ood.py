@@ -228,10 +228,11 @@ def check_input(array: np.ndarray, mask: np.ndarray | None, spacing_xyz: Sequenc
     if not ref:
         return []
     step = max(1, math.ceil(math.sqrt(np.prod(array.shape) / CHECK_VOXELS)))
+    # the voxel spacing of the (possibly subsampled) arrays, for the body extent; the spacing check uses the input's
+    sample_spacing = (float(spacing_xyz[0]) * step, float(spacing_xyz[1]) * step, float(spacing_xyz[2]))
     if step > 1:  # statistics of a large volume from an in-plane strided subsample (about CHECK_VOXELS voxels)
         array = array[:, ::step, ::step]
         mask = None if mask is None else np.asarray(mask)[:, ::step, ::step]
-        spacing_xyz = (float(spacing_xyz[0]) * step, float(spacing_xyz[1]) * step, float(spacing_xyz[2]))
     array = np.asarray(array, dtype=np.float32)
     m = _mask_of(array, mask)
     relative = _uses_relative_units(card) and "relative_percentiles" in ref
@@ -251,5 +252,5 @@ def check_input(array: np.ndarray, mask: np.ndarray | None, spacing_xyz: Sequenc
         lo, hi = np.percentile(array[m], (1, 99))
         scale = max(float(hi - lo), 1e-6)
     warnings += _check_slices(array, m, scale)
-    warnings += _check_geometry(_body_extent_mm(m, spacing_xyz), spacing_xyz, ref)
+    warnings += _check_geometry(_body_extent_mm(m, sample_spacing), spacing_xyz, ref)
     return warnings
