@@ -224,6 +224,28 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
+def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    print("evaluating", path.name, flush=True)
+    return evaluate_package(path, data_root, steps=steps)
+
+
+def evaluate_all(paths: Sequence[Path], data_root: Path, steps: int | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+    """:func:`evaluate_package` for each path, ``jobs`` at a time in separate processes (cores // jobs threads
+    each); results in the order of ``paths``."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    if jobs <= 1:
+        return [_evaluate_with_threads(path, data_root, steps, threads) for path in paths]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_with_threads, path, data_root, steps, threads) for path in paths]
+        return [future.result() for future in futures]
+
+
 # ------------------------------------------------------------------ training
 def _training_cost(model_id: str) -> float:
     """A rough relative cost of a config (steps x family factor), to start the longest trainings first."""
@@ -366,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="real data folder (default MEDTRANSLATE_DATA or ../shared/data)")
     parser.add_argument("--train", action="store_true", help="retrain every real-data config first")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="trainings run at once, each with cores/jobs threads (default 1)")
+                        help="trainings (and evaluations) run at once, each with cores/jobs threads (default 1)")
     parser.add_argument("--only", nargs="*", default=[], help="model ids to train/evaluate (default all)")
     parser.add_argument("--models", type=Path, default=None, help="folder of packages (default: the built-in ones)")
     parser.add_argument("--work", type=Path, default=Path("benchmark_models_work"), help="training output folder")
@@ -387,12 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [r for f in args.results for r in json.loads(Path(f).read_text())]
     folder = train_all(data_root, args.work, args.only, args.jobs) if args.train else (args.models or BUILTIN_DIR)
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
-    for path in paths:
-        model_id = json.loads((path / "model.json").read_text()).get("id", "")
-        if not task_of(model_id) or (args.only and model_id not in args.only):
-            continue
-        print("evaluating", model_id, flush=True)
-        result = evaluate_package(path, data_root, steps=args.steps)
+    ids = {path: json.loads((path / "model.json").read_text()).get("id", "") for path in paths}
+    chosen = [path for path in paths if task_of(ids[path]) and (not args.only or ids[path] in args.only)]
+    for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs)):
         results.append(result)
         if args.update_cards:
             update_card_performance(path, result)

@@ -125,3 +125,18 @@ def test_shipped_model_reproduces_card(model_id: str, real_data: Path, tmp_path:
     assert got["mae"] == pytest.approx(want["mae"], rel=0.05)
     if "dice_bone" in want and want["dice_bone"] is not None:
         assert got["dice_bone"] == pytest.approx(want["dice_bone"], abs=0.05)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_parallel_evaluation_in_worker_processes(real_data: Path) -> None:
+    """``evaluate_all(jobs=2)`` evaluates in spawned processes with cores // 2 threads, results in input order."""
+    if not SHIPPED:
+        pytest.skip("no real-data model is shipped")
+    import os
+
+    model_id = next((m for m in SHIPPED if m.startswith("mr2ct")), SHIPPED[0])
+    (result,) = bm.evaluate_all([BUILTIN_DIR / model_id], real_data, jobs=2)
+    card = json.loads((BUILTIN_DIR / model_id / "model.json").read_text())
+    assert result["id"] == model_id and result["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert result["metrics"]["mae"] == pytest.approx(card["metrics"]["values"]["mae"], rel=0.05)
