@@ -37,7 +37,7 @@ test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest Testing -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
-	$(VENV)/bin/medtranslate bench --output BENCHMARKS.md
+	$(VENV)/bin/medtranslate bench --repeats 3 --training --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
