@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.models.download import ensure_weights
 from MedTranslateLib.models.package import open_package
 from MedTranslateLib.models.registry import ModelRegistry
 from test_models_util import make_package
@@ -61,7 +60,7 @@ def test_download_success_with_progress(tmp_path, server, isolated_user_models):
     ROUTES["/ok.safetensors"] = (200, weights, len(weights))
     package = open_package(folder)
     seen = []
-    path = ensure_weights(package, progress=lambda done, total: seen.append((done, total)))
+    path = package.ensure_weights(progress=lambda done, total: seen.append((done, total)))
     assert path.read_bytes() == weights
     assert path.is_relative_to(isolated_user_models) and seen[-1] == (len(weights), len(weights))
     assert open_package(folder).load_state_dict()["generator.conv.bias"].shape == (4,)
@@ -81,7 +80,7 @@ def test_imported_package_downloads_into_its_folder(tmp_path, server):
 def test_download_404(tmp_path, server):
     folder, _ = _remote_package(tmp_path, server, "/missing.safetensors")
     with pytest.raises(ModelError, match="HTTP 404"):
-        ensure_weights(open_package(folder))
+        open_package(folder).ensure_weights()
 
 
 def test_download_wrong_hash(tmp_path, server, isolated_user_models):
@@ -89,7 +88,7 @@ def test_download_wrong_hash(tmp_path, server, isolated_user_models):
     other = bytes(reversed(weights))
     ROUTES["/wrong.safetensors"] = (200, other, len(other))
     with pytest.raises(ModelError, match="does not match the card's SHA256"):
-        ensure_weights(open_package(folder))
+        open_package(folder).ensure_weights()
     assert not [p for p in isolated_user_models.rglob("*") if p.is_file()], "nothing kept"
 
 
@@ -97,7 +96,7 @@ def test_download_truncated(tmp_path, server, isolated_user_models):
     folder, weights = _remote_package(tmp_path, server, "/cut.safetensors", size=False)
     ROUTES["/cut.safetensors"] = (200, weights[: len(weights) // 2], len(weights))
     with pytest.raises(ModelError, match="truncated|interrupted"):
-        ensure_weights(open_package(folder))
+        open_package(folder).ensure_weights()
     assert not [p for p in isolated_user_models.rglob("*") if p.is_file()]
 
 
@@ -106,13 +105,13 @@ def test_download_larger_than_card_refused(tmp_path, server):
     big = weights + b"\0" * 100
     ROUTES["/big.safetensors"] = (200, big, len(big))
     with pytest.raises(ModelError, match="more than the"):
-        ensure_weights(open_package(folder))
+        open_package(folder).ensure_weights()
 
 
 def test_sha256_of_downloaded_file_checked_again_on_load(tmp_path, server):
     folder, weights = _remote_package(tmp_path, server, "/again.safetensors")
     ROUTES["/again.safetensors"] = (200, weights, len(weights))
-    path = ensure_weights(open_package(folder))
+    path = open_package(folder).ensure_weights()
     path.write_bytes(bytes(reversed(weights)))
     with pytest.raises(ModelError, match="SHA256"):
         open_package(folder).load_state_dict()

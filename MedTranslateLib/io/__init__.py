@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "atomic_output": "atomic", "check_writable": "atomic", "ensure_not_input": "atomic", "is_dicom_output": "atomic",
     "FILE_SUFFIXES": "atomic", "find_volume": "atomic",
-    "MAX_VOXELS": "volumes", "SourceInfo": "volumes", "read_mask": "volumes", "read_volume": "volumes",
+    "MAX_VOXELS": "volumes", "SourceInfo": "source", "read_mask": "volumes", "read_volume": "volumes",
     "validate_volume": "volumes", "write_volume": "volumes", "write_dicom_series": "dicom",
 }
 __all__ = sorted(_EXPORTS)
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     )
     from MedTranslateLib.io.dicom import write_dicom_series
     from MedTranslateLib.io.volumes import (
-        MAX_VOXELS, SourceInfo, read_mask, read_volume, validate_volume, write_volume,
+        MAX_VOXELS, read_mask, read_volume, validate_volume, write_volume,
     )
+    from MedTranslateLib.io.source import SourceInfo
 
 
 def __getattr__(name: str) -> Any:

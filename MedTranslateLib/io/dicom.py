@@ -21,7 +21,7 @@ from MedTranslateLib.io.atomic import atomic_output
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from MedTranslateLib.io.volumes import SourceInfo
+    from MedTranslateLib.io.source import SourceInfo
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

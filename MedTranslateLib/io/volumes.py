@@ -11,7 +11,6 @@ import math
 import os
 import re
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
+from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
 MAX_VOXELS = 2**31
@@ -31,9 +31,6 @@ FLOAT32_EXACT = 2**24
 ABSURD_MAGNITUDE = 1e9
 #: DEFLATE (gzip, zlib) cannot compress better than about 1032:1.
 MAX_DEFLATE_RATIO = 1100
-DICOM_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-              "StudyDate", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality", "SeriesDescription",
-              "AccessionNumber")
 READABLE = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
 _BYTES_PER_VOXEL = {
     sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
@@ -41,21 +38,6 @@ _BYTES_PER_VOXEL = {
 }
 _INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
                   sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
-
-
-@dataclass
-class SourceInfo:
-    """Where a volume came from. ``dicom_tags`` (see :data:`DICOM_TAGS`) is empty for non-DICOM files;
-    ``referenced_instances`` lists ``(SOPClassUID, SOPInstanceUID)`` of the DICOM slices in image order."""
-
-    path: str
-    format: str
-    dicom_tags: dict[str, str] = field(default_factory=dict)
-    referenced_instances: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def is_dicom(self) -> bool:
-        return self.format == "dicom"
 
 
 # ----------------------------------------------------------------------------------------- checks

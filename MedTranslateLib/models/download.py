@@ -1,5 +1,5 @@
-"""Download of missing weights: a card may give ``weights.url``; the file is fetched (urllib) into the user
-model folder with a size cap, progress callback, SHA256 verification and an atomic rename."""
+"""Download of a file (missing weights: a card may give ``weights.url``), fetched with urllib with a size cap,
+progress callback, SHA256 verification and an atomic rename. :meth:`ModelPackage.ensure_weights` decides where."""
 
 from __future__ import annotations
 
@@ -7,47 +7,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from MedTranslateLib.errors import ModelError
-
-if TYPE_CHECKING:
-    from MedTranslateLib.models.package import ModelPackage
+from MedTranslateLib.models.paths import MAX_WEIGHTS_BYTES
 
 #: Seconds without data before a download is abandoned.
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 256 * 1024
-
-
-def cached_weights_path(package: "ModelPackage") -> Path:
-    """Where downloaded weights of a package live: in its folder when that is inside the user model folder,
-    otherwise in ``<user folder>/.downloads/<id>-<version>/``."""
-    from MedTranslateLib.models.registry import user_models_dir
-
-    user = user_models_dir().resolve()
-    card = package.card
-    if not package.is_zip and package.path.resolve().is_relative_to(user):
-        return package.path / card.weights_file
-    return user / ".downloads" / f"{card.id}-{card.version}" / card.weights_file
-
-
-def ensure_weights(package: "ModelPackage",
-                   progress: Callable[[int, int | None], None] | None = None) -> Path:
-    """The package's weights file on disk, downloading it from ``weights.url`` if missing.
-
-    ``progress(received_bytes, total_bytes_or_None)`` is called as data arrives.
-    """
-    existing = package.weights_path()
-    if existing is not None:
-        return existing
-    card = package.card
-    if not card.weights_url:
-        raise ModelError(f"The weights file {card.weights_file} of {card.id} {card.version} is missing "
-                         f"({package.path}) and the card gives no download URL.",
-                         "Re-import the complete package (model.json together with its weights).")
-    target = cached_weights_path(package)
-    download_file(card.weights_url, target, card.weights_sha256, expected_size=card.weights_size, progress=progress)
-    return target
 
 
 def download_file(url: str, target: Path, sha256: str, *, expected_size: int | None = None,
@@ -58,7 +25,6 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
     import urllib.request
     from http.client import HTTPException
 
-    from MedTranslateLib.models.package import MAX_WEIGHTS_BYTES
 
     cap = min(max_bytes or MAX_WEIGHTS_BYTES, expected_size or MAX_WEIGHTS_BYTES)
     fix = "Check the network connection and the URL, or download the package manually and import it."

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Callable
 
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, ModelCard, load_card, parse_card_bytes
+from MedTranslateLib.models.paths import MAX_WEIGHTS_BYTES, user_models_dir
 
 if TYPE_CHECKING:
     import torch
 
-#: Largest weights file accepted (also the download cap).
-MAX_WEIGHTS_BYTES = 2 * 1024**3
 #: Largest README.md or other small extra file accepted in a package.
 MAX_EXTRA_BYTES = 1024 * 1024
 #: Most members (files and folders) a package zip may hold.
@@ -163,10 +162,34 @@ class ModelPackage:
             local = self.path / self.card.weights_file
             if local.is_file():
                 return local
-        from MedTranslateLib.models.download import cached_weights_path
-
-        cached = cached_weights_path(self)
+        cached = self.download_cache_path()
         return cached if cached.is_file() else None
+
+    def download_cache_path(self) -> Path:
+        """Where downloaded weights live: in the package folder when that is inside the user model folder,
+        otherwise in ``<user folder>/.downloads/<id>-<version>/``."""
+        user = user_models_dir().resolve()
+        if not self.is_zip and self.path.resolve().is_relative_to(user):
+            return self.path / self.card.weights_file
+        return user / ".downloads" / f"{self.card.id}-{self.card.version}" / self.card.weights_file
+
+    def ensure_weights(self, progress: Callable[[int, int | None], None] | None = None) -> Path:
+        """The weights file on disk, downloaded from ``weights.url`` first if missing (``progress(received,
+        total_or_None)`` as data arrives)."""
+        existing = self.weights_path()
+        if existing is not None:
+            return existing
+        card = self.card
+        if not card.weights_url:
+            raise ModelError(f"The weights file {card.weights_file} of {card.id} {card.version} is missing "
+                             f"({self.path}) and the card gives no download URL.",
+                             "Re-import the complete package (model.json together with its weights).")
+        from MedTranslateLib.models.download import download_file
+
+        target = self.download_cache_path()
+        download_file(card.weights_url, target, card.weights_sha256, expected_size=card.weights_size,
+                      progress=progress)
+        return target
 
     def has_weights(self) -> bool:
         """True when the weights can be read without downloading."""
@@ -183,9 +206,7 @@ class ModelPackage:
         else:
             path = self.weights_path()
             if path is None:
-                from MedTranslateLib.models.download import ensure_weights
-
-                path = ensure_weights(self, progress=progress)
+                path = self.ensure_weights(progress=progress)
             data = read_file_capped(path, MAX_WEIGHTS_BYTES)
         if self.card.weights_size is not None and len(data) != self.card.weights_size:
             raise ModelError(f"The weights of {self.card.id} {self.card.version} ({self.path}) are {len(data)} "

@@ -13,6 +13,7 @@ from pathlib import Path
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
 from MedTranslateLib.models.export import replace_atomically
+from MedTranslateLib.models.paths import user_models_dir
 from MedTranslateLib.models.package import (
     MAX_EXTRA_BYTES,
     ModelPackage,
@@ -23,16 +24,6 @@ from MedTranslateLib.models.package import (
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 IMPORT_HINT = "Import a package with 'medtranslate models import FILE' or give a package folder / .zip path."
-
-
-def user_models_dir() -> Path:
-    """The user's model folder: ``MEDTRANSLATE_MODELS_DIR`` if set, else the platform's user data folder."""
-    env = os.environ.get("MEDTRANSLATE_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("MedTranslate")) / "models"
 
 
 def version_key(version: str) -> tuple:
