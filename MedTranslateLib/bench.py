@@ -296,7 +296,7 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from MedTranslateLib.inference.engine import forward_context, to_device_layout
+    from MedTranslateLib.inference.engine import forward_context, predictor_channels_last, to_device_layout
     from MedTranslateLib.models.registry import ModelRegistry
     from MedTranslateLib.pipeline import Translator
 
@@ -323,7 +323,7 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
         pixels *= s
     batch = int(card["input"].get("batch_size", 8)) if card["family"] not in ("diffusion", "contourdiff") else 1
     x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device,
-                         getattr(predictor, "channels_last", None))
+                         predictor_channels_last(predictor))
     best = float("inf")
     with torch.inference_mode(), forward_context(translator.device):
         for i in range(repeats + 1):

@@ -60,3 +60,14 @@ def test_plain_sequential_conv_then_norm_is_folded():
         assert fold_batch_norms(net) == 1  # the transposed convolution is left alone
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
     assert isinstance(net[1], nn.Identity) and isinstance(net[4], nn.BatchNorm2d)
+
+
+def test_engine_feeds_channels_last_inputs_to_a_channels_last_network():
+    from MedTranslateLib.families.unet import GeneratorPredictor
+    from MedTranslateLib.inference.engine import predictor_channels_last
+
+    net = UNetGenerator(2, 1, 1, (4, 4, 8, 8, 16, 4), norm="batch").eval()
+    assert predictor_channels_last(GeneratorPredictor(net)) is False
+    optimize_for_inference(net, torch.device("cpu"))
+    assert predictor_channels_last(GeneratorPredictor(net)) is True
+    assert predictor_channels_last(object()) is None

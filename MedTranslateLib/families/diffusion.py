@@ -108,13 +108,6 @@ class DiffusionPredictor:
         samplers.make_sampling_scheduler(self.sampler, self.steps, net.train_timesteps, net.prediction_type,
                                          net.schedule)
 
-    @property
-    def channels_last(self) -> bool:
-        """Whether the engine should feed this network channels-last inputs (see inference.optimize)."""
-        from MedTranslateLib.inference.optimize import uses_channels_last
-
-        return uses_channels_last(self.net)
-
     def to(self, device: torch.device | str) -> "DiffusionPredictor":
         """Move the network (the engine's CPU fallback after running out of GPU memory)."""
         self.net.to(device)

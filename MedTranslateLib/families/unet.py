@@ -32,13 +32,6 @@ class GeneratorPredictor:
             raise ModelError("Monte Carlo dropout was asked for, but this model has no dropout layers.",
                              "Use test-time augmentation (tta) for an uncertainty map instead.")
 
-    @property
-    def channels_last(self) -> bool:
-        """Whether the engine should feed this network channels-last inputs (see inference.optimize)."""
-        from MedTranslateLib.inference.optimize import uses_channels_last
-
-        return uses_channels_last(self.net)
-
     def to(self, device: torch.device | str) -> "GeneratorPredictor":
         """Move the network (the engine's CPU fallback after running out of GPU memory)."""
         self.net.to(device)

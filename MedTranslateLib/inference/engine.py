@@ -20,6 +20,7 @@ import torch
 from MedTranslateLib.errors import DeviceError, ModelError
 from MedTranslateLib.families.base import InferenceOptions, Predictor
 from MedTranslateLib.inference.device import autocast_for
+from MedTranslateLib.inference.optimize import uses_channels_last
 from MedTranslateLib.progress import ProgressTracker
 
 #: numpy axis of a (z, y, x) array for each slice direction (in the card's orientation)
@@ -58,6 +59,13 @@ def to_device_layout(inputs: torch.Tensor, device: torch.device, channels_last: 
     return inputs
 
 
+def predictor_channels_last(predictor: Predictor) -> bool | None:
+    """Whether a predictor's network (its ``net``) stores its weights channels-last, so its inputs should too;
+    None when the predictor has no single network (the device's default layout then applies)."""
+    net = getattr(predictor, "net", None)
+    return uses_channels_last(net) if isinstance(net, torch.nn.Module) else None
+
+
 def forward_context(device: torch.device) -> Any:
     """The autocast context a network pass runs in on ``device`` (bf16/fp16 on CUDA, none on the CPU)."""
     return autocast_for(torch.device(device))
@@ -89,7 +97,7 @@ class BatchRunner:
         return generator
 
     def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
-        inputs = to_device_layout(chunk, self.device, getattr(self.predictor, "channels_last", None))
+        inputs = to_device_layout(chunk, self.device, predictor_channels_last(self.predictor))
         with forward_context(self.device):
             out = self.predictor(inputs, self.generator)
         return out.float()
