@@ -14,9 +14,9 @@ from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.export import export_package
 
 TINY_ARCH: dict[str, dict[str, Any]] = {
-    "unet": {"features": [4, 4, 8, 8, 8, 4]},
-    "pix2pix": {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2},
-    "cyclegan": {"features": [4, 4, 8, 8, 8, 4], "disc_channels": 4, "disc_layers": 2},
+    "unet": {"features": [4, 8, 8, 8]},
+    "pix2pix": {"features": [4, 8, 8, 8], "disc_channels": 4, "disc_layers": 2},
+    "cyclegan": {"features": [4, 8, 8, 8], "disc_channels": 4, "disc_layers": 2},
     "diffusion": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
                   "num_head_channels": 8, "norm_num_groups": 4},
     "contourdiff": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,

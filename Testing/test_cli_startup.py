@@ -18,3 +18,23 @@ def test_help_lists_every_command():
     assert out.returncode == 0, out.stderr
     for command in ("translate", "models", "demo", "train", "evaluate", "bench"):
         assert command in out.stdout
+
+
+def test_translating_with_a_2d_unet_does_not_import_monai(tmp_path):
+    """The U-Net generator is torch only: MONAI's import (seconds) is paid by diffusion and 3D models only."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from packages import make_untrained_package
+
+    from MedTranslateLib.phantom import make_head_phantom
+
+    package = make_untrained_package(tmp_path / "pkg", "unet", "2d")
+    import SimpleITK as sitk
+
+    sitk.WriteImage(make_head_phantom(seed=3).t1, str(tmp_path / "t1.nii.gz"))
+    code = ("import sys; from MedTranslateLib.cli.main import main\n"
+            f"code = main(['translate', {str(tmp_path / 't1.nii.gz')!r}, '-m', {str(package)!r}, "
+            f"'-o', {str(tmp_path / 'out.nii.gz')!r}, '--device', 'cpu'])\n"
+            "print(code, 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split()[-2:] == ["0", "False"], out.stdout + out.stderr
+    assert (tmp_path / "out.nii.gz").is_file()

@@ -24,21 +24,21 @@ def _randomise_norm_statistics(net: nn.Module) -> None:
 @pytest.mark.parametrize("dims", [2, 3])
 def test_batch_norm_unet_is_folded_and_channels_last_with_the_same_output(dims):
     torch.manual_seed(0)
-    net = UNetGenerator(dims, 1, 1, (4, 4, 8, 8, 16, 4), norm="batch").eval()
+    net = UNetGenerator(dims, 1, 1, (4, 8, 16), norm="batch").eval()
     _randomise_norm_statistics(net)
     x = torch.randn((2, 1) + (20, 24, 16)[:dims] if dims == 3 else (3, 1, 40, 36))
     with torch.no_grad():
         before = net(x)
         layout = optimize_for_inference(net, torch.device("cpu"))
         after = net(x)
-    assert layout.folded_norms == 18  # every conv block of BasicUNet has a batch norm
+    assert layout.folded_norms == 12  # 3 levels: 2 x 3 encoder blocks, 2 x (1 up + 2) decoder blocks
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert layout.channels_last and uses_channels_last(net)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
 def test_instance_norm_network_keeps_its_layout_on_cpu_but_not_on_cuda():
-    net = UNetGenerator(2, 1, 1, (4, 4, 8, 8, 16, 4), norm="instance").eval()
+    net = UNetGenerator(2, 1, 1, (4, 8, 16), norm="instance").eval()
     layout = optimize_for_inference(net, torch.device("cpu"))
     assert layout == type(layout)(0, False) and not uses_channels_last(net)
     assert prefers_channels_last(net, torch.device("cuda"))
@@ -46,7 +46,7 @@ def test_instance_norm_network_keeps_its_layout_on_cpu_but_not_on_cuda():
 
 def test_folding_refuses_a_network_in_training_mode():
     with pytest.raises(RuntimeError, match="evaluation mode"):
-        fold_batch_norms(UNetGenerator(2, 1, 1, (4, 4, 8, 8, 16, 4), norm="batch").train())
+        fold_batch_norms(UNetGenerator(2, 1, 1, (4, 8, 16), norm="batch").train())
 
 
 def test_plain_sequential_conv_then_norm_is_folded():
@@ -66,7 +66,7 @@ def test_engine_feeds_channels_last_inputs_to_a_channels_last_network():
     from MedTranslateLib.families.unet import GeneratorPredictor
     from MedTranslateLib.inference.engine import predictor_channels_last
 
-    net = UNetGenerator(2, 1, 1, (4, 4, 8, 8, 16, 4), norm="batch").eval()
+    net = UNetGenerator(2, 1, 1, (4, 8, 16), norm="batch").eval()
     assert predictor_channels_last(GeneratorPredictor(net)) is False
     optimize_for_inference(net, torch.device("cpu"))
     assert predictor_channels_last(GeneratorPredictor(net)) is True

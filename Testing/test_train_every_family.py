@@ -15,9 +15,9 @@ from MedTranslateLib.models.package import open_package
 from test_training_loop import write_pairs
 
 FAMILIES = {
-    "unet": ({"features": [4, 8, 8, 16, 16, 4]}, {}),
-    "pix2pix": ({"features": [4, 8, 8, 16, 16, 4], "disc_channels": 8, "disc_layers": 2}, {}),
-    "cyclegan": ({"features": [4, 8, 8, 16, 16, 4], "disc_channels": 8, "disc_layers": 2}, {}),
+    "unet": ({"features": [4, 8, 16, 16]}, {}),
+    "pix2pix": ({"features": [4, 8, 16, 16], "disc_channels": 8, "disc_layers": 2}, {}),
+    "cyclegan": ({"features": [4, 8, 16, 16], "disc_channels": 8, "disc_layers": 2}, {}),
     "diffusion": ({"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
                    "num_head_channels": 8, "norm_num_groups": 4}, {}),
     "contourdiff": ({"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,

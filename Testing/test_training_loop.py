@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_UNET = {"features": [4, 8, 8, 16, 16, 4]}
+TINY_UNET = {"features": [4, 8, 16, 16]}
 
 
 def _require_backend() -> None:
@@ -141,6 +141,25 @@ def test_zslab_holdout_on_one_volume(tmp_path):
     assert result.metrics_on == "test" and result.best_metrics["mae"] is not None
 
 
+def test_zslab_holdout_adds_further_train_subjects_whole(tmp_path):
+    _require_backend()
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.training.loop import _load_data, card_builder
+    from MedTranslateLib.progress import ProgressTracker
+
+    config = _config(tmp_path, split="zslab", val_fraction=0.0, test_fraction=0.3, slab_gap=1,
+                     train_subjects=["subj1", "subj0"])
+    data = _load_data(config, card_builder.base_card(config), ProgressTracker())
+    assert data.split["subject"] == "subj1" and data.split["extra_train_subjects"] == ["subj0"]
+    assert [c.subject_id for c in data.train] == ["subj1", "subj0"] and [c.subject_id for c in data.test] == ["subj1"]
+    z0, z1 = data.split["train"]
+    assert data.train[0].source.shape[0] == z1 - z0 and data.train[1].source.shape[0] == 10  # subj0 whole
+    assert data.test[0].source.shape[0] == data.split["test"][1] - data.split["test"][0]
+    with pytest.raises(ConfigError, match="nobody"):
+        _load_data(_config(tmp_path / "b", split="zslab", train_subjects=["nobody"]), card_builder.base_card(config),
+                   ProgressTracker())
+
+
 @pytest.mark.parametrize("dims", ["2.5d", "3d"])
 def test_25d_and_3d_training(tmp_path, dims):
     _require_backend()
@@ -222,7 +241,7 @@ def test_cli_entry_point(tmp_path):
     data = write_pairs(tmp_path / "data", n=2)
     cfg = tmp_path / "train.toml"
     cfg.write_text(f'family = "unet"\ndata = "{data}"\nlayout = "paired_folder"\nval_fraction = 0.5\n'
-                   f'architecture = {{features = [4, 8, 8, 16, 16, 4]}}\nbatch_size = 2\nval_interval = 3\n')
+                   f'architecture = {{features = [4, 8, 16, 16]}}\nbatch_size = 2\nval_interval = 3\n')
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     args = parser.parse_args(["--config", str(cfg), "--steps", "2", "--output", str(tmp_path / "cli_pkg"),

@@ -80,8 +80,25 @@ def pack_state(nets: Mapping[str, nn.Module], names: tuple[str, ...] | None = No
 
 
 def unpack_state(nets: Mapping[str, nn.Module], state: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> None:
-    """Load a ``pack_state`` dict into the named networks (strict: every key must match)."""
+    """Load a ``pack_state`` dict into the named networks (strict: every key and shape must match).
+
+    A mismatch (weights made for another architecture, or by an older MedTranslate whose networks differ)
+    raises :class:`~MedTranslateLib.errors.ModelError` naming the first differing tensors."""
+    from MedTranslateLib.errors import ModelError
+
     for name in names:
         prefix = name + "."
         sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        expected = nets[name].state_dict()
+        missing = sorted(set(expected) - set(sub))
+        unexpected = sorted(set(sub) - set(expected))
+        wrong = sorted(k for k in set(sub) & set(expected) if tuple(sub[k].shape) != tuple(expected[k].shape))
+        if missing or unexpected or wrong:
+            details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                                for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                    ("wrong shape", wrong)) if keys)
+            raise ModelError(f"The weights of network '{name}' do not fit the architecture in the model card "
+                             f"({details}).",
+                             "The package was made for another architecture or by another MedTranslate version: "
+                             "retrain it, or fix the card's architecture.")
         nets[name].load_state_dict(sub, strict=True)

@@ -2,8 +2,8 @@
 
 * **Batch-norm folding**: in evaluation mode a batch norm is an affine map per channel, so it is merged into
   the convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and replaced by an identity: one
-  memory pass less per layer. Only a convolution *immediately* followed by its norm is folded (MONAI's
-  ``Convolution`` block: ``conv`` then ``adn.N``, and plain ``nn.Sequential`` pairs).
+  memory pass less per layer. Only a convolution *immediately* followed by its norm in an ``nn.Sequential``
+  is folded (the blocks of :mod:`MedTranslateLib.networks.unet`).
 * **Channels-last memory layout** for 2D/3D convolutions: oneDNN (CPU) and cuDNN (GPU tensor cores) run
   convolutions fastest in NHWC/NDHWC. On the CPU it only pays when no instance/group/layer norm is left
   (those kernels convert back to the default layout, which costs more than it saves); on CUDA it is always used.
@@ -47,13 +47,6 @@ def fold_batch_norms(net: nn.Module) -> int:
     folded = 0
     with torch.no_grad():
         for module in list(net.modules()):
-            adn = getattr(module, "adn", None)
-            conv = getattr(module, "conv", None)
-            norm = getattr(adn, "N", None) if adn is not None else None
-            if conv is not None and norm is not None and _foldable(conv, norm):
-                module.conv = fuse_conv_bn_eval(conv, norm)
-                adn.N = nn.Identity()
-                folded += 1
             if isinstance(module, nn.Sequential):
                 names = list(module._modules)
                 for first, second in zip(names, names[1:]):
