@@ -1,22 +1,28 @@
-"""Side-by-side network throughput of the default U-Net under the inference rewrites of
-:mod:`MedTranslateLib.inference.optimize` (part of ``medtranslate bench``).
+"""Side-by-side network throughput of the 2D generators MedTranslate has shipped (part of ``medtranslate bench``).
 
-Four variants of the same 2D U-Net (the default model's features, random weights: speed does not depend on
-them) run in one process, one after the other, on the same input: instance norm (the earlier default), batch
-norm as trained, batch norm folded into the convolutions, and folded + channels-last (what the pipeline runs).
-The ratio between rows is the gain of each rewrite on this machine.
+The variants run in one process, one after the other, on the same input, with random weights (speed does not
+depend on them), so the ratios between rows hold even on a machine whose absolute speed drifts:
+
+1. MONAI ``BasicUNet`` (16-128 channels), instance norm: the first default model;
+2. the same with batch norm folded into the convolutions and channels-last layout: the second default;
+3. MedTranslate's own U-Net (:mod:`MedTranslateLib.networks.unet`, the default model's channels), batch norm,
+   default layout;
+4. the same folded and channels-last: what the pipeline runs now.
+
+Each row gives the forward time per slice, the achieved GFLOP/s and its share of the matrix-multiply peak.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-FEATURES = (16, 16, 32, 64, 128, 16)
+BASIC_FEATURES = (16, 16, 32, 64, 128, 16)
+FEATURES = (32, 64, 128, 256)
 
 
-def _best_seconds(fn: Any, repeats: int, synchronize: Any) -> float:
-    fn()  # warm-up
+def _best_seconds(fn: Callable[[], Any], repeats: int, synchronize: Callable[[], Any]) -> float:
+    fn()  # warm-up (oneDNN / cuDNN pick their kernels on the first call of a shape)
     synchronize()
     best = float("inf")
     for _ in range(repeats):
@@ -27,9 +33,33 @@ def _best_seconds(fn: Any, repeats: int, synchronize: Any) -> float:
     return best
 
 
+def _monai_basic_unet(norm: str) -> Any:
+    from monai.networks.nets import BasicUNet
+
+    norms = {"instance": ("instance", {"affine": True}), "batch": "batch"}
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=BASIC_FEATURES, norm=norms[norm],
+                     upsample="nontrainable")
+
+
+def _fold_monai_blocks(net: Any) -> None:
+    """Batch norm folding for MONAI's ``Convolution`` blocks (``conv`` then ``adn.N``)."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(net.modules()):
+        adn, conv = getattr(module, "adn", None), getattr(module, "conv", None)
+        norm = getattr(adn, "N", None) if adn is not None else None
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv, norm)
+            adn.N = nn.Identity()
+
+
 def layout_comparison(device: str, features: Sequence[int] = FEATURES, size: int = 256, batch: int = 8,
-                      repeats: int = 3) -> list[dict[str, Any]]:
-    """GFLOP/s of one forward pass of each variant (batch of ``size`` x ``size`` single-channel slices)."""
+                      repeats: int = 3, peak: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """Seconds and GFLOP/s of one forward pass of each variant (a batch of ``size`` x ``size`` slices).
+
+    ``peak`` (optional): a function measuring the matmul peak, called right after each variant (``peak_gflops``
+    per row), so that the run's highest peak also covers the moments these rows were measured."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,32 +72,45 @@ def layout_comparison(device: str, features: Sequence[int] = FEATURES, size: int
     synchronize = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     x = torch.randn(batch, 1, size, size)
-    variants = [("instance norm, default layout", "instance", False, False),
-                ("batch norm, default layout", "batch", False, False),
-                ("batch norm folded, default layout", "batch", True, False),
-                ("batch norm folded, channels-last (pipeline)", "batch", True, True)]
+    basic = f"MONAI BasicUNet {list(BASIC_FEATURES)}"
+    ours = f"MedTranslate U-Net {list(features)}"
+    variants: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None, bool]] = [
+        (f"{basic}, instance norm (first default)", lambda: _monai_basic_unet("instance"), None, False),
+        (f"{basic}, batch norm folded, channels-last (second default)", lambda: _monai_basic_unet("batch"),
+         _fold_monai_blocks, True),
+        (f"{ours}, batch norm, default layout", lambda: UNetGenerator(2, 1, 1, tuple(features)), None, False),
+        (f"{ours}, batch norm folded, channels-last (pipeline)", lambda: UNetGenerator(2, 1, 1, tuple(features)),
+         fold_batch_norms, True),
+    ]
     rows = []
-    for label, norm, fold, channels_last in variants:
-        net = UNetGenerator(2, 1, 1, tuple(features), norm=norm).to(dev).eval()
+    for label, build, fold, channels_last in variants:
+        net = build().to(dev).eval()
         with torch.inference_mode():
-            if fold:
-                fold_batch_norms(net)
+            if fold is not None:
+                fold(net)
             if channels_last:
                 to_channels_last(net)
             inputs = to_device_layout(x, dev, channels_last)
             with FlopCounterMode(display=False) as counter:
                 net(inputs)
             seconds = _best_seconds(lambda: net(inputs), repeats, synchronize)
-        rows.append({"variant": label, "seconds": seconds, "gflops": counter.get_total_flops() / seconds / 1e9})
+        row = {"variant": label, "seconds": seconds, "seconds_per_slice": seconds / batch,
+               "gflop_per_slice": counter.get_total_flops() / batch / 1e9,
+               "gflops": counter.get_total_flops() / seconds / 1e9}
+        if peak is not None:
+            row["peak_gflops"] = peak()
+        rows.append(row)
     return rows
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], peak_gflops: float, size: int = 256, batch: int = 8) -> list[str]:
-    """Markdown lines of the comparison (share of the matmul peak, speed-up against the first row)."""
-    first = rows[0]["seconds"]
-    lines = [f"Network rewrites side by side (2D U-Net {list(FEATURES)}, batch {batch} of {size} x {size}, "
-             "one process, best of 3):", "",
-             "| variant | forward s | GFLOP/s | of matmul peak | speed-up |", "|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['seconds']:.3f} | {r['gflops']:.1f} | {r['gflops'] / peak_gflops:.0%} | "
-              f"{first / r['seconds']:.2f}x |" for r in rows]
+    """Markdown lines of the comparison (share of the matmul peak, speed-up of the GFLOP/s against the first row)."""
+    first = rows[0]["gflops"]
+    lines = [f"Networks side by side (2D, batch {batch} of {size} x {size}, one process, best of 3; the matmul peak "
+             "is also measured right after each row, and the share is of the highest peak of the run):", "",
+             "| network | GFLOP per slice | forward s per slice | GFLOP/s | of matmul peak | GFLOP/s vs first row |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['gflop_per_slice']:.2f} | {r['seconds_per_slice']:.4f} | "
+                     f"{r['gflops']:.1f} | {r['gflops'] / peak_gflops:.0%} | {r['gflops'] / first:.2f}x |")
     return lines + [""]

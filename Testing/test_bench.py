@@ -139,12 +139,15 @@ def test_sampling_sweep_times_each_step_count(tmp_path):
     assert rows[0]["mean_abs_difference_to_max_steps"] > 0.0
 
 
-def test_network_rewrites_side_by_side():
+def test_networks_side_by_side():
     from MedTranslateLib.bench_network import layout_comparison, to_markdown
 
-    rows = layout_comparison("cpu", features=(4, 4, 8, 8, 16, 4), size=32, batch=2, repeats=1)
-    assert [r["variant"].split(",")[0] for r in rows] == ["instance norm", "batch norm", "batch norm folded",
-                                                          "batch norm folded"]
-    assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in rows)
-    text = "\n".join(to_markdown(rows, peak_gflops=100.0, size=32, batch=2))
-    assert "| instance norm, default layout |" in text and "1.00x |" in text
+    peaks = iter([100.0, 110.0, 120.0, 130.0])
+    rows = layout_comparison("cpu", features=(4, 8, 16), size=32, batch=2, repeats=1, peak=lambda: next(peaks))
+    assert [r["variant"].split(" [")[0] for r in rows] == ["MONAI BasicUNet"] * 2 + ["MedTranslate U-Net"] * 2
+    assert [r["peak_gflops"] for r in rows] == [100.0, 110.0, 120.0, 130.0]
+    assert all(r["seconds"] > 0 and r["gflops"] > 0 and r["gflop_per_slice"] > 0 for r in rows)
+    assert rows[2]["gflop_per_slice"] == rows[3]["gflop_per_slice"]  # folding keeps the arithmetic
+    text = "\n".join(to_markdown(rows, peak_gflops=1e6, size=32, batch=2))
+    assert "instance norm (first default) |" in text and "1.00x |" in text and "(pipeline) |" in text
+    assert f"| {rows[0]['gflops']:.1f} | {rows[0]['gflops'] / 1e6:.0%} |" in text
