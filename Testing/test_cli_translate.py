@@ -143,6 +143,59 @@ def test_batch_translation_into_a_folder(tmp_path, mr_input):
     assert sorted(p.name for p in out_dir.iterdir()) == ["a_synthetic.nii.gz", "b_synthetic.nii.gz"]
 
 
+def test_batch_reads_the_next_input_while_translating_and_matches_single_runs(tmp_path, mr_input, monkeypatch):
+    import threading
+
+    from MedTranslateLib import pipeline
+    from MedTranslateLib.models.package import open_package
+
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    inputs = []
+    for name in ("a", "b", "c"):
+        inputs.append(tmp_path / f"{name}.nii.gz")
+        write_volume(mr_input, inputs[-1], modality="MR")
+    translator = pipeline.Translator(open_package(package), device="cpu")
+    started: dict[str, threading.Event] = {p.name: threading.Event() for p in inputs}
+    read_inputs = pipeline.read_inputs
+
+    def recording_read(path, *args):
+        started[path.name].set()
+        return read_inputs(path, *args)
+
+    translate = translator.translate
+    calls = []
+
+    def translate_waiting_for_read_ahead(image, *args, **kwargs):
+        following = len(calls) + 1
+        calls.append(image)
+        if following < len(inputs):  # the next read runs in the background during this translation
+            assert started[inputs[following].name].wait(10), "the next input was not read ahead"
+        else:
+            assert all(e.is_set() for e in started.values())
+        return translate(image, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_inputs", recording_read)
+    monkeypatch.setattr(translator, "translate", translate_waiting_for_read_ahead)
+    jobs = [(p, tmp_path / f"{p.name.split('.')[0]}_out.nii.gz") for p in inputs]
+    outputs = [out for out, _ in pipeline.translate_batch(jobs, translator, output_type="float32")]
+    assert outputs == [out for _, out in jobs] and all(out.is_file() for out in outputs)
+    single = pipeline.translate_file(inputs[1], package, tmp_path / "single.nii.gz", device="cpu",
+                                     output_type="float32")
+    batched = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[1])))
+    np.testing.assert_array_equal(batched, sitk.GetArrayFromImage(single.output))
+
+
+def test_batch_stops_at_the_first_bad_input_without_writing_it(tmp_path, mr_input):
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    good, bad = tmp_path / "good.nii.gz", tmp_path / "bad.nii.gz"
+    write_volume(mr_input, good, modality="MR")
+    bad.write_bytes(b"not a volume")
+    out_dir = tmp_path / "out"
+    assert main(["translate", str(good), str(bad), str(good), "-m", str(package), "-o", str(out_dir),
+                 "--progress", "none"]) == 3
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good_synthetic.nii.gz"]
+
+
 def test_ensemble_mean_and_spread(tmp_path, mr_input):
     a = make_untrained_package(tmp_path / "a", "unet", "2d", seed=1, id="ens-a")
     b = make_untrained_package(tmp_path / "b", "unet", "2d", seed=2, id="ens-b")

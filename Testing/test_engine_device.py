@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from MedTranslateLib.errors import DeviceError
-from MedTranslateLib.inference.device import autocast_dtype, autocast_for, select_device
+from MedTranslateLib.inference.device import autocast_dtype, autocast_for, select_device, tune_for_inference
 
 
 def test_cpu_and_auto_without_cuda(monkeypatch):
@@ -46,3 +46,15 @@ def test_autocast_on_cuda_uses_half_precision():
     with autocast_for(device):
         out = torch.nn.Linear(4, 4).to(device)(torch.zeros(2, 4, device=device))
     assert out.dtype in (torch.bfloat16, torch.float16)
+
+
+def test_cudnn_autotuning_only_on_cuda_and_never_in_deterministic_mode(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    tune_for_inference(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    tune_for_inference(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    tune_for_inference(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True

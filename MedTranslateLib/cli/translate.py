@@ -12,7 +12,7 @@ from MedTranslateLib.errors import ConfigError
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.models.registry import ModelRegistry
-    from MedTranslateLib.pipeline import Translator, translate_file
+    from MedTranslateLib.pipeline import Translator, translate_batch
 
     if args.deterministic:
         _make_deterministic(args.seed)
@@ -35,13 +35,12 @@ def run_translate(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if many:
         output.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
-        out_path = output / f"{Path(path).name.split('.')[0]}_synthetic.nii.gz" if many else output
-        with progress_display(args.progress, Path(path).name) as callback:
-            result = translate_file(path, args.model, out_path, mask_path=args.mask,
-                                    uncertainty_path=args.uncertainty, device=args.device, options=options,
-                                    series_uid=args.series_uid, progress=callback, translator=translator,
-                                    output_type=args.output_type)
+    jobs = [(path, output / f"{Path(path).name.split('.')[0]}_synthetic.nii.gz" if many else output)
+            for path in args.inputs]
+    results = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
+                              mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
+                              series_uid=args.series_uid, output_type=args.output_type)
+    for (path, _), (out_path, result) in zip(jobs, results):
         for warning in result.warnings:
             _warn(warning, jsonl)
         scene = None

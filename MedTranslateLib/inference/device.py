@@ -58,3 +58,10 @@ def autocast_for(device: torch.device) -> Any:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def tune_for_inference(device: torch.device) -> None:
+    """On CUDA let cuDNN time its convolution algorithms once per shape and keep the fastest (every slice of a
+    volume has the same shape); left off in deterministic mode, whose algorithms must not change."""
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
