@@ -16,7 +16,8 @@ subjects), so a package is always scored on data it never saw in training:
 Metrics are the SynthRAD 2023 definitions of :mod:`MedTranslateLib.evaluation.metrics` (CT: MAE/PSNR/SSIM in HU,
 per-tissue MAE, bone Dice; MR: MAE on the 0-1000 output scale, PSNR/SSIM on [0, 1]-normalised images).
 Uncertainty vs error (:func:`~MedTranslateLib.evaluation.uncertainty.uncertainty_error_relation`) is measured for
-the U-Net (test-time augmentation spread) and the random forest (spread across trees).
+the U-Net and pix2pix (flip test-time augmentation spread), the random forest (spread across trees) and diffusion
+(spread of the samples averaged into its prediction).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 START, END = "<!-- models:start -->", "<!-- models:end -->"
-UNCERTAINTY_FAMILIES = ("unet", "random_forest")
+UNCERTAINTY_FAMILIES = ("unet", "pix2pix", "random_forest", "diffusion")
+STOCHASTIC_FAMILIES = ("diffusion", "contourdiff")
+DEFAULT_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -155,10 +158,13 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
 
 # ------------------------------------------------------------------ one package
 def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = None,
-                     steps: int | None = None) -> dict[str, Any]:
+                     steps: int | None = None, samples: int = DEFAULT_SAMPLES) -> dict[str, Any]:
     """Held-out metrics, inference seconds per volume (CPU), parameters, size and training time of a package.
 
-    ``steps``: diffusion sampling steps (None: the card's default)."""
+    ``steps``: diffusion sampling steps (None: the card's default). ``samples``: diffusion samples averaged into
+    the prediction (their spread is the uncertainty map; the time per volume includes every sample).
+    Deterministic families are timed on one plain pass; their uncertainty (flip test-time augmentation, or the
+    forest's spread across trees) comes from a second run."""
     import SimpleITK as sitk
     import torch
 
@@ -171,20 +177,23 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
     card = package.card.to_dict()
     translator = Translator(package, device="cpu")
     with_std = card["family"] in UNCERTAINTY_FAMILIES if uncertainty is None else uncertainty
-    options = InferenceOptions(steps=steps)
+    stochastic = card["family"] in STOCHASTIC_FAMILIES
+    options = InferenceOptions(steps=steps, samples=max(1, int(samples)) if stochastic else 1)
     rows, seconds, cpu = [], [], []
     for case in held_out_cases(card, data_root):
         image, _ = read_volume(case.source)
         mask_image = read_mask(case.mask, image) if case.mask else None
         torch.manual_seed(0)
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = translator.translate(image, mask_image, options)
+        result = translator.translate(image, mask_image, options, uncertainty=stochastic and options.samples > 1)
         seconds.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
         ref_image, _ = read_volume(case.target)
         mask = evaluation_mask(image, case.mask, card)
         std = None
-        if with_std:
+        if with_std and stochastic:
+            std = None if result.uncertainty is None else _array(result.uncertainty)
+        elif with_std:
             with_unc = translator.translate(image, mask_image, options, uncertainty=True)
             std = None if with_unc.uncertainty is None else _array(with_unc.uncertainty)
         row = score_case(_array(result.output), _array(ref_image), mask, case, card, std)
@@ -206,7 +215,8 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
             "size_mb": (weights.stat().st_size / 1e6) if weights else math.nan,
             "training_seconds": (card.get("training") or {}).get("seconds"),
             "training_steps": (card.get("training") or {}).get("steps"),
-            "sampling_steps": steps if card["family"] in ("diffusion", "contourdiff") else None}
+            "sampling_steps": (steps or int((card.get("sampling") or {}).get("steps", 20))) if stochastic else None,
+            "samples": options.samples if stochastic else None}
 
 
 def update_card_performance(path: Path, result: dict[str, Any]) -> None:
@@ -224,25 +234,27 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
-def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, threads: int) -> dict[str, Any]:
+def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, samples: int,
+                           threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
     print("evaluating", path.name, flush=True)
-    return evaluate_package(path, data_root, steps=steps)
+    return evaluate_package(path, data_root, steps=steps, samples=samples)
 
 
-def evaluate_all(paths: Sequence[Path], data_root: Path, steps: int | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+def evaluate_all(paths: Sequence[Path], data_root: Path, steps: int | None = None, jobs: int = 1,
+                 samples: int = DEFAULT_SAMPLES) -> list[dict[str, Any]]:
     """:func:`evaluate_package` for each path, ``jobs`` at a time in separate processes (cores // jobs threads
     each); results in the order of ``paths``."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     if jobs <= 1:
-        return [_evaluate_with_threads(path, data_root, steps, threads) for path in paths]
+        return [_evaluate_with_threads(path, data_root, steps, samples, threads) for path in paths]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_evaluate_with_threads, path, data_root, steps, threads) for path in paths]
+        futures = [pool.submit(_evaluate_with_threads, path, data_root, steps, samples, threads) for path in paths]
         return [future.result() for future in futures]
 
 
@@ -311,7 +323,8 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
         for r in rows:
             m = r["metrics"]
             psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
-            family = r["family"] + (f" ({r['sampling_steps']} sampling steps)" if r.get("sampling_steps") else "")
+            family = r["family"] + (f" ({r['sampling_steps']} DDIM steps, mean of {r.get('samples') or 1} samples)"
+                                    if r.get("sampling_steps") else "")
             cells = [f"`{r['id']}`", family, _fmt(m.get("mae")), _fmt(psnr, 2), _fmt(ssim, 3)]
             if ct:
                 cells += [_fmt(m.get("mae_air")), _fmt(m.get("mae_soft")), _fmt(m.get("mae_bone")),
@@ -395,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose models section is replaced")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     parser.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the card's)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help="diffusion samples averaged per volume (default %(default)s; their spread is the "
+                             "uncertainty)")
     parser.add_argument("--results", nargs="*", type=Path, default=[],
                         help="render the table from earlier --json result files instead of evaluating")
     parser.add_argument("--update-cards", action="store_true", help="write the measured cpu_seconds into the cards")
@@ -411,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
     ids = {path: json.loads((path / "model.json").read_text()).get("id", "") for path in paths}
     chosen = [path for path in paths if task_of(ids[path]) and (not args.only or ids[path] in args.only)]
-    for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs)):
+    for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs, args.samples)):
         results.append(result)
         if args.update_cards:
             update_card_performance(path, result)

@@ -69,12 +69,21 @@ def _load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTr
         paired = [c for c in cases if c.source_path and c.target_path]
         if not paired:
             raise ConfigError("The z-slab hold-out needs a paired case.", "Use a paired dataset or split=subject.")
-        chosen = [c for c in paired if c.subject_id in (config.train_subjects or [])] or paired[:1]
-        volume = load_cases_prepared(chosen[:1], card, on_case)[0]
+        # the first train subject is cut into slabs; further train subjects are used whole for training
+        by_subject = {c.subject_id: c for c in paired}
+        wanted = list(config.train_subjects or [paired[0].subject_id])
+        unknown = [s for s in wanted if s not in by_subject]
+        if unknown:
+            raise ConfigError(f"train_subjects {unknown} are not paired cases of {config.data}.",
+                              f"Choose among {sorted(by_subject)[:10]}.")
+        prepared = load_cases_prepared([by_subject[s] for s in wanted], card, on_case)
+        volume, extra = prepared[0], prepared[1:]
         slabs = zslab_holdout(volume.mask.shape[0], config.test_fraction, config.val_fraction, config.slab_gap)
         slabs["subject"] = volume.subject_id
+        if extra:
+            slabs["extra_train_subjects"] = [c.subject_id for c in extra]
         part = lambda key: [volume.slab(*slabs[key])] if slabs.get(key) else []
-        return _Data(part("train"), part("val"), part("test"), slabs)
+        return _Data(part("train") + extra, part("val"), part("test"), slabs)
     split: Split = split_by_subject(cases, config.val_fraction, config.test_fraction, config.seed,
                                     config.train_subjects, config.val_subjects, config.test_subjects)
     prepared = load_cases_prepared(split.train + split.val + split.test, card, on_case)
