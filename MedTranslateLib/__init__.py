@@ -6,7 +6,7 @@ so ``import MedTranslateLib`` and ``medtranslate --help`` stay fast.
 
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # OpenMP threads that sleep instead of spinning while they wait: on shared or small CPUs spinning threads
 # slowed inference up to 8x (measured: one U-Net batch 2.24 s spinning vs 0.29 s passive). Must be set

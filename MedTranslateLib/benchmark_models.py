@@ -368,17 +368,19 @@ def write_section(path: Path, body: str) -> None:
 
 NOTES = """\
 Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<id>.toml` on the 2-core CPU
-(`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate), so the runs
-are SHORT for deep models: 400-1000 steps of 4-8 slices of 128 x 128 (steps and seconds per model in the table).
-GAN and above all diffusion models usually need tens of thousands of steps (a GPU): their rows show what a CPU
-budget buys, not what the families can do. The held-out data is recorded in each card's split:
-MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab; the model trained on slices 0-59, 4-slice gap;
-1PA003, which has almost no bone, was not used); BraTS: patient TCGA-DU-7294 (trained on the other three).
-MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR targets: MAE on the model's 0-1000 output
-scale (reference normalised the same way, per volume), PSNR/SSIM on [0, 1]-normalised images. Uncertainty vs
-error: U-Net = flip test-time augmentation spread, random forest = spread across trees (Pearson/Spearman of std vs
-|error|, and mean |error| in the 10 % most / least uncertain voxels). A pork phantom is not a patient and four
-brains are a tiny cohort: these numbers rank the families on this data only. Not for clinical use.
+(`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
+2000-2500 steps of 8 slices of 128 x 128 for the U-Nets and pix2pix, 2500-3000 steps of 8 slices of 96 x 96 for
+diffusion (steps and seconds per model in the table). GAN and above all diffusion models usually get tens of
+thousands of steps on a GPU: their rows show what this CPU budget buys, not what the families can do.
+The held-out data is recorded in each card's split: MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab;
+the models trained on slices 0-59, 4-slice gap; 1PA003, a slab with almost no bone, was not used); BraTS: patient
+TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR
+targets: MAE on the model's 0-1000 output scale (reference normalised the same way, per volume), PSNR/SSIM on
+[0, 1]-normalised images. Diffusion: DDIM sampling, the prediction is the mean of the samples (count in the family
+column). Uncertainty vs error: U-Net and pix2pix = flip test-time augmentation spread, random forest = spread
+across trees, diffusion = spread of its samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 %
+most / least uncertain voxels). A pork phantom is not a patient and four brains are a tiny cohort: these numbers
+rank the families on this data only. Not for clinical use.
 """
 
 

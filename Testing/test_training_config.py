@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,18 @@ def test_example_config_loads():
     config = load_config(example, ["data=/d"])
     assert config.family == "unet" and config.slice_size == [128, 128] and config.model_id == "my-mr-sct"
     assert config.validate() is config
+
+
+def test_card_sample_data_comes_from_the_config():
+    """The demo model's Slicer sample volumes are part of its training config, so retraining keeps them."""
+    import json
+
+    from MedTranslateLib.models.registry import BUILTIN_DIR
+    from MedTranslateLib.training.card_builder import base_card
+    from MedTranslateLib.training.config import load_config
+
+    config_dir = Path(__file__).resolve().parents[1] / "MedTranslateLib" / "configs"
+    config = load_config(config_dir / "mr2ct-headphantom-unet2d.toml", data="/nonexistent")
+    shipped = json.loads((BUILTIN_DIR / "mr2ct-headphantom-unet2d" / "model.json").read_text())
+    assert base_card(config)["sample_data"] == shipped["sample_data"] and len(shipped["sample_data"]) == 2
+    assert "sample_data" not in base_card(load_config(None, data="/nonexistent"))

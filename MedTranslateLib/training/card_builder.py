@@ -62,6 +62,8 @@ def base_card(config: TrainConfig) -> dict[str, Any]:
     }
     if config.body_mask:
         card["body_mask"] = dict(config.body_mask)
+    if config.sample_data:
+        card["sample_data"] = [dict(entry) for entry in config.sample_data]
     if config.source_modality.upper() not in CARD_MODALITIES:
         card["source_contrast"] = config.source_modality
     if config.target_modality.upper() not in CARD_MODALITIES:

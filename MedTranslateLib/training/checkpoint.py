@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import pack_state, unpack_state
 
 
@@ -93,7 +93,7 @@ def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     weights = load_file(str(folder / "weights.safetensors"))
     try:
         unpack_state(nets, weights, tuple(nets))
-    except RuntimeError as exc:
+    except (RuntimeError, ModelError) as exc:
         raise ConfigError(f"The checkpoint in {folder} does not fit the configured networks ({exc}).",
                           "Resume with the same family and architecture, or start a new run.") from None
     opt_tensors = load_file(str(folder / "optimizer.safetensors"))

@@ -86,6 +86,7 @@ class TrainConfig:
     intended_use: str = "Research on medical image translation; not for clinical use."
     limitations: str = ("Trained on a small dataset; expect errors on other scanners, protocols, anatomy and "
                         "outside the training field of view.")
+    sample_data: list[dict[str, Any]] | None = None  # the card's Slicer sample volumes ({name, sample, sha256})
 
     # ---------------------------------------------------------------- derived values
     @property
