@@ -14,7 +14,7 @@ import datetime as _dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
@@ -207,7 +207,7 @@ def _check_outputs(input_path: str | Path, output_path: str | Path, uncertainty_
 
 def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str, Any], output_path: str | Path,
                   uncertainty_path: str | Path | None = None, output_type: str = "auto",
-                  check: Any = None) -> float:
+                  check: Callable[[], None] | None = None) -> float:
     """Write the synthetic volume (and its uncertainty map) atomically; returns the seconds it took.
 
     ``check`` (optional) is called before each file (the tracker's cancel check)."""
@@ -274,7 +274,8 @@ def translate_file(
 
 
 def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: Translator, *,
-                    progress_for: Any = None, **kwargs: Any) -> Iterator[tuple[Path, TranslationResult]]:
+                    progress_for: Callable[[str | Path], ContextManager[ProgressCallback | None]] | None = None,
+                    **kwargs: Any) -> Iterator[tuple[Path, TranslationResult]]:
     """Translate ``(input, output)`` pairs with one loaded model, reading the next input while the current one
     is translated (overlapped I/O: a GPU, or the second CPU core, is not left waiting for the disk).
 

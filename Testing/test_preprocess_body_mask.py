@@ -113,3 +113,22 @@ def test_real_mr_mask_matches_the_provided_mask(real_data) -> None:
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "mask.nii.gz"))) > 0
     mask = body_mask(sitk.GetArrayFromImage(image).astype(np.float32), image.GetSpacing(), modality="MR")
     assert _dice(mask, truth) > 0.9
+
+
+def test_largest_component_equals_scipy_26_connected_labelling():
+    from scipy import ndimage
+
+    from MedTranslateLib.preprocess.body_mask import largest_component
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        mask = ndimage.gaussian_filter(rng.random((10, 18, 15)), 1.5) > rng.uniform(0.45, 0.55)
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        expected = labels == int(np.argmax(sizes)) if count else mask
+        assert np.array_equal(largest_component(mask), expected)
+    diagonal = np.zeros((3, 3, 3), bool)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = diagonal[2, 2, 2] = True  # touching only at corners: one component
+    assert largest_component(diagonal).sum() == 3
+    assert not largest_component(np.zeros((2, 2, 2), bool)).any()
