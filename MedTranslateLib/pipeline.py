@@ -178,7 +178,6 @@ def as_output_type(image: "sitk.Image", output_type: str, target_modality: str) 
 class LoadedInput:
     """An input volume read from disk with what writing its result needs (see :func:`read_inputs`)."""
 
-    path: Path
     image: "sitk.Image"
     source_info: Any
     mask: "sitk.Image | None"
@@ -193,7 +192,7 @@ def read_inputs(input_path: str | Path, mask_path: str | Path | None = None,
     start = time.perf_counter()
     image, source_info = read_volume(input_path, series_uid=series_uid)
     mask = read_mask(mask_path, image) if mask_path else None
-    return LoadedInput(Path(input_path), image, source_info, mask, time.perf_counter() - start)
+    return LoadedInput(image, source_info, mask, time.perf_counter() - start)
 
 
 def _check_outputs(input_path: str | Path, output_path: str | Path, uncertainty_path: str | Path | None,
