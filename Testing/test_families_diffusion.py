@@ -115,6 +115,23 @@ def test_attention_levels_work():
     assert out.shape == (2, 1, 16, 16)
 
 
+def test_attention_uses_fused_sdpa_with_the_einsum_result():
+    """Every attention block runs torch's fused attention; the result equals MONAI's einsum path."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    arch = {**TINY, "attention_levels": [False, True]}
+    net = FAMILY.build(arch, 2)["denoiser"].eval()
+    flags = [m.use_flash_attention for m in net.modules() if hasattr(m, "use_flash_attention")]
+    assert flags and all(flags)
+    plain = DiffusionModelUNet(spatial_dims=2, in_channels=2, out_channels=1, channels=(8, 16),
+                               attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
+                               norm_num_groups=4).eval()
+    plain.load_state_dict(net.unet.state_dict())
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([3, 900]), torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, t, c), plain(torch.cat([x, c], 1), t), rtol=1e-4, atol=1e-5)
+
+
 def test_sampler_loop_is_deterministic_and_reports_steps():
     scheduler = samplers.make_sampling_scheduler("ddim", 5)
     seen: list[int] = []
