@@ -220,7 +220,8 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
 
 
 def update_card_performance(path: Path, result: dict[str, Any]) -> None:
-    """Write the measured ``cpu_seconds`` per volume into the package's ``model.json`` (validated)."""
+    """Write the measured ``cpu_seconds`` per volume into the package's ``model.json`` (validated) and its
+    README.md."""
     from MedTranslateLib.models.card import validate_card
 
     card_path = Path(path) / "model.json"
@@ -230,8 +231,9 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
         "cpu_seconds_note": (f"process CPU time to translate one whole held-out volume ({', '.join(result['cases'])}; "
                              f"{result['voxels']:,} voxels) with {result['torch_threads']} torch thread(s) on a shared "
                              f"2-core CPU; wall time under load is higher (benchmark_models)")})
-    validate_card(card)
+    described = validate_card(card).describe()
     card_path.write_text(json.dumps(card, indent=2) + "\n")
+    (Path(path) / "README.md").write_text(described)
 
 
 def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, samples: int,
@@ -272,7 +274,8 @@ def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int =
     """Retrain every real-data config (or ``only`` those ids) into ``work/pkg/<id>``; returns ``work/pkg``.
 
     ``jobs`` trainings run at once (longest first), each with ``cores // jobs`` torch threads; the progress of
-    each goes to ``work/logs/<id>.log`` (JSON lines)."""
+    each goes to ``work/logs/<id>.log`` (JSON lines). A training interrupted earlier (its ``<id>.work`` folder
+    holds a checkpoint) continues from that checkpoint."""
     from concurrent.futures import ThreadPoolExecutor
 
     out, logs = work / "pkg", work / "logs"
@@ -286,8 +289,11 @@ def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int =
         task = task_of(model_id)
         command = [sys.executable, "-m", "MedTranslateLib", "train", "--config", str(CONFIG_DIR / f"{model_id}.toml"),
                    "--data", str(data_root / task.subfolder), "--output", str(out / model_id), "--progress", "jsonl"]
-        print(f"training {model_id} ({threads} thread(s)); log: {logs / (model_id + '.log')}", flush=True)
-        with open(logs / f"{model_id}.log", "w") as log:
+        resume = (out / f"{model_id}.work" / "checkpoint" / "state.json").is_file()
+        command += ["--resume"] if resume else []
+        print(f"{'resuming' if resume else 'training'} {model_id} ({threads} thread(s)); "
+              f"log: {logs / (model_id + '.log')}", flush=True)
+        with open(logs / f"{model_id}.log", "a" if resume else "w") as log:
             done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise RuntimeError(f"training {model_id} failed (exit {done.returncode}); see {logs / (model_id + '.log')}")
@@ -323,7 +329,9 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
         for r in rows:
             m = r["metrics"]
             psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
-            family = r["family"] + (f" ({r['sampling_steps']} DDIM steps, mean of {r.get('samples') or 1} samples)"
+            samples = int(r.get("samples") or 1)
+            family = r["family"] + (f" ({r['sampling_steps']} DDIM steps, "
+                                    f"{f'mean of {samples} samples' if samples > 1 else '1 sample'})"
                                     if r.get("sampling_steps") else "")
             cells = [f"`{r['id']}`", family, _fmt(m.get("mae")), _fmt(psnr, 2), _fmt(ssim, 3)]
             if ct:
@@ -369,9 +377,10 @@ def write_section(path: Path, body: str) -> None:
 NOTES = """\
 Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<id>.toml` on the 2-core CPU
 (`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
-2000-2500 steps of 8 slices of 128 x 128 for the U-Nets and pix2pix, 2500-3000 steps of 8 slices of 96 x 96 for
-diffusion (steps and seconds per model in the table). GAN and above all diffusion models usually get tens of
-thousands of steps on a GPU: their rows show what this CPU budget buys, not what the families can do.
+steps of 8 slices of 128 x 128 for the U-Nets (500-800 BraTS, 1500 MR -> CT) and pix2pix (500-1000 BraTS,
+2500 MR -> CT), 2500-3000 steps of 8 slices of 96 x 96 for diffusion (steps and seconds per model in the table).
+GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show what this CPU
+budget buys, not what the families can do. The T1 -> T2 U-Net uses instance norm (its config says why).
 The held-out data is recorded in each card's split: MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab;
 the models trained on slices 0-59, 4-slice gap; 1PA003, a slab with almost no bone, was not used); BraTS: patient
 TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR
@@ -380,7 +389,8 @@ targets: MAE on the model's 0-1000 output scale (reference normalised the same w
 column). Uncertainty vs error: U-Net and pix2pix = flip test-time augmentation spread, random forest = spread
 across trees, diffusion = spread of its samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 %
 most / least uncertain voxels). A pork phantom is not a patient and four brains are a tiny cohort: these numbers
-rank the families on this data only. Not for clinical use.
+rank the families on this data only. Not for clinical use. A config missing from a table (here the 2.5D U-Net)
+was not trained by the run that made it.
 """
 
 

@@ -34,6 +34,25 @@ def test_default_builtin_dir_is_inside_the_package():
     assert BUILTIN_DIR.parent.name == "models"
 
 
+def test_shipped_cards_carry_no_local_paths_and_one_clinical_warning():
+    """Shipped cards travel: no absolute path of the machine that trained them, one "Not for clinical use"."""
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    cards = [json.loads(p.read_text()) for p in BUILTIN_DIR.glob("*/model.json")]
+    assert cards
+    for card in cards:
+        assert not [s for s in strings(card["training"]) if s.startswith("/")], card["id"]
+        assert card["limitations"].lower().count("not for clinical use") == 1, card["id"]
+
+
 def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_models):
     registry = ModelRegistry(builtin_dir=builtin)
     registry.import_package(make_package(tmp_path / "src", id="user-model", version="0.3.0"))

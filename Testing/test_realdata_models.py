@@ -88,6 +88,44 @@ def test_render_table_marks_families() -> None:
            "cpu_seconds": 1.5, "parameters": 1000, "size_mb": 0.5, "training_seconds": 100.0, "training_steps": 300}
     table = bm.render_table([row])
     assert "MAE bone" in table and "80.0" in table and "200.0 / 20.0" in table
+    diffusion = {**row, "id": "mr2ct-phantom-diffusion2d", "family": "diffusion", "sampling_steps": 20}
+    assert "(20 DDIM steps, 1 sample)" in bm.render_table([{**diffusion, "samples": 1}])
+    assert "(20 DDIM steps, mean of 2 samples)" in bm.render_table([{**diffusion, "samples": 2}])
+
+
+def test_update_card_performance_rewrites_card_and_readme(tmp_path: Path) -> None:
+    from MedTranslateLib.models.card import make_test_card
+
+    card = make_test_card(performance={"training_seconds": 10.0})
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    (tmp_path / "README.md").write_text("stale")
+    bm.update_card_performance(tmp_path, {"cpu_seconds": 12.345, "wall_seconds": 20.0, "cases": ["c1"],
+                                          "voxels": 1000, "torch_threads": 1})
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert written["performance"]["cpu_seconds"] == 12.35 and written["performance"]["training_seconds"] == 10.0
+    readme = (tmp_path / "README.md").read_text()
+    assert "cpu_seconds: 12.35" in readme and "stale" not in readme
+
+
+def test_train_all_resumes_interrupted_trainings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config whose ``<id>.work`` folder holds a checkpoint is continued with ``--resume`` (its log appended);
+    the others start fresh."""
+    commands: dict[str, list[str]] = {}
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        commands[Path(command[command.index("--output") + 1]).name] = command
+        kwargs["stdout"].write("new\n")  # type: ignore[attr-defined]
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bm.subprocess, "run", fake_run)
+    checkpoint = tmp_path / "pkg" / "mr2ct-phantom-unet2d.work" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "mr2ct-phantom-unet2d.log").write_text("old\n")
+    bm.train_all(tmp_path / "data", tmp_path, only=["mr2ct-phantom-unet2d", "t1-t2-brats-unet2d"], jobs=2)
+    assert "--resume" in commands["mr2ct-phantom-unet2d"] and "--resume" not in commands["t1-t2-brats-unet2d"]
+    assert (tmp_path / "logs" / "mr2ct-phantom-unet2d.log").read_text() == "old\nnew\n"
 
 
 # ---------------------------------------------------------------- shipped models on real data

@@ -75,8 +75,9 @@ def _schema():
 
 @pytest.mark.parametrize("dims", ["2d", "2.5d", "3d"])
 def test_card_builder_cards_validate(dims):
-    config = TrainConfig(data="/data", dimensionality=dims, source_modality="T1", target_modality="FLAIR",
-                         model_id="t1-flair-test", architecture={"features": [8, 16]}, epochs=2)
+    config = TrainConfig(data="/home/me/BraTS2023", dimensionality=dims, source_modality="T1", target_modality="FLAIR",
+                         model_id="t1-flair-test", architecture={"features": [8, 16]}, epochs=2,
+                         output="/home/me/out/pkg", limitations="Four brains. Not for clinical use.")
     card = card_builder.base_card(config)
     jsonschema.validate(card, _schema())
     assert card["architecture"]["in_channels"] == (5 if dims == "2.5d" else 1)
@@ -92,7 +93,9 @@ def test_card_builder_cards_validate(dims):
     assert "test" in final["metrics"]["data"] and "b" in final["metrics"]["data"]
     assert final["intensity_reference"]["percentiles"] == {"p1": 1.0, "p50": 20.0}
     assert final["intensity_reference"]["spacing_mm"] == [1.0, 1.0, 2.0]
-    assert "not for clinical use" in final["limitations"].lower() and final["clinical_use"] is False
+    assert final["limitations"].lower().count("not for clinical use") == 1 and final["clinical_use"] is False
+    assert "/home/me" not in json.dumps(final["training"])  # no local paths in a card that travels
+    assert final["training"]["data"].startswith("BraTS2023") and final["training"]["config"]["output"] == "pkg"
     assert final["training"]["steps"] == 40 and final["training"]["device"] == "cpu"
     assert card_builder.aggregate_metrics([{"mae": 1.0}, {"mae": 3.0}]) == {"mae": 2.0}
 

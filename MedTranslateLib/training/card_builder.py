@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -115,8 +116,11 @@ def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[s
     if architecture is not None:
         out["architecture"] = dict(architecture)
     config_dict = {k: v for k, v in config.to_dict().items() if v is not None}
+    for key in ("data", "output", "work_dir"):  # folder names only: local paths mean nothing on another machine
+        if key in config_dict:
+            config_dict[key] = Path(str(config_dict[key])).name
     out["training"] = {
-        "data": str(config.data),
+        "data": f"{Path(str(config.data)).name} ({config.layout} layout)",
         "split": dict(split),
         "steps": int(steps),
         "seconds": round(float(seconds), 1),
@@ -143,6 +147,9 @@ def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[s
     if reference is not None:
         out["intensity_reference"] = reference
     out["performance"] = {"training_seconds": round(float(seconds), 1), "training_device": device}
-    out["limitations"] = config.limitations.rstrip(".") + ". Not for clinical use."
+    limitations = config.limitations.strip()
+    if "not for clinical use" not in limitations.lower():
+        limitations = limitations.rstrip(".") + ". Not for clinical use."
+    out["limitations"] = limitations
     out["clinical_use"] = False
     return out
