@@ -377,10 +377,9 @@ def write_section(path: Path, body: str) -> None:
 NOTES = """\
 Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<id>.toml` on the 2-core CPU
 (`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
-steps of 8 slices of 128 x 128 for the U-Nets (500-800 BraTS, 1500 MR -> CT) and pix2pix (500-1000 BraTS,
-2500 MR -> CT), 2500-3000 steps of 8 slices of 96 x 96 for diffusion (steps and seconds per model in the table).
-GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show what this CPU
-budget buys, not what the families can do. The T1 -> T2 U-Net uses instance norm (its config says why).
+batches of 8 slices of 128 x 128 for the U-Nets and pix2pix, of 96 x 96 for diffusion (steps and seconds per model
+in the table). GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show
+what this CPU budget buys, not what the families can do. The T1 -> T2 U-Net uses instance norm (its config says why).
 The held-out data is recorded in each card's split: MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab;
 the models trained on slices 0-59, 4-slice gap; 1PA003, a slab with almost no bone, was not used); BraTS: patient
 TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR
@@ -389,16 +388,18 @@ targets: MAE on the model's 0-1000 output scale (reference normalised the same w
 column). Uncertainty vs error: U-Net and pix2pix = flip test-time augmentation spread, random forest = spread
 across trees, diffusion = spread of its samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 %
 most / least uncertain voxels). A pork phantom is not a patient and four brains are a tiny cohort: these numbers
-rank the families on this data only. Not for clinical use. A config missing from a table (here the 2.5D U-Net)
-was not trained by the run that made it.
+rank the families on this data only. Not for clinical use.
 """
 
 
 def header(trained: bool, results: Sequence[dict[str, Any]]) -> str:
     """The section's heading, regeneration command and notes."""
     threads = results[0]["torch_threads"] if results else "?"
-    which = ("every family, trained by this run" if trained else
+    which = ("the models trained by this run" if trained else
              "the shipped (built-in) packages only; add `--train --jobs 2` to retrain and compare every family")
+    missing = sorted(set(config_ids()) - {r["id"] for r in results})
+    if trained and missing:
+        which += "; not trained by this run, so not in the tables: " + ", ".join(f"`{m}`" for m in missing)
     return (f"## Real-data models (held-out)\n\nRegenerate: `python -m MedTranslateLib.benchmark_models --train --jobs 2 "
             f"--write BENCHMARKS.md` (retrains every config, then evaluates). This table: {which}.\n\n{NOTES}\n"
             f"CPU s/vol: process CPU time to translate one whole source volume with {threads} torch thread(s) on "

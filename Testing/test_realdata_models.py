@@ -93,6 +93,12 @@ def test_render_table_marks_families() -> None:
     assert "(20 DDIM steps, mean of 2 samples)" in bm.render_table([{**diffusion, "samples": 2}])
 
 
+def test_header_names_configs_the_run_did_not_train() -> None:
+    results = [{"id": i, "torch_threads": 1} for i in bm.config_ids() if i != "mr2ct-phantom-unet25d"]
+    assert "not in the tables: `mr2ct-phantom-unet25d`" in bm.header(True, results)
+    assert "not in the tables" not in bm.header(True, results + [{"id": "mr2ct-phantom-unet25d"}])
+
+
 def test_update_card_performance_rewrites_card_and_readme(tmp_path: Path) -> None:
     from MedTranslateLib.models.card import make_test_card
 

@@ -3,9 +3,10 @@
 The denoiser is MONAI's ``DiffusionModelUNet``; the condition (the normalised source image) is concatenated
 to the noisy target as extra input channels. Its attention (the middle block always has one) runs through
 torch's fused ``scaled_dot_product_attention`` (``use_flash_attention``): the same result as MONAI's default
-einsum path, without materialising the token x token matrix (2.9x faster per 200 x 200 slice on one CPU core). Architecture keys (model card ``architecture``):
-``in_channels`` (source channels), ``out_channels`` (target channels), ``channels``, ``attention_levels``,
-``num_res_blocks``, ``num_head_channels``, ``norm_num_groups`` and the diffusion settings
+einsum path, without materialising the token x token matrix (2.7x faster per denoiser forward on the CPU).
+Architecture keys (model card ``architecture``): ``in_channels`` (source channels), ``out_channels`` (target
+channels), ``channels``, ``attention_levels``, ``num_res_blocks``, ``num_head_channels``, ``norm_num_groups`` and
+the diffusion settings
 ``train_timesteps`` (default 1000), ``prediction_type`` ("epsilon" | "v_prediction") and ``schedule``
 (MONAI beta schedule, default "linear_beta"). The card's ``sampling`` gives ``sampler`` ("ddim" | "ddpm"),
 ``steps`` (default 20) and ``eta`` (default 0). Training option ``masked_loss`` (default False) restricts
