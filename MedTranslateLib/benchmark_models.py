@@ -14,7 +14,8 @@ subjects), so a package is always scored on data it never saw in training:
   references are put on the model's output scale (the card's output normalisation, per volume).
 
 Metrics are the SynthRAD 2023 definitions of :mod:`MedTranslateLib.evaluation.metrics` (CT: MAE/PSNR/SSIM in HU,
-per-tissue MAE, bone Dice; MR: MAE on the 0-1000 output scale, PSNR/SSIM on [0, 1]-normalised images).
+per-tissue MAE, bone Dice; MR: MAE on the model's 0-1000 output scale and, to rank models whose output
+normalisations differ, on a common scale (:func:`mae_on_common_scale`); PSNR/SSIM on [0, 1]-normalised images).
 Uncertainty vs error (:func:`~MedTranslateLib.evaluation.uncertainty.uncertainty_error_relation`) is measured for
 the U-Net and pix2pix (flip test-time augmentation spread), the random forest (spread across trees) and diffusion
 (spread of the samples averaged into its prediction).
@@ -137,19 +138,37 @@ def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str,
     return np.asarray(denormalize(normalised, spec), dtype=np.float32)
 
 
+def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spec: dict[str, Any]) -> float:
+    """MR MAE that compares models with different output normalisations: the prediction is mapped back to the
+    reference's own units with the reference's statistics under ``spec`` (what a per-volume calibrated output
+    would be), then both are put on the reference's 0-1000 scale between its 0.5th and 99.5th percentiles in
+    the mask (the reference clipped to that range). For a percentile [0.5, 99.5] model this is its MAE."""
+    from MedTranslateLib.preprocess.normalization import denormalize, normalize, output_to_unit
+
+    _, params = normalize(ref, mask, spec)
+    physical = denormalize(output_to_unit(pred, spec), spec, params)
+    lo, hi = (float(v) for v in np.percentile(ref[mask], [0.5, 99.5]))
+    hi = hi if hi > lo else lo + 1.0
+    diff = np.abs(physical[mask] - np.clip(ref[mask], lo, hi))
+    return float(diff.mean() * 1000.0 / (hi - lo))
+
+
 def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOut, card: dict[str, Any],
                std: np.ndarray | None = None) -> dict[str, Any]:
     """Metrics of one held-out case (restricted to its z-slab), plus uncertainty vs error when ``std`` is given."""
     from MedTranslateLib.evaluation.metrics import compute_metrics
     from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
+    raw = ref
     ref = reference_on_output_scale(ref, mask, card)
     if case.z_range is not None:
         z0, z1 = case.z_range
-        pred, ref, mask = pred[z0:z1], ref[z0:z1], mask[z0:z1]
+        pred, ref, raw, mask = pred[z0:z1], ref[z0:z1], raw[z0:z1], mask[z0:z1]
         std = None if std is None else std[z0:z1]
     modality = "CT" if card["target_modality"].upper() in ("CT", "CBCT") else "MR"
     out: dict[str, Any] = dict(compute_metrics(pred, ref, mask, modality))
+    if modality == "MR":
+        out["mae_common"] = mae_on_common_scale(pred, raw, mask, card["normalization"]["output"])
     if std is not None:
         relation = uncertainty_error_relation(std, np.abs(pred - ref), mask)
         out.update({f"unc_{k}": relation[k] for k in ("pearson", "spearman", "error_top10", "error_bottom10")})
@@ -312,11 +331,16 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def headline_mae(metrics: dict[str, Any]) -> float:
+    """The MAE models are ranked by: HU for CT, the common reference scale for MR (see mae_on_common_scale)."""
+    return float(metrics.get("mae_common", metrics.get("mae", math.inf)))
+
+
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown tables, one per task, sorted by held-out MAE."""
     lines = []
     for task in TASKS:
-        rows = sorted((r for r in results if r["task"] == task.prefix), key=lambda r: r["metrics"].get("mae", 1e9))
+        rows = sorted((r for r in results if r["task"] == task.prefix), key=lambda r: headline_mae(r["metrics"]))
         if not rows:
             continue
         ct = task.prefix.startswith("mr2ct")
@@ -333,7 +357,7 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             family = r["family"] + (f" ({r['sampling_steps']} DDIM steps, "
                                     f"{f'mean of {samples} samples' if samples > 1 else '1 sample'})"
                                     if r.get("sampling_steps") else "")
-            cells = [f"`{r['id']}`", family, _fmt(m.get("mae")), _fmt(psnr, 2), _fmt(ssim, 3)]
+            cells = [f"`{r['id']}`", family, _fmt(headline_mae(m)), _fmt(psnr, 2), _fmt(ssim, 3)]
             if ct:
                 cells += [_fmt(m.get("mae_air")), _fmt(m.get("mae_soft")), _fmt(m.get("mae_bone")),
                           _fmt(m.get("dice_bone"), 3)]
@@ -351,9 +375,10 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
 def summary(rows: Sequence[dict[str, Any]]) -> str:
     """One plain sentence per task: the ranking by held-out MAE and how far each family is behind the best."""
     best = rows[0]
-    behind = ", ".join(f"{r['family']} {r['metrics']['mae']:.1f} (+{r['metrics']['mae'] - best['metrics']['mae']:.1f})"
+    top = headline_mae(best["metrics"])
+    behind = ", ".join(f"{r['family']} {headline_mae(r['metrics']):.1f} (+{headline_mae(r['metrics']) - top:.1f})"
                        for r in rows[1:])
-    text = f"Lowest held-out MAE: **{best['family']}** ({best['metrics']['mae']:.1f})."
+    text = f"Lowest held-out MAE: **{best['family']}** ({top:.1f})."
     if behind:
         text += f" Behind it (MAE, difference): {behind}."
     if "mae_bone" in best["metrics"]:
@@ -379,16 +404,21 @@ Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<i
 (`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
 batches of 8 slices of 128 x 128 for the U-Nets and pix2pix, of 96 x 96 for diffusion (steps and seconds per model
 in the table). GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show
-what this CPU budget buys, not what the families can do. The T1 -> T2 U-Net uses instance norm (its config says why).
+what this CPU budget buys, not what the families can do. The two BraTS U-Nets use instance norm, z-score
+intensities and `contrast_augment` (their configs give the held-out MAE of each step); the BraTS pix2pix and
+diffusion configs still use percentile normalisation.
 The held-out data is recorded in each card's split: MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab;
 the models trained on slices 0-59, 4-slice gap; 1PA003, a slab with almost no bone, was not used); BraTS: patient
 TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR
-targets: MAE on the model's 0-1000 output scale (reference normalised the same way, per volume), PSNR/SSIM on
-[0, 1]-normalised images. Diffusion: DDIM sampling, the prediction is the mean of the samples (count in the family
-column). Uncertainty vs error: U-Net and pix2pix = flip test-time augmentation spread, random forest = spread
-across trees, diffusion = spread of its samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 %
-most / least uncertain voxels). A pork phantom is not a patient and four brains are a tiny cohort: these numbers
-rank the families on this data only. Not for clinical use.
+targets: MAE on a common scale, the reference's 0-1000 range between its 0.5th and 99.5th percentiles in the brain,
+after the prediction is mapped back to the reference's units with the reference's own statistics under the model's
+output normalisation (for percentile-normalised models this is their MAE on their output scale; z-score models
+would otherwise be measured in other units); PSNR/SSIM on [0, 1]-normalised images. Diffusion: DDIM sampling,
+the prediction is the mean of the samples (count in the family column). Uncertainty vs error: U-Net and
+pix2pix = flip test-time augmentation spread, random forest = spread across trees, diffusion = spread of its
+samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 % most / least uncertain voxels).
+A pork phantom is not a patient and four brains are a tiny cohort: these numbers rank the families on this data
+only. Not for clinical use.
 """
 
 

@@ -184,3 +184,26 @@ def test_parallel_evaluation_in_worker_processes(real_data: Path) -> None:
     card = json.loads((BUILTIN_DIR / model_id / "model.json").read_text())
     assert result["id"] == model_id and result["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
     assert result["metrics"]["mae"] == pytest.approx(card["metrics"]["values"]["mae"], rel=0.05)
+
+
+def test_common_scale_mae_compares_percentile_and_zscore_models() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.gamma(4.0, 150.0, (12, 16, 16)).astype(np.float32)
+    mask = np.ones_like(ref, bool)
+    pct = {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True, "output_range": [0.0, 1000.0]}
+    zs = {"method": "zscore", "within_mask": True, "output_range": [0.0, 1000.0]}
+    error = rng.normal(0.0, 40.0, ref.shape).astype(np.float32)   # the same error in the reference's units
+    predictions = {}
+    for name, spec in (("pct", pct), ("z", zs)):
+        card = {"target_modality": "T2", "normalization": {"output": spec}}
+        predictions[name] = bm.reference_on_output_scale(ref + error, mask, card)
+        # a perfect prediction on the model's own scale scores ~0 on the common scale
+        assert bm.mae_on_common_scale(bm.reference_on_output_scale(ref, mask, card), ref, mask, spec) < 5.0
+    lo, hi = np.percentile(ref, [0.5, 99.5])
+    expected = np.abs(error).mean() * 1000 / (hi - lo)
+    common = {n: bm.mae_on_common_scale(predictions[n], ref, mask, s) for n, s in (("pct", pct), ("z", zs))}
+    assert common["pct"] == pytest.approx(expected, rel=0.25) and common["z"] == pytest.approx(expected, rel=0.25)
+    case = bm.HeldOut("c", Path("s"), Path("t"), None)
+    scored = bm.score_case(predictions["z"], ref, mask, case, {"target_modality": "T2", "normalization": {"output": zs}})
+    assert scored["mae_common"] == pytest.approx(common["z"])
+    assert bm.headline_mae(scored) == scored["mae_common"] and bm.headline_mae({"mae": 3.0}) == 3.0

@@ -116,3 +116,36 @@ def test_real_phantom_case_is_prepared_once_with_the_card(real_data):
     assert prepared.reference is not None and prepared.reference["spacing_mm"] == [1.0, 1.0, 1.0]
     sampler = Sampler([prepared], "2d", default_slice_size([prepared], "axial"), seed=0)
     assert sampler.batch(2)["source"].shape[0] == 2
+
+
+def test_contrast_augmentation_is_monotone_keeps_background_and_changes_contrast():
+    from monai.transforms import Compose
+
+    from MedTranslateLib.training.sampling import source_contrast_ops
+
+    rng = np.random.default_rng(0)
+    source = np.full((1, 32, 32), -1.0, dtype=np.float32)
+    source[0, 4:28, 4:28] = rng.uniform(-0.9, 1.0, (24, 24))
+    remap = Compose(source_contrast_ops(prob=1.0))
+    changed = 0
+    for seed in range(8):
+        remap.set_random_state(seed=seed)
+        out = np.asarray(remap({"source": source.copy()})["source"])
+        assert out.shape == source.shape and np.isfinite(out).all()
+        assert np.allclose(out[source == -1.0], -1.0, atol=1e-5)      # background stays background
+        assert np.isclose(out.max(), source.max(), atol=1e-4)
+        order = np.argsort(source.ravel(), kind="stable")
+        assert np.all(np.diff(out.ravel()[order]) >= -1e-5)          # monotone: tissue order kept
+        body = source[0, 4:28, 4:28].ravel()
+        fit = np.polyval(np.polyfit(body, out[0, 4:28, 4:28].ravel(), 1), body)
+        changed += float(np.abs(fit - out[0, 4:28, 4:28].ravel()).max()) > 0.02   # not just a linear rescale
+    assert changed >= 6
+
+
+def test_contrast_augment_config_reaches_the_sampler():
+    from MedTranslateLib.training.config import config_from_dict
+
+    assert config_from_dict({"train": {"contrast_augment": True}}).contrast_augment is True
+    sampler = Sampler([_case()], "2d", (32, 32), seed=5, contrast_augment=True)
+    assert sampler.augment is not None
+    assert Sampler([_case()], "2d", (32, 32), seed=5).augment is None

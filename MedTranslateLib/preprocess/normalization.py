@@ -146,6 +146,13 @@ def denormalize(array: np.ndarray, spec: Mapping[str, Any], params: Mapping[str,
     return _unit_to_linear(array, lo, hi, clip=True)
 
 
+def output_to_unit(array: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """Inverse of :func:`denormalize` without parameters: a model output in the spec's physical range
+    (``range`` for clip, ``output_range`` otherwise) back to network units [-1, 1] (clipped)."""
+    lo, hi = _inverse_bounds(spec, None)
+    return _linear_to_unit(array, lo, hi)
+
+
 def denormalize_std(std: np.ndarray, spec: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> np.ndarray:
     """Scale a standard deviation in network units to physical units (the slope of :func:`denormalize`)."""
     lo, hi = _inverse_bounds(spec, params)

@@ -62,6 +62,7 @@ class TrainConfig:
     log_interval: int = 10
     body_fraction: float = 0.9                       # share of samples centred on a body voxel
     augment: bool = False
+    contrast_augment: bool = False                   # random monotone source-contrast remapping (other sequences)
     family_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     deterministic: bool = False

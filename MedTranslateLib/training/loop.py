@@ -263,7 +263,8 @@ class _Run:
         # each rank its share of the subjects (unpaired data: every rank keeps sources AND targets)
         cases = distributed.shard(self.data.train, self.ctx) if paired else self.data.train
         return Sampler(cases, config.dimensionality, size, config.slice_axis, config.n_context,
-                       config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1), config.augment)
+                       config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1), config.augment,
+                       config.contrast_augment)
 
     def _total_steps(self, sampler: Sampler) -> int:
         config = self.config

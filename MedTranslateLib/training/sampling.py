@@ -135,7 +135,7 @@ class Sampler:
 
     def __init__(self, cases: Sequence[PreparedCase], dimensionality: str, size: Sequence[int],
                  slice_axis: str = "axial", context: int = 0, body_fraction: float = 0.9, seed: int = 0,
-                 augment: bool = False) -> None:
+                 augment: bool = False, contrast_augment: bool = False) -> None:
         if not cases:
             raise ConfigError("No training cases to sample from.", "Check the data and the split.")
         self.dims = 3 if dimensionality == "3d" else 2
@@ -153,7 +153,7 @@ class Sampler:
             raise ConfigError("Training needs cases with a source and cases with a target.", "Check the data.")
         self.paired = all(c.source is not None and c.target is not None for c in self.cases)
         self._centres = {id(c): self._body_centres(c.mask) for c in self.cases}
-        self.augment = self._augmentation(seed) if augment else None
+        self.augment = self._augmentation(seed, contrast_augment) if (augment or contrast_augment) else None
 
     def _body_centres(self, mask: np.ndarray) -> np.ndarray:
         flat = np.flatnonzero(mask)
@@ -211,8 +211,14 @@ class Sampler:
         items = [self.sample() for _ in range(batch_size)]
         return {k: np.stack([it[k] for it in items]).astype(np.float32) for k in items[0]}
 
-    def _augmentation(self, seed: int) -> Callable[[dict], dict]:
-        """MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source only."""
+    def _augmentation(self, seed: int, contrast: bool = False) -> Callable[[dict], dict]:
+        """MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source only.
+
+        ``contrast``: also a random monotone remapping of the source's intensities (gamma, then a random
+        piecewise-linear histogram shift), so that a model trained on one sequence's contrast (e.g. spin-echo
+        T1) has seen others (e.g. MPRAGE). Both keep the sample's minimum and maximum fixed, so the -1
+        background stays -1.
+        """
         from monai import transforms as T
 
         keys = ["source", "target", "mask"] + ([] if self.paired else ["target_mask"])
@@ -222,12 +228,23 @@ class Sampler:
             ops.append(T.RandAffined(keys, prob=0.3, rotate_range=[0.1] * (1 if self.dims == 2 else 3),
                                      scale_range=[0.05] * self.dims, mode=["bilinear", "bilinear", "nearest"],
                                      padding_mode="border"))
+        if contrast:
+            ops += source_contrast_ops()
         ops += [T.RandScaleIntensityd("source", factors=0.1, prob=0.5),
                 T.RandShiftIntensityd("source", offsets=0.05, prob=0.5)]
         compose = T.Compose(ops)
         compose.set_random_state(seed=seed)
         # 2D samples are (C, H, W) already; the MONAI transforms expect channel-first arrays.
         return lambda item: {k: np.asarray(v) for k, v in compose(dict(item)).items()}
+
+
+def source_contrast_ops(prob: float = 0.5) -> list[Any]:
+    """Random monotone remappings of the ``source`` key that keep its minimum and maximum: a gamma in
+    [0.5, 2] and a piecewise-linear histogram shift (5-10 control points), each with probability ``prob``."""
+    from monai import transforms as T
+
+    return [T.RandAdjustContrastd("source", prob=prob, gamma=(0.5, 2.0)),
+            T.RandHistogramShiftd("source", num_control_points=(5, 10), prob=prob)]
 
 
 def default_slice_size(cases: Sequence[PreparedCase], slice_axis: str, cap: int = 256) -> tuple[int, int]:
