@@ -149,3 +149,14 @@ def test_contrast_augment_config_reaches_the_sampler():
     sampler = Sampler([_case()], "2d", (32, 32), seed=5, contrast_augment=True)
     assert sampler.augment is not None
     assert Sampler([_case()], "2d", (32, 32), seed=5).augment is None
+
+
+def test_contrast_augment_alone_keeps_geometry():
+    case = _case()
+    plain = Sampler([case], "2d", (32, 32), seed=6)
+    remapped = Sampler([case], "2d", (32, 32), seed=6, contrast_augment=True)
+    for _ in range(6):
+        a, b = plain.sample(), remapped.sample()
+        assert np.array_equal(a["target"], b["target"]) and np.array_equal(a["mask"], b["mask"])
+        order = np.argsort(a["source"].ravel(), kind="stable")
+        assert np.all(np.diff(b["source"].ravel()[order]) >= -1e-5)   # same voxels, monotone remap only

@@ -153,7 +153,7 @@ class Sampler:
             raise ConfigError("Training needs cases with a source and cases with a target.", "Check the data.")
         self.paired = all(c.source is not None and c.target is not None for c in self.cases)
         self._centres = {id(c): self._body_centres(c.mask) for c in self.cases}
-        self.augment = self._augmentation(seed, contrast_augment) if (augment or contrast_augment) else None
+        self.augment = self._augmentation(seed, augment, contrast_augment) if (augment or contrast_augment) else None
 
     def _body_centres(self, mask: np.ndarray) -> np.ndarray:
         flat = np.flatnonzero(mask)
@@ -211,10 +211,10 @@ class Sampler:
         items = [self.sample() for _ in range(batch_size)]
         return {k: np.stack([it[k] for it in items]).astype(np.float32) for k in items[0]}
 
-    def _augmentation(self, seed: int, contrast: bool = False) -> Callable[[dict], dict]:
-        """MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source only.
+    def _augmentation(self, seed: int, basic: bool = True, contrast: bool = False) -> Callable[[dict], dict]:
+        """``basic``: MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source.
 
-        ``contrast``: also a random monotone remapping of the source's intensities (gamma, then a random
+        ``contrast``: a random monotone remapping of the source's intensities (gamma, then a random
         piecewise-linear histogram shift), so that a model trained on one sequence's contrast (e.g. spin-echo
         T1) has seen others (e.g. MPRAGE). Both keep the sample's minimum and maximum fixed, so the -1
         background stays -1.
@@ -223,15 +223,18 @@ class Sampler:
 
         keys = ["source", "target", "mask"] + ([] if self.paired else ["target_mask"])
         spatial = tuple(range(self.dims))
-        ops: list[Any] = [T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in spatial[-2:]]
-        if self.paired:  # geometric warps must stay identical for source and target
-            ops.append(T.RandAffined(keys, prob=0.3, rotate_range=[0.1] * (1 if self.dims == 2 else 3),
-                                     scale_range=[0.05] * self.dims, mode=["bilinear", "bilinear", "nearest"],
-                                     padding_mode="border"))
+        ops: list[Any] = []
+        if basic:
+            ops += [T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in spatial[-2:]]
+            if self.paired:  # geometric warps must stay identical for source and target
+                ops.append(T.RandAffined(keys, prob=0.3, rotate_range=[0.1] * (1 if self.dims == 2 else 3),
+                                         scale_range=[0.05] * self.dims, mode=["bilinear", "bilinear", "nearest"],
+                                         padding_mode="border"))
         if contrast:
             ops += source_contrast_ops()
-        ops += [T.RandScaleIntensityd("source", factors=0.1, prob=0.5),
-                T.RandShiftIntensityd("source", offsets=0.05, prob=0.5)]
+        if basic:
+            ops += [T.RandScaleIntensityd("source", factors=0.1, prob=0.5),
+                    T.RandShiftIntensityd("source", offsets=0.05, prob=0.5)]
         compose = T.Compose(ops)
         compose.set_random_state(seed=seed)
         # 2D samples are (C, H, W) already; the MONAI transforms expect channel-first arrays.
