@@ -224,7 +224,8 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
     weights = package.weights_path()
     keys = sorted({k for r in rows for k in r if isinstance(r[k], (int, float)) and k != "voxels"})
     mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
-    return {"id": card["id"], "family": card["family"], "task": task_of(card["id"]).prefix,
+    return {"id": card["id"], "family": card["family"], "dimensionality": card.get("dimensionality", "2d"),
+            "task": task_of(card["id"]).prefix,
             "path": str(path), "voxels": rows[0]["voxels"], "cases": [r["case"] for r in rows], "metrics": mean,
             "per_case": rows,
             "card_metrics": (card.get("metrics") or {}).get("values", {}),
@@ -336,6 +337,12 @@ def headline_mae(metrics: dict[str, Any]) -> float:
     return float(metrics.get("mae_common", metrics.get("mae", math.inf)))
 
 
+def model_label(result: dict[str, Any]) -> str:
+    """The family, with the dimensionality when it is not 2D (``unet 2.5D``)."""
+    dims = str(result.get("dimensionality") or "2d").upper()
+    return result["family"] + ("" if dims == "2D" else f" {dims}")
+
+
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown tables, one per task, sorted by held-out MAE."""
     lines = []
@@ -354,7 +361,7 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             m = r["metrics"]
             psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
             samples = int(r.get("samples") or 1)
-            family = r["family"] + (f" ({r['sampling_steps']} DDIM steps, "
+            family = model_label(r) + (f" ({r['sampling_steps']} DDIM steps, "
                                     f"{f'mean of {samples} samples' if samples > 1 else '1 sample'})"
                                     if r.get("sampling_steps") else "")
             cells = [f"`{r['id']}`", family, _fmt(headline_mae(m)), _fmt(psnr, 2), _fmt(ssim, 3)]
@@ -376,14 +383,14 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
     """One plain sentence per task: the ranking by held-out MAE and how far each family is behind the best."""
     best = rows[0]
     top = headline_mae(best["metrics"])
-    behind = ", ".join(f"{r['family']} {headline_mae(r['metrics']):.1f} (+{headline_mae(r['metrics']) - top:.1f})"
+    behind = ", ".join(f"{model_label(r)} {headline_mae(r['metrics']):.1f} (+{headline_mae(r['metrics']) - top:.1f})"
                        for r in rows[1:])
-    text = f"Lowest held-out MAE: **{best['family']}** ({top:.1f})."
+    text = f"Lowest held-out MAE: **{model_label(best)}** ({top:.1f})."
     if behind:
         text += f" Behind it (MAE, difference): {behind}."
     if "mae_bone" in best["metrics"]:
         bone = min(rows, key=lambda r: r["metrics"].get("mae_bone", math.inf))
-        text += (f" Best bone MAE: {bone['family']} ({bone['metrics']['mae_bone']:.1f} HU, Dice "
+        text += (f" Best bone MAE: {model_label(bone)} ({bone['metrics']['mae_bone']:.1f} HU, Dice "
                  f"{bone['metrics'].get('dice_bone', math.nan):.3f}).")
     return text
 

@@ -207,3 +207,9 @@ def test_common_scale_mae_compares_percentile_and_zscore_models() -> None:
     scored = bm.score_case(predictions["z"], ref, mask, case, {"target_modality": "T2", "normalization": {"output": zs}})
     assert scored["mae_common"] == pytest.approx(common["z"])
     assert bm.headline_mae(scored) == scored["mae_common"] and bm.headline_mae({"mae": 3.0}) == 3.0
+
+
+def test_model_label_names_non_2d_models() -> None:
+    assert bm.model_label({"family": "unet", "dimensionality": "2.5d"}) == "unet 2.5D"
+    assert bm.model_label({"family": "unet", "dimensionality": "2d"}) == "unet"
+    assert bm.model_label({"family": "pix2pix"}) == "pix2pix"
