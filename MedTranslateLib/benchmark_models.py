@@ -143,11 +143,12 @@ def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spe
     reference's own units with the reference's statistics under ``spec`` (what a per-volume calibrated output
     would be), then both are put on the reference's 0-1000 scale between its 0.5th and 99.5th percentiles in
     the mask (the reference clipped to that range). For a percentile [0.5, 99.5] model this is its MAE."""
+    from MedTranslateLib.evaluation.metrics import MR_PERCENTILES
     from MedTranslateLib.preprocess.normalization import denormalize, normalize, output_to_unit
 
     _, params = normalize(ref, mask, spec)
     physical = denormalize(output_to_unit(pred, spec), spec, params)
-    lo, hi = (float(v) for v in np.percentile(ref[mask], [0.5, 99.5]))
+    lo, hi = (float(v) for v in np.percentile(ref[mask], MR_PERCENTILES))  # the MR PSNR/SSIM window
     hi = hi if hi > lo else lo + 1.0
     diff = np.abs(physical[mask] - np.clip(ref[mask], lo, hi))
     return float(diff.mean() * 1000.0 / (hi - lo))
