@@ -33,6 +33,9 @@ class ProgressEvent:
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
+#: share of a stage that must be done before its pace is trusted for the time left
+MIN_STAGE_FRACTION = 0.02
+
 
 class CancelToken:
     """A thread-safe flag that long work polls between batches."""
@@ -55,7 +58,11 @@ class CancelToken:
 class ProgressTracker:
     """Turns per-stage progress into overall progress with a time-left estimate.
 
-    ``stages`` maps stage names to relative weights (expected share of the run time).
+    ``stages`` maps stage names to relative weights (expected share of the run time). The time left is
+    extrapolated from the current stage's own pace (its seconds per unit of weight, applied to all the weight
+    still to do), not from the whole run's: a quick data-loading stage would otherwise make a long training
+    look almost finished. It is None until the current stage is :data:`MIN_STAGE_FRACTION` done.
+    ``clock`` (seconds, monotonic) is injectable for tests.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class ProgressTracker:
         callback: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         min_interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         total = sum(w for _, w in stages) or 1.0
         self._weights = {name: w / total for name, w in stages}
@@ -74,7 +82,9 @@ class ProgressTracker:
             acc += self._weights[name]
         self.callback = callback
         self.cancel_token = cancel or CancelToken()
-        self._start = time.monotonic()
+        self._clock = clock
+        self._start = clock()
+        self._stage_start = self._start
         self._stage = stages[0][0] if stages else "work"
         self._last_emit = 0.0
         self._min_interval = min_interval
@@ -88,6 +98,7 @@ class ProgressTracker:
         """Enter a stage (stages not declared up front get no weight)."""
         self.check()
         self._stage = name
+        self._stage_start = self._clock()
         self.update(0.0, message, force=True)
 
     def update(self, stage_fraction: float, message: str = "", force: bool = False) -> None:
@@ -97,19 +108,28 @@ class ProgressTracker:
         weight = self._weights.get(self._stage, 0.0)
         fraction = self._offsets.get(self._stage, self.fraction) + weight * stage_fraction
         self.fraction = max(self.fraction, min(fraction, 1.0))
-        now = time.monotonic()
+        now = self._clock()
         if not force and stage_fraction < 1.0 and now - self._last_emit < self._min_interval:
             return
         self._last_emit = now
         elapsed = now - self._start
-        eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0.02 else None
         if self.callback is not None:
+            eta = self._time_left(stage_fraction, weight, now)
             self.callback(ProgressEvent(self._stage, self.fraction, stage_fraction, eta, elapsed, message))
+
+    def _time_left(self, stage_fraction: float, weight: float, now: float) -> float | None:
+        """Seconds left for the whole job at the current stage's pace (None while it cannot be told)."""
+        if weight <= 0.0:  # a stage not declared up front: only the run's average pace is known
+            return (now - self._start) * (1.0 - self.fraction) / self.fraction if self.fraction > 0.02 else None
+        if stage_fraction < MIN_STAGE_FRACTION:
+            return None
+        seconds_per_weight = (now - self._stage_start) / (weight * stage_fraction)
+        return seconds_per_weight * (1.0 - self.fraction)
 
     def done(self, message: str = "done") -> None:
         self.fraction = 1.0
         if self.callback is not None:
-            elapsed = time.monotonic() - self._start
+            elapsed = self._clock() - self._start
             self.callback(ProgressEvent(self._stage, 1.0, 1.0, 0.0, elapsed, message))
 
     def check(self) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
 from MedTranslateLib.errors import Cancelled, DeviceError, ModelError
 from MedTranslateLib.families.base import InferenceOptions
-from MedTranslateLib.inference.engine import CPU_FALLBACK_WARNING, BatchRunner, predict_volume
+from MedTranslateLib.inference import engine
+from MedTranslateLib.inference.engine import CPU_FALLBACK_WARNING, BatchRunner, is_out_of_memory, predict_volume
 from MedTranslateLib.progress import CancelToken, ProgressTracker
 
 CPU = torch.device("cpu")
@@ -205,12 +208,13 @@ def test_deterministic_std_none_and_tta_flips_back():
 
 
 class OOMAbove:
-    """Raises CUDA out-of-memory for batches larger than ``limit`` (or always until moved to the CPU)."""
+    """Raises out-of-memory for batches larger than ``limit`` (or always until moved to the CPU)."""
 
     stochastic = False
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, error: Exception | None = None) -> None:
         self.limit = limit
+        self.error = error or torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
         self.moved_to: torch.device | None = None
         self.sizes: list[int] = []
 
@@ -220,9 +224,18 @@ class OOMAbove:
 
     def __call__(self, source, generator=None):
         if self.moved_to is None and (self.limit is None or source.shape[0] > self.limit):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+            raise self.error
         self.sizes.append(source.shape[0])
         return source[:, :1].clone()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Lets the engine run on a torch.device("cuda") without one: tensors stay on the CPU."""
+    monkeypatch.setattr(engine, "to_device_layout", lambda inputs, device, channels_last=None: inputs.float())
+    monkeypatch.setattr(engine, "forward_context", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return torch.device("cuda")
 
 
 def test_oom_retries_with_half_batch():
@@ -234,23 +247,64 @@ def test_oom_retries_with_half_batch():
     assert result.warnings == []
 
 
-def test_oom_at_batch_one_falls_back_to_cpu_with_warning():
+def test_gpu_oom_at_batch_one_falls_back_to_cpu_with_warning(fake_gpu):
     array = volume((6, 8, 8))
     predictor = OOMAbove(limit=None)
-    result = run(array, None, card("2d", batch_size=4), predictor)
+    result = predict_volume(array, None, card("2d"), predictor, InferenceOptions(extra={"batch_size": 4}), fake_gpu,
+                            ProgressTracker())
     np.testing.assert_array_equal(result.mean, array)
     assert predictor.moved_to == CPU and result.warnings == [CPU_FALLBACK_WARNING]
+    assert result.stats["device"] == "cpu"
 
 
-def test_oom_without_fallback_is_a_device_error():
+@pytest.mark.parametrize("message", ["CUDA error: out of memory",
+                                     "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                                     "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"])
+def test_library_allocation_failures_are_handled_as_out_of_memory(fake_gpu, message):
+    predictor = OOMAbove(limit=1, error=RuntimeError(message))
+    runner = BatchRunner(predictor, fake_gpu, 4)
+    out = runner(torch.ones(5, 1, 4, 4))
+    assert out.shape == (5, 1, 4, 4) and runner.batch_size == 1 and predictor.moved_to is None
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory():
+    assert not is_out_of_memory(RuntimeError("Given groups=1, weight of size [8, 1, 3, 3], expected input"))
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+
+    class Broken:
+        stochastic = False
+
+        def __call__(self, source, generator=None):
+            raise RuntimeError("shape mismatch (test)")
+
+    runner = BatchRunner(Broken(), CPU, 4)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        runner(torch.zeros(4, 1, 4, 4))
+    assert runner.batch_size == 4
+
+
+def test_cpu_out_of_memory_halves_the_batch_then_is_one_clear_error():
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 4294967296 bytes.")
+    predictor = OOMAbove(limit=2, error=cpu_oom)
+    runner = BatchRunner(predictor, CPU, 8)
+    assert runner(torch.ones(6, 1, 4, 4)).shape == (6, 1, 4, 4)
+    assert runner.batch_size == 2 and predictor.moved_to is None
+    hopeless = OOMAbove(limit=0, error=cpu_oom)
+    with pytest.raises(DeviceError, match="computer ran out of memory"):
+        BatchRunner(hopeless, CPU, 2)(torch.zeros(2, 1, 4, 4))
+    assert hopeless.moved_to is None  # nothing to fall back to on the CPU
+
+
+def test_oom_without_fallback_is_a_device_error(fake_gpu):
     class Stuck:
         stochastic = False
 
         def __call__(self, source, generator=None):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
 
-    with pytest.raises(DeviceError):
-        BatchRunner(Stuck(), CPU, 2)(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(DeviceError, match="even with one slice"):
+        BatchRunner(Stuck(), fake_gpu, 2)(torch.zeros(2, 1, 4, 4))
 
 
 def test_3d_oom_retry_splits_windows():

@@ -31,6 +31,11 @@ DEFAULT_BATCH_3D = 2
 CUDA_MIN_BATCH_2D = 64
 SLAB = 16  # slices per step when accumulating mean / std (bounds temporary memory)
 
+#: how allocation failures read when they do not come as ``torch.cuda.OutOfMemoryError``: cuBLAS / cuDNN workspace
+#: allocations and the CPU allocator raise plain ``RuntimeError``s with these in the message
+MEMORY_ERROR_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                        "DefaultCPUAllocator: not enough memory", "DefaultCPUAllocator: can't allocate memory")
+
 CPU_FALLBACK_WARNING = ("The GPU ran out of memory even with one slice (or patch) at a time; the rest of the "
                         "volume was computed on the CPU (slower). Close other GPU programs or use a smaller model.")
 
@@ -43,6 +48,13 @@ class Prediction:
     std: np.ndarray | None
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # units (slices / windows) per pass, unit shape, passes
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says a device (GPU or CPU) ran out of memory."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in MEMORY_ERROR_MARKERS)
 
 
 def to_device_layout(inputs: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
@@ -72,8 +84,9 @@ def forward_context(device: torch.device) -> Any:
 
 
 class BatchRunner:
-    """Feeds batches to a predictor on a device with mixed precision; on CUDA out-of-memory it retries with
-    half the batch, and at batch size 1 falls back to the CPU (when the predictor has a ``to`` method)."""
+    """Feeds batches to a predictor on a device with mixed precision; when the device runs out of memory it
+    retries with half the batch, and on CUDA at batch size 1 falls back to the CPU (when the predictor has a
+    ``to`` method)."""
 
     def __init__(self, predictor: Predictor, device: torch.device, batch_size: int) -> None:
         self.predictor = predictor
@@ -108,6 +121,9 @@ class BatchRunner:
         if self.batch_size > 1:
             self.batch_size = max(1, self.batch_size // 2)
             return
+        if self.device.type == "cpu" and not self.fell_back:
+            raise DeviceError("The computer ran out of memory even with one slice (or patch) at a time.",
+                              "Close other programs, or translate a smaller (cropped or resampled) volume.")
         move = getattr(self.predictor, "to", None)
         if self.fell_back or move is None:
             raise DeviceError("The device ran out of memory even with one slice (or patch) at a time.",
@@ -126,7 +142,9 @@ class BatchRunner:
             size = min(self.batch_size, batch.shape[0] - start)
             try:
                 out = self._forward(batch[start:start + size])
-            except torch.cuda.OutOfMemoryError:
+            except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
+                if not is_out_of_memory(error):
+                    raise
                 self._recover_from_oom()
                 continue
             outputs.append(out.to(batch.device))
