@@ -192,9 +192,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPoll(self) -> None:
         status = self.logic.translation.poll()
         self.ui.progressBar.value = int(round(100 * status.fraction))
-        eta = f", about {status.eta_seconds:.0f} s left" if status.eta_seconds is not None else ""
-        self.ui.statusLabel.text = f"{status.stage}{eta}: {status.message}" if status.state == "running" \
-            else status.message
+        self.ui.statusLabel.text = status.text()
         if status.state == "running":
             return
         self._timer.stop()

@@ -37,6 +37,21 @@ ProgressCallback = Callable[[ProgressEvent], None]
 MIN_STAGE_FRACTION = 0.02
 
 
+def format_duration(seconds: float | None) -> str:
+    """A time left for people: ``"45 s"``, ``"3 min 20 s"``, ``"1 h 10 min"``; ``""`` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return ""
+    total = int(round(seconds))
+    if total < 60:
+        return f"{total} s"
+    if total < 600:
+        return f"{total // 60} min {total % 60:02d} s"
+    minutes = int(round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 class CancelToken:
     """A thread-safe flag that long work polls between batches."""
 

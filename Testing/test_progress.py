@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from MedTranslateLib.errors import Cancelled
-from MedTranslateLib.progress import CancelToken, ProgressTracker
+from MedTranslateLib.cli.progress_display import progress_display
+from MedTranslateLib.progress import CancelToken, ProgressEvent, ProgressTracker, format_duration
 
 
 class FakeClock:
@@ -65,3 +66,15 @@ def test_fraction_never_goes_back_and_cancel_raises():
     token.cancel()
     with pytest.raises(Cancelled):
         tracker.update(0.7)
+
+
+@pytest.mark.parametrize("seconds,text", [(None, ""), (float("nan"), ""), (-1.0, ""), (0.4, "0 s"), (44.6, "45 s"),
+                                          (200.0, "3 min 20 s"), (4186.0, "1 h 10 min"), (1800.0, "30 min")])
+def test_time_left_in_words(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_command_line_bar_shows_the_trackers_time_left(capsys):
+    with progress_display("rich", "translate") as callback:
+        callback(ProgressEvent("inference", 0.4, 0.5, 200.0, 10.0, "half"))
+    assert "3 min 20 s left" in capsys.readouterr().err

@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "MedTranslate"))
 from test_slicer_fakeworker import fake_worker_command  # noqa: E402
 
 from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,  # noqa: E402
-                                      output_name_for)
+                                      TranslationStatus, output_name_for)
 from MedTranslateModule.process import parse_worker_line  # noqa: E402
 
 IJK_TO_RAS = np.array([[0.0, -1.2, 0.0, 30.5], [-0.9, 0.0, 0.0, 12.25], [0.0, 0.0, 2.5, -40.0], [0, 0, 0, 1]])
@@ -295,3 +295,11 @@ def test_nvidia_driver_detection_follows_path(tmp_path, monkeypatch):
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
     assert nvidia_driver_present()
+
+
+def test_status_line_shows_the_time_left_in_words_while_running():
+    running = TranslationStatus(state="running", stage="inference", eta_seconds=4186.0, message="12/155 slices")
+    assert running.text() == "inference, about 1 h 10 min left: 12/155 slices"
+    running.eta_seconds = None
+    assert running.text() == "inference: 12/155 slices"
+    assert TranslationStatus(state="done", eta_seconds=3.0, message="finished").text() == "finished"

@@ -201,6 +201,32 @@ def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_out_of_memory_while_training_is_one_clear_error_with_a_resumable_checkpoint(tmp_path, monkeypatch):
+    _require_backend()
+    import torch
+
+    from MedTranslateLib.errors import DeviceError
+    from MedTranslateLib.families.unet import UNetFamily
+    from MedTranslateLib.training.loop import train
+
+    real_step, calls = UNetFamily.training_step, []
+
+    def step_then_oom(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNetFamily, "training_step", step_then_oom)
+    config = _config(tmp_path, steps=50, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=100)
+    with pytest.raises(DeviceError, match="ran out of memory at training step 3") as caught:
+        train(config)
+    assert "batch_size" in caught.value.fix and "--resume" in caught.value.fix
+    state = json.loads((config.work_path / "checkpoint" / "state.json").read_text())
+    assert state["state"]["step"] == 2
+    assert not (tmp_path / "pkg").exists()
+
+
 def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
     _require_backend()
     import shutil

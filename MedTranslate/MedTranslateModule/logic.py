@@ -55,6 +55,15 @@ class TranslationStatus:
     output_node: Any = None
     uncertainty_node: Any = None
 
+    def text(self) -> str:
+        """The status line for the panel: stage, time left and message while running, else the message."""
+        if self.state != "running":
+            return self.message
+        from MedTranslateLib.progress import format_duration
+
+        left = format_duration(self.eta_seconds)
+        return f"{self.stage}{f', about {left} left' if left else ''}: {self.message}"
+
 
 def output_name_for(input_name: str, target_modality: str) -> str:
     """``<input>_synthetic_<target>``, the default name of the output volume."""

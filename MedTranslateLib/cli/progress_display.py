@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from MedTranslateLib.progress import ProgressCallback, ProgressEvent
+from MedTranslateLib.progress import ProgressCallback, ProgressEvent, format_duration
 
 
 def emit_json(event: str, **fields: Any) -> None:
@@ -31,16 +31,18 @@ def progress_display(mode: str, description: str = "") -> Iterator[ProgressCallb
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    # the time left is the tracker's (the current stage's pace), the same figure the Slicer panel shows
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                  TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=console,
                   transient=False) as bar:
-        task = bar.add_task(description or "working", total=1.0)
+        task = bar.add_task(description or "working", total=1.0, left="")
 
         def callback(event: ProgressEvent) -> None:
             label = f"{description} {event.stage}" if description else event.stage
-            bar.update(task, completed=event.fraction, description=label)
+            left = format_duration(event.eta_seconds)
+            bar.update(task, completed=event.fraction, description=label, left=f"{left} left" if left else "")
 
         yield callback

@@ -279,9 +279,10 @@ class _Run:
 
     def gradient_train(self) -> None:
         """Optimisation steps with logging, periodic validation, best-model selection and checkpoints."""
+        import torch
         from safetensors.torch import load_file
 
-        from MedTranslateLib.errors import Cancelled
+        from MedTranslateLib.errors import Cancelled, DeviceError
         from MedTranslateLib.families.base import pack_state
 
         config, family = self.config, self.family
@@ -332,6 +333,18 @@ class _Run:
             if self.ctx.is_main and self.step > first:
                 save()  # cancelled: keep the progress so the run can be resumed
             raise
+        except RuntimeError as error:
+            from MedTranslateLib.inference.engine import is_out_of_memory
+
+            if not is_out_of_memory(error):
+                raise
+            if self.ctx.is_main and self.step > first:
+                save()
+            where = "GPU" if torch.device(self.device).type == "cuda" else "computer"
+            raise DeviceError(f"The {where} ran out of memory at training step {self.step + 1} (batch_size "
+                              f"{config.batch_size}); the progress so far is saved in {ckpt_dir}.",
+                              "Lower train.batch_size or model.slice_size / patch_size (or set train.amp = true on "
+                              "a GPU), then run again with --resume.") from None
         if self.best_state is None:  # no validation data: the last weights are the result
             self.best_state = pack_state(self.nets, self.inference_names)
 
