@@ -88,6 +88,8 @@ def test_train_lowers_loss_and_exports_valid_package(tmp_path):
     assert train_events and key in train_events[-1].message
     assert all(b.fraction >= a.fraction for a, b in zip(events, events[1:]))
     assert any(e.eta_seconds is not None for e in train_events)
+    held_out = [e for e in events if e.stage == "evaluate" and e.message.startswith("held-out case 1/1")]
+    assert any(e.message.endswith("slices") for e in held_out) and held_out[-1].stage_fraction == 1.0
     # package: valid card with held-out TEST metrics and the split recorded by subject
     card = json.loads((result.package / "model.json").read_text())
     jsonschema.validate(card, _schema())

@@ -97,9 +97,12 @@ def _metric_modality(target_modality: str) -> str:
 
 
 def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, Any],
-                      cases: Sequence[PreparedCase], device: Any, tracker: ProgressTracker | None = None
-                      ) -> list[dict[str, float]]:
-    """Predict each case through the inference engine, de-normalise, and compute metrics in physical units."""
+                      cases: Sequence[PreparedCase], device: Any, tracker: ProgressTracker | None = None,
+                      report_progress: bool = False) -> list[dict[str, float]]:
+    """Predict each case through the inference engine, de-normalise, and compute metrics in physical units.
+
+    ``tracker`` gives the cancel token; with ``report_progress`` the cases' progress is also reported as the
+    tracker's current stage (the held-out evaluation of a diffusion model can take minutes)."""
     from MedTranslateLib.evaluation.metrics import compute_metrics, mae
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.inference.engine import predict_volume
@@ -113,10 +116,15 @@ def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, A
         predictor = family.make_predictor(dict(nets), card, options)
         spec = card["normalization"]["output"]
         results = []
-        for case in cases:
+        count = len(cases)
+        for index, case in enumerate(cases):
             if case.source is None or case.target is None:
                 continue
-            sub = ProgressTracker(cancel=tracker.cancel_token if tracker else None)
+            forward = None
+            if tracker is not None and report_progress:
+                def forward(event: Any, i: int = index) -> None:
+                    tracker.update((i + event.fraction) / count, f"held-out case {i + 1}/{count}: {event.message}")
+            sub = ProgressTracker(callback=forward, cancel=tracker.cancel_token if tracker else None)
             prediction = predict_volume(case.source, case.mask, card, predictor, options, device, sub)
             pred = np.asarray(denormalize(np.asarray(prediction.mean, dtype=np.float32), spec), dtype=np.float32)
             ref = np.asarray(denormalize(case.target, spec), dtype=np.float32)
@@ -372,7 +380,8 @@ class _Run:
         self.tracker.stage("evaluate", "measuring held-out metrics")
         unpack_state(self.nets, self.best_state, self.inference_names)
         held_cases, metrics_on = (self.data.test, "test") if self.data.test else (self.data.val, "validation")
-        per_case = evaluate_prepared(self.family, self.nets, self.card, held_cases, self.device, self.tracker)
+        per_case = evaluate_prepared(self.family, self.nets, self.card, held_cases, self.device, self.tracker,
+                                     report_progress=True)
         held_out = card_builder.aggregate_metrics(per_case)
         if not per_case:
             metrics_on = "none"
