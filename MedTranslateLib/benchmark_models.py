@@ -412,9 +412,9 @@ Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<i
 (`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
 batches of 8 slices of 128 x 128 for the U-Nets and pix2pix, of 96 x 96 for diffusion (steps and seconds per model
 in the table). GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show
-what this CPU budget buys, not what the families can do. The BraTS U-Nets and pix2pix use instance norm, z-score
-intensities and `contrast_augment` (the U-Net configs give the held-out MAE of each step); the BraTS diffusion
-configs still use percentile normalisation.
+what this CPU budget buys, not what the families can do. All BraTS models use z-score intensities (input and
+output) and `contrast_augment`, the U-Nets and pix2pix also instance norm (the U-Net configs give the held-out MAE
+of each step).
 The held-out data is recorded in each card's split: MR -> CT: slices 64-85 of phantom case 1PA001 (axial z-slab;
 the models trained on slices 0-59, 4-slice gap; 1PA003, a slab with almost no bone, was not used); BraTS: patient
 TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (CT in HU inside the body mask); MR
