@@ -127,26 +127,36 @@ def evaluation_mask(source: Any, mask_path: Path | None, card: dict[str, Any]) -
                                 modality=card.get("source_modality")), dtype=bool)
 
 
-def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]) -> np.ndarray:
-    """CT stays in HU; an MR reference goes through the card's output normalisation (per volume) and back."""
+def _reference_and_statistics(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]
+                              ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The reference on the model's output scale and the per-volume statistics it was normalised with
+    (None for CT, which stays in HU)."""
     from MedTranslateLib.preprocess.normalization import denormalize, normalize
 
     if card["target_modality"].upper() in ("CT", "CBCT"):
-        return ref
+        return ref, None
     spec = card["normalization"]["output"]
-    normalised, _ = normalize(ref, mask, spec)
-    return np.asarray(denormalize(normalised, spec), dtype=np.float32)
+    normalised, params = normalize(ref, mask, spec)
+    return np.asarray(denormalize(normalised, spec), dtype=np.float32), params
 
 
-def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spec: dict[str, Any]) -> float:
+def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]) -> np.ndarray:
+    """CT stays in HU; an MR reference goes through the card's output normalisation (per volume) and back."""
+    return _reference_and_statistics(ref, mask, card)[0]
+
+
+def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spec: dict[str, Any],
+                        params: dict[str, Any] | None = None) -> float:
     """MR MAE that compares models with different output normalisations: the prediction is mapped back to the
-    reference's own units with the reference's statistics under ``spec`` (what a per-volume calibrated output
-    would be), then both are put on the reference's 0-1000 scale between its 0.5th and 99.5th percentiles in
-    the mask (the reference clipped to that range). For a percentile [0.5, 99.5] model this is its MAE."""
+    reference's own units with the reference's statistics under ``spec`` (``params`` from :func:`normalize`,
+    computed here when not given; what a per-volume calibrated output would be), then both are put on the
+    reference's 0-1000 scale between its 0.5th and 99.5th percentiles in the mask (the reference clipped to
+    that range). For a percentile [0.5, 99.5] model this is its MAE."""
     from MedTranslateLib.evaluation.metrics import MR_PERCENTILES
     from MedTranslateLib.preprocess.normalization import denormalize, normalize, output_to_unit
 
-    _, params = normalize(ref, mask, spec)
+    if params is None:
+        _, params = normalize(ref, mask, spec)
     physical = denormalize(output_to_unit(pred, spec), spec, params)
     lo, hi = (float(v) for v in np.percentile(ref[mask], MR_PERCENTILES))  # the MR PSNR/SSIM window
     hi = hi if hi > lo else lo + 1.0
@@ -161,7 +171,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
     from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
     raw = ref
-    ref = reference_on_output_scale(ref, mask, card)
+    ref, params = _reference_and_statistics(ref, mask, card)  # the statistics of the whole volume
     if case.z_range is not None:
         z0, z1 = case.z_range
         pred, ref, raw, mask = pred[z0:z1], ref[z0:z1], raw[z0:z1], mask[z0:z1]
@@ -169,7 +179,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
     modality = "CT" if card["target_modality"].upper() in ("CT", "CBCT") else "MR"
     out: dict[str, Any] = dict(compute_metrics(pred, ref, mask, modality))
     if modality == "MR":
-        out["mae_common"] = mae_on_common_scale(pred, raw, mask, card["normalization"]["output"])
+        out["mae_common"] = mae_on_common_scale(pred, raw, mask, card["normalization"]["output"], params)
     if std is not None:
         relation = uncertainty_error_relation(std, np.abs(pred - ref), mask)
         out.update({f"unc_{k}": relation[k] for k in ("pearson", "spearman", "error_top10", "error_bottom10")})
