@@ -455,7 +455,7 @@ def splice_markdown(path: Path, section: str, start: str = SPEED_START, end: str
     if path.exists():
         text = path.read_text(encoding="utf-8")
     else:
-        text = INTRO + f"{start}\n{end}\n\n{MODELS_START}\n{MODELS_END}\n"
+        text = INTRO + f"{SPEED_START}\n{SPEED_END}\n\n{MODELS_START}\n{MODELS_END}\n"
     i = text.find(start)
     j = text.find(end, i + len(start)) if i >= 0 else -1
     if i >= 0 and j >= 0:

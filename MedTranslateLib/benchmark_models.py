@@ -36,12 +36,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from MedTranslateLib.bench import MODELS_END as END, MODELS_START as START
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-START, END = "<!-- models:start -->", "<!-- models:end -->"
 UNCERTAINTY_FAMILIES = ("unet", "pix2pix", "random_forest", "diffusion")
 STOCHASTIC_FAMILIES = ("diffusion", "contourdiff")
 DEFAULT_SAMPLES = 2
+SAMPLER_LABELS = {"dpm++2m": "DPM++ 2M", "ddim": "DDIM", "ddpm": "DDPM"}
 
 
 @dataclass(frozen=True)
@@ -188,11 +190,13 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
 
 # ------------------------------------------------------------------ one package
 def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = None,
-                     steps: int | None = None, samples: int = DEFAULT_SAMPLES) -> dict[str, Any]:
+                     steps: int | None = None, samples: int = DEFAULT_SAMPLES,
+                     sampler: str | None = None) -> dict[str, Any]:
     """Held-out metrics, inference seconds per volume (CPU), parameters, size and training time of a package.
 
-    ``steps``: diffusion sampling steps (None: the card's default). ``samples``: diffusion samples averaged into
-    the prediction (their spread is the uncertainty map; the time per volume includes every sample).
+    ``steps``, ``sampler``: diffusion sampling steps and sampler (None: the card's default). ``samples``:
+    diffusion samples averaged into the prediction (their spread is the uncertainty map; the time per volume
+    includes every sample).
     Deterministic families are timed on one plain pass; their uncertainty (flip test-time augmentation, or the
     forest's spread across trees) comes from a second run."""
     import SimpleITK as sitk
@@ -208,7 +212,7 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
     translator = Translator(package, device="cpu")
     with_std = card["family"] in UNCERTAINTY_FAMILIES if uncertainty is None else uncertainty
     stochastic = card["family"] in STOCHASTIC_FAMILIES
-    options = InferenceOptions(steps=steps, samples=max(1, int(samples)) if stochastic else 1)
+    options = InferenceOptions(steps=steps, sampler=sampler, samples=max(1, int(samples)) if stochastic else 1)
     rows, seconds, cpu = [], [], []
     for case in held_out_cases(card, data_root):
         image, _ = read_volume(case.source)
@@ -246,8 +250,17 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
             "size_mb": (weights.stat().st_size / 1e6) if weights else math.nan,
             "training_seconds": (card.get("training") or {}).get("seconds"),
             "training_steps": (card.get("training") or {}).get("steps"),
-            "sampling_steps": (steps or int((card.get("sampling") or {}).get("steps", 20))) if stochastic else None,
+            **(_sampling_settings(card, steps, sampler) if stochastic else {"sampling_steps": None, "sampler": None}),
             "samples": options.samples if stochastic else None}
+
+
+def _sampling_settings(card: dict[str, Any], steps: int | None, sampler: str | None) -> dict[str, Any]:
+    """The sampling steps and sampler a diffusion evaluation used (the run's, else the card's defaults)."""
+    from MedTranslateLib.families.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler
+
+    sampling = card.get("sampling") or {}
+    return {"sampling_steps": int(steps or sampling.get("steps", DEFAULT_STEPS)),
+            "sampler": check_sampler(sampler or sampling.get("sampler", DEFAULT_SAMPLER))}
 
 
 def update_card_performance(path: Path, result: dict[str, Any]) -> None:
@@ -267,27 +280,28 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     (Path(path) / "README.md").write_text(described)
 
 
-def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, samples: int,
+def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, samples: int, sampler: str | None,
                            threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
     print("evaluating", path.name, flush=True)
-    return evaluate_package(path, data_root, steps=steps, samples=samples)
+    return evaluate_package(path, data_root, steps=steps, samples=samples, sampler=sampler)
 
 
 def evaluate_all(paths: Sequence[Path], data_root: Path, steps: int | None = None, jobs: int = 1,
-                 samples: int = DEFAULT_SAMPLES) -> list[dict[str, Any]]:
+                 samples: int = DEFAULT_SAMPLES, sampler: str | None = None) -> list[dict[str, Any]]:
     """:func:`evaluate_package` for each path, ``jobs`` at a time in separate processes (cores // jobs threads
     each); results in the order of ``paths``."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     if jobs <= 1:
-        return [_evaluate_with_threads(path, data_root, steps, samples, threads) for path in paths]
+        return [_evaluate_with_threads(path, data_root, steps, samples, sampler, threads) for path in paths]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_evaluate_with_threads, path, data_root, steps, samples, threads) for path in paths]
+        futures = [pool.submit(_evaluate_with_threads, path, data_root, steps, samples, sampler, threads)
+                   for path in paths]
         return [future.result() for future in futures]
 
 
@@ -372,7 +386,8 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             m = r["metrics"]
             psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
             samples = int(r.get("samples") or 1)
-            family = model_label(r) + (f" ({r['sampling_steps']} DDIM steps, "
+            sampler = SAMPLER_LABELS.get(r.get("sampler"), "DDIM")  # rows of earlier runs: DDIM
+            family = model_label(r) + (f" ({r['sampling_steps']} {sampler} steps, "
                                     f"{f'mean of {samples} samples' if samples > 1 else '1 sample'})"
                                     if r.get("sampling_steps") else "")
             cells = [f"`{r['id']}`", family, _fmt(headline_mae(m)), _fmt(psnr, 2), _fmt(ssim, 3)]
@@ -407,14 +422,10 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_section(path: Path, body: str) -> None:
-    """Replace the text between the models markers of ``path`` (created with both sections when missing)."""
-    text = path.read_text() if path.is_file() else (
-        "# MedTranslate benchmarks\n\n" + START + "\n" + END + "\n\n<!-- speed:start -->\n<!-- speed:end -->\n")
-    if START not in text or END not in text:
-        text = text.rstrip("\n") + "\n\n" + START + "\n" + END + "\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + START + "\n" + body.rstrip("\n") + "\n" + END + tail)
+    """Replace the text between the models markers of ``path`` (created with the speed section's markers too)."""
+    from MedTranslateLib.bench import splice_markdown
+
+    splice_markdown(path, body, START, END)
 
 
 NOTES = """\
@@ -431,8 +442,8 @@ TCGA-DU-7294 (trained on the other three). MAE/PSNR/SSIM follow SynthRAD 2023 (C
 targets: MAE on a common scale, the reference's 0-1000 range between its 0.5th and 99.5th percentiles in the brain,
 after the prediction is mapped back to the reference's units with the reference's own statistics under the model's
 output normalisation (for percentile-normalised models this is their MAE on their output scale; z-score models
-would otherwise be measured in other units); PSNR/SSIM on [0, 1]-normalised images. Diffusion: DDIM sampling,
-the prediction is the mean of the samples (count in the family column). Uncertainty vs error: U-Net and
+would otherwise be measured in other units); PSNR/SSIM on [0, 1]-normalised images. Diffusion: the prediction is
+the mean of the samples (sampler, steps and count in the family column). Uncertainty vs error: U-Net and
 pix2pix = flip test-time augmentation spread, random forest = spread across trees, diffusion = spread of its
 samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 % most / least uncertain voxels).
 A pork phantom is not a patient and four brains are a tiny cohort: these numbers rank the families on this data
@@ -469,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose models section is replaced")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     parser.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the card's)")
+    parser.add_argument("--sampler", default=None,
+                        help="diffusion sampler: ddim, dpm++2m or ddpm (default: the card's)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                         help="diffusion samples averaged per volume (default %(default)s; their spread is the "
                              "uncertainty)")
@@ -488,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
     ids = {path: json.loads((path / "model.json").read_text()).get("id", "") for path in paths}
     chosen = [path for path in paths if task_of(ids[path]) and (not args.only or ids[path] in args.only)]
-    for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs, args.samples)):
+    for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs, args.samples, args.sampler)):
         results.append(result)
         if args.update_cards:
             update_card_performance(path, result)

@@ -46,11 +46,13 @@ def input_spec(dimensionality: str, **overrides: Any) -> dict[str, Any]:
 
 def make_untrained_package(folder: Path, family: str = "unet", dimensionality: str = "2d",
                            source: str = "MR", target: str = "CT", seed: int = 0,
-                           input_overrides: dict | None = None, **card_overrides: Any) -> Path:
-    """Export a real (randomly initialised) package of ``family`` and return its folder."""
+                           input_overrides: dict | None = None, architecture: dict | None = None,
+                           **card_overrides: Any) -> Path:
+    """Export a real (randomly initialised) package of ``family`` (``architecture`` overrides its tiny network's
+    settings) and return its folder."""
     torch.manual_seed(seed)
     in_channels = 3 if dimensionality == "2.5d" else 1
-    arch = {"in_channels": in_channels, "out_channels": 1, **TINY_ARCH[family]}
+    arch = {"in_channels": in_channels, "out_channels": 1, **TINY_ARCH[family], **(architecture or {})}
     fam = get_family(family)
     nets = fam.build(arch, 3 if dimensionality == "3d" else 2)
     state = pack_state(nets, fam.inference_networks())

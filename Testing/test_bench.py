@@ -129,7 +129,9 @@ def test_sampling_sweep_times_each_step_count(tmp_path):
     from MedTranslateLib.bench import make_bench_volume, sampling_sweep
     from packages import make_untrained_package
 
-    package = make_untrained_package(tmp_path / "diffusion", "diffusion", "2d")
+    # v prediction: an untrained network's small outputs are a clean estimate of about 0, not a saturated one
+    package = make_untrained_package(tmp_path / "diffusion", "diffusion", "2d",
+                                     architecture={"prediction_type": "v_prediction"})
     volume = tmp_path / "in.nii.gz"
     make_bench_volume((24, 24, 6), volume)
     rows = sampling_sweep(volume, str(package), [1, 3], "cpu", tmp_path)
@@ -151,3 +153,22 @@ def test_networks_side_by_side():
     text = "\n".join(to_markdown(rows, peak_gflops=1e6, size=32, batch=2))
     assert "instance norm (first default) |" in text and "1.00x |" in text and "(pipeline) |" in text
     assert f"| {rows[0]['gflops']:.1f} | {rows[0]['gflops'] / 1e6:.0%} |" in text
+
+
+def test_sampling_sweep_table_from_results(tmp_path):
+    from MedTranslateLib import bench_sampling
+
+    rows = [{"label": "", "sampler": s, "steps": n, "cpu_seconds": 10.0 * n,
+             "metrics": {"mae": 100.0 / n, "psnr": 25.0, "ssim": 0.8, "mae_bone": 300.0, "dice_bone": 0.5}}
+            for s in ("dpm++2m", "ddim") for n in (5, 10)]
+    results = tmp_path / "rows.json"
+    results.write_text(json.dumps(rows))
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text("# B\n\n<!-- speed:start -->\nspeed\n<!-- speed:end -->\n")
+    assert bench_sampling.main(["--results", str(results), "--write", str(markdown)]) == 0
+    text = markdown.read_text()
+    assert "speed" in text and bench_sampling.START in text
+    assert "| DPM++ 2M | 10 | 10.0 | 25.00 | 0.800 | 300.0 | 0.500 | 100.0 |" in text
+    assert "| DDIM | 5 | 20.0 |" in text
+    with pytest.raises(SystemExit):
+        bench_sampling.main([])

@@ -255,3 +255,23 @@ def test_unknown_output_type_is_refused_before_anything_is_written(tmp_path, mr_
     with pytest.raises(ConfigError, match="output type"):
         translate_file(source, "mr2ct-headphantom-unet2d", tmp_path / "out.nii.gz", output_type="uint8")
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_sampler_option_chooses_the_diffusion_sampler(tmp_path, mr_input, capsys):
+    from MedTranslateLib.errors import ConfigError
+
+    package = make_untrained_package(tmp_path / "model", "diffusion", "2d",
+                                     architecture={"prediction_type": "v_prediction"})
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    outputs = {}
+    for sampler in ("ddim", "dpm++2m"):
+        outputs[sampler] = tmp_path / f"{sampler}.nii.gz"
+        assert main(["translate", str(source), "-m", str(package), "-o", str(outputs[sampler]), "--steps", "3",
+                     "--sampler", sampler, "--progress", "none"]) == 0
+    ddim, dpm = (sitk.GetArrayFromImage(read_volume(outputs[s])[0]) for s in ("ddim", "dpm++2m"))
+    assert not np.array_equal(ddim, dpm)  # the option reached the sampling loop
+    bad = tmp_path / "bad.nii.gz"
+    assert main(["translate", str(source), "-m", str(package), "-o", str(bad), "--sampler", "euler",
+                 "--progress", "none"]) == ConfigError.exit_code
+    assert "Unknown diffusion sampler 'euler'" in capsys.readouterr().err and not bad.exists()

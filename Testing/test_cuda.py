@@ -114,12 +114,14 @@ def test_real_gpu_out_of_memory_at_one_slice_falls_back_to_the_cpu(memory_cap):
     torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-3)
 
 
-def test_diffusion_sampling_on_cuda_is_seeded_and_reports_every_step():
+@pytest.mark.parametrize("sampler", ["dpm++2m", "ddpm"])  # ddpm: per-step noise from the CUDA generator
+def test_diffusion_sampling_on_cuda_is_seeded_and_reports_every_step(sampler):
     from MedTranslateLib.families.diffusion import DiffusionPredictor, FAMILY
 
     net = FAMILY.build({"in_channels": 1, "out_channels": 1, **SMALL_DENOISER}, 2)["denoiser"].to(CUDA).eval()
     steps: list[int] = []
-    predictor = DiffusionPredictor(net, lambda s: s, steps=10, step_callback=lambda i, n: steps.append(i))
+    predictor = DiffusionPredictor(net, lambda s: s, steps=10, sampler=sampler,
+                                   step_callback=lambda i, n: steps.append(i))
     source = torch.rand(4, 1, 90, 70, device=CUDA) * 2 - 1
     with torch.inference_mode():
         first = predictor(source, torch.Generator(device=CUDA).manual_seed(3))

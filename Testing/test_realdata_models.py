@@ -91,6 +91,8 @@ def test_render_table_marks_families() -> None:
     diffusion = {**row, "id": "mr2ct-phantom-diffusion2d", "family": "diffusion", "sampling_steps": 20}
     assert "(20 DDIM steps, 1 sample)" in bm.render_table([{**diffusion, "samples": 1}])
     assert "(20 DDIM steps, mean of 2 samples)" in bm.render_table([{**diffusion, "samples": 2}])
+    assert "(10 DPM++ 2M steps, mean of 2 samples)" in bm.render_table(
+        [{**diffusion, "samples": 2, "sampling_steps": 10, "sampler": "dpm++2m"}])
 
 
 def test_header_names_configs_the_run_did_not_train() -> None:

@@ -24,6 +24,7 @@ class InferenceOptions:
     """Per-run inference settings; the card gives defaults."""
 
     steps: int | None = None          # diffusion: sampling steps (None -> card default)
+    sampler: str | None = None        # diffusion: "ddim" | "dpm++2m" | "ddpm" (None -> card default)
     samples: int = 1                  # stochastic families: samples averaged; >1 gives a std map
     seed: int = 0                     # seed of the sampler noise (deterministic runs)
     tta: bool = False                 # deterministic families: flip test-time augmentation for uncertainty

@@ -1,4 +1,5 @@
-"""The ``diffusion`` family: a paired conditional denoising diffusion model (DDPM training, DDIM sampling).
+"""The ``diffusion`` family: a paired conditional denoising diffusion model (DDPM training; DDIM, DPM-Solver++
+or DDPM sampling, :mod:`MedTranslateLib.families.samplers`).
 
 The denoiser is MONAI's ``DiffusionModelUNet``; the condition (the normalised source image) is concatenated
 to the noisy target as extra input channels. Its attention (the middle block always has one) runs through
@@ -8,8 +9,9 @@ Architecture keys (model card ``architecture``): ``in_channels`` (source channel
 channels), ``channels``, ``attention_levels``, ``num_res_blocks``, ``num_head_channels``, ``norm_num_groups`` and
 the diffusion settings
 ``train_timesteps`` (default 1000), ``prediction_type`` ("epsilon" | "v_prediction") and ``schedule``
-(MONAI beta schedule, default "linear_beta"). The card's ``sampling`` gives ``sampler`` ("ddim" | "ddpm"),
-``steps`` (default 20) and ``eta`` (default 0). Training option ``masked_loss`` (default False) restricts
+(MONAI beta schedule, default "linear_beta"). The card's ``sampling`` gives ``sampler`` ("ddim" (default) |
+"dpm++2m" | "ddpm"), ``steps`` (default 5) and ``eta`` (DDIM only, default 0); a run's ``InferenceOptions`` can
+choose another sampler and step count. Training option ``masked_loss`` (default False) restricts
 the MSE to the body mask.
 
 Also defines the shared machinery (:class:`ConditionalDenoiser`, :class:`DiffusionPredictor`,
@@ -28,7 +30,6 @@ from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families import samplers
 from MedTranslateLib.families.base import Batch, InferenceOptions
 
-DEFAULT_STEPS = 20
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "channels": (64, 128, 256), "attention_levels": (False, False, True), "num_res_blocks": 2,
     "num_head_channels": 32, "norm_num_groups": 32, "train_timesteps": 1000,
@@ -98,18 +99,19 @@ class DiffusionPredictor:
     stochastic = True
 
     def __init__(self, net: ConditionalDenoiser, condition_fn: Callable[[torch.Tensor], torch.Tensor],
-                 steps: int, sampler: str = "ddim", eta: float = 0.0, condition_pad_mode: str = "replicate",
-                 step_callback: samplers.StepCallback | None = None) -> None:
+                 steps: int, sampler: str = samplers.DEFAULT_SAMPLER, eta: float = 0.0,
+                 condition_pad_mode: str = "replicate", step_callback: samplers.StepCallback | None = None) -> None:
         self.net = net
         self.condition_fn = condition_fn
-        self.steps = int(steps)
-        self.sampler = str(sampler).lower()
-        self.eta = float(eta)
+        self.schedule = samplers.make_sampling_schedule(sampler, steps, net.train_timesteps, net.prediction_type,
+                                                        net.schedule, eta)
         self.condition_pad_mode = condition_pad_mode
         self.step_callback = step_callback
-        # validate the settings now rather than on the first batch
-        samplers.make_sampling_scheduler(self.sampler, self.steps, net.train_timesteps, net.prediction_type,
-                                         net.schedule)
+
+    @property
+    def steps(self) -> int:
+        """Network evaluations per sample."""
+        return self.schedule.steps
 
     def to(self, device: torch.device | str) -> "DiffusionPredictor":
         """Move the network (the engine's CPU fallback after running out of GPU memory)."""
@@ -127,17 +129,14 @@ class DiffusionPredictor:
                 condition = F.pad(condition, pads, mode="constant", value=0.0)
             else:
                 condition = F.pad(condition, pads, mode=self.condition_pad_mode)
-        scheduler = samplers.make_sampling_scheduler(self.sampler, self.steps, self.net.train_timesteps,
-                                                     self.net.prediction_type, self.net.schedule,
-                                                     device=source.device)
         noise_shape = (source.shape[0], self.net.target_channels) + tuple(condition.shape[2:])
-        out = samplers.sample(lambda noisy, t: self.net(noisy, t, condition), noise_shape, scheduler,
-                              generator, source.device, eta=self.eta, step_callback=self.step_callback)
+        out = samplers.sample(lambda noisy, t: self.net(noisy, t, condition), noise_shape, self.schedule,
+                              generator, source.device, step_callback=self.step_callback)
         return out[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)].clamp(-1.0, 1.0)
 
 
 class ConditionalDiffusionFamily:
-    """Shared DDPM training and DDIM inference; subclasses choose the condition."""
+    """Shared DDPM training and sampling; subclasses choose the condition."""
 
     name = "diffusion"
     paired = True
@@ -218,11 +217,13 @@ class ConditionalDiffusionFamily:
             raise ModelError(f"The model card says sampling.train_timesteps={card_timesteps}, but the network was "
                              f"trained with {net.train_timesteps}.",
                              "Fix the card (architecture.train_timesteps is the value used in training).")
-        steps = options.steps if options.steps is not None else int(sampling.get("steps", DEFAULT_STEPS))
+        steps = options.steps if options.steps is not None else int(sampling.get("steps", samplers.DEFAULT_STEPS))
+        sampler = options.sampler or str(sampling.get("sampler", samplers.DEFAULT_SAMPLER))
+        eta = float(sampling.get("eta", 0.0)) if options.sampler is None else 0.0  # the card's eta is its sampler's
         callback = options.extra.get("step_callback") if options.extra else None
         return DiffusionPredictor(net, lambda source: self.inference_condition(source, net), steps=steps,
-                                  sampler=str(sampling.get("sampler", "ddim")), eta=float(sampling.get("eta", 0.0)),
-                                  condition_pad_mode=self.condition_pad_mode, step_callback=callback)
+                                  sampler=sampler, eta=eta, condition_pad_mode=self.condition_pad_mode,
+                                  step_callback=callback)
 
 
 class DiffusionFamily(ConditionalDiffusionFamily):

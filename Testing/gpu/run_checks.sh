@@ -44,7 +44,7 @@ for package in .gpu/*/model.json; do
     [ -e "$package" ] && models+=(--model "$(dirname "$package")=$BIG")
 done
 "$PYTHON" -m MedTranslateLib bench --device "$DEVICE" "${models[@]}" --repeats "$REPEATS" --training \
-    --sampling-steps 10,20,50 --output "$OUT/BENCHMARKS-gpu.md" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench.log"
+    --sampling-steps 5,10,20,50 --output "$OUT/BENCHMARKS-gpu.md" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 echo "tests exit $tests, bench exit $bench"
 exit $(( tests || bench ))
