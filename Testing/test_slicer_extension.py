@@ -112,7 +112,8 @@ def test_ui_loads_with_qt_ui_loader(monkeypatch):
     button = root.findChild(QtWidgets.QPushButton, "translateButton")
     assert button.text() == "Translate" and not button.isEnabled()
     assert root.findChild(QtWidgets.QComboBox, "deviceComboBox").count() == 3
-    assert root.findChild(QtWidgets.QSpinBox, "diffusionStepsSpinBox").value() == 50
+    steps = root.findChild(QtWidgets.QSpinBox, "diffusionStepsSpinBox")
+    assert steps.value() == 0 and steps.text() == "model default"  # 0: no --steps, the card's default
     for name, parameter in params.items():
         assert root.findChild(QtCore.QObject, name).property("SlicerParameterName") == parameter
     root.deleteLater()

@@ -182,6 +182,8 @@ def test_force_cpu_sets_cuda_visible_devices_and_command_line(scene, input_node)
     assert command[len(fake_worker_command()):] == [
         "translate", "in.nrrd", "-m", "model-x", "-o", "out.nrrd", "--progress", "jsonl", "--device", "cpu",
         "--uncertainty", "u.nrrd", "--mask", "m.nrrd", "--steps", "10", "--samples", "3"]
+    # the panel's "model default" (0 steps) leaves the choice to the model card
+    assert "--steps" not in logic.build_command(TranslationRequest(input_node, "model-x", steps=0), paths)
     # the fake worker fails unless CUDA_VISIBLE_DEVICES=-1 reaches it for a CPU run
     status = logic.run(TranslationRequest(input_node, "fake-ok", device="cpu"), timeout=60)
     assert status.output_node.GetAttribute("MedTranslate.device") == "cpu"

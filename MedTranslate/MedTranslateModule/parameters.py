@@ -43,7 +43,7 @@ class MedTranslateParameterNode:
     modelId: str = ""
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     uncertainty: bool = False
-    diffusionSteps: Annotated[int, WithinRange(1, 1000)] = 50
+    diffusionSteps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model card's default
     samples: Annotated[int, WithinRange(1, 64)] = 1
     foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     layout: Annotated[str, Choice(list(LAYOUT_CHOICES))] = "Side by side"
