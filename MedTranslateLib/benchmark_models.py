@@ -250,17 +250,19 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
             "size_mb": (weights.stat().st_size / 1e6) if weights else math.nan,
             "training_seconds": (card.get("training") or {}).get("seconds"),
             "training_steps": (card.get("training") or {}).get("steps"),
-            **(_sampling_settings(card, steps, sampler) if stochastic else {"sampling_steps": None, "sampler": None}),
+            **_sampling_columns(card, steps, sampler, stochastic),
             "samples": options.samples if stochastic else None}
 
 
-def _sampling_settings(card: dict[str, Any], steps: int | None, sampler: str | None) -> dict[str, Any]:
-    """The sampling steps and sampler a diffusion evaluation used (the run's, else the card's defaults)."""
-    from MedTranslateLib.families.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler
+def _sampling_columns(card: dict[str, Any], steps: int | None, sampler: str | None,
+                      stochastic: bool) -> dict[str, Any]:
+    """The sampler and steps a diffusion evaluation used (None for other families)."""
+    if not stochastic:
+        return {"sampling_steps": None, "sampler": None}
+    from MedTranslateLib.families.samplers import run_settings
 
-    sampling = card.get("sampling") or {}
-    return {"sampling_steps": int(steps or sampling.get("steps", DEFAULT_STEPS)),
-            "sampler": check_sampler(sampler or sampling.get("sampler", DEFAULT_SAMPLER))}
+    chosen, count, _ = run_settings(card.get("sampling"), steps, sampler)
+    return {"sampling_steps": count, "sampler": chosen}
 
 
 def update_card_performance(path: Path, result: dict[str, Any]) -> None:

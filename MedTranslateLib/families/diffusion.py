@@ -217,9 +217,7 @@ class ConditionalDiffusionFamily:
             raise ModelError(f"The model card says sampling.train_timesteps={card_timesteps}, but the network was "
                              f"trained with {net.train_timesteps}.",
                              "Fix the card (architecture.train_timesteps is the value used in training).")
-        steps = options.steps if options.steps is not None else int(sampling.get("steps", samplers.DEFAULT_STEPS))
-        sampler = options.sampler or str(sampling.get("sampler", samplers.DEFAULT_SAMPLER))
-        eta = float(sampling.get("eta", 0.0)) if options.sampler is None else 0.0  # the card's eta is its sampler's
+        sampler, steps, eta = samplers.run_settings(sampling, options.steps, options.sampler)
         callback = options.extra.get("step_callback") if options.extra else None
         return DiffusionPredictor(net, lambda source: self.inference_condition(source, net), steps=steps,
                                   sampler=sampler, eta=eta, condition_pad_mode=self.condition_pad_mode,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -60,6 +60,17 @@ def check_sampler(sampler: str) -> str:
     if value not in SAMPLERS:
         raise ConfigError(f"Unknown diffusion sampler '{sampler}'.", f"Use one of: {', '.join(SAMPLERS)}.")
     return value
+
+
+def run_settings(card_sampling: Mapping[str, Any] | None, steps: int | None = None,
+                 sampler: str | None = None) -> tuple[str, int, float]:
+    """(sampler, steps, eta) of a run: the run's choice, else the card's ``sampling`` defaults, else ours. The card's
+    eta belongs to the card's sampler, so a run that chooses its own sampler starts from eta = 0."""
+    card_sampling = card_sampling or {}
+    chosen = check_sampler(sampler or card_sampling.get("sampler", DEFAULT_SAMPLER))
+    count = int(steps) if steps is not None else int(card_sampling.get("steps", DEFAULT_STEPS))
+    eta = float(card_sampling.get("eta", 0.0)) if sampler is None else 0.0
+    return chosen, count, eta
 
 
 def make_train_scheduler(train_timesteps: int = 1000, prediction_type: str = "epsilon",
