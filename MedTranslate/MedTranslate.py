@@ -173,6 +173,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = self._models.get(node.modelId)
         with slicer.util.tryWithErrorDisplay(_("Could not start the translation."), waitCursor=True):
             from MedTranslateModule.install import ensure_backend_packages
+            from MedTranslateLib.families import SAMPLED_FAMILIES
 
             if not ensure_backend_packages(ask=True):
                 return
@@ -181,7 +182,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 target_modality=model.target_modality if model else "", output_node=node.outputVolume,
                 output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
                 device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume, uncertainty=node.uncertainty,
-                steps=node.diffusionSteps if model and model.family in ("diffusion", "contourdiff") else None,
+                steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
                 samples=node.samples if node.samples > 1 else None)
             translation.start(request)
             self.ui.progressBar.visible = True

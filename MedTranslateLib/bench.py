@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from MedTranslateLib.families import SAMPLED_FAMILIES
+
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
 SPEED_START = "<!-- speed:start -->"
 SPEED_END = "<!-- speed:end -->"
@@ -90,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     volumes[size] = Path(tmp) / f"input_{'x'.join(map(str, size))}.nii.gz"
                     make_bench_volume(size, volumes[size])
             entry: dict[str, Any] = {"model": model, "network": network_flops(model, args.device), "runs": []}
-            if args.sampling_steps and entry["network"]["family"] in ("diffusion", "contourdiff"):
+            if args.sampling_steps and entry["network"]["family"] in SAMPLED_FAMILIES:
                 steps = [int(v) for v in args.sampling_steps.split(",")]
                 entry["sampling"] = sampling_sweep(volumes[model_sizes[0]], model, steps, args.device, Path(tmp))
             for size in model_sizes:
@@ -316,7 +318,7 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
         generator = torch.Generator(device=translator.device).manual_seed(0)
         return predictor(x, generator)
 
-    if card["family"] in ("diffusion", "contourdiff"):
+    if card["family"] in SAMPLED_FAMILIES:
         size = min(size, 64)  # attention layers grow with the square of the token count: keep this bounded
     channels = int(card["architecture"].get("in_channels", 1))
     spatial = (size, size) if translator.card.spatial_dims == 2 else tuple(card["input"]["patch_size"])
@@ -326,7 +328,7 @@ def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) ->
     pixels = 1
     for s in spatial:
         pixels *= s
-    batch = int(card["input"].get("batch_size", 8)) if card["family"] not in ("diffusion", "contourdiff") else 1
+    batch = int(card["input"].get("batch_size", 8)) if card["family"] not in SAMPLED_FAMILIES else 1
     x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device,
                          predictor_channels_last(predictor))
     best = float("inf")

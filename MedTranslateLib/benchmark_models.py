@@ -37,13 +37,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from MedTranslateLib.bench import MODELS_END as END, MODELS_START as START
+from MedTranslateLib.families import SAMPLED_FAMILIES, get_family
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-UNCERTAINTY_FAMILIES = ("unet", "pix2pix", "random_forest", "diffusion")
-STOCHASTIC_FAMILIES = ("diffusion", "contourdiff")
+UNCERTAINTY_FAMILIES = ("unet", "pix2pix", "random_forest", "diffusion", "bridge")
 DEFAULT_SAMPLES = 2
-SAMPLER_LABELS = {"dpm++2m": "DPM++ 2M", "ddim": "DDIM", "ddpm": "DDPM"}
+SAMPLER_LABELS = {"dpm++2m": "DPM++ 2M", "ddim": "DDIM", "ddpm": "DDPM", "bridge": "bridge"}
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
     card = package.card.to_dict()
     translator = Translator(package, device="cpu")
     with_std = card["family"] in UNCERTAINTY_FAMILIES if uncertainty is None else uncertainty
-    stochastic = card["family"] in STOCHASTIC_FAMILIES
+    stochastic = card["family"] in SAMPLED_FAMILIES
     options = InferenceOptions(steps=steps, sampler=sampler, samples=max(1, int(samples)) if stochastic else 1)
     rows, seconds, cpu = [], [], []
     for case in held_out_cases(card, data_root):
@@ -259,9 +259,7 @@ def _sampling_columns(card: dict[str, Any], steps: int | None, sampler: str | No
     """The sampler and steps a diffusion evaluation used (None for other families)."""
     if not stochastic:
         return {"sampling_steps": None, "sampler": None}
-    from MedTranslateLib.families.samplers import run_settings
-
-    chosen, count, _ = run_settings(card.get("sampling"), steps, sampler)
+    chosen, count, _ = get_family(card["family"]).sampling_settings(card.get("sampling"), steps, sampler)
     return {"sampling_steps": count, "sampler": chosen}
 
 
@@ -313,7 +311,7 @@ def _training_cost(model_id: str) -> float:
     from MedTranslateLib.training.config import load_config
 
     config = load_config(CONFIG_DIR / f"{model_id}.toml")
-    factor = {"diffusion": 1.8, "contourdiff": 1.8, "random_forest": 0.0}.get(config.family, 1.0)
+    factor = {"diffusion": 1.8, "contourdiff": 1.8, "bridge": 1.8, "random_forest": 0.0}.get(config.family, 1.0)
     return factor * config.steps
 
 

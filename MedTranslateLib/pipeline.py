@@ -145,7 +145,9 @@ def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOption
     """Options that make the engine return a per-voxel standard deviation."""
     from dataclasses import replace
 
-    if family in ("diffusion", "contourdiff"):
+    from MedTranslateLib.families import SAMPLED_FAMILIES
+
+    if family in SAMPLED_FAMILIES:
         return replace(options, samples=max(options.samples, 4))
     if family == "random_forest":
         return options  # the forest's spread across trees is its own uncertainty

@@ -21,7 +21,12 @@ TINY_ARCH: dict[str, dict[str, Any]] = {
                   "num_head_channels": 8, "norm_num_groups": 4},
     "contourdiff": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
                     "num_head_channels": 8, "norm_num_groups": 4},
+    "bridge": {"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
+               "num_head_channels": 8, "norm_num_groups": 4},
 }
+SAMPLING = {"diffusion": {"sampler": "ddim", "steps": 2, "samples": 1},
+            "contourdiff": {"sampler": "ddim", "steps": 2, "samples": 1},
+            "bridge": {"steps": 2, "samples": 1}}
 
 NORMALIZATION = {
     "MR": {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True},
@@ -63,7 +68,7 @@ def make_untrained_package(folder: Path, family: str = "unet", dimensionality: s
         input=input_spec(dimensionality, **(input_overrides or {})),
         normalization={"input": NORMALIZATION["CT" if source in ("CT", "CBCT") else "MR"],
                        "output": OUTPUT["CT" if target in ("CT", "CBCT") else "MR"]},
-        **({"sampling": {"sampler": "ddim", "steps": 2, "samples": 1}} if family in ("diffusion", "contourdiff") else {}),
+        **({"sampling": SAMPLING[family]} if family in SAMPLING else {}),
         **card_overrides,
     )
     return export_package(state, card, folder)

@@ -120,7 +120,7 @@ def test_jsonl_worker_protocol_and_uncertainty(tmp_path, mr_input, capsys):
     assert sitk.GetArrayFromImage(std_image).max() > 0
 
 
-@pytest.mark.parametrize("family", ["diffusion", "contourdiff", "cyclegan"])
+@pytest.mark.parametrize("family", ["diffusion", "contourdiff", "bridge", "cyclegan"])
 def test_other_families_translate_with_uncertainty(tmp_path, mr_input, family):
     package = make_untrained_package(tmp_path / "model", family, "2d")
     source = tmp_path / "mr.nii.gz"

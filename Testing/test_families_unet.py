@@ -38,7 +38,7 @@ def pair(shape, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_registry_names_and_unknown():
-    assert FAMILY_NAMES == ("unet", "pix2pix", "cyclegan", "diffusion", "contourdiff", "random_forest")
+    assert FAMILY_NAMES == ("unet", "pix2pix", "cyclegan", "diffusion", "contourdiff", "bridge", "random_forest")
     assert get_family("unet").name == "unet"
     with pytest.raises(ModelError):
         get_family("transformer")

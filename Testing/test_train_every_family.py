@@ -22,6 +22,8 @@ FAMILIES = {
                    "num_head_channels": 8, "norm_num_groups": 4}, {}),
     "contourdiff": ({"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
                      "num_head_channels": 8, "norm_num_groups": 4}, {}),
+    "bridge": ({"channels": [8, 16], "attention_levels": [False, False], "num_res_blocks": 1,
+                "num_head_channels": 8, "norm_num_groups": 4}, {}),
     "random_forest": ({}, {"n_trees": 5, "max_depth": 8, "n_samples": 4000}),
 }
 

@@ -12,9 +12,12 @@ if TYPE_CHECKING:
 
 #: family name (as in the model card) -> module under ``MedTranslateLib.families``
 _MODULES = {"unet": "unet", "pix2pix": "pix2pix", "cyclegan": "cyclegan", "diffusion": "diffusion",
-            "contourdiff": "contourdiff", "random_forest": "forest"}
+            "contourdiff": "contourdiff", "bridge": "bridge", "random_forest": "forest"}
 
 FAMILY_NAMES: tuple[str, ...] = tuple(_MODULES)
+
+#: families whose prediction is sampled (steps, samples; the spread of several samples is their uncertainty)
+SAMPLED_FAMILIES: tuple[str, ...] = ("diffusion", "contourdiff", "bridge")
 
 
 def get_family(name: str) -> "Family":

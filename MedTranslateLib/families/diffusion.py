@@ -208,6 +208,11 @@ class ConditionalDiffusionFamily:
         optimizer.step()
         return {"loss": float(loss.detach()), "mse": float(loss.detach())}
 
+    def sampling_settings(self, card_sampling: Mapping[str, Any] | None, steps: int | None = None,
+                          sampler: str | None = None) -> tuple[str, int, float]:
+        """(sampler, steps, eta) of a run (:func:`samplers.run_settings`)."""
+        return samplers.run_settings(card_sampling, steps, sampler)
+
     def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any],
                        options: InferenceOptions) -> DiffusionPredictor:
         net: ConditionalDenoiser = nets[self.network_name]  # type: ignore[assignment]
@@ -217,7 +222,7 @@ class ConditionalDiffusionFamily:
             raise ModelError(f"The model card says sampling.train_timesteps={card_timesteps}, but the network was "
                              f"trained with {net.train_timesteps}.",
                              "Fix the card (architecture.train_timesteps is the value used in training).")
-        sampler, steps, eta = samplers.run_settings(sampling, options.steps, options.sampler)
+        sampler, steps, eta = self.sampling_settings(sampling, options.steps, options.sampler)
         callback = options.extra.get("step_callback") if options.extra else None
         return DiffusionPredictor(net, lambda source: self.inference_condition(source, net), steps=steps,
                                   sampler=sampler, eta=eta, condition_pad_mode=self.condition_pad_mode,

@@ -7,7 +7,7 @@ from typing import Any
 
 #: explicit flags -> TrainConfig fields
 FLAGS: dict[str, tuple[str, Any, str]] = {
-    "family": ("family", str, "model family (unet, pix2pix, cyclegan, diffusion, contourdiff, random_forest)"),
+    "family": ("family", str, "model family (unet, pix2pix, cyclegan, diffusion, contourdiff, bridge, random_forest)"),
     "dimensionality": ("dimensionality", str, "2d, 2.5d or 3d"),
     "data": ("data", str, "dataset folder or CSV (subject,source,target[,mask])"),
     "layout": ("layout", str, "dataset layout (auto, synthrad2023, synthrad2025, brats2021, brats2023, ixi, "
