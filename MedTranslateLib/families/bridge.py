@@ -34,8 +34,8 @@ from torch import nn
 
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.families.base import Batch, InferenceOptions
-from MedTranslateLib.families.diffusion import (ConditionalDenoiser, ConditionalDiffusionFamily, _pad_amounts,
-                                                masked_mse)
+from MedTranslateLib.families.diffusion import (ConditionalDenoiser, ConditionalDiffusionFamily, SamplingPredictor,
+                                                _pad_amounts, masked_mse)
 from MedTranslateLib.families.samplers import StepCallback
 
 SAMPLER = "bridge"
@@ -105,10 +105,8 @@ def bridge_sample(denoise: Any, source: torch.Tensor, steps: int, train_timestep
     return x
 
 
-class BridgePredictor:
-    """Draws one sample of the target for a normalised source batch (stochastic: one call = one sample)."""
-
-    stochastic = True
+class BridgePredictor(SamplingPredictor):
+    """Draws one sample of the target for a normalised source batch, starting from the source."""
 
     def __init__(self, net: ConditionalDenoiser, steps: int, eta: float,
                  step_callback: StepCallback | None = None) -> None:
@@ -118,11 +116,6 @@ class BridgePredictor:
                               "Use 1 (fresh noise every step, the default) or 0 (deterministic after the start).")
         self.net, self.steps, self.eta = net, int(steps), float(eta)
         self.step_callback = step_callback
-
-    def to(self, device: torch.device | str) -> "BridgePredictor":
-        """Move the network (the engine's CPU fallback after running out of GPU memory)."""
-        self.net.to(device)
-        return self
 
     def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.net.eval()

@@ -89,14 +89,22 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return (((prediction - target) ** 2) * weights).sum() / weights.sum()
 
 
-class DiffusionPredictor:
-    """Draws one sample of the target for a normalised source batch (stochastic: one call = one sample).
-
-    ``condition_fn`` maps the source batch to the denoiser's condition; ``step_callback(i, n)`` (optional,
-    settable by the engine) is called after every sampling step.
-    """
+class SamplingPredictor:
+    """Base of the sampled families' predictors: one call draws one sample (``stochastic``) with the denoiser
+    ``net``; ``step_callback(i, n)`` (optional, settable by the engine) is called after every sampling step."""
 
     stochastic = True
+    net: nn.Module
+
+    def to(self, device: torch.device | str) -> "SamplingPredictor":
+        """Move the network (the engine's CPU fallback after running out of GPU memory)."""
+        self.net.to(device)
+        return self
+
+
+class DiffusionPredictor(SamplingPredictor):
+    """Draws one sample of the target for a normalised source batch, starting from noise; ``condition_fn`` maps
+    the source batch to the denoiser's condition."""
 
     def __init__(self, net: ConditionalDenoiser, condition_fn: Callable[[torch.Tensor], torch.Tensor],
                  steps: int, sampler: str = samplers.DEFAULT_SAMPLER, eta: float = 0.0,
@@ -112,11 +120,6 @@ class DiffusionPredictor:
     def steps(self) -> int:
         """Network evaluations per sample."""
         return self.schedule.steps
-
-    def to(self, device: torch.device | str) -> "DiffusionPredictor":
-        """Move the network (the engine's CPU fallback after running out of GPU memory)."""
-        self.net.to(device)
-        return self
 
     def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.net.eval()
