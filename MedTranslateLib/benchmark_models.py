@@ -387,7 +387,8 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
             samples = int(r.get("samples") or 1)
             sampler = SAMPLER_LABELS.get(r.get("sampler"), "DDIM")  # rows of earlier runs: DDIM
-            family = model_label(r) + (f" ({r['sampling_steps']} {sampler} steps, "
+            sampler = "" if sampler == r["family"] else sampler + " "  # the bridge family's own sampler
+            family = model_label(r) + (f" ({r['sampling_steps']} {sampler}steps, "
                                     f"{f'mean of {samples} samples' if samples > 1 else '1 sample'})"
                                     if r.get("sampling_steps") else "")
             cells = [f"`{r['id']}`", family, _fmt(headline_mae(m)), _fmt(psnr, 2), _fmt(ssim, 3)]

@@ -93,6 +93,8 @@ def test_render_table_marks_families() -> None:
     assert "(20 DDIM steps, mean of 2 samples)" in bm.render_table([{**diffusion, "samples": 2}])
     assert "(10 DPM++ 2M steps, mean of 2 samples)" in bm.render_table(
         [{**diffusion, "samples": 2, "sampling_steps": 10, "sampler": "dpm++2m"}])
+    bridge = {**row, "id": "mr2ct-phantom-bridge2d", "family": "bridge", "sampling_steps": 10, "sampler": "bridge"}
+    assert "| bridge (10 steps, mean of 2 samples) |" in bm.render_table([{**bridge, "samples": 2}])
 
 
 def test_header_names_configs_the_run_did_not_train() -> None:
