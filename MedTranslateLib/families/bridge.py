@@ -39,6 +39,8 @@ from MedTranslateLib.families.diffusion import (ConditionalDenoiser, Conditional
 from MedTranslateLib.families.samplers import StepCallback
 
 SAMPLER = "bridge"
+# 10 steps with fresh noise at every step: where the held-out error stopped falling on the phantom and T1 -> T2,
+# and eta 0 was worse on both (BENCHMARKS.md, "Brownian bridge diffusion").
 DEFAULT_STEPS = 10
 DEFAULT_ETA = 1.0
 DEFAULT_VARIANCE = 1.0
