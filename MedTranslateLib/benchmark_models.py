@@ -311,7 +311,7 @@ def _training_cost(model_id: str) -> float:
     from MedTranslateLib.training.config import load_config
 
     config = load_config(CONFIG_DIR / f"{model_id}.toml")
-    factor = {"diffusion": 1.8, "contourdiff": 1.8, "bridge": 1.8, "random_forest": 0.0}.get(config.family, 1.0)
+    factor = 1.8 if config.family in SAMPLED_FAMILIES else 0.0 if config.family == "random_forest" else 1.0
     return factor * config.steps
 
 
