@@ -141,6 +141,9 @@ def test_translate_from_the_command_line(tmp_path, capsys):
     result, _ = read_volume(out)
     assert result.GetSize() == image.GetSize() and result.GetSpacing() == pytest.approx(image.GetSpacing())
     assert result.GetOrigin() == pytest.approx(image.GetOrigin())
+    named = tmp_path / "named.nii.gz"  # the bridge's own sampler may be named
+    assert main(["translate", str(source), "-m", str(package), "-o", str(named), "--steps", "3", "--sampler", "bridge",
+                 "--progress", "none"]) == 0
     bad = tmp_path / "bad.nii.gz"
     assert main(["translate", str(source), "-m", str(package), "-o", str(bad), "--sampler", "ddim",
                  "--progress", "none"]) == ConfigError.exit_code

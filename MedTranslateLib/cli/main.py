@@ -27,8 +27,8 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
                    help="voxel type of the written volume: auto = int16 Hounsfield units for CT, float32 otherwise")
     p.add_argument("--ensemble", nargs="+", metavar="MODEL", default=[],
                    help="more model packages: the output is the ensemble mean, the uncertainty its spread")
-    p.add_argument("--steps", type=int, help="diffusion: number of sampling steps (default: the card's, else 5)")
-    p.add_argument("--sampler", help="diffusion: ddim, dpm++2m or ddpm (default: the model card's, else ddim)")
+    p.add_argument("--steps", type=int, help="diffusion and bridge models: sampling steps (default: the card's, else 5 for diffusion, 10 for bridge)")
+    p.add_argument("--sampler", help="diffusion models: ddim, dpm++2m or ddpm (default: the model card's, else ddim); bridge models have their own")
     p.add_argument("--samples", type=int, default=1, help="diffusion: samples averaged (>1 gives a std map)")
     p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
     p.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to read (default: largest series)")

@@ -11,7 +11,6 @@ from MedTranslateLib.errors import ConfigError
 
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
-    from MedTranslateLib.families.samplers import check_sampler
     from MedTranslateLib.models.registry import ModelRegistry
     from MedTranslateLib.pipeline import Translator, translate_batch
 
@@ -19,8 +18,8 @@ def run_translate(args: argparse.Namespace) -> int:
         _make_deterministic(args.seed)
     if args.steps is not None and args.steps < 1 or args.samples < 1:
         raise ConfigError("--steps and --samples must be at least 1.", "Use for example --steps 20 --samples 4.")
-    sampler = check_sampler(args.sampler) if args.sampler else None
-    options = InferenceOptions(steps=args.steps, sampler=sampler, samples=args.samples, seed=args.seed)
+    # the model's family validates --sampler (a diffusion sampler, or the bridge's own) before anything runs
+    options = InferenceOptions(steps=args.steps, sampler=args.sampler or None, samples=args.samples, seed=args.seed)
     jsonl = args.progress == "jsonl"
     many = len(args.inputs) > 1
     if many and (args.uncertainty or args.scene):

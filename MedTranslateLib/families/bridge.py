@@ -175,7 +175,7 @@ class BridgeFamily(ConditionalDiffusionFamily):
                           sampler: str | None = None) -> tuple[str, int, float]:
         """(sampler, steps, eta) of a run: the run's steps, else the card's, else the default."""
         if sampler is not None and str(sampler).lower() != SAMPLER:
-            raise ConfigError(f"Bridge models have their own sampler; '{sampler}' is for the diffusion families.",
+            raise ConfigError(f"Bridge models have their own sampler ('{SAMPLER}'); --sampler {sampler} does not apply.",
                               "Leave out --sampler (choose --steps and --samples only).")
         card_sampling = card_sampling or {}
         count = int(steps) if steps is not None else int(card_sampling.get("steps", DEFAULT_STEPS))
