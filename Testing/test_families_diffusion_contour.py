@@ -100,3 +100,22 @@ def test_predictor_is_conditioned_on_source_contours_and_seeded():
 def test_blank_slices_have_no_contours():
     blank = torch.full((2, 1, 16, 16), -1.0)
     assert contour_map(blank).sum() == 0
+
+
+def test_masked_loss_uses_the_target_body_mask_in_unpaired_batches(monkeypatch):
+    import MedTranslateLib.families.diffusion as diffusion
+
+    seen = []
+    real_masked_mse = diffusion.masked_mse
+    monkeypatch.setattr(diffusion, "masked_mse", lambda p, t, m: seen.append(m) or real_masked_mse(p, t, m))
+    nets = FAMILY.build(TINY, 2)
+    optimizers = FAMILY.configure_optimizers(nets, 1e-3)
+    source_mask, target_mask = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    source_mask[..., :16, :], target_mask[..., 16:, :] = 1.0, 1.0
+    batch = {"source": torch.randn(1, 1, 32, 32), "target": torch.randn(1, 1, 32, 32),
+             "mask": source_mask, "target_mask": target_mask}
+    FAMILY.training_step(nets, optimizers, batch, contextlib.nullcontext, {"masked_loss": True})
+    assert torch.equal(seen[-1], target_mask)  # the loss is on the target image: its own body, not the source's
+    paired = {k: v for k, v in batch.items() if k != "target_mask"}
+    FAMILY.training_step(nets, optimizers, paired, contextlib.nullcontext, {"masked_loss": True})
+    assert torch.equal(seen[-1], source_mask)  # paired: one mask for both

@@ -67,6 +67,22 @@ def test_unpaired_draws_other_subjects_and_augmentation():
     assert paired["source"].shape == (8, 1, 32, 32) and np.isfinite(paired["source"]).all()
 
 
+def test_unpaired_families_draw_source_and_target_independently_from_paired_cases():
+    shape = (30, 16, 16)
+    z = np.arange(shape[0], dtype=np.float32)[:, None, None] * np.ones(shape, np.float32)
+    case = PreparedCase("p", "p", z.copy(), z.copy(), np.ones(shape, bool), (1.0, 1.0, 1.0))  # both encode the slice
+
+    def slices(batch):
+        return batch["source"][:, 0, 8, 8], batch["target"][:, 0, 8, 8]
+
+    source, target = slices(Sampler([case], "2d", (16, 16), seed=0).batch(64))
+    assert np.array_equal(source, target)  # paired: always the same slice
+    unpaired = Sampler([case], "2d", (16, 16), seed=0, unpaired=True)
+    assert not unpaired.paired
+    source, target = slices(unpaired.batch(64))
+    assert np.mean(source != target) > 0.8  # different slices: no correspondence leaks
+
+
 def _schema():
     from pathlib import Path
 

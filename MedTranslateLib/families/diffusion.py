@@ -189,7 +189,8 @@ class ConditionalDiffusionFamily:
         net: ConditionalDenoiser = nets[self.network_name]  # type: ignore[assignment]
         net.train()
         target = batch["target"].float()
-        mask = batch.get("mask") if bool(options.get("masked_loss", False)) else None
+        # the loss is on the target image, so it takes the target's body mask (its own in unpaired batches)
+        mask = batch.get("target_mask", batch.get("mask")) if bool(options.get("masked_loss", False)) else None
         condition = self.training_condition(batch, net).float()
         pads = _pad_amounts(tuple(target.shape[2:]), net.size_divisor)
         if any(pads):

@@ -272,7 +272,7 @@ class _Run:
         cases = distributed.shard(self.data.train, self.ctx) if paired else self.data.train
         return Sampler(cases, config.dimensionality, size, config.slice_axis, config.n_context,
                        config.body_fraction, config.seed + 7919 * (self.ctx.rank + 1), config.augment,
-                       config.contrast_augment)
+                       config.contrast_augment, unpaired=not self.family.paired)
 
     def _total_steps(self, sampler: Sampler) -> int:
         config = self.config

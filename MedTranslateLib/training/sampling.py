@@ -130,12 +130,13 @@ class Sampler:
     2D/2.5D: slices along ``slice_axis`` (2.5D: ``context`` neighbours each side as channels, edges
     replicated), cropped/padded in-plane to ``size`` (y, x). 3D: patches of ``size`` (z, y, x).
     With probability ``body_fraction`` a sample is centred on a random body voxel, else anywhere.
-    Unpaired cases: source and target come from different cases.
+    Unpaired cases, or ``unpaired=True`` (families trained without pairs): source and target are drawn
+    independently, from different cases where there are several, so no correspondence can leak into training.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], dimensionality: str, size: Sequence[int],
                  slice_axis: str = "axial", context: int = 0, body_fraction: float = 0.9, seed: int = 0,
-                 augment: bool = False, contrast_augment: bool = False) -> None:
+                 augment: bool = False, contrast_augment: bool = False, unpaired: bool = False) -> None:
         if not cases:
             raise ConfigError("No training cases to sample from.", "Check the data and the split.")
         self.dims = 3 if dimensionality == "3d" else 2
@@ -151,7 +152,7 @@ class Sampler:
         self.targets = [c for c in self.cases if c.target is not None]
         if not self.sources or not self.targets:
             raise ConfigError("Training needs cases with a source and cases with a target.", "Check the data.")
-        self.paired = all(c.source is not None and c.target is not None for c in self.cases)
+        self.paired = not unpaired and all(c.source is not None and c.target is not None for c in self.cases)
         self._centres = {id(c): self._body_centres(c.mask) for c in self.cases}
         self.augment = self._augmentation(seed, augment, contrast_augment) if (augment or contrast_augment) else None
 
