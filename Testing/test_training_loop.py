@@ -247,6 +247,24 @@ def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
     assert card["family"] == "cyclegan" and card["metrics"]["values"] == {}
 
 
+@pytest.mark.parametrize("family", ["cyclegan", "unet"])
+def test_only_paired_families_train_on_pairs_of_paired_data(tmp_path, monkeypatch, family):
+    _require_backend()
+    from MedTranslateLib.training import loop
+
+    samplers = []
+
+    class RecordingSampler(loop.Sampler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            samplers.append(self)
+
+    monkeypatch.setattr(loop, "Sampler", RecordingSampler)
+    loop.train(_config(tmp_path, family=family, steps=2, batch_size=2, val_fraction=0.0, test_fraction=0.0))
+    # CycleGAN must not see the pairs a paired dataset happens to contain; a U-Net needs them
+    assert [s.paired for s in samplers] == [family == "unet"]
+
+
 def test_random_forest_is_fitted_not_stepped(tmp_path):
     _require_backend()
     from MedTranslateLib.training.loop import train
