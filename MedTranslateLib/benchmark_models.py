@@ -41,7 +41,6 @@ from MedTranslateLib.families import SAMPLED_FAMILIES, get_family
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-UNCERTAINTY_FAMILIES = ("unet", "pix2pix", "random_forest", "diffusion", "bridge")
 DEFAULT_SAMPLES = 2
 SAMPLER_LABELS = {"dpm++2m": "DPM++ 2M", "ddim": "DDIM", "ddpm": "DDPM", "bridge": "bridge"}
 
@@ -189,7 +188,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
 
 
 # ------------------------------------------------------------------ one package
-def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = None,
+def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
                      steps: int | None = None, samples: int = DEFAULT_SAMPLES,
                      sampler: str | None = None) -> dict[str, Any]:
     """Held-out metrics, inference seconds per volume (CPU), parameters, size and training time of a package.
@@ -210,7 +209,6 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
     package = open_package(path)
     card = package.card.to_dict()
     translator = Translator(package, device="cpu")
-    with_std = card["family"] in UNCERTAINTY_FAMILIES if uncertainty is None else uncertainty
     stochastic = card["family"] in SAMPLED_FAMILIES
     options = InferenceOptions(steps=steps, sampler=sampler, samples=max(1, int(samples)) if stochastic else 1)
     rows, seconds, cpu = [], [], []
@@ -225,9 +223,9 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool | None = Non
         ref_image, _ = read_volume(case.target)
         mask = evaluation_mask(image, case.mask, card)
         std = None
-        if with_std and stochastic:
+        if uncertainty and stochastic:
             std = None if result.uncertainty is None else _array(result.uncertainty)
-        elif with_std:
+        elif uncertainty:
             with_unc = translator.translate(image, mask_image, options, uncertainty=True)
             std = None if with_unc.uncertainty is None else _array(with_unc.uncertainty)
         row = score_case(_array(result.output), _array(ref_image), mask, case, card, std)
@@ -432,8 +430,10 @@ def write_section(path: Path, body: str) -> None:
 NOTES = """\
 Every model was trained by `medtranslate train` from `MedTranslateLib/configs/<id>.toml` on the 2-core CPU
 (`--train --jobs 2`: two trainings at a time, one torch thread each; warm-up + cosine learning rate):
-batches of 8 slices of 128 x 128 for the U-Nets and pix2pix, of 96 x 96 for diffusion (steps and seconds per model
-in the table). GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show
+batches of 8 slices of 128 x 128 for the U-Nets and pix2pix, of 96 x 96 for the diffusion families, and of 4 of
+96 x 96 for CycleGAN (steps and seconds per model in the table). The unpaired families (CycleGAN, ContourDiff) train
+on the same slab without ever seeing a pair: MR and CT slices are drawn independently, and ContourDiff uses the CT
+images only. GAN and above all diffusion models usually get tens of thousands of steps on a GPU: their rows show
 what this CPU budget buys, not what the families can do. All BraTS models use z-score intensities (input and
 output) and `contrast_augment`, the U-Nets and pix2pix also instance norm (the U-Net configs give the held-out MAE
 of each step).
@@ -444,9 +444,9 @@ targets: MAE on a common scale, the reference's 0-1000 range between its 0.5th a
 after the prediction is mapped back to the reference's units with the reference's own statistics under the model's
 output normalisation (for percentile-normalised models this is their MAE on their output scale; z-score models
 would otherwise be measured in other units); PSNR/SSIM on [0, 1]-normalised images. Diffusion: the prediction is
-the mean of the samples (sampler, steps and count in the family column). Uncertainty vs error: U-Net and
-pix2pix = flip test-time augmentation spread, random forest = spread across trees, diffusion = spread of its
-samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 % most / least uncertain voxels).
+the mean of the samples (sampler, steps and count in the family column). Uncertainty vs error: U-Net,
+pix2pix and CycleGAN = flip test-time augmentation spread, random forest = spread across trees, diffusion
+families = spread of their samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 % most / least uncertain voxels).
 A pork phantom is not a patient and four brains are a tiny cohort: these numbers rank the families on this data
 only. Not for clinical use.
 """
