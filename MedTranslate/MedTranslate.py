@@ -61,6 +61,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._allModels = []
         self._models = {}
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -78,6 +79,10 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.translateButton.clicked.connect(self.onTranslateButton)
         self.ui.evaluateButton.clicked.connect(self.onEvaluateButton)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.modelSearchLineEdit.textChanged.connect(self.showModels)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.removeModelButton.clicked.connect(self.onRemoveModel)
+        self.ui.openModelFolderButton.clicked.connect(self.onOpenModelFolder)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateCpuNotice)
         self.ui.opacitySliderWidget.valueChanged.connect(self.onOpacityChanged)
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateButtons)
@@ -124,30 +129,82 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.modelComboBox.findData(self._parameterNode.modelId)
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
+            self.onModelChanged(self.ui.modelComboBox.currentIndex)  # a new node takes the model shown
         self.updateButtons()
 
     # ---- models ------------------------------------------------------------------------------------
     def loadModels(self) -> None:
         from MedTranslateModule.models import list_models
 
-        self.ui.modelComboBox.clear()
         try:
             with slicer.util.WaitCursor():
-                models = list_models(self.logic.translation.worker_command, env=worker_environment("auto"))
+                self._allModels = list_models(self.logic.translation.worker_command,
+                                              env=worker_environment("auto"))
         except Exception as error:
-            self.ui.modelCardLabel.text = _("No models: {error}").format(error=error)
-            return
+            self._allModels = []
+            self.ui.modelCardLabel.text = _("Could not list the models: {error}").format(error=error)
+        self.showModels()
+
+    def showModels(self, *args) -> None:
+        """Fill the model list with the models matching the search text, keeping the selection if it is shown."""
+        from MedTranslateModule.models import filter_models
+
+        models = filter_models(self._allModels, self.ui.modelSearchLineEdit.text)
         self._models = {model.id: model for model in models}
+        selected = self._parameterNode.modelId if self._parameterNode else ""
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
         for model in models:
-            self.ui.modelComboBox.addItem(f"{model.title or model.id} ({model.source_modality} -> "
-                                          f"{model.target_modality})", model.id)
+            combo.addItem(model.label, model.id)
+        combo.setCurrentIndex(max(combo.findData(selected), 0) if models else -1)
+        combo.blockSignals(False)
+        self.onModelChanged(combo.currentIndex)
+
+    def selectedModel(self):
+        return self._models.get(self.ui.modelComboBox.currentData)
 
     def onModelChanged(self, index: int) -> None:
-        model = self._models.get(self.ui.modelComboBox.itemData(index))
-        self.ui.modelCardLabel.text = model.card_text() if model else _("No model selected.")
-        if self._parameterNode and model:
-            self._parameterNode.modelId = model.id
+        model = self.selectedModel()
+        if model:
+            self.ui.modelCardLabel.text = model.card_text()
+        elif self._allModels:
+            self.ui.modelCardLabel.text = _("No model matches the search.") if not self._models \
+                else _("No model selected.")
+        if self._parameterNode:
+            self._parameterNode.modelId = model.id if model else ""  # none shown: none to run
         self.updateButtons()
+
+    def onImportModel(self) -> None:
+        from MedTranslateModule.models import import_model
+
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a MedTranslate model package"),
+                                              "", _("Model packages (*.zip model.json);;All files (*)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
+            message = import_model(self.logic.translation.worker_command, path, env=worker_environment("auto"))
+            self.ui.statusLabel.text = message
+            self.loadModels()
+
+    def onRemoveModel(self) -> None:
+        from MedTranslateModule.models import remove_model
+
+        model = self.selectedModel()
+        if not model or not slicer.util.confirmYesNoDisplay(
+                _("Delete {model} {version} from your model folder?").format(model=model.id, version=model.version)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not remove the model."), waitCursor=True):
+            self.ui.statusLabel.text = remove_model(self.logic.translation.worker_command, model,
+                                                    env=worker_environment("auto"))
+            self.loadModels()
+
+    def onOpenModelFolder(self) -> None:
+        from MedTranslateModule.models import user_models_folder
+
+        with slicer.util.tryWithErrorDisplay(_("Could not open the model folder."), waitCursor=True):
+            folder = user_models_folder(self.logic.translation.worker_command, env=worker_environment("auto"))
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     def updateCpuNotice(self, *args) -> None:
         device = self.ui.deviceComboBox.currentText
@@ -161,6 +218,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.translateButton.text = _("Cancel") if running else _("Translate")
         self.ui.translateButton.enabled = running or ready
         self.ui.evaluateButton.enabled = bool(node and node.outputVolume and node.referenceVolume) and not running
+        model = self.selectedModel()
+        self.ui.removeModelButton.enabled = bool(model and model.removable) and not running
+        self.ui.importModelButton.enabled = not running
         self.updateCpuNotice()
 
     # ---- run -------------------------------------------------------------------------------------

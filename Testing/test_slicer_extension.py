@@ -1,4 +1,4 @@
-"""Slicer extension files: CMake lists, .ui (loaded with PySide6 QUiLoader), parameter names, icon, cards."""
+"""Slicer extension files: CMake lists, .ui (loaded with PySide6 QUiLoader), parameter names, icon, sample data."""
 
 from __future__ import annotations
 
@@ -127,35 +127,6 @@ def test_icon_and_screenshot_are_pngs():
     assert icon.shape[:2] == (128, 128)
     shot = image.imread(MODULE_DIR / "Resources" / "Screenshot.png")
     assert shot.shape[1] > shot.shape[0] >= 256 and shot.std() > 0.05
-
-
-def test_model_list_parsing_and_card_text():
-    from MedTranslateModule.models import parse_model_list
-
-    text = json.dumps([{"id": "mr2ct-x", "title": "MR to CT", "source_modality": "MR", "target_modality": "CT",
-                        "anatomy": "head", "field_of_view": "whole brain", "license": "CC-BY-4.0",
-                        "performance": {"cuda_seconds_per_volume": 2.0, "cpu_seconds_per_volume": 95.0,
-                                        "training_seconds": 999.0}, "metrics": {"x": 1}},
-                       {"title": "no id"}])
-    models = parse_model_list(text)
-    assert [m.id for m in models] == ["mr2ct-x"]
-    card = models[0].card_text()
-    for piece in ("MR to CT", "MR &rarr; CT", "head, whole brain", "CC-BY-4.0", "GPU about 2 s", "CPU about 95 s"):
-        assert piece in card
-    assert "999" not in card
-    assert parse_model_list(json.dumps({"models": [{"id": "a"}]}))[0].id == "a"
-
-
-def test_model_list_from_a_worker_process(tmp_path):
-    from MedTranslateModule.models import list_models
-
-    script = tmp_path / "worker.py"
-    script.write_text("import json, sys\nassert sys.argv[1:] == ['models', 'list', '--json']\n"
-                      "print(json.dumps([{'id': 'm1', 'target_modality': 'CT'}]))\n")
-    assert list_models([sys.executable, str(script)])[0].target_modality == "CT"
-    script.write_text("import sys\nprint('registry broken', file=sys.stderr)\nsys.exit(4)\n")
-    with pytest.raises(RuntimeError, match="registry broken"):
-        list_models([sys.executable, str(script)])
 
 
 def test_sample_data_sources_come_from_cards(tmp_path):

@@ -1,11 +1,20 @@
-"""Model list for the panel: asks the backend (``models list --json``) in a subprocess and formats cards."""
+"""Model management for the panel: list, search, import, remove and locate model packages.
+
+Every call asks the backend worker (``<worker> models ...``) in a subprocess, so the panel never imports torch
+and shows the backend's own error messages.
+"""
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
+
+#: Card fields a search looks in.
+SEARCH_FIELDS = ("id", "title", "source_modality", "target_modality", "anatomy", "field_of_view", "family")
 
 
 @dataclass
@@ -13,26 +22,51 @@ class ModelInfo:
     """What the panel shows about one model."""
 
     id: str
+    version: str = ""
     title: str = ""
     source_modality: str = ""
     target_modality: str = ""
     anatomy: str = ""
     field_of_view: str = ""
+    family: str = ""
     license: str = ""
     performance: dict[str, Any] = field(default_factory=dict)
-    family: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    limitations: str = ""
     sample_data: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data and data[name] is not None}
         return cls(**known)
 
+    @property
+    def removable(self) -> bool:
+        """Only packages in the user's model folder can be removed; built-ins ship with the extension."""
+        return self.source == "user"
+
+    @property
+    def label(self) -> str:
+        """The line in the model list."""
+        return f"{self.title or self.id} ({self.source_modality} -> {self.target_modality})"
+
+    def matches(self, query: str) -> bool:
+        """True when every word of ``query`` occurs (case-insensitive) in the id, title, modalities, anatomy,
+        field of view or family."""
+        text = " ".join(str(getattr(self, name)) for name in SEARCH_FIELDS).lower()
+        return all(word in text for word in query.lower().split())
+
     def card_text(self) -> str:
-        """Short card: modalities, anatomy and field of view, licence, expected GPU / CPU time."""
-        lines = [f"<b>{self.title or self.id}</b>",
-                 f"{self.source_modality} &rarr; {self.target_modality}; {self.anatomy}, {self.field_of_view}",
-                 f"Licence: {self.license or 'unknown'}"]
+        """Card: modalities, anatomy and field of view, held-out figures, expected GPU / CPU time, licence,
+        version and origin, and the model's limits."""
+        esc = html.escape
+        lines = [f"<b>{esc(self.title or self.id)}</b>",
+                 f"{esc(self.source_modality)} &rarr; {esc(self.target_modality)}; {esc(self.anatomy)}, "
+                 f"{esc(self.field_of_view)}"]
+        held_out = self._held_out_text()
+        if held_out:
+            lines.append(held_out)
         times = []
         for key, value in sorted(self.performance.items()):
             lowered = key.lower()
@@ -41,7 +75,22 @@ class ModelInfo:
                 times.append(f"{label} about {value:.0f} s")
         if times:
             lines.append("Expected time: " + ", ".join(times))
+        origin = "built-in" if self.source == "builtin" else "your model folder" if self.source == "user" else ""
+        lines.append(f"Licence: {esc(self.license or 'unknown')}"
+                     + (f"; version {esc(self.version)}" if self.version else "")
+                     + (f", {origin}" if origin else ""))
+        if self.limitations:
+            lines.append(f"<i>Limits: {esc(self.limitations)}</i>")
         return "<br>".join(lines)
+
+    def _held_out_text(self) -> str:
+        values = self.metrics.get("values", {}) if isinstance(self.metrics, dict) else {}
+        unit = " HU" if self.target_modality.upper() == "CT" else ""
+        parts = [f"{label} {values[key]:{spec}}{suffix}"
+                 for key, label, spec, suffix in (("mae", "MAE", ".1f", unit), ("ssim", "SSIM", ".3f", ""),
+                                                  ("mae_bone", "bone MAE", ".0f", unit))
+                 if isinstance(values.get(key), (int, float))]
+        return "Held-out: " + ", ".join(parts) if parts else ""
 
 
 def parse_model_list(text: str) -> list[ModelInfo]:
@@ -52,11 +101,49 @@ def parse_model_list(text: str) -> list[ModelInfo]:
     return [ModelInfo.from_dict(item) for item in data if isinstance(item, dict) and item.get("id")]
 
 
-def list_models(worker_command: Sequence[str], timeout: float = 60.0,
-                env: dict[str, str] | None = None) -> list[ModelInfo]:
-    """Run ``<worker> models list --json`` and return the models (raises RuntimeError with a message)."""
-    done = subprocess.run([*worker_command, "models", "list", "--json"], capture_output=True, text=True,
+def filter_models(models: Sequence[ModelInfo], query: str = "") -> list[ModelInfo]:
+    """The models matching ``query``, one per id: the one the backend runs for that id (``models list`` is
+    sorted by id, version and origin, so the last entry of an id is its newest version, yours on a tie)."""
+    newest = {model.id: model for model in models}
+    return [model for model in newest.values() if model.matches(query)]
+
+
+def run_models_command(worker_command: Sequence[str], arguments: Sequence[str], timeout: float = 120.0,
+                       env: dict[str, str] | None = None) -> str:
+    """Run ``<worker> models <arguments>`` and return its standard output; a failure raises RuntimeError with
+    the worker's own message (the last line it wrote to standard error)."""
+    done = subprocess.run([*worker_command, "models", *arguments], capture_output=True, text=True,
                           timeout=timeout, check=False, env=env)
     if done.returncode != 0:
-        raise RuntimeError("Could not list the models: " + (done.stderr.strip().splitlines() or ["no output"])[-1])
-    return parse_model_list(done.stdout)
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
+        raise RuntimeError(lines[-1].removeprefix("error: "))
+    return done.stdout
+
+
+def list_models(worker_command: Sequence[str], timeout: float = 60.0,
+                env: dict[str, str] | None = None) -> list[ModelInfo]:
+    """Every model package the backend finds (raises RuntimeError with a message)."""
+    return parse_model_list(run_models_command(worker_command, ["list", "--json"], timeout, env))
+
+
+def import_model(worker_command: Sequence[str], path: str | Path, overwrite: bool = False,
+                 env: dict[str, str] | None = None) -> str:
+    """Import a package (a .zip, a package folder, or the ``model.json`` inside one) into the user's model
+    folder; returns the worker's confirmation."""
+    arguments = ["import", str(path)] + (["--overwrite"] if overwrite else [])
+    return run_models_command(worker_command, arguments, env=env).strip()
+
+
+def remove_model(worker_command: Sequence[str], model: ModelInfo, env: dict[str, str] | None = None) -> str:
+    """Remove this version of an imported model from the user's model folder."""
+    if not model.removable:
+        raise RuntimeError(f"{model.id} is a built-in model and cannot be removed.")
+    name = f"{model.id}@{model.version}" if model.version else model.id
+    return run_models_command(worker_command, ["remove", name], env=env).strip()
+
+
+def user_models_folder(worker_command: Sequence[str], env: dict[str, str] | None = None) -> Path:
+    """The user's model folder as the backend sees it (created if missing, so it can be opened)."""
+    folder = Path(run_models_command(worker_command, ["folder"], env=env).strip())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -40,7 +40,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list, show, import or remove model packages")
+    p = sub.add_parser("models", help="list, show, import or remove model packages, or print your model folder")
     msub = p.add_subparsers(dest="models_command", required=True)
     lp = msub.add_parser("list", help="list the models the registry finds")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -52,6 +52,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     ip.add_argument("--overwrite", action="store_true")
     rp = msub.add_parser("remove", help="remove an imported model from your model folder")
     rp.add_argument("model")
+    msub.add_parser("folder", help="print your model folder (MEDTRANSLATE_MODELS_DIR, else the user data folder)")
     p.set_defaults(handler=_lazy("MedTranslateLib.cli.models", "run_models"))
 
 

@@ -1,4 +1,4 @@
-"""``medtranslate models list | show | import | remove``."""
+"""``medtranslate models list | show | import | remove | folder``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def run_models(args: argparse.Namespace) -> int:
             table.add_row(card.id, card.version, f"{card.source_modality} -> {card.target_modality}",
                           card.family, card.dimensionality, e.source)
         Console().print(table)
+        print(f"your model folder: {registry.user_dir}")
         for problem in getattr(registry, "problems", []):
             print(f"warning: {problem}")
         return 0
@@ -42,6 +43,9 @@ def run_models(args: argparse.Namespace) -> int:
     if args.models_command == "remove":
         registry.remove(args.model)
         print(f"removed {args.model}")
+        return 0
+    if args.models_command == "folder":
+        print(registry.user_dir)
         return 0
     return 2
 

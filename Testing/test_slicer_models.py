@@ -1,0 +1,120 @@
+"""The panel's model management (MedTranslateModule.models): cards, search, import, remove, model folder.
+
+The import / remove / folder tests drive the real backend worker (``python -m MedTranslateLib``) in a subprocess,
+as the panel does, against the isolated user model folder every test gets (conftest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from packages import make_untrained_package
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedTranslate"))
+
+from MedTranslateModule.models import (ModelInfo, filter_models, import_model, list_models,  # noqa: E402
+                                       parse_model_list, remove_model, user_models_folder)
+
+WORKER = [sys.executable, "-m", "MedTranslateLib"]
+
+
+def test_model_list_parsing_and_card_text():
+    text = json.dumps([{"id": "mr2ct-x", "version": "1.2.0", "title": "MR to CT", "source_modality": "MR",
+                        "target_modality": "CT", "anatomy": "head", "field_of_view": "whole brain",
+                        "license": "CC-BY-4.0", "source": "user",
+                        "performance": {"cuda_seconds_per_volume": 2.0, "cpu_seconds_per_volume": 95.0,
+                                        "training_seconds": 999.0},
+                        "metrics": {"values": {"mae": 61.04, "ssim": 0.8712, "mae_bone": 250.4}},
+                        "limitations": "Adults only; artefacts outside <the> brain."},
+                       {"title": "no id"}])
+    models = parse_model_list(text)
+    assert [m.id for m in models] == ["mr2ct-x"]
+    card = models[0].card_text()
+    for piece in ("MR to CT", "MR &rarr; CT", "head, whole brain", "CC-BY-4.0", "GPU about 2 s", "CPU about 95 s",
+                  "Held-out: MAE 61.0 HU, SSIM 0.871, bone MAE 250 HU", "version 1.2.0, your model folder",
+                  "Limits: Adults only; artefacts outside &lt;the&gt; brain."):
+        assert piece in card, piece
+    assert "999" not in card
+    assert parse_model_list(json.dumps({"models": [{"id": "a"}]}))[0].id == "a"
+
+
+def test_card_of_an_mr_target_has_no_hounsfield_units_and_no_empty_lines():
+    model = ModelInfo(id="t1-t2", target_modality="T2", metrics={"values": {"mae": 65.1}}, source="builtin")
+    card = model.card_text()
+    assert "Held-out: MAE 65.1<" in card and "HU" not in card and "built-in" in card
+    assert "Held-out" not in ModelInfo(id="x", metrics={"data": "none"}).card_text()
+
+
+def test_search_needs_every_word_and_shows_one_entry_per_id():
+    models = [ModelInfo("mr2ct-brain", "1.0.0", "Brain sCT", "MR", "CT", "head", family="unet", source="builtin"),
+              ModelInfo("mr2ct-brain", "1.1.0", "Brain sCT", "MR", "CT", "head", family="unet", source="user"),
+              ModelInfo("cbct2ct-pelvis", "1.0.0", "Pelvis CBCT", "CBCT", "CT", "pelvis", family="pix2pix"),
+              ModelInfo("t1-t2", "2.0.0", "T1 to T2", "T1", "T2", "brain", family="diffusion")]
+    assert [(m.id, m.version) for m in filter_models(models)] == [("mr2ct-brain", "1.1.0"), ("cbct2ct-pelvis", "1.0.0"),
+                                                                  ("t1-t2", "2.0.0")]
+    assert [m.id for m in filter_models(models, "ct")] == ["mr2ct-brain", "cbct2ct-pelvis"]
+    assert [m.id for m in filter_models(models, "  PELVIS  gan")] == []
+    assert [m.id for m in filter_models(models, "pelvis pix2pix")] == ["cbct2ct-pelvis"]
+    assert [m.id for m in filter_models(models, "brain Diffusion")] == ["t1-t2"]
+    assert filter_models(models, "lung") == []
+
+
+def test_model_list_from_a_worker_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import json, sys\nassert sys.argv[1:] == ['models', 'list', '--json']\n"
+                      "print(json.dumps([{'id': 'm1', 'target_modality': 'CT'}]))\n")
+    assert list_models([sys.executable, str(script)])[0].target_modality == "CT"
+    script.write_text("import sys\nprint('Traceback ...', file=sys.stderr)\nprint('error: registry broken', "
+                      "file=sys.stderr)\nsys.exit(4)\n")
+    with pytest.raises(RuntimeError, match="^registry broken$"):
+        list_models([sys.executable, str(script)])
+
+
+@pytest.mark.parametrize("form", ["zip", "folder", "model.json"])
+def test_import_then_remove_through_the_backend_worker(tmp_path, isolated_user_models, form):
+    package = make_untrained_package(tmp_path / "pkg", id="panel-import-test", version="1.3.0",
+                                     limitations="Made for this test.")
+    path = {"folder": package, "model.json": package / "model.json"}.get(form)
+    if form == "zip":
+        path = tmp_path / "panel-import-test.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for member in package.iterdir():
+                archive.write(member, member.name)
+    before = {m.id for m in list_models(WORKER)}
+    assert "panel-import-test" not in before
+
+    assert "imported panel-import-test 1.3.0" in import_model(WORKER, path)
+    models = {m.id: m for m in list_models(WORKER)}
+    imported = models["panel-import-test"]
+    assert imported.removable and imported.source == "user" and "Made for this test." in imported.card_text()
+    assert any(child.name.startswith("panel-import-test") for child in isolated_user_models.iterdir())
+    with pytest.raises(RuntimeError, match="already imported"):
+        import_model(WORKER, path)
+    assert "imported" in import_model(WORKER, path, overwrite=True)
+
+    assert "removed panel-import-test@1.3.0" in remove_model(WORKER, imported)
+    assert {m.id for m in list_models(WORKER)} == before
+    assert list(isolated_user_models.iterdir()) == []
+
+
+def test_built_in_models_cannot_be_removed_and_bad_imports_say_why(tmp_path):
+    builtin = next(m for m in list_models(WORKER) if m.source == "builtin")
+    assert not builtin.removable
+    with pytest.raises(RuntimeError, match="built-in model"):
+        remove_model(WORKER, builtin)
+    with pytest.raises(RuntimeError, match="built-in model and cannot be removed"):  # the worker refuses it too
+        remove_model(WORKER, ModelInfo(builtin.id, builtin.version, source="user"))
+    with pytest.raises(RuntimeError, match="No model package at"):
+        import_model(WORKER, tmp_path / "missing.zip")
+    assert builtin.id in {m.id for m in list_models(WORKER)}
+
+
+def test_model_folder_comes_from_the_backend_and_is_created(tmp_path, monkeypatch):
+    folder = tmp_path / "not" / "yet" / "there"
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(folder))
+    assert user_models_folder(WORKER) == folder and folder.is_dir()
