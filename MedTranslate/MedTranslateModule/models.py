@@ -135,9 +135,7 @@ def import_model(worker_command: Sequence[str], path: str | Path, overwrite: boo
 
 
 def remove_model(worker_command: Sequence[str], model: ModelInfo, env: dict[str, str] | None = None) -> str:
-    """Remove this version of an imported model from the user's model folder."""
-    if not model.removable:
-        raise RuntimeError(f"{model.id} is a built-in model and cannot be removed.")
+    """Remove this version of an imported model from the user's model folder (the backend refuses built-ins)."""
     name = f"{model.id}@{model.version}" if model.version else model.id
     return run_models_command(worker_command, ["remove", name], env=env).strip()
 
