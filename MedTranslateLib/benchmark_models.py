@@ -238,7 +238,7 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
     keys = sorted({k for r in rows for k in r if isinstance(r[k], (int, float)) and k != "voxels"})
     mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
     return {"id": card["id"], "family": card["family"], "dimensionality": card.get("dimensionality", "2d"),
-            "task": task_of(card["id"]).prefix,
+            "task": getattr(task_of(card["id"]), "prefix", card["id"]),
             "path": str(path), "voxels": rows[0]["voxels"], "cases": [r["case"] for r in rows], "metrics": mean,
             "per_case": rows,
             "card_metrics": (card.get("metrics") or {}).get("values", {}),

@@ -175,6 +175,23 @@ def test_shipped_model_reproduces_card(model_id: str, real_data: Path, tmp_path:
         assert got["dice_bone"] == pytest.approx(want["dice_bone"], abs=0.05)
 
 
+@pytest.mark.slow
+def test_demo_model_reproduces_card_on_its_held_out_phantom(tmp_path: Path) -> None:
+    """The default model (no task of ``TASKS``) evaluates on its generated held-out phantom: the card's MAE
+    and a measured CPU time."""
+    from MedTranslateLib.phantom import write_phantom_dataset
+
+    package = BUILTIN_DIR / "mr2ct-headphantom-unet2d"
+    card = json.loads((package / "model.json").read_text())
+    (test_subject,) = card["training"]["split"]["test"]
+    seed = int(test_subject.removeprefix("phantom_"))
+    write_phantom_dataset(str(tmp_path), range(seed, seed + 1))
+    result = bm.evaluate_package(package, tmp_path)
+    assert result["task"] == card["id"] and result["cases"] == [test_subject]
+    assert result["metrics"]["mae"] == pytest.approx(card["metrics"]["values"]["mae"], rel=0.05)
+    assert result["cpu_seconds"] > 0 and float(card["performance"]["cpu_seconds"]) > 0
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_parallel_evaluation_in_worker_processes(real_data: Path) -> None:
