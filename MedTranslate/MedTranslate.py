@@ -18,8 +18,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,
-                                      evaluate_against_reference, output_name_for, worker_environment)
+from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, output_name_for
+from MedTranslateModule.nodes import evaluate_against_reference, is_label_map, output_for_input
 from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
@@ -105,6 +105,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self.logic and self.logic.translation.is_running:  # its nodes are going away
+            self.logic.translation.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -113,8 +115,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:  # auto-pick when there is a volume
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.inputVolume:  # auto-pick the first image volume (not a label map)
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            first = next((volume for volume in volumes if not is_label_map(volume)), None)
             if first:
                 self._parameterNode.inputVolume = first
 
@@ -214,6 +217,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, *args) -> None:
         running = bool(self.logic and self.logic.translation.is_running)
         node = self._parameterNode
+        if node and node.outputVolume and output_for_input(node.outputVolume, node.inputVolume) is None:
+            node.outputVolume = None  # another input's result: the next run makes a new volume
         ready = bool(node and node.inputVolume and node.modelId)
         self.ui.translateButton.text = _("Cancel") if running else _("Translate")
         self.ui.translateButton.enabled = running or ready
@@ -262,7 +267,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text += "\n" + "\n".join(status.warnings)
         if status.state == "failed":
             slicer.util.errorDisplay(status.message)
-        elif status.state == "done":
+        elif status.state == "done" and self._parameterNode:
             self._parameterNode.outputVolume = status.output_node
             self.showResult(status)
         self.updateButtons()

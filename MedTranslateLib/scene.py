@@ -155,7 +155,11 @@ def setup_fused_linked_display(scene: Any, input_node: Any, synthetic_node: Any,
 
 
 def set_provenance(node: Any, provenance: dict[str, Any]) -> None:
-    """Store provenance (model id, version, SHA256, date, ``synthetic``) as node attributes."""
+    """Store provenance (model id, version, SHA256, date, ``synthetic``) as node attributes, replacing any
+    earlier run's."""
+    for name in node.GetAttributeNames() or ():
+        if name.startswith(ATTRIBUTE_PREFIX):
+            node.RemoveAttribute(name)
     for key, value in provenance.items():
         node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
     node.SetAttribute(ATTRIBUTE_PREFIX + "synthetic", "true")

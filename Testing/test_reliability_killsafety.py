@@ -220,6 +220,7 @@ def test_slicer_fake_worker_sigkilled_mid_run(scene_and_input, tmp_path, monkeyp
                                  lambda s: s.stage == "predict" and pid_file.exists())
     child = int(pid_file.read_text().split()[1])
     assert logic.status.state == "failed" and "crashed (signal 9)" in logic.status.message
+    assert "out of memory" in logic.status.message  # SIGKILL: most often the kernel's out-of-memory killer
     assert scene.GetNumberOfNodes() == before and logic.workdir is None
     assert not os.path.exists(workdir)
     assert not _alive(pid)

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
         print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr, flush=True)
         return 1
     if behaviour == "error":
-        emit("error", message="The input volume is constant. Check the input.", exit_code=3)
+        emit("error", message=f"The volume {os.path.basename(args.input)!r} is constant. Check the input.",
+             exit_code=3)
         return 3
     emit("warning", message="fake warning: input looks unusual")
     emit("progress", stage="predict", fraction=0.6, eta_seconds=0.5, message="predicting")

@@ -160,7 +160,7 @@ def test_cancel_mid_run_kills_tree_removes_temp_and_keeps_scene(scene, input_nod
 @pytest.mark.parametrize("model, expected", [
     ("fake-crash", "crashed"),
     ("fake-oom", "out of memory"),
-    ("fake-error", "input volume is constant"),
+    ("fake-error", "The volume 'MRHead' is constant"),  # the node's name, not the temporary file's
     ("fake-shifted", "geometry differs"),
     ("fake-silent", "without reporting a result"),
 ])
@@ -211,7 +211,7 @@ def test_invalid_requests_are_refused(scene, input_node):
 def test_evaluate_against_reference(scene, input_node):
     import slicer
 
-    from MedTranslateModule.logic import evaluate_against_reference
+    from MedTranslateModule.nodes import evaluate_against_reference
 
     array = slicer.util.arrayFromVolume(input_node)
     reference = slicer.util.addVolumeFromArray(array + 10.0, ijkToRAS=IJK_TO_RAS, name="reference")

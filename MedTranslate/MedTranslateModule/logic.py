@@ -15,15 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBUTE, TranslationFailed,
+                                      check_image_node, check_output_node, check_same_frame)
 from MedTranslateModule.process import WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory
 
 DEVICES = ("auto", "cuda", "cpu")
-GEOMETRY_TOLERANCE_MM = 1e-3
 CANCELLED_EXIT_CODE = 130
-
-
-class TranslationFailed(RuntimeError):
-    """A run that did not produce a result; ``str()`` is the message for the user."""
+UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
+SIGKILL = 9
 
 
 @dataclass
@@ -157,10 +156,15 @@ class TranslationLogic:
         """Write the input to a temporary folder and start the worker (returns at once)."""
         if self.is_running:
             raise TranslationFailed("A translation is already running: wait for it or cancel it first.")
-        if request.input_node is None or request.input_node.GetImageData() is None:
-            raise TranslationFailed("Select an input volume that has image data.")
+        check_image_node(request.input_node, "an input volume")
         if not request.model_id:
             raise TranslationFailed("Select a model.")
+        check_output_node(request.output_node, request.input_node)
+        if request.mask_node is not None:
+            if request.mask_node.GetImageData() is None:
+                raise TranslationFailed(f"The mask {request.mask_node.GetName()} has no image data: select "
+                                        "another mask or none.")
+            check_same_frame(request.input_node, request.mask_node, "The mask")
         self._workdir = tempfile.mkdtemp(prefix="MedTranslate-")
         try:
             paths = {"input": os.path.join(self._workdir, "input.nrrd"),
@@ -248,46 +252,92 @@ class TranslationLogic:
 
     def _failure_message(self, code: int | None, worker: WorkerProcess) -> str:
         tail = worker.log_tail()
-        detail = " ".join(self._errors) or (tail.splitlines()[-1] if tail else "")
+        detail = self._node_names_for_files(" ".join(self._errors) or (tail.splitlines()[-1] if tail else ""))
         if looks_like_out_of_memory(" ".join(self._errors) + "\n" + tail):
             return ("The translation ran out of memory. Choose the CPU device, close other programs, "
                     f"or crop the input volume. ({detail})")
         if code == 0:
             return "The worker finished without reporting a result. " + detail
+        if code == -SIGKILL:
+            return ("The worker process crashed (signal 9), most likely because the system ran out of memory. "
+                    f"Close other programs, choose the CPU device or crop the input volume. {detail}").strip()
         if code is not None and code < 0:
             return f"The worker process crashed (signal {-code}). {detail}".strip()
         return f"The translation failed (exit code {code}). {detail}".strip()
 
+    def _node_names_for_files(self, text: str) -> str:
+        """The worker's message with the temporary files it was given named by the user's nodes."""
+        request = self._request
+        if request is None:
+            return text
+        nodes = {"input": request.input_node, "mask": request.mask_node}
+        for role, path in self._paths.items():
+            node = nodes.get(role)
+            if node is not None:
+                text = text.replace(path, node.GetName()).replace(os.path.basename(path), node.GetName())
+        return text
+
     # ---- results ---------------------------------------------------------------------------------
     def _load_results(self, request: TranslationRequest, done: dict[str, Any]) -> tuple[Any, Any]:
-        from MedTranslateLib import scene as scene_tools
-
         output_path = done.get("output") or self._paths["output"]
         if not os.path.isfile(output_path):
             raise TranslationFailed(f"The worker reported success but wrote no output file ({output_path}).")
         input_node = request.input_node
-        name = request.output_name or output_name_for(input_node.GetName(), request.target_modality)
+        for node, role in ((input_node, "input"), (request.output_node, "output")):
+            if node is not None and not self.scene.IsNodePresent(node):
+                raise TranslationFailed(f"The {role} volume was removed from the scene (or the scene was closed) "
+                                        "during the translation: the result was discarded.")
         loaded = self._read_checked(output_path, input_node)
         uncertainty = None
         uncertainty_path = done.get("uncertainty")
         if request.uncertainty and uncertainty_path and os.path.isfile(uncertainty_path):
             uncertainty = self._read_checked(uncertainty_path, input_node)
-        # everything is read and checked: only now is the scene changed
-        output_node = self._store(loaded, request.output_node, name, input_node)
         provenance = dict(done.get("provenance") or {})
+        provenance.update({"source_volume": input_node.GetName(),
+                           "mask_volume": request.mask_node.GetName() if request.mask_node is not None else ""})
         if self.status.warnings:  # reference-free warnings travel with the volume
             provenance["warnings"] = " | ".join(self.status.warnings)
+        # everything is read and checked: only now is the scene changed (new nodes are removed on failure)
+        created: list[Any] = []
+        try:
+            return self._show_results(request, loaded, uncertainty, provenance, created)
+        except BaseException:
+            for node in created:
+                self._remove_with_display(node)
+            raise
+
+    def _remove_with_display(self, node: Any) -> None:
+        """Remove a volume node and the display and storage nodes it made."""
+        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        for helper in [*helpers, node]:
+            if helper is not None and self.scene.IsNodePresent(helper):
+                self.scene.RemoveNode(helper)
+
+    def _show_results(self, request: TranslationRequest, loaded: Any, uncertainty: Any,
+                      provenance: dict[str, Any], created: list[Any]) -> tuple[Any, Any]:
+        from MedTranslateLib import scene as scene_tools
+
+        input_node = request.input_node
+        name = request.output_name or output_name_for(input_node.GetName(), request.target_modality)
+        output_node = self._store(loaded, request.output_node, name, input_node, created)
         scene_tools.set_provenance(output_node, provenance)
+        output_node.SetAttribute(SOURCE_NODE_ATTRIBUTE, input_node.GetID())
         scene_tools.place_beside(self.scene, input_node, output_node)
         target = (request.target_modality or provenance.get("target_modality") or "").upper()
         if target in ("CT", "SCT"):
             scene_tools.apply_ct_display(output_node)
+        previous = output_node.GetNodeReference(UNCERTAINTY_REFERENCE)
+        output_node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, None)  # a new result: the old map no longer fits
         uncertainty_node = None
         if uncertainty is not None:
-            uncertainty_node = self._store(uncertainty, None, f"{name}_uncertainty", input_node)
+            uncertainty_node = self._store(uncertainty, previous, f"{output_node.GetName()}_uncertainty",
+                                           input_node, created)
             scene_tools.set_provenance(uncertainty_node, {**provenance, "uncertainty": "std"})
+            uncertainty_node.SetAttribute(SOURCE_NODE_ATTRIBUTE, input_node.GetID())
             scene_tools.apply_uncertainty_display(uncertainty_node)
             scene_tools.place_beside(self.scene, input_node, uncertainty_node)
+            output_node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, uncertainty_node.GetID())
         return output_node, uncertainty_node
 
     def _read_checked(self, path: str, input_node: Any) -> Any:
@@ -321,13 +371,15 @@ class TranslationLogic:
             raise TranslationFailed("The output geometry differs from the input's: the result was not loaded.")
         return sitk.GetArrayFromImage(image)
 
-    def _store(self, array: Any, target: Any, name: str, input_node: Any) -> Any:
-        """Put voxels in ``target`` (or a new scene node named ``name``) on exactly the input's grid."""
+    def _store(self, array: Any, target: Any, name: str, input_node: Any, created: list[Any]) -> Any:
+        """Put voxels in ``target`` (or a new scene node with a unique name from ``name``, appended to
+        ``created``) on exactly the input's grid."""
         import slicer
         import vtk
 
         if target is None:
-            target = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            target = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+            created.append(target)
         matrix = vtk.vtkMatrix4x4()
         input_node.GetIJKToRASMatrix(matrix)
         target.SetIJKToRASMatrix(matrix)
@@ -368,32 +420,3 @@ class TranslationLogic:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._workdir = None
 
-
-def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
-                               modality: str = "CT") -> dict[str, float]:
-    """SynthRAD metrics of a synthetic volume against a reference on the same grid (optional mask)."""
-    import numpy as np
-    import slicer
-    import vtk
-
-    from MedTranslateLib.evaluation.metrics import compute_metrics
-
-    def grid(node: Any) -> tuple:
-        matrix = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(matrix)
-        return node.GetImageData().GetDimensions(), np.array(
-            [[matrix.GetElement(i, j) for j in range(4)] for i in range(3)])
-
-    if synthetic_node is None or reference_node is None:
-        raise TranslationFailed("Select the synthetic volume and a reference volume to evaluate.")
-    nodes = [reference_node] + ([mask_node] if mask_node is not None else [])
-    size, matrix = grid(synthetic_node)
-    for node in nodes:
-        other_size, other_matrix = grid(node)
-        if other_size != size or not np.allclose(other_matrix, matrix, atol=GEOMETRY_TOLERANCE_MM):
-            raise TranslationFailed(
-                f"{node.GetName()} is not on the synthetic volume's grid. Resample it first (module "
-                "'Resample Image (BRAINS)' with the synthetic volume as reference).")
-    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else None
-    return compute_metrics(slicer.util.arrayFromVolume(synthetic_node).astype(np.float32),
-                           slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask, modality)

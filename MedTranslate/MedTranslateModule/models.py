@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,10 @@ class ModelInfo:
         return f"{self.title or self.id} ({self.source_modality} -> {self.target_modality})"
 
     def matches(self, query: str) -> bool:
-        """True when every word of ``query`` occurs (case-insensitive) in the id, title, modalities, anatomy,
-        field of view or family."""
-        text = " ".join(str(getattr(self, name)) for name in SEARCH_FIELDS).lower()
-        return all(word in text for word in query.lower().split())
+        """True when every word of ``query`` starts a word (case-insensitive) of the id, title, modalities,
+        anatomy, field of view or family: "t2" finds T1 -> T2 models, not "unet2d"."""
+        words = _words(" ".join(str(getattr(self, name)) for name in SEARCH_FIELDS))
+        return all(any(word.startswith(wanted) for word in words) for wanted in _words(query))
 
     def card_text(self) -> str:
         """Card: modalities, anatomy and field of view, held-out figures, expected GPU / CPU time, licence,
@@ -108,12 +109,24 @@ def filter_models(models: Sequence[ModelInfo], query: str = "") -> list[ModelInf
     return [model for model in newest.values() if model.matches(query)]
 
 
+def _words(text: str) -> list[str]:
+    """Lower-case runs of letters and digits."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def run_models_command(worker_command: Sequence[str], arguments: Sequence[str], timeout: float = 120.0,
                        env: dict[str, str] | None = None) -> str:
     """Run ``<worker> models <arguments>`` and return its standard output; a failure raises RuntimeError with
     the worker's own message (the last line it wrote to standard error)."""
-    done = subprocess.run([*worker_command, "models", *arguments], capture_output=True, text=True,
-                          timeout=timeout, check=False, env=env)
+    try:
+        done = subprocess.run([*worker_command, "models", *arguments], capture_output=True, text=True,
+                              timeout=timeout, check=False, env=env)
+    except FileNotFoundError as error:
+        raise RuntimeError(f"Could not start the MedTranslate backend ({worker_command[0]}): {error.strerror}. "
+                           "Reinstall the MedTranslate extension.") from error
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"The MedTranslate backend did not answer within {timeout:.0f} s: try again, or "
+                           "restart Slicer if it keeps happening.") from error
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
         raise RuntimeError(lines[-1].removeprefix("error: "))

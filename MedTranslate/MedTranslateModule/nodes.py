@@ -1,0 +1,115 @@
+"""Checks on the scene's volume nodes before and after a run, and evaluation against a reference node.
+
+Every check raises :class:`TranslationFailed` with one message that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GEOMETRY_TOLERANCE_MM = 1e-3
+SOURCE_NODE_ATTRIBUTE = "MedTranslate.source_node_id"
+
+
+class TranslationFailed(RuntimeError):
+    """A run that did not produce a result; ``str()`` is the message for the user."""
+
+
+def is_label_map(node: Any) -> bool:
+    return bool(node.IsA("vtkMRMLLabelMapVolumeNode"))
+
+
+def check_image_node(node: Any, role: str) -> None:
+    """``node`` holds a 3D single-component image that is not a label map."""
+    if node is None or node.GetImageData() is None:
+        raise TranslationFailed(f"Select {role} that has image data.")
+    if is_label_map(node):
+        raise TranslationFailed(f"{node.GetName()} is a label map (a segmentation), not an image: select the "
+                                f"image volume as {role}.")
+    if node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise TranslationFailed(f"{node.GetName()} has {node.GetImageData().GetNumberOfScalarComponents()} "
+                                "components per voxel (a colour or vector volume): select a single-component "
+                                "(scalar) volume, or convert it with the 'Vector to Scalar Volume' module.")
+
+
+def check_output_node(output_node: Any, input_node: Any) -> None:
+    """An explicitly chosen output node can take the result: a plain scalar volume other than the input."""
+    if output_node is None:
+        return
+    if output_node is input_node or output_node.GetID() == input_node.GetID():
+        raise TranslationFailed("The output volume is the input volume: the input is never overwritten. Choose "
+                                "'Create new volume' or another output volume.")
+    if output_node.GetClassName() != "vtkMRMLScalarVolumeNode":
+        raise TranslationFailed(f"The output volume {output_node.GetName()} is a {output_node.GetClassName()}, "
+                                "not a plain scalar volume: choose 'Create new volume' or a scalar volume.")
+
+
+def same_world_frame(node: Any, other: Any) -> bool:
+    """True when both nodes sit in the same world frame: the same parent transform, or transforms that differ
+    by the identity."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    first, second = node.GetParentTransformNode(), other.GetParentTransformNode()
+    if first is second or (first is not None and second is not None and first.GetID() == second.GetID()):
+        return True
+    matrix = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(first, second, matrix):
+        return False  # a non-linear transform between them
+    values = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return bool(np.allclose(values, np.eye(4), atol=GEOMETRY_TOLERANCE_MM))
+
+
+def check_same_frame(node: Any, other: Any, role: str) -> None:
+    if not same_world_frame(node, other):
+        raise TranslationFailed(f"{role} {other.GetName()} is under a different transform than {node.GetName()}: "
+                                "put both under the same transform, or harden the transforms (Data module, "
+                                "right-click > Harden transform) first.")
+
+
+def output_for_input(output_node: Any, input_node: Any) -> Any:
+    """``output_node`` unless it is the synthetic volume of another input (None then, so that a new volume is
+    made): re-running on a new input must not overwrite the previous patient's result."""
+    if output_node is None or input_node is None:
+        return output_node
+    source = output_node.GetAttribute(SOURCE_NODE_ATTRIBUTE)
+    return None if source and source != input_node.GetID() else output_node
+
+
+def node_grid(node: Any) -> tuple[tuple[int, ...], Any]:
+    """The voxel dimensions and the 3 x 4 IJK-to-RAS matrix of a volume node."""
+    import numpy as np
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return node.GetImageData().GetDimensions(), np.array([[matrix.GetElement(i, j) for j in range(4)]
+                                                          for i in range(3)])
+
+
+def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
+                               modality: str = "CT") -> dict[str, float]:
+    """SynthRAD metrics of a synthetic volume against a reference on the same grid (optional mask)."""
+    import numpy as np
+    import slicer
+
+    from MedTranslateLib.evaluation.metrics import compute_metrics
+
+    if synthetic_node is None or reference_node is None:
+        raise TranslationFailed("Select the synthetic volume and a reference volume to evaluate.")
+    check_image_node(synthetic_node, "a synthetic volume")
+    check_image_node(reference_node, "a reference volume")
+    if mask_node is not None and mask_node.GetImageData() is None:
+        raise TranslationFailed(f"The mask {mask_node.GetName()} has no image data: select another mask or none.")
+    size, matrix = node_grid(synthetic_node)
+    for node in [reference_node] + ([mask_node] if mask_node is not None else []):
+        other_size, other_matrix = node_grid(node)
+        if other_size != size or not np.allclose(other_matrix, matrix, atol=GEOMETRY_TOLERANCE_MM):
+            raise TranslationFailed(
+                f"{node.GetName()} is not on the synthetic volume's grid. Resample it first (module "
+                "'Resample Image (BRAINS)' with the synthetic volume as reference).")
+        check_same_frame(synthetic_node, node, "The reference" if node is reference_node else "The mask")
+    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else None
+    return compute_metrics(slicer.util.arrayFromVolume(synthetic_node).astype(np.float32),
+                           slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask, modality)

@@ -1,0 +1,160 @@
+"""The Slicer logic protects the scene: wrong nodes are refused before a run, a re-run on another input never
+overwrites the previous result, a scene changed during a run gets nothing, and names and provenance stay right."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedTranslate"))
+
+from test_slicer_logic import IJK_TO_RAS, _logic, input_node, scene  # noqa: E402,F401  (fixtures)
+
+from MedTranslateModule.logic import TranslationFailed, TranslationRequest  # noqa: E402
+from MedTranslateModule.nodes import evaluate_against_reference, output_for_input  # noqa: E402
+
+
+def _add(name: str, array=None, matrix=IJK_TO_RAS, node_class: str | None = None):
+    import slicer
+
+    values = np.ones((12, 14, 16), np.float32) if array is None else array
+    if node_class is None:
+        return slicer.util.addVolumeFromArray(values, ijkToRAS=matrix, name=name)
+    return slicer.util.addVolumeFromArray(values, ijkToRAS=matrix, name=name, nodeClassName=node_class)
+
+
+def _translate_under(scene, node):
+    """Put ``node`` under a linear transform shifted 25 mm in x; returns the transform node."""
+    import vtk
+
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 25.0)
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+def test_wrong_nodes_are_refused_before_the_run(scene, input_node):
+    import slicer
+
+    logic = _logic(scene)
+    labels = _add("segmentation", node_class="vtkMRMLLabelMapVolumeNode")
+    colour = slicer.util.addVolumeFromArray(np.ones((12, 14, 16, 3), np.uint8), ijkToRAS=IJK_TO_RAS,
+                                            name="photo", nodeClassName="vtkMRMLVectorVolumeNode")
+    before = scene.GetNumberOfNodes()
+    input_values = slicer.util.arrayFromVolume(input_node).copy()
+    cases = [(TranslationRequest(labels, "fake-ok"), "segmentation is a label map"),
+             (TranslationRequest(colour, "fake-ok"), "photo has 3 components"),
+             (TranslationRequest(input_node, "fake-ok", output_node=input_node), "output volume is the input"),
+             (TranslationRequest(input_node, "fake-ok", output_node=labels), "not a plain scalar volume")]
+    for request, message in cases:
+        with pytest.raises(TranslationFailed, match=message):
+            logic.start(request)
+        assert not logic.is_running and logic.workdir is None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(input_node), input_values)
+    assert input_node.GetAttribute("MedTranslate.synthetic") is None
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_mask_and_reference_under_another_transform_are_refused(scene, input_node):
+    mask = _add("mask")
+    reference = _add("reference", np.full((12, 14, 16), 5.0, np.float32))
+    _translate_under(scene, mask)
+    with pytest.raises(TranslationFailed, match="mask is under a different transform"):
+        _logic(scene).start(TranslationRequest(input_node, "fake-ok", mask_node=mask))
+    assert evaluate_against_reference(input_node, reference)["mae"] > 0  # same grid, same frame: fine
+    transform = _translate_under(scene, reference)
+    with pytest.raises(TranslationFailed, match="reference .* is under a different transform"):
+        evaluate_against_reference(input_node, reference)
+    input_node.SetAndObserveTransformNodeID(transform.GetID())  # both under the same transform: fine again
+    assert evaluate_against_reference(input_node, reference)["mae"] > 0
+
+
+def test_evaluation_refuses_empty_and_colour_references(scene, input_node):
+    import slicer
+
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(TranslationFailed, match="reference volume that has image data"):
+        evaluate_against_reference(input_node, empty)
+    colour = slicer.util.addVolumeFromArray(np.ones((12, 14, 16, 3), np.uint8), ijkToRAS=IJK_TO_RAS,
+                                            name="photo", nodeClassName="vtkMRMLVectorVolumeNode")
+    with pytest.raises(TranslationFailed, match="photo has 3 components"):
+        evaluate_against_reference(input_node, colour)
+
+
+def test_rerun_keeps_results_apart_and_replaces_provenance(scene, input_node):
+    import slicer
+
+    logic = _logic(scene)
+    first = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True),
+                      timeout=60)
+    second = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT"), timeout=60)
+    assert (first.output_node.GetName(), second.output_node.GetName()) == ("MRHead_synthetic_CT",
+                                                                           "MRHead_synthetic_CT_1")
+    assert first.uncertainty_node.GetName() == "MRHead_synthetic_CT_uncertainty"
+    assert first.output_node.GetAttribute("MedTranslate.source_node_id") == input_node.GetID()
+    assert first.output_node.GetAttribute("MedTranslate.source_volume") == "MRHead"
+
+    # the same output again, now with steps and without uncertainty: old attributes and the old map's link go
+    output = first.output_node
+    output.SetAttribute("MedTranslate.warnings", "a warning of the first run")
+    logic.run(TranslationRequest(input_node, "fake-ok", output_node=output, samples=3), timeout=60)
+    assert output.GetAttribute("MedTranslate.samples") == "3"
+    assert output.GetAttribute("MedTranslate.warnings") == "fake warning: input looks unusual"
+    assert output.GetNodeReference("MedTranslateUncertainty") is None
+    # with uncertainty: one map per output node, updated in place rather than piling up
+    again = logic.run(TranslationRequest(input_node, "fake-ok", output_node=output, uncertainty=True), timeout=60)
+    count = scene.GetNumberOfNodes()
+    repeat = logic.run(TranslationRequest(input_node, "fake-ok", output_node=output, uncertainty=True), timeout=60)
+    assert repeat.uncertainty_node is again.uncertainty_node and scene.GetNumberOfNodes() == count
+    assert output.GetNodeReference("MedTranslateUncertainty") is again.uncertainty_node
+    names = [node.GetName() for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")]
+    assert len(names) == len(set(names))
+
+
+def test_previous_patients_result_is_not_the_next_output(scene, input_node):
+    logic = _logic(scene)
+    result = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT"), timeout=60).output_node
+    other_patient = _add("PatientB", np.full((12, 14, 16), 7.0, np.float32))
+    assert output_for_input(result, input_node) is result
+    assert output_for_input(result, other_patient) is None
+    assert output_for_input(_add("chosen by the user"), other_patient) is not None
+    assert output_for_input(None, other_patient) is None
+
+
+@pytest.mark.parametrize("change", ["remove input", "close scene", "remove output"])
+def test_scene_changed_during_the_run_gets_nothing(scene, input_node, change):
+    logic = _logic(scene)
+    output = _add("chosen output")
+    logic.start(TranslationRequest(input_node, "fake-ok", output_node=output))
+    if change == "remove input":
+        scene.RemoveNode(input_node)
+    elif change == "remove output":
+        scene.RemoveNode(output)
+    else:
+        scene.Clear(0)
+    before = scene.GetNumberOfNodes()
+    while logic.is_running:
+        logic.poll()
+    assert logic.status.state == "failed" and "removed from the scene" in logic.status.message
+    assert scene.GetNumberOfNodes() == before and logic.workdir is None
+
+
+def test_a_failure_while_loading_removes_the_new_nodes(scene, input_node, monkeypatch):
+    from MedTranslateLib import scene as scene_tools
+
+    def broken_display(node):
+        raise RuntimeError("display preset missing")
+
+    monkeypatch.setattr(scene_tools, "apply_uncertainty_display", broken_display)
+    logic = _logic(scene)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(TranslationFailed, match="Could not load the result: display preset missing"):
+        logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True), timeout=60)
+    assert scene.GetNumberOfNodes() == before and logic.workdir is None
