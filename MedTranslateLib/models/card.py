@@ -241,7 +241,7 @@ class ModelCard:
             f"- Family: {self.family}, {self.dimensionality} "
             f"(in {self.in_channels} / out {self.out_channels} channels)",
             f"- Input: spacing {_fmt(d['input']['spacing']) + ' mm' if d['input'].get('spacing') else 'native'}, "
-            f"slice axis {d['input']['slice_axis']}, orientation {d['input'].get('orientation') or 'as input'}",
+            f"slice axis {d['input']['slice_axis']}, orientation {d['input'].get('orientation') or 'as input, axes in L-R, A-P, S-I order'}",
             f"- Normalisation: input {_fmt(d['normalization']['input'])}; output {_fmt(d['normalization']['output'])}",
             "",
             "## Training",

@@ -63,13 +63,23 @@ def orientation_code(image_or_direction: "sitk.Image | Sequence[float]") -> str:
 
 
 # ------------------------------------------------------------------------------------------- reorient
+def anatomical_axis_order(code: str) -> str:
+    """``code`` with its letters put in left-right, front-back, head-foot order, each keeping its sign: a
+    sagittally stored volume (``ASL``) becomes ``LAS``, so that array axis z runs head-foot and a 2D model sees
+    axial slices; a volume already in that order (``LPS``, ``RAS``, ...) keeps its code."""
+    code = code.upper()
+    return "".join(next(letter for letter in code if letter in pair) for pair in ("LR", "AP", "SI"))
+
+
 def reorient(image: "sitk.Image", orientation: str | None) -> tuple["sitk.Image", dict | None]:
-    """``image`` in ``orientation`` (``sitk.DICOMOrient``) and its record entry (None when nothing to do)."""
+    """``image`` in ``orientation`` (``sitk.DICOMOrient``) and its record entry (None when nothing to do).
+
+    ``orientation`` None keeps the image's own axis directions but puts its axes in anatomical order
+    (:func:`anatomical_axis_order`)."""
     import SimpleITK as sitk
 
-    if not orientation:
-        return image, None
     current = orientation_code(image)
+    orientation = orientation or anatomical_axis_order(current)
     if current == orientation.upper():
         return image, None
     oriented = sitk.DICOMOrient(image, orientation.upper())

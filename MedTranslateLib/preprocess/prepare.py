@@ -98,15 +98,9 @@ class Prepared:
 
 def _input_mask(array: np.ndarray, image: "sitk.Image", card: Mapping[str, Any], mask: Any,
                 modality: str, record_warnings: list[str]) -> tuple[np.ndarray, str]:
-    """The user's mask (on the input grid) or the automatic body mask, and where it came from."""
-    import SimpleITK as sitk
-
+    """The user's mask (on the grid of ``image``) or the automatic body mask, and where it came from."""
     if mask is not None:
-        user = sitk.GetArrayViewFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
-        if user.shape != array.shape:
-            raise InputError(f"The mask has shape {user.shape[::-1]} but the volume {array.shape[::-1]} (x, y, z).",
-                             "Give a mask on the input volume's grid.")
-        return np.asarray(user) > 0, "user"
+        return _user_mask(mask, image), "user"
     settings = dict(card.get("body_mask") or {})
     method = settings.get("method", "otsu")
     if method == "none":
@@ -117,6 +111,18 @@ def _input_mask(array: np.ndarray, image: "sitk.Image", card: Mapping[str, Any],
                            dilate_mm=float(settings.get("dilate_mm", 0.0)), modality=modality)
     record_warnings.extend(str(w.message) for w in caught)
     return result, "auto"
+
+
+def _user_mask(mask: Any, image: "sitk.Image") -> np.ndarray:
+    """A user's mask (image or array) as a boolean (z, y, x) array, checked against ``image``'s grid."""
+    import SimpleITK as sitk
+
+    user = sitk.GetArrayViewFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
+    shape = tuple(image.GetSize())[::-1]
+    if user.shape != shape:
+        raise InputError(f"The mask has shape {user.shape[::-1]} but the volume {shape[::-1]} (x, y, z).",
+                         "Give a mask on the input volume's grid.")
+    return np.asarray(user) > 0
 
 
 def _check_size(shape_zyx: tuple[int, ...], card: Mapping[str, Any]) -> None:
@@ -141,20 +147,19 @@ def _to_model_grid(image: "sitk.Image", card: Mapping[str, Any], mask: Any,
     if role not in ("input", "target"):
         raise ValueError(f"role must be 'input' or 'target', not {role!r}")
     modality = str(card.get("target_modality" if role == "target" else "source_modality", ""))
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     original = geometry.grid_of(image)
     original["orientation"] = geometry.orientation_code(image)
     record = PrepRecord(original=original, role=role)
-    input_mask, record.mask_source = _input_mask(array, image, card, mask, modality, record.warnings)
-    if record.mask_source != "none":
-        record.body_mask = pack_mask(input_mask)
-
+    # the body mask is found on the reoriented volume, so it does not depend on how the volume is stored
     oriented, step = geometry.reorient(image, card["input"].get("orientation"))
-    body = input_mask
+    array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)
     if step is not None:
         record.steps.append(step)
-        array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)
-        body = geometry.reorient_array(input_mask, step)
+        if mask is not None:
+            mask = geometry.reorient_array(_user_mask(mask, image), step)
+    body, record.mask_source = _input_mask(array, oriented, card, mask, modality, record.warnings)
+    if record.mask_source != "none":
+        record.body_mask = pack_mask(geometry.unreorient_array(body, step) if step is not None else body)
     step = geometry.resample_step(geometry.grid_of(oriented), card["input"].get("spacing"))
     if step is not None:
         record.steps.append(step)
