@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Seque
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError, InputError
+from MedTranslateLib.errors import ConfigError, InputError, OutputError
 from MedTranslateLib.families.base import InferenceOptions
 from MedTranslateLib.progress import CancelToken, ProgressCallback, ProgressTracker
 
@@ -114,7 +114,7 @@ class Translator:
         body = prepared.input_mask
         check_modality(sitk.GetArrayViewFromImage(image), body, card["source_modality"])
         warnings = list(prepared.record.warnings)
-        warnings += [w.message for w in check_input(sitk.GetArrayViewFromImage(image), body, image.GetSpacing(), card)]
+        warnings += [w.message for w in check_input(*_in_model_orientation(image, body, prepared.record), card)]
         seconds["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -186,6 +186,21 @@ class LoadedInput:
     seconds: float
 
 
+def _in_model_orientation(image: "sitk.Image", body: np.ndarray,
+                          record: Any) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
+    """The input's voxels, body mask and spacing with the axes in the order the model sees them (the recorded
+    reorientation applied), so field-of-view checks name the right anatomical axes."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.preprocess.geometry import reorient_array
+
+    array = sitk.GetArrayViewFromImage(image)
+    step = next((s for s in record.steps if s["step"] == "reorient"), None)
+    if step is None:
+        return array, body, image.GetSpacing()
+    return reorient_array(array, step), reorient_array(body, step), step["grid"]["spacing"]
+
+
 def read_inputs(input_path: str | Path, mask_path: str | Path | None = None,
                 series_uid: str | None = None) -> LoadedInput:
     """Read (and validate) an input volume and its optional mask."""
@@ -197,13 +212,25 @@ def read_inputs(input_path: str | Path, mask_path: str | Path | None = None,
     return LoadedInput(image, source_info, mask, time.perf_counter() - start)
 
 
-def _check_outputs(input_path: str | Path, output_path: str | Path, uncertainty_path: str | Path | None,
-                   mask_path: str | Path | None) -> None:
+def check_outputs(input_paths: Sequence[str | Path], output_paths: Sequence[str | Path],
+                  mask_path: str | Path | None = None) -> None:
+    """Raise :class:`OutputError` unless every output can be written, is written once, and overwrites none of
+    the inputs (nor the mask, nor their data files)."""
     from MedTranslateLib.io import check_writable, ensure_not_input
+    from MedTranslateLib.io.atomic import companion_files, dicom_output_folder, is_dicom_output
 
-    for out in [Path(output_path)] + ([Path(uncertainty_path)] if uncertainty_path else []):
+    protected = [Path(p) for p in input_paths] + ([Path(mask_path)] if mask_path else [])
+    seen: dict[Path, Path] = {}
+    for out in map(Path, output_paths):
         check_writable(out)
-        ensure_not_input(out, [Path(input_path)] + ([Path(mask_path)] if mask_path else []))
+        ensure_not_input(out, protected)
+        target = dicom_output_folder(out) if is_dicom_output(out) else out
+        for written in [target] + ([] if is_dicom_output(out) else companion_files(target)):
+            key = written.resolve()
+            if key in seen:
+                raise OutputError(f"Two outputs would be written to '{written}' ({seen[key]} and {out}).",
+                                  "Give each output (and the uncertainty map) its own file name.")
+            seen[key] = out
 
 
 def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str, Any], output_path: str | Path,
@@ -214,20 +241,25 @@ def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str
     ``check`` (optional) is called before each file (the tracker's cancel check)."""
     from MedTranslateLib.io import write_volume
 
+    from MedTranslateLib.io import output_group
+
     start = time.perf_counter()
     description = (f"SYNTHETIC {card['target_modality']} from {card['source_modality']} "
                    f"(MedTranslate {card['id']} {card['version']}) - not for clinical use")
-    if check is not None:
-        check()
-    write_volume(as_output_type(result.output, output_type, card["target_modality"]), output_path,
-                 source=loaded.source_info, modality=card["target_modality"], description=description,
-                 provenance=result.provenance)
-    if uncertainty_path is not None and result.uncertainty is not None:
+    with output_group():  # both files appear together, or neither does
         if check is not None:
             check()
-        write_volume(result.uncertainty, uncertainty_path, source=loaded.source_info,
-                     modality=card["target_modality"], description=f"UNCERTAINTY (std) of {description}",
+        write_volume(as_output_type(result.output, output_type, card["target_modality"]), output_path,
+                     source=loaded.source_info, modality=card["target_modality"], description=description,
                      provenance=result.provenance)
+        if uncertainty_path is not None and result.uncertainty is not None:
+            if check is not None:
+                check()
+            write_volume(result.uncertainty, uncertainty_path, source=loaded.source_info,
+                         modality=card["target_modality"], description=f"UNCERTAINTY (std) of {description}",
+                         provenance=result.provenance)
+        if check is not None:
+            check()
     return time.perf_counter() - start
 
 
@@ -260,7 +292,7 @@ def translate_file(
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"Unknown output type '{output_type}'.", f"Use one of {', '.join(OUTPUT_TYPES)}.")
     tracker = ProgressTracker(STAGES, progress, cancel)
-    _check_outputs(input_path, output_path, uncertainty_path, mask_path)
+    check_outputs([input_path], [output_path] + ([uncertainty_path] if uncertainty_path else []), mask_path)
     tracker.stage("read", f"reading {Path(input_path).name}")
     loaded = loaded or read_inputs(input_path, mask_path, series_uid)
     if translator is None:
@@ -274,26 +306,46 @@ def translate_file(
     return result
 
 
+@dataclass
+class BatchItem:
+    """One input of a batch: its output and result, or the error that stopped it."""
+
+    input: Path
+    output: Path
+    result: TranslationResult | None = None
+    error: InputError | OutputError | None = None
+
+
 def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: Translator, *,
                     progress_for: Callable[[str | Path], ContextManager[ProgressCallback | None]] | None = None,
-                    **kwargs: Any) -> Iterator[tuple[Path, TranslationResult]]:
+                    **kwargs: Any) -> Iterator[BatchItem]:
     """Translate ``(input, output)`` pairs with one loaded model, reading the next input while the current one
     is translated (overlapped I/O: a GPU, or the second CPU core, is not left waiting for the disk).
 
     ``progress_for(path)`` (optional) gives a context manager yielding the progress callback of one input;
-    ``kwargs`` go to :func:`translate_file`. Yields ``(output, result)`` in order, each once it is written; the
-    first failure stops the batch (outputs already written stay, nothing half-written is left)."""
+    ``kwargs`` go to :func:`translate_file`. Yields a :class:`BatchItem` per input, in order, once it is written
+    or has failed: a bad input or an unwritable output (InputError, OutputError) is reported in its item and the
+    batch goes on; any other error (a model or device failure, cancel) stops it. Outputs already written stay;
+    nothing half-written is left."""
     from concurrent.futures import ThreadPoolExecutor
 
     mask_path, series_uid = kwargs.get("mask_path"), kwargs.get("series_uid")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtranslate-read") as reader:
         upcoming = reader.submit(read_inputs, jobs[0][0], mask_path, series_uid) if jobs else None
         for index, (input_path, output_path) in enumerate(jobs):
-            loaded = upcoming.result()
+            item = BatchItem(Path(input_path), Path(output_path))
+            try:
+                loaded = upcoming.result()
+            except (InputError, OutputError) as error:
+                loaded, item.error = None, error
             upcoming = (reader.submit(read_inputs, jobs[index + 1][0], mask_path, series_uid)
                         if index + 1 < len(jobs) else None)
-            context = progress_for(input_path) if progress_for else contextlib.nullcontext(None)
-            with context as callback:
-                result = translate_file(input_path, None, output_path, translator=translator, progress=callback,
-                                        loaded=loaded, **kwargs)
-            yield Path(output_path), result
+            if loaded is not None:
+                context = progress_for(input_path) if progress_for else contextlib.nullcontext(None)
+                try:
+                    with context as callback:
+                        item.result = translate_file(input_path, None, output_path, translator=translator,
+                                                     progress=callback, loaded=loaded, **kwargs)
+                except (InputError, OutputError) as error:
+                    item.error = error
+            yield item

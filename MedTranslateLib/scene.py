@@ -60,7 +60,14 @@ def new_scene(cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
     app_logic.SetMRMLScene(scene)
     colors = slicer.vtkSlicerColorLogic()
     colors.SetMRMLApplicationLogic(app_logic)
-    colors.SetMRMLScene(scene)
+    import vtk
+
+    shown = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.SetGlobalWarningDisplay(0)  # without the application there are no colour files to find
+    try:
+        colors.SetMRMLScene(scene)
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(shown)
     app_logic.SetModuleLogic("Colors", colors)
     volumes = slicer.vtkSlicerVolumesLogic()
     volumes.SetMRMLApplicationLogic(app_logic)
@@ -210,28 +217,64 @@ def place_beside(scene: Any, reference_node: Any, node: Any) -> int:
     return item
 
 
+def check_scene_path(out_mrb: str | os.PathLike, *protected: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless a scene bundle can be written to ``out_mrb`` (checked before any
+    translation, so a bad scene path never leaves a translated volume without its scene)."""
+    out_mrb = Path(out_mrb)
+    if out_mrb.suffix.lower() != ".mrb":
+        raise OutputError(f"The scene file {out_mrb} must end in .mrb.", "Use a name like result.mrb.")
+    folder = out_mrb.parent
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write the scene {out_mrb}: the folder '{folder}' does not exist.",
+                          "Create the folder first or choose an existing one.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write the scene {out_mrb}: the folder '{folder}' is not writable.",
+                          "Choose a folder you have write permission for.")
+    for path in protected:
+        if out_mrb.resolve() == Path(path).resolve():
+            raise OutputError(f"The scene file {out_mrb} is also the input or output path.",
+                              "Give the scene its own file name.")
+
+
+def _slicer_readable(path: str | os.PathLike, work: str, series_uid: str | None = None) -> Path:
+    """``path`` itself, or for a DICOM series folder the series as an NRRD file in ``work``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    import SimpleITK as sitk
+
+    from MedTranslateLib.io import read_volume
+
+    image, _ = read_volume(path, series_uid=series_uid)
+    converted = Path(tempfile.mkdtemp(prefix="dicom-", dir=work)) / f"{path.name or 'series'}.nrrd"
+    sitk.WriteImage(image, str(converted))
+    return converted
+
+
 def export_scene_mrb(input_image_path: str | os.PathLike, synthetic_path: str | os.PathLike,
                      out_mrb: str | os.PathLike, uncertainty_path: str | os.PathLike | None = None,
                      opacity: float = 0.5, layout: str = SIDE_BY_SIDE,
-                     provenance: dict[str, Any] | None = None, target_modality: str | None = None) -> Path:
+                     provenance: dict[str, Any] | None = None, target_modality: str | None = None,
+                     series_uid: str | None = None) -> Path:
     """Write a Slicer scene bundle (``.mrb``): input + synthetic (+ uncertainty), fused and linked.
 
+    Volumes may be files or DICOM series folders (``series_uid`` picks the input's series).
     The volumes are put in one patient/study of the subject hierarchy; provenance becomes attributes of
     the synthetic node. The file is written atomically (temporary file, then rename).
     """
     slicer = _slicer()
     out_mrb = Path(out_mrb)
-    if out_mrb.suffix.lower() != ".mrb":
-        raise OutputError(f"The scene file {out_mrb} must end in .mrb.", "Use a name like result.mrb.")
-    out_mrb.parent.mkdir(parents=True, exist_ok=True)
+    check_scene_path(out_mrb)
     with tempfile.TemporaryDirectory(prefix="medtranslate-scene-") as work:
         scene, volumes = new_scene(work)
         stem = Path(input_image_path).name.split(".")[0]
-        input_node = load_volume(volumes, input_image_path, stem)
-        synthetic_node = load_volume(volumes, synthetic_path, Path(synthetic_path).name.split(".")[0])
+        input_node = load_volume(volumes, _slicer_readable(input_image_path, work, series_uid), stem)
+        synthetic_node = load_volume(volumes, _slicer_readable(synthetic_path, work),
+                                     Path(synthetic_path).name.split(".")[0])
         uncertainty_node = None
         if uncertainty_path:
-            uncertainty_node = load_volume(volumes, uncertainty_path, Path(uncertainty_path).name.split(".")[0])
+            uncertainty_node = load_volume(volumes, _slicer_readable(uncertainty_path, work),
+                                           Path(uncertainty_path).name.split(".")[0])
             apply_uncertainty_display(uncertainty_node)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
         patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), stem)

@@ -177,7 +177,7 @@ def test_batch_reads_the_next_input_while_translating_and_matches_single_runs(tm
     monkeypatch.setattr(pipeline, "read_inputs", recording_read)
     monkeypatch.setattr(translator, "translate", translate_waiting_for_read_ahead)
     jobs = [(p, tmp_path / f"{p.name.split('.')[0]}_out.nii.gz") for p in inputs]
-    outputs = [out for out, _ in pipeline.translate_batch(jobs, translator, output_type="float32")]
+    outputs = [item.output for item in pipeline.translate_batch(jobs, translator, output_type="float32")]
     assert outputs == [out for _, out in jobs] and all(out.is_file() for out in outputs)
     single = pipeline.translate_file(inputs[1], package, tmp_path / "single.nii.gz", device="cpu",
                                      output_type="float32")
@@ -185,15 +185,47 @@ def test_batch_reads_the_next_input_while_translating_and_matches_single_runs(tm
     np.testing.assert_array_equal(batched, sitk.GetArrayFromImage(single.output))
 
 
-def test_batch_stops_at_the_first_bad_input_without_writing_it(tmp_path, mr_input):
+def test_batch_goes_on_past_a_bad_input_and_reports_it(tmp_path, mr_input, capsys):
     package = make_untrained_package(tmp_path / "model", "unet", "2d")
-    good, bad = tmp_path / "good.nii.gz", tmp_path / "bad.nii.gz"
+    good, bad, other = tmp_path / "good.nii.gz", tmp_path / "bad.nii.gz", tmp_path / "other.nii.gz"
     write_volume(mr_input, good, modality="MR")
+    write_volume(mr_input, other, modality="MR")
     bad.write_bytes(b"not a volume")
     out_dir = tmp_path / "out"
-    assert main(["translate", str(good), str(bad), str(good), "-m", str(package), "-o", str(out_dir),
+    assert main(["translate", str(good), str(bad), str(other), "-m", str(package), "-o", str(out_dir),
                  "--progress", "none"]) == 3
-    assert sorted(p.name for p in out_dir.iterdir()) == ["good_synthetic.nii.gz"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good_synthetic.nii.gz", "other_synthetic.nii.gz"]
+    err = capsys.readouterr().err
+    assert f"error: {bad}: " in err and f"2 of 3 inputs translated; failed: {bad}" in err
+
+
+def test_batch_names_same_named_inputs_after_their_case_folders(tmp_path, mr_input):
+    """SynthRAD's <case>/mr.nii.gz: one output per case, which ``evaluate --pred-dir`` finds by case."""
+    from MedTranslateLib.cli.translate import batch_outputs
+    from MedTranslateLib.evaluation.evaluate import _prediction_for
+
+    inputs = [str(tmp_path / case / "mr.nii.gz") for case in ("1PA001", "1PA003")] + [str(tmp_path / "t1.nrrd")]
+    outputs = batch_outputs(inputs, tmp_path / "out")
+    assert [p.name for p in outputs] == ["1PA001_mr_synthetic.nii.gz", "1PA003_mr_synthetic.nii.gz",
+                                         "t1_synthetic.nii.gz"]
+    (tmp_path / "out").mkdir()
+    outputs[0].write_bytes(b"")
+    assert _prediction_for(tmp_path / "out", "1PA001")[0] == outputs[0]
+    assert _prediction_for(tmp_path / "out", "1PA00")[0] is None
+
+
+def test_batch_refuses_outputs_that_clash_before_loading_the_model(tmp_path, mr_input):
+    good = tmp_path / "in" / "a.nii.gz"
+    good.parent.mkdir()
+    write_volume(mr_input, good, modality="MR")
+    out_dir = tmp_path / "out"
+    # the same input twice, and an output that would overwrite a later input of the batch
+    assert main(["translate", str(good), str(good), "-m", "no-such-model", "-o", str(out_dir)]) == 5
+    later = tmp_path / "in" / "a_synthetic.nii.gz"
+    write_volume(mr_input, later, modality="MR")
+    before = later.read_bytes()
+    assert main(["translate", str(good), str(later), "-m", "no-such-model", "-o", str(good.parent)]) == 5
+    assert later.read_bytes() == before and not out_dir.exists()
 
 
 def test_ensemble_mean_and_spread(tmp_path, mr_input):
@@ -275,3 +307,21 @@ def test_sampler_option_chooses_the_diffusion_sampler(tmp_path, mr_input, capsys
     assert main(["translate", str(source), "-m", str(package), "-o", str(bad), "--sampler", "euler",
                  "--progress", "none"]) == ConfigError.exit_code
     assert "Unknown diffusion sampler 'euler'" in capsys.readouterr().err and not bad.exists()
+
+
+@pytest.mark.parametrize("order", [(1, 2, 0), (2, 0, 1)])
+def test_a_2d_model_slices_axially_whatever_the_storage_order(tmp_path, order):
+    """The same head stored sagittally or coronally (axes permuted, direction to match) gets the same synthetic
+    volume: the 2D model always sees axial slices, and the result lands back on the stored grid."""
+    from MedTranslateLib.models.package import open_package
+    from MedTranslateLib.pipeline import Translator
+
+    axial = make_head_phantom(shape_zyx=(24, 40, 32), spacing_mm=(4.0, 4.0, 6.0), seed=5).t1
+    stored = sitk.PermuteAxes(axial, order)
+    assert stored.GetSize() != axial.GetSize()
+    translator = Translator(open_package(make_untrained_package(tmp_path / "model", "unet", "2d")), device="cpu")
+    expected = translator.translate(axial).output
+    result = translator.translate(stored).output
+    assert same_grid(result, stored)
+    back = sitk.PermuteAxes(result, [order.index(axis) for axis in range(3)])
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(expected), atol=1e-3)

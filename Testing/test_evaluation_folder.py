@@ -132,3 +132,18 @@ def test_cli_single_and_folder(synthrad_folder, capsys):
     assert len(json.loads((root / "o2" / "metrics.json").read_text())["cases"]) == 3
     with pytest.raises(ConfigError):
         run_evaluate(_args("--pred", "a.nii.gz", "--pred-dir", "x"))
+
+
+def test_cli_picks_the_target_modality_from_the_reference(synthrad_folder, capsys):
+    root, pred_dir = synthrad_folder
+    case = root / "Task1" / "brain" / "1BA001"
+    assert run_evaluate(_args("--pred", str(pred_dir / "1BA001.nii.gz"), "--ref", str(case / "ct.nii.gz"))) == 0
+    out = capsys.readouterr().out
+    assert "target modality: CT" in out and "dice_bone" in out
+    # an MR reference (no Hounsfield units of air) gets the MR metrics, not HU and bone Dice
+    assert run_evaluate(_args("--pred", str(case / "mr.nii.gz"), "--ref", str(case / "mr.nii.gz"))) == 0
+    out = capsys.readouterr().out
+    assert "target modality: MR" in out and "dice_bone" not in out
+    assert run_evaluate(_args("--pred", str(case / "mr.nii.gz"), "--ref", str(case / "mr.nii.gz"),
+                              "--modality", "ct")) == 0
+    assert "dice_bone" in capsys.readouterr().out

@@ -228,3 +228,54 @@ def test_atomic_output_folder_mode(tmp_path):
     with atomic_output(str(target) + "/") as temp:
         (temp / "IMG00001.dcm").write_bytes(b"x")
     assert [p.name for p in target.iterdir()] == ["IMG00001.dcm"]
+
+
+@pytest.mark.parametrize("ext", ["nii", "nii.gz"])
+def test_truncated_nifti_from_a_full_disk_is_refused(tmp_path, monkeypatch, ext):
+    """ITK's NIfTI writer only prints an error when the disk is full: the file is checked before it is kept."""
+    real_writer = sitk.WriteImage
+
+    def full_disk_writer(image, path, *args):
+        real_writer(image, path, *args)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+
+    write_volume(odd_image(), tmp_path / f"complete.{ext}")  # a whole file passes the check
+    monkeypatch.setattr(sitk, "WriteImage", full_disk_writer)
+    with pytest.raises(OutputError, match="incomplete .is the disk full"):
+        write_volume(odd_image(), tmp_path / f"out.{ext}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"complete.{ext}"]
+
+
+def test_output_data_file_never_overwrites_an_input_data_file(tmp_path):
+    header = write_volume(odd_image(), tmp_path / "scan.mhd")  # writes scan.raw
+    with pytest.raises(OutputError, match="overwrite the input .*scan.raw"):
+        ensure_not_input(tmp_path / "scan.nhdr", [header])  # would write scan.raw too
+    ensure_not_input(tmp_path / "other.nhdr", [header])
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Cancelled])
+def test_output_group_keeps_both_files_or_neither(tmp_path, interrupt):
+    from MedTranslateLib.io import output_group
+
+    with pytest.raises(interrupt):
+        with output_group():
+            write_volume(odd_image(), tmp_path / "sct.nii.gz")
+            write_volume(odd_image(), tmp_path / "std.nii.gz")
+            raise interrupt()
+    assert list(tmp_path.iterdir()) == []  # no file, no hidden staging folder
+    with output_group():
+        write_volume(odd_image(), tmp_path / "sct.nii.gz")
+        write_volume(odd_image(), tmp_path / "dicom_std")
+        assert list(tmp_path.glob("sct.nii.gz")) == []  # not in place before the group ends
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_std", "sct.nii.gz"]
+
+
+def test_mask_grid_message_has_plain_numbers(tmp_path):
+    image = odd_image()
+    mask = sitk.Cast(image > 200, sitk.sitkUInt8)
+    mask.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(mask, str(tmp_path / "m.nrrd"))
+    with pytest.raises(InputError, match=r"origin \(0, 0, 0\) vs \(-12.5, 7.25, 3.3\)") as info:
+        read_mask(tmp_path / "m.nrrd", image)
+    assert "np.float64" not in str(info.value)

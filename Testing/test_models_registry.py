@@ -83,6 +83,8 @@ def test_resolve_unknown_lists_known_ids_and_how_to_import(builtin, tmp_path):
     with pytest.raises(ModelError) as info:
         registry.resolve("nope")
     assert "builtin-ct@1.0.0" in str(info.value) and "medtranslate models import" in str(info.value)
+    with pytest.raises(ModelError, match="Did you mean 'builtin-ct'"):
+        registry.resolve("Builtin-CT")
     with pytest.raises(ModelError, match="version 9.9.9"):
         registry.resolve("builtin-ct@9.9.9")
     with pytest.raises(ModelError, match="No model package at"):

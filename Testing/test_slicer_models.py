@@ -62,6 +62,19 @@ def test_search_needs_every_word_and_shows_one_entry_per_id():
     assert [m.id for m in filter_models(models, "pelvis pix2pix")] == ["cbct2ct-pelvis"]
     assert [m.id for m in filter_models(models, "brain Diffusion")] == ["t1-t2"]
     assert filter_models(models, "lung") == []
+    # words match from their start: "t2" finds the T1 -> T2 model, not an id containing "unet2d"
+    unet2d = ModelInfo("mr2ct-head-unet2d", "1.0.0", "Head sCT", "MR", "CT", "head", family="unet")
+    assert [m.id for m in filter_models([*models, unet2d], "T2")] == ["t1-t2"]
+    assert [m.id for m in filter_models([*models, unet2d], "t1-t2 bra")] == ["t1-t2"]
+
+
+def test_backend_that_cannot_start_or_hangs_gives_a_runtime_error(tmp_path):
+    from MedTranslateModule.models import run_models_command
+
+    with pytest.raises(RuntimeError, match="Could not start the MedTranslate backend"):
+        run_models_command([str(tmp_path / "no-such-python")], ["list"])
+    with pytest.raises(RuntimeError, match="did not answer within 1 s"):
+        run_models_command([sys.executable, "-c", "import time; time.sleep(30)"], ["list"], timeout=1)
 
 
 def test_model_list_from_a_worker_process(tmp_path):

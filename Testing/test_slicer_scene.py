@@ -73,6 +73,7 @@ def test_export_scene_mrb_round_trip(tmp_path):
     from MedTranslateLib.scene import TRIPLE_LAYOUT_ID, export_scene_mrb, provenance_of, read_scene_mrb
 
     image, paths = _volumes(tmp_path)
+    (tmp_path / "scenes").mkdir()
     out = export_scene_mrb(paths["input"], paths["synthetic"], tmp_path / "scenes" / "result.mrb",
                            uncertainty_path=paths["uncertainty"], opacity=0.4,
                            provenance={"model_id": "m1", "model_version": "1.0.0", "target_modality": "CT"})
@@ -170,3 +171,26 @@ def test_cli_translate_writes_a_scene(tmp_path):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
     red = _composites(scene)["Red"]
     assert red.GetBackgroundVolumeID() != red.GetForegroundVolumeID() and red.GetLinkedControl()
+
+
+def test_cli_scene_with_dicom_output_and_checks_before_translating(tmp_path, capfd):
+    """A DICOM series output goes into the scene too; a bad scene path or an uncertainty map on the output's own
+    path is refused before anything is written."""
+    from test_slicer_fakeworker import make_tiny_package
+
+    from MedTranslateLib.cli.main import main
+    from MedTranslateLib.scene import read_scene_mrb
+
+    _, paths = _volumes(tmp_path)
+    package = make_tiny_package(tmp_path / "package")
+    base = ["translate", str(paths["input"]), "-m", str(package), "--device", "cpu", "--progress", "none"]
+    assert main([*base, "-o", str(tmp_path / "sct_dicom"), "--scene", str(tmp_path / "dicom.mrb")]) == 0
+    assert "ERR|" not in capfd.readouterr().err  # no VTK error noise on success
+    scene = read_scene_mrb(tmp_path / "dicom.mrb", tmp_path / "cache")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    out = tmp_path / "refused"
+    out.mkdir()
+    assert main([*base, "-o", str(out / "sct.nii.gz"), "--scene", str(out / "scene.zip")]) == 5
+    assert main([*base, "-o", str(out / "sct.nii.gz"), "--scene", str(out / "missing" / "s.mrb")]) == 5
+    assert main([*base, "-o", str(out / "sct.nii.gz"), "--uncertainty", str(out / "sct.nii.gz")]) == 5
+    assert list(out.iterdir()) == []

@@ -20,13 +20,15 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", required=True, help="model id, id@version, package folder or .zip")
     p.add_argument("-o", "--output", required=True,
                    help="output file (.nii.gz, .nrrd, .mha) or folder (DICOM series); a folder for several inputs")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: the CUDA GPU when there is one, else the CPU (default: auto)")
     p.add_argument("--mask", help="body mask on the input grid (replaces the automatic mask)")
     p.add_argument("--uncertainty", metavar="PATH", help="also write a per-voxel uncertainty (std) volume")
     p.add_argument("--output-type", choices=("auto", "float32", "int16"), default="auto",
                    help="voxel type of the written volume: auto = int16 Hounsfield units for CT, float32 otherwise")
     p.add_argument("--ensemble", nargs="+", metavar="MODEL", default=[],
-                   help="more model packages: the output is the ensemble mean, the uncertainty its spread")
+                   help="more model packages: the output is the ensemble mean, the uncertainty its spread "
+                        "(it takes every name after it: give the inputs before the options)")
     p.add_argument("--steps", type=int, help="diffusion and bridge models: sampling steps (default: the card's, else 5 for diffusion, 10 for bridge)")
     p.add_argument("--sampler", help="diffusion models: ddim, dpm++2m or ddpm (default: the model card's, else ddim); bridge models have their own")
     p.add_argument("--samples", type=int, default=1, help="diffusion: samples averaged (>1 gives a std map)")
@@ -45,13 +47,13 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     lp = msub.add_parser("list", help="list the models the registry finds")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
     sp = msub.add_parser("show", help="show a model card")
-    sp.add_argument("model")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("model", help="model id, id@version, package folder or .zip")
+    sp.add_argument("--json", action="store_true", help="the card as JSON")
     ip = msub.add_parser("import", help="import a model package (.zip or folder) into your model folder")
-    ip.add_argument("file")
-    ip.add_argument("--overwrite", action="store_true")
+    ip.add_argument("file", help="a package .zip, a package folder, or the model.json inside one")
+    ip.add_argument("--overwrite", action="store_true", help="replace an imported package with the same id and version")
     rp = msub.add_parser("remove", help="remove an imported model from your model folder")
-    rp.add_argument("model")
+    rp.add_argument("model", help="id or id@version of an imported model (built-in models cannot be removed)")
     msub.add_parser("folder", help="print your model folder (MEDTRANSLATE_MODELS_DIR, else the user data folder)")
     p.set_defaults(handler=_lazy("MedTranslateLib.cli.models", "run_models"))
 
@@ -120,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written.", file=sys.stderr)
+        print("error: interrupted; the volume in progress was not written (nothing half-written is left).",
+              file=sys.stderr)
         return 130
 
 

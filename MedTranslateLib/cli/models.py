@@ -20,14 +20,14 @@ def run_models(args: argparse.Namespace) -> int:
 
         table = Table(title="MedTranslate models")
         for column in ("id", "version", "source -> target", "family", "dims", "where"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column == "id")  # ids are typed: never cut them
         from MedTranslateLib.models.package import open_package
 
         for e in entries:
             card = open_package(e.path).card
             table.add_row(card.id, card.version, f"{card.source_modality} -> {card.target_modality}",
                           card.family, card.dimensionality, e.source)
-        Console().print(table)
+        Console(width=max(Console().width, 100)).print(table)
         print(f"your model folder: {registry.user_dir}")
         for problem in getattr(registry, "problems", []):
             print(f"warning: {problem}")

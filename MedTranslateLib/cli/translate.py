@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from MedTranslateLib.cli.progress_display import emit_json, progress_display
-from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.errors import ConfigError, OutputError
+
 
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.models.registry import ModelRegistry
-    from MedTranslateLib.pipeline import Translator, translate_batch
+    from MedTranslateLib.pipeline import Translator, check_outputs, translate_batch
 
     if args.deterministic:
         _make_deterministic(args.seed)
@@ -24,42 +26,110 @@ def run_translate(args: argparse.Namespace) -> int:
     many = len(args.inputs) > 1
     if many and (args.uncertainty or args.scene):
         raise ConfigError("--uncertainty and --scene take one input.", "Translate the volumes one at a time.")
-    if args.ensemble:
-        from MedTranslateLib.ensemble import EnsembleTranslator
+    output = Path(args.output)
+    jobs = list(zip(args.inputs, batch_outputs(args.inputs, output) if many else [output]))
+    if args.scene:
+        from MedTranslateLib.scene import check_scene_path
 
-        translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
-    else:
-        translator = Translator(ModelRegistry().resolve(args.model), device=args.device)
+        check_scene_path(args.scene, args.inputs[0], args.output)
+    made_folder = many and _make_output_folder(output)
+    try:  # every output is checked before the model loads
+        check_outputs(args.inputs, [out for _, out in jobs] + ([args.uncertainty] if args.uncertainty else []),
+                      args.mask)
+        if args.ensemble:
+            from MedTranslateLib.ensemble import EnsembleTranslator
+
+            translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
+        else:
+            translator = Translator(ModelRegistry().resolve(args.model), device=args.device)
+    except BaseException:
+        if made_folder:
+            output.rmdir()
+        raise
     if translator.device.type == "cpu" and args.device != "cpu":
         _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
+    items = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
+                            mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
+                            series_uid=args.series_uid, output_type=args.output_type)
+    failed = []
+    try:
+        for item in items:
+            if item.error is not None:
+                failed.append(item)
+                _report_failure(item, jsonl, many)
+                continue
+            _report_done(item, args, translator.card.target_modality, jsonl)
+    finally:
+        if made_folder and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # nothing was written: leave no empty folder behind
+    if not failed:
+        return 0
+    if not many:
+        raise failed[0].error
+    names = ", ".join(str(item.input) for item in failed)
+    print(f"error: {len(jobs) - len(failed)} of {len(jobs)} inputs translated; failed: {names}", file=sys.stderr)
+    return failed[0].error.exit_code
 
-    output = Path(args.output)
-    if many:
-        output.mkdir(parents=True, exist_ok=True)
-    jobs = [(path, output / f"{Path(path).name.split('.')[0]}_synthetic.nii.gz" if many else output)
-            for path in args.inputs]
-    results = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
-                              mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
-                              series_uid=args.series_uid, output_type=args.output_type)
-    for (path, _), (out_path, result) in zip(jobs, results):
-        for warning in result.warnings:
-            _warn(warning, jsonl)
-        scene = None
-        if args.scene:
-            from MedTranslateLib.scene import export_scene_mrb
 
-            scene = str(export_scene_mrb(path, out_path, args.scene, uncertainty_path=args.uncertainty,
-                                         provenance=result.provenance,
-                                         target_modality=translator.card.target_modality))
-        if jsonl:
-            emit_json("done", output=str(out_path), uncertainty=args.uncertainty, scene=scene,
-                      provenance=result.provenance, warnings=result.warnings,
-                      seconds={k: round(v, 3) for k, v in result.seconds.items()}, stats=result.stats)
-        else:
-            total = sum(result.seconds.values())
-            print(f"wrote {out_path} ({total:.1f} s)" + (f", uncertainty {args.uncertainty}" if args.uncertainty else "")
-                  + (f", scene {scene}" if scene else ""))
-    return 0
+def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bool) -> None:
+    """Warnings, the optional scene, and the ``done`` line (or event) of one written output."""
+    result = item.result
+    for warning in result.warnings:
+        _warn(warning, jsonl)
+    scene = None
+    if args.scene:
+        from MedTranslateLib.scene import export_scene_mrb
+
+        scene = str(export_scene_mrb(item.input, item.output, args.scene, uncertainty_path=args.uncertainty,
+                                     provenance=result.provenance, series_uid=args.series_uid,
+                                     target_modality=target_modality))
+    if jsonl:
+        emit_json("done", output=str(item.output), uncertainty=args.uncertainty, scene=scene,
+                  provenance=result.provenance, warnings=result.warnings,
+                  seconds={k: round(v, 3) for k, v in result.seconds.items()}, stats=result.stats)
+    else:
+        total = sum(result.seconds.values())
+        print(f"wrote {item.output} ({total:.1f} s)" + (f", uncertainty {args.uncertainty}" if args.uncertainty else "")
+              + (f", scene {scene}" if scene else ""))
+
+
+def batch_outputs(inputs: list[str], folder: Path) -> list[Path]:
+    """``<folder>/<input name>_synthetic.nii.gz`` per input; inputs with the same file name (SynthRAD's
+    ``<case>/mr.nii.gz``) get their folder's name in front: ``<case>_mr_synthetic.nii.gz``."""
+    from collections import Counter
+
+    from MedTranslateLib.io.atomic import FILE_SUFFIXES, full_suffix
+
+    def stem(path: Path) -> str:
+        suffix = full_suffix(path)
+        return path.name[: -len(suffix)] if suffix in FILE_SUFFIXES else path.name
+
+    paths = [Path(os.path.abspath(p)) for p in inputs]
+    counts = Counter(stem(p) for p in paths)
+    names = [f"{p.parent.name}_{stem(p)}" if counts[stem(p)] > 1 else stem(p) for p in paths]
+    return [folder / f"{name}_synthetic.nii.gz" for name in names]
+
+
+def _make_output_folder(folder: Path) -> bool:
+    """Create the batch's output folder; True when it did not exist."""
+    if folder.is_dir():
+        return False
+    try:
+        folder.mkdir(parents=True)
+    except OSError as error:
+        raise OutputError(f"Cannot create the output folder '{folder}': {error.strerror or error}.",
+                          "Choose a folder you can write to.") from None
+    return True
+
+
+def _report_failure(item, jsonl: bool, many: bool) -> None:
+    if not many:
+        return  # the error is raised once, as for any single translation
+    if jsonl:
+        emit_json("error", message=f"{item.input}: {item.error.message}", exit_code=item.error.exit_code,
+                  input=str(item.input), final=False)
+    else:
+        print(f"error: {item.input}: {item.error.message}", file=sys.stderr)
 
 
 def _warn(message: str, jsonl: bool) -> None:

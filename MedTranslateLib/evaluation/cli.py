@@ -28,8 +28,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--ref-root", help="references in a SynthRAD, BraTS or paired layout")
     many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto")
     many.add_argument("--target", default="t2w", help="BraTS layout: target contrast suffix (t2w, t2f, t1c, ...)")
-    parser.add_argument("--modality", type=str.upper, choices=("CT", "MR"), default="CT",
-                        help="target modality of a single case or a paired folder (default CT)")
+    parser.add_argument("--modality", type=str.upper, choices=("AUTO", "CT", "MR"), default="AUTO",
+                        help="target modality of a single case or a paired folder (default auto: CT when the "
+                             "reference holds Hounsfield units of air, below -200, else MR)")
     parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures in the HTML report")
 
@@ -73,10 +74,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not (args.pred and args.ref):
             raise ConfigError("Both --pred and --ref are needed to evaluate one case.", "Add the missing one.")
         arrays = ev.load_case(args.pred, args.ref, args.mask, args.input_volume, args.uncertainty)
-        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, args.modality)}
+        modality = ev.resolve_modality(args.modality, arrays.ref)
+        if args.modality == "AUTO":
+            print(f"target modality: {modality} (from the reference's intensities; --modality overrides)")
+        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality)}
         rows = [row]
         if args.out and not args.no_figures:
-            figures[row["case"]] = ev.case_figures(arrays, row, args.modality)
+            figures[row["case"]] = ev.case_figures(arrays, row, modality)
         aggregates = ev.aggregate(rows)
         if args.out:
             ev.write_outputs(rows, aggregates, args.out, figures)

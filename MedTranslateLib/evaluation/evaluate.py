@@ -16,6 +16,7 @@ uncertainty map ``PRED_DIR/<case>_std.*`` or ``PRED_DIR/<case>/std.*`` adds the 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -87,8 +88,11 @@ def _same_grid(a: Any, b: Any) -> bool:
 
 
 def _grid_text(image: Any) -> str:
-    return (f"size {image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, "
-            f"origin {tuple(round(o, 3) for o in image.GetOrigin())}")
+    def numbers(values: Any, digits: int) -> str:
+        return "(" + ", ".join(f"{round(float(v), digits):g}" for v in values) + ")"
+
+    return (f"size {image.GetSize()}, spacing {numbers(image.GetSpacing(), 4)}, "
+            f"origin {numbers(image.GetOrigin(), 3)}, direction {numbers(image.GetDirection(), 3)}")
 
 
 def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.ndarray:
@@ -121,6 +125,14 @@ def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_pa
         pred=pred, ref=ref, mask=mask, spacing_xyz=tuple(float(s) for s in ref_image.GetSpacing()),
         input=_array_on_grid(input_path, ref_image, "input image") if input_path else None,
         std=_array_on_grid(std_path, ref_image, "uncertainty map") if std_path else None)
+
+
+def resolve_modality(modality: str, ref: np.ndarray) -> str:
+    """``modality`` (CT or MR), or for ``auto`` the reference's: CT when it holds Hounsfield units of air
+    (values below -200), else MR."""
+    if modality.upper() != "AUTO":
+        return modality.upper()
+    return "CT" if float(np.min(ref)) < -200.0 else "MR"
 
 
 def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT") -> dict[str, Any]:
@@ -175,9 +187,17 @@ def _case_name(path: Path) -> str:
 
 
 def _prediction_for(pred_dir: Path, case: str) -> tuple[Path | None, Path | None]:
-    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct")
+    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct") or _batch_output(pred_dir, case)
     std = _find_volume(pred_dir, f"{case}_std") or _find_volume(pred_dir / case, "std")
     return pred, std
+
+
+def _batch_output(pred_dir: Path, case: str) -> Path | None:
+    """The one ``<case>_..._synthetic.<ext>`` (or ``<case>-...``) that ``medtranslate translate`` writes for a
+    batch (e.g. ``1PA001_mr_synthetic.nii.gz``, ``BraTS-GLI-00000-000-t1n_synthetic.nii.gz``)."""
+    found = [p for p in pred_dir.glob(f"{glob.escape(case)}[-_]*_synthetic.*")
+             if p.is_file() and any(p.name.endswith(f"_synthetic{ext}") for ext in EXTENSIONS)]
+    return found[0] if len(found) == 1 else None
 
 
 def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
@@ -228,7 +248,8 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
         if matched:
             return matched
     raise InputError(f"No prediction in {pred_dir} matches a reference case in {ref_root} (layout {layout}).",
-                     "Name predictions <case>.nii.gz (or <case>/sct.nii.gz) after the reference case folders.")
+                     "Name predictions <case>.nii.gz (or <case>/sct.nii.gz) after the reference case folders, "
+                     "or keep the names a batch translate gives them (<case>_..._synthetic.nii.gz).")
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -254,6 +275,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
     rows, all_figures = [], {}
     for case in find_cases(pred_dir, ref_root, layout, target, modality):
         arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
+        case.modality = resolve_modality(case.modality, arrays.ref)
         row = {"case": case.case, **metrics_for_arrays(arrays, case.modality)}
         rows.append(row)
         if figures and out_dir is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "atomic_output": "atomic", "check_writable": "atomic", "ensure_not_input": "atomic", "is_dicom_output": "atomic",
-    "FILE_SUFFIXES": "atomic", "find_volume": "atomic",
+    "FILE_SUFFIXES": "atomic", "find_volume": "atomic", "output_group": "atomic",
     "MAX_VOXELS": "volumes", "SourceInfo": "source", "read_mask": "volumes", "read_volume": "volumes",
     "validate_volume": "volumes", "write_volume": "volumes", "write_dicom_series": "dicom",
 }
@@ -20,6 +20,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from MedTranslateLib.io.atomic import (
         FILE_SUFFIXES, atomic_output, check_writable, ensure_not_input, find_volume, is_dicom_output,
+        output_group,
     )
     from MedTranslateLib.io.dicom import write_dicom_series
     from MedTranslateLib.io.volumes import (

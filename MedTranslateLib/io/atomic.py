@@ -7,16 +7,23 @@ replaced once the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from MedTranslateLib.errors import OutputError
 
 #: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Data files a ``.mhd``/``.nhdr`` header may point to (``a.mhd`` -> ``a.raw``).
+COMPANION_SUFFIXES = (".raw", ".zraw", ".raw.gz")
+
+#: Moves of the outputs written inside :func:`output_group` (None outside one).
+_PENDING: contextvars.ContextVar[list[tuple[Callable[[], None], Callable[[], None]]] | None] = \
+    contextvars.ContextVar("medtranslate_pending_outputs", default=None)
 
 
 def find_volume(folder: str | os.PathLike, stem: str) -> Path | None:
@@ -111,23 +118,58 @@ def _inside(child: Path, folder: Path) -> bool:
         return False
 
 
+def companion_files(path: str | os.PathLike) -> list[Path]:
+    """The data files a ``.mhd``/``.nhdr`` header may have next to it (none for other formats)."""
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix not in (".mhd", ".nhdr"):
+        return []
+    stem = path.name[: -len(suffix)]
+    return [path.parent / f"{stem}{companion}" for companion in COMPANION_SUFFIXES]
+
+
 def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Raise :class:`OutputError` when writing ``output`` would overwrite (or delete) one of ``inputs``."""
+    """Raise :class:`OutputError` when writing ``output`` (or the data file of a ``.mhd``/``.nhdr`` output)
+    would overwrite (or delete) one of ``inputs`` or their data files."""
     dicom = is_dicom_output(output)
     target = dicom_output_folder(output) if dicom else Path(output)
+    written = [target] + ([] if dicom else companion_files(target))
     protected: list[Path] = []
     for item in inputs:
         path = Path(item)
         protected.append(path)
         if path.is_file() and path.suffix.lower() == ".dcm":
             protected.append(path.parent)  # a .dcm input stands for its whole series folder
-        if full_suffix(path) in (".mhd", ".nhdr"):
-            protected.extend(path.parent / p for p in (path.with_suffix(".raw").name, path.with_suffix(".zraw").name))
+        protected.extend(companion_files(path))
     for path in protected:
-        clash = _same_file(target, path) or (dicom and _inside(path, target))
+        clash = any(_same_file(out, path) for out in written) or (dicom and _inside(path, target))
         if clash:
             raise OutputError(f"Refusing to write '{target}': it would overwrite the input '{path}'.",
                               "Choose a different output path; inputs are never modified.")
+
+
+@contextlib.contextmanager
+def output_group() -> Iterator[None]:
+    """Outputs written with :func:`atomic_output` inside this block are moved into place together when it ends
+    without error; after any failure or interruption none of them is (a synthetic volume never appears without
+    the uncertainty map that was asked for)."""
+    pending: list[tuple[Callable[[], None], Callable[[], None]]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        for _, discard in pending:
+            discard()
+        raise
+    finally:
+        _PENDING.reset(token)
+    for index, (commit, _) in enumerate(pending):
+        try:
+            commit()
+        except BaseException:
+            for _, discard in pending[index:]:
+                discard()
+            raise
 
 
 @contextlib.contextmanager
@@ -136,7 +178,8 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
 
     File mode yields ``<hidden temp folder>/<same name>`` in the target's folder, so writers pick the format
     from the suffix and companion files (``.raw`` of ``.mhd``) keep the names their header refers to; every
-    file written there is moved next to ``path``, companions first, ``path`` last. Folder mode
+    file written there is moved next to ``path``, companions first, ``path`` last (inside :func:`output_group`,
+    when the group ends). Folder mode
     (``folder=True``, DICOM) yields an empty temporary folder that replaces ``path`` as a whole; by default
     the mode follows :func:`is_dicom_output` (no suffix or a trailing ``/`` means a folder).
     """
@@ -149,21 +192,34 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
     except OSError as exc:
         raise OutputError(f"Cannot write '{target}': {exc.strerror or exc}.",
                           "Choose a folder that exists and that you can write to.") from exc
+
+    def discard() -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
     try:
         if folder:
             yield staging
-            _replace_folder(staging, target)
+
+            def commit() -> None:
+                _replace_folder(staging, target)
         else:
             temp_path = staging / target.name
             yield temp_path
             if not temp_path.is_file():
                 raise OutputError(f"Writing '{target}' produced no file.", "Check the output format and try again.")
-            companions = [p for p in staging.iterdir() if p != temp_path]
-            for item in companions + [temp_path]:
-                os.replace(item, parent / item.name)
-            staging.rmdir()
+
+            def commit() -> None:
+                companions = [p for p in staging.iterdir() if p != temp_path]
+                for item in companions + [temp_path]:
+                    os.replace(item, parent / item.name)
+                staging.rmdir()
+        pending = _PENDING.get()
+        if pending is None:
+            commit()
+        else:
+            pending.append((commit, discard))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard()
         raise
 
 

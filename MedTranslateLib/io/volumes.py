@@ -21,6 +21,7 @@ from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
+from MedTranslateLib.io.nifti_check import check_nifti_complete
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -112,6 +113,11 @@ def validate_volume(image: sitk.Image, what: str = "input volume", max_voxels: i
 
 
 # ------------------------------------------------------------------------------------------- read
+def _numbers(values: Any) -> str:
+    """``(1, 0.5, -2.25)``: plain numbers for messages (no numpy reprs)."""
+    return "(" + ", ".join(f"{float(v):.5g}" for v in values) + ")"
+
+
 def _itk_reason(exc: Exception) -> str:
     """The last meaningful line of an ITK exception, shortened."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -429,7 +435,7 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         theirs = np.asarray(getattr(reference, f"Get{name}")(), float)
         scale = max(1.0, float(np.max(np.abs(theirs))))
         if np.max(np.abs(mine - theirs)) > tolerance * scale:
-            differences.append(f"{name.lower()} {tuple(np.round(mine, 5))} vs {tuple(np.round(theirs, 5))}")
+            differences.append(f"{name.lower()} {_numbers(mine)} vs {_numbers(theirs)}")
     if differences:
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid: " + "; ".join(differences) + ".",
                          "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
@@ -496,4 +502,6 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
         except RuntimeError as exc:
             raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc)}).",
                               "Check free disk space and permissions, or choose another format.") from None
+        if nifti:  # ITK's NIfTI writer does not fail on a full disk
+            check_nifti_complete(temp, output.GetNumberOfPixels() * output.GetSizeOfPixelComponent(), target)
     return target

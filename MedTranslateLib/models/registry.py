@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -96,7 +97,10 @@ class ModelRegistry:
             listing = ", ".join(known) if known else "none installed"
             what = f"version {version} of model '{model_id}'" if version and any(e.id == model_id for e in entries) \
                 else f"model '{name}'"
-            raise ModelError(f"Unknown {what}. Known models: {listing}.", IMPORT_HINT)
+            ids = {e.id.lower(): e.id for e in entries}
+            close = difflib.get_close_matches(model_id.lower(), list(ids), n=1, cutoff=0.75)
+            guess = f" Did you mean '{ids[close[0]]}'?" if close and ids[close[0]] != model_id else ""
+            raise ModelError(f"Unknown {what}.{guess} Known models: {listing}.", IMPORT_HINT)
         return max(matches, key=lambda e: (version_key(e.version), e.source == "user"))
 
     def resolve(self, name_or_path: str | Path) -> ModelPackage:
