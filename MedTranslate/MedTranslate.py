@@ -18,7 +18,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, output_name_for
+from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest, output_name_for,
+                                      worker_environment)
 from MedTranslateModule.nodes import evaluate_against_reference, is_label_map, output_for_input
 from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 

@@ -77,6 +77,7 @@ class Translator:
             "model_version": card["version"],
             "model_sha256": card["weights"]["sha256"],
             "model_family": card["family"],
+            "device": self.device.type,
             "source_modality": card["source_modality"],
             "target_modality": card["target_modality"],
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -138,7 +139,8 @@ class Translator:
             raise InputError("The model produced non-finite values for this input.",
                              "Check that the input matches the model's modality and field of view.")
         stats = {"model_shape": list(prepared.record.model_shape), **dict(getattr(prediction, "stats", {}) or {})}
-        return TranslationResult(output, std_image, warnings, self.provenance(), seconds, stats)
+        provenance = {**self.provenance(), "device": str(stats.get("device", self.device.type))}  # after any fallback
+        return TranslationResult(output, std_image, warnings, provenance, seconds, stats)
 
 
 def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOptions:
@@ -220,7 +222,7 @@ def check_outputs(input_paths: Sequence[str | Path], output_paths: Sequence[str 
     from MedTranslateLib.io.atomic import companion_files, dicom_output_folder, is_dicom_output
 
     protected = [Path(p) for p in input_paths] + ([Path(mask_path)] if mask_path else [])
-    seen: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for out in map(Path, output_paths):
         check_writable(out)
         ensure_not_input(out, protected)
@@ -228,9 +230,9 @@ def check_outputs(input_paths: Sequence[str | Path], output_paths: Sequence[str 
         for written in [target] + ([] if is_dicom_output(out) else companion_files(target)):
             key = written.resolve()
             if key in seen:
-                raise OutputError(f"Two outputs would be written to '{written}' ({seen[key]} and {out}).",
+                raise OutputError(f"Two outputs would be written to the same file '{written}'.",
                                   "Give each output (and the uncertainty map) its own file name.")
-            seen[key] = out
+            seen.add(key)
 
 
 def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str, Any], output_path: str | Path,

@@ -235,14 +235,14 @@ def test_corrupt_gzip_stream(tmp_path):
 @pytest.mark.parametrize("ext", ["nii.gz", "nrrd"])
 def test_complete_gzip_is_checked_from_its_trailer_without_inflating(tmp_path, monkeypatch, ext):
     """A complete single-member gzip stream is recognised from its ISIZE trailer: no second decompression."""
-    import MedTranslateLib.io.volumes as volumes
+    import MedTranslateLib.io.data_size as data_size
 
     path = write_volume(make_image((12, 14, 16)), tmp_path / f"c.{ext}")
 
     def inflate(*args):
         raise AssertionError("the complete file was inflated a second time")
 
-    monkeypatch.setattr(volumes, "_inflated_size", inflate)
+    monkeypatch.setattr(data_size, "inflated_size", inflate)
     image, _ = read_volume(path)
     assert image.GetSize() == (16, 14, 12)
 

@@ -184,3 +184,27 @@ def test_parameter_annotations_are_real_types():
 
     assert all(not isinstance(value, str) for value in MedTranslateParameterNode.__annotations__.values())
     assert MedTranslateParameterNode.__annotations__["uncertainty"] is bool
+
+
+@pytest.mark.parametrize("path", sorted([MODULE_DIR / "MedTranslate.py", *(MODULE_DIR / "MedTranslateModule").glob("*.py")]),
+                         ids=lambda p: p.name)
+def test_module_files_use_no_unbound_names(path):
+    """Code the tests cannot run without the Slicer application (the panel) still names only things it imports or
+    defines: a name read anywhere must be bound somewhere in the file, or be a builtin."""
+    import builtins
+
+    tree = ast.parse(path.read_text())
+    bound = set(dir(builtins)) | {"__file__", "__name__"}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    unbound = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound)
+    assert not unbound, f"{path.name} uses names it never imports or defines: {unbound}"

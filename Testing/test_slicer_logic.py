@@ -285,6 +285,7 @@ def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, 
     sha256 = json.loads((Path(package) / "model.json").read_text())["weights"]["sha256"]
     assert output.GetAttribute("MedTranslate.model_sha256") == sha256
     assert output.GetAttribute("MedTranslate.model_id") == "slicer-e2e"
+    assert output.GetAttribute("MedTranslate.device") == "cpu"
     assert scene.GetNumberOfNodes() > before and logic.workdir is None
 
 

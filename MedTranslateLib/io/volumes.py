@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
-from MedTranslateLib.io.nifti_check import check_nifti_complete
+from MedTranslateLib.io.data_size import check_declared_bytes, check_written
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -30,8 +29,6 @@ MAX_VOXELS = 2**31
 FLOAT32_EXACT = 2**24
 #: Magnitudes beyond this are not plausible intensities of any medical image.
 ABSURD_MAGNITUDE = 1e9
-#: DEFLATE (gzip, zlib) cannot compress better than about 1032:1.
-MAX_DEFLATE_RATIO = 1100
 READABLE = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
 _BYTES_PER_VOXEL = {
     sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
@@ -138,140 +135,6 @@ def _format_name(path: Path) -> str:
             ".mhd": "MetaImage", ".dcm": "DICOM"}.get(full_suffix(path), "image")
 
 
-def _text_header(path: Path, limit: int = 65536) -> tuple[dict[str, str], int]:
-    """Key/value pairs of a MetaImage or NRRD text header and its length in bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(limit)
-    values: dict[str, str] = {}
-    offset = 0
-    for raw_line in head.split(b"\n"):
-        offset += len(raw_line) + 1
-        line = raw_line.decode("latin-1").strip()
-        if full_suffix(path) in (".nrrd", ".nhdr"):
-            if not line and values:
-                break
-            key, sep, value = line.partition(":")
-            if sep and not value.startswith("="):
-                values[key.strip().lower()] = value.strip()
-        else:
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key.strip().lower()] = value.strip()
-            if key.strip().lower() == "elementdatafile":
-                break
-    return values, offset
-
-
-def _check_declared_bytes(path: Path, declared: int) -> None:
-    """Refuse a header that declares more pixel data than its (raw or deflated) data can hold."""
-    suffix = full_suffix(path)
-    data_bytes, compressed, data_path, length = path.stat().st_size, False, None, 0
-    if suffix == ".nii.gz":
-        compressed = True
-    elif suffix == ".nii":
-        data_bytes -= 348  # the NIfTI-1 header precedes the voxels
-    elif suffix in (".mha", ".mhd"):
-        header, length = _text_header(path)
-        compressed = header.get("compresseddata", "false").lower() == "true"
-        data_file = header.get("elementdatafile", "LOCAL")
-        if data_file.upper() == "LOCAL":
-            data_bytes = path.stat().st_size - length
-        elif data_file.upper().startswith("LIST") or "%" in data_file:
-            return
-        else:
-            data_path = path.parent / data_file
-            if not data_path.is_file():
-                raise _unreadable(path, detail=f"its data file '{data_file}' is missing")
-            data_bytes = data_path.stat().st_size
-    elif suffix in (".nrrd", ".nhdr"):
-        header, length = _text_header(path)
-        encoding = header.get("encoding", "raw").lower()
-        if encoding in ("txt", "text", "ascii", "bz2", "bzip2", "hex"):
-            return
-        compressed = encoding in ("gz", "gzip")
-        data_file = header.get("data file", header.get("datafile"))
-        if data_file is None:
-            data_bytes = path.stat().st_size - length
-        elif " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
-            return
-        else:
-            data_path = path.parent / data_file
-            if not data_path.is_file():
-                raise _unreadable(path, detail=f"its data file '{data_file}' is missing")
-            data_bytes = data_path.stat().st_size
-    capacity = data_bytes * MAX_DEFLATE_RATIO if compressed else data_bytes
-    if declared <= capacity and compressed:  # ITK zero-fills a truncated stream silently: inflate to check
-        stream_path = data_path if data_path is not None else path
-        start = 0 if data_path is not None or suffix == ".nii.gz" else length
-        wbits = 15 if suffix in (".mha", ".mhd") else 31
-        if wbits == 31 and _gzip_trailer_matches(stream_path, declared, nifti=suffix == ".nii.gz"):
-            return
-        inflated, complete = _inflated_size(stream_path, start, wbits)
-        if not complete or inflated < declared:
-            raise InputError(f"Cannot read '{path}': its compressed data is truncated or corrupt (it inflates to "
-                             f"{inflated:,} of the {declared:,} bytes its header declares).",
-                             "Re-export or re-download the volume.")
-    if declared > capacity:
-        raise InputError(f"Cannot read '{path}': its header declares {declared:,} bytes of pixel data but the "
-                         f"file holds only {max(data_bytes, 0):,} bytes{' (compressed)' if compressed else ''}; "
-                         "the file is truncated or its header is corrupt (gigantic dimensions?).",
-                         "Re-export or re-download the volume.")
-
-
-def _gzip_trailer_matches(path: Path, declared: int, nifti: bool) -> bool:
-    """Fast completeness check of a single-member gzip stream: its trailer (ISIZE, the inflated size mod 2^32)
-    equals the size the header implies (``declared`` pixel bytes, plus the NIfTI header and extensions up to
-    ``vox_offset``). A truncated file ends in arbitrary bytes and fails this, as do multi-member streams, which
-    then get the full inflating check. Saves one whole decompression of every large compressed volume."""
-    import gzip
-    import struct
-
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            isize = struct.unpack("<I", handle.read(4))[0]
-        expected = declared
-        if nifti:
-            with gzip.open(path, "rb") as stream:
-                head = stream.read(540)
-            size_le = struct.unpack("<i", head[:4])[0]
-            endian = "<" if size_le in (348, 540) else ">"
-            if struct.unpack(endian + "i", head[:4])[0] == 348:
-                offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            else:
-                offset = int(struct.unpack(endian + "q", head[168:176])[0])
-            expected += offset
-    except (OSError, EOFError, struct.error, ValueError, zlib.error):
-        return False
-    return isize == expected % (1 << 32)
-
-
-def _inflated_size(path: Path, start: int, wbits: int) -> tuple[int, bool]:
-    """Bytes a zlib (``wbits`` 15) or gzip (31, all members) stream from ``start`` inflates to, and whether
-    it ends properly. Streams in chunks, so hostile files cannot exhaust memory."""
-    total, inflater = 0, zlib.decompressobj(wbits)
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        chunk = handle.read(1 << 20)
-        while chunk:
-            try:
-                while chunk and not inflater.eof:
-                    total += len(inflater.decompress(chunk, 1 << 24))
-                    chunk = inflater.unconsumed_tail
-            except zlib.error:
-                return total, False
-            if inflater.eof:
-                if wbits != 31:
-                    return total, True
-                rest = inflater.unused_data or handle.read(1 << 20)
-                if not rest.strip(b"\0"):
-                    return total, True
-                inflater, chunk = zlib.decompressobj(wbits), rest
-                continue
-            chunk = handle.read(1 << 20)
-    return total, inflater.eof
-
-
 def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
     """Read one image file after checking its header; returns the image and its original pixel type."""
     if full_suffix(path) not in FILE_SUFFIXES:
@@ -290,7 +153,7 @@ def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
                        reader.GetSpacing(), reader.GetDirection(), what, max_voxels)
     pixel_id = reader.GetPixelID()
     declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
-    _check_declared_bytes(path, declared)
+    check_declared_bytes(path, declared)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -437,7 +300,8 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         if np.max(np.abs(mine - theirs)) > tolerance * scale:
             differences.append(f"{name.lower()} {_numbers(mine)} vs {_numbers(theirs)}")
     if differences:
-        raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid: " + "; ".join(differences) + ".",
+        raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
+                         + "; ".join(differences) + ".",
                          "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
     binary = sitk.GetArrayFromImage(image) != 0
     if not binary.any():
@@ -503,5 +367,5 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
             raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc)}).",
                               "Check free disk space and permissions, or choose another format.") from None
         if nifti:  # ITK's NIfTI writer does not fail on a full disk
-            check_nifti_complete(temp, output.GetNumberOfPixels() * output.GetSizeOfPixelComponent(), target)
+            check_written(temp, output.GetNumberOfPixels() * output.GetSizeOfPixelComponent(), target)
     return target

@@ -1,0 +1,166 @@
+"""Declared against actual pixel data of volume files.
+
+Reading: a header that declares more voxel bytes than its (raw or deflated) data holds is refused before ITK
+reads it (ITK zero-fills truncated data silently, and gigantic declared sizes exhaust memory). Writing: ITK's
+NIfTI writer only prints an error when the disk fills up, so a written file is checked the same way before it
+is kept. A gzip stream is checked from its ISIZE trailer first, and inflated in chunks only when that disagrees.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+from MedTranslateLib.errors import InputError, OutputError
+from MedTranslateLib.io.atomic import full_suffix
+
+MAX_DEFLATE_RATIO = 1100  # more than zlib's best ratio (about 1032): a larger declared size is a lie
+
+
+def _missing_data_file(path: Path, data_file: str) -> InputError:
+    return InputError(f"Cannot read '{path}': its data file '{data_file}' is missing.",
+                      "Keep the header and its data file together in one folder.")
+
+
+def text_header(path: Path, limit: int = 65536) -> tuple[dict[str, str], int]:
+    """Key/value pairs of a MetaImage or NRRD text header and its length in bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(limit)
+    values: dict[str, str] = {}
+    offset = 0
+    for raw_line in head.split(b"\n"):
+        offset += len(raw_line) + 1
+        line = raw_line.decode("latin-1").strip()
+        if full_suffix(path) in (".nrrd", ".nhdr"):
+            if not line and values:
+                break
+            key, sep, value = line.partition(":")
+            if sep and not value.startswith("="):
+                values[key.strip().lower()] = value.strip()
+        else:
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                break
+    return values, offset
+
+
+def check_declared_bytes(path: Path, declared: int) -> None:
+    """Refuse a header that declares more pixel data than its (raw or deflated) data can hold."""
+    suffix = full_suffix(path)
+    data_bytes, compressed, data_path, length = path.stat().st_size, False, None, 0
+    if suffix == ".nii.gz":
+        compressed = True
+    elif suffix == ".nii":
+        data_bytes -= 348  # the NIfTI-1 header precedes the voxels
+    elif suffix in (".mha", ".mhd"):
+        header, length = text_header(path)
+        compressed = header.get("compresseddata", "false").lower() == "true"
+        data_file = header.get("elementdatafile", "LOCAL")
+        if data_file.upper() == "LOCAL":
+            data_bytes = path.stat().st_size - length
+        elif data_file.upper().startswith("LIST") or "%" in data_file:
+            return
+        else:
+            data_path = path.parent / data_file
+            if not data_path.is_file():
+                raise _missing_data_file(path, data_file)
+            data_bytes = data_path.stat().st_size
+    elif suffix in (".nrrd", ".nhdr"):
+        header, length = text_header(path)
+        encoding = header.get("encoding", "raw").lower()
+        if encoding in ("txt", "text", "ascii", "bz2", "bzip2", "hex"):
+            return
+        compressed = encoding in ("gz", "gzip")
+        data_file = header.get("data file", header.get("datafile"))
+        if data_file is None:
+            data_bytes = path.stat().st_size - length
+        elif " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
+            return
+        else:
+            data_path = path.parent / data_file
+            if not data_path.is_file():
+                raise _missing_data_file(path, data_file)
+            data_bytes = data_path.stat().st_size
+    capacity = data_bytes * MAX_DEFLATE_RATIO if compressed else data_bytes
+    if declared <= capacity and compressed:  # ITK zero-fills a truncated stream silently: inflate to check
+        stream_path = data_path if data_path is not None else path
+        start = 0 if data_path is not None or suffix == ".nii.gz" else length
+        wbits = 15 if suffix in (".mha", ".mhd") else 31
+        if wbits == 31 and gzip_trailer_matches(stream_path, declared, nifti=suffix == ".nii.gz"):
+            return
+        inflated, complete = inflated_size(stream_path, start, wbits)
+        if not complete or inflated < declared:
+            raise InputError(f"Cannot read '{path}': its compressed data is truncated or corrupt (it inflates to "
+                             f"{inflated:,} of the {declared:,} bytes its header declares).",
+                             "Re-export or re-download the volume.")
+    if declared > capacity:
+        raise InputError(f"Cannot read '{path}': its header declares {declared:,} bytes of pixel data but the "
+                         f"file holds only {max(data_bytes, 0):,} bytes{' (compressed)' if compressed else ''}; "
+                         "the file is truncated or its header is corrupt (gigantic dimensions?).",
+                         "Re-export or re-download the volume.")
+
+
+def gzip_trailer_matches(path: Path, declared: int, nifti: bool) -> bool:
+    """Fast completeness check of a single-member gzip stream: its trailer (ISIZE, the inflated size mod 2^32)
+    equals the size the header implies (``declared`` pixel bytes, plus the NIfTI header and extensions up to
+    ``vox_offset``). A truncated file ends in arbitrary bytes and fails this, as do multi-member streams, which
+    then get the full inflating check. Saves one whole decompression of every large compressed volume."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", handle.read(4))[0]
+        expected = declared
+        if nifti:
+            with gzip.open(path, "rb") as stream:
+                head = stream.read(540)
+            size_le = struct.unpack("<i", head[:4])[0]
+            endian = "<" if size_le in (348, 540) else ">"
+            if struct.unpack(endian + "i", head[:4])[0] == 348:
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            expected += offset
+    except (OSError, EOFError, struct.error, ValueError, zlib.error):
+        return False
+    return isize == expected % (1 << 32)
+
+
+def inflated_size(path: Path, start: int, wbits: int) -> tuple[int, bool]:
+    """Bytes a zlib (``wbits`` 15) or gzip (31, all members) stream from ``start`` inflates to, and whether
+    it ends properly. Streams in chunks, so hostile files cannot exhaust memory."""
+    total, inflater = 0, zlib.decompressobj(wbits)
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        chunk = handle.read(1 << 20)
+        while chunk:
+            try:
+                while chunk and not inflater.eof:
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    chunk = inflater.unconsumed_tail
+            except zlib.error:
+                return total, False
+            if inflater.eof:
+                if wbits != 31:
+                    return total, True
+                rest = inflater.unused_data or handle.read(1 << 20)
+                if not rest.strip(b"\0"):
+                    return total, True
+                inflater, chunk = zlib.decompressobj(wbits), rest
+                continue
+            chunk = handle.read(1 << 20)
+    return total, inflater.eof
+
+
+def check_written(path: str | os.PathLike, data_bytes: int, target: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` (naming ``target``) unless the freshly written ``path`` holds all
+    ``data_bytes`` of its voxels."""
+    try:
+        check_declared_bytes(Path(path), data_bytes)
+    except InputError:
+        raise OutputError(f"Cannot write '{target}': the file came out incomplete (is the disk full?).",
+                          "Free disk space or choose another folder, then run again.") from None
