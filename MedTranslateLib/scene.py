@@ -220,16 +220,12 @@ def place_beside(scene: Any, reference_node: Any, node: Any) -> int:
 def check_scene_path(out_mrb: str | os.PathLike, *protected: str | os.PathLike) -> None:
     """Raise :class:`OutputError` unless a scene bundle can be written to ``out_mrb`` (checked before any
     translation, so a bad scene path never leaves a translated volume without its scene)."""
+    from MedTranslateLib.io.atomic import check_folder_writable
+
     out_mrb = Path(out_mrb)
     if out_mrb.suffix.lower() != ".mrb":
         raise OutputError(f"The scene file {out_mrb} must end in .mrb.", "Use a name like result.mrb.")
-    folder = out_mrb.parent
-    if not folder.is_dir():
-        raise OutputError(f"Cannot write the scene {out_mrb}: the folder '{folder}' does not exist.",
-                          "Create the folder first or choose an existing one.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write the scene {out_mrb}: the folder '{folder}' is not writable.",
-                          "Choose a folder you have write permission for.")
+    check_folder_writable(out_mrb.parent, f"the scene {out_mrb}")
     for path in protected:
         if out_mrb.resolve() == Path(path).resolve():
             raise OutputError(f"The scene file {out_mrb} is also the input or output path.",

@@ -79,14 +79,19 @@ def check_writable(path: str | os.PathLike) -> None:
     if dicom and target.exists() and not target.is_dir():
         raise OutputError(f"Cannot write a DICOM series to '{target}': a file with that name exists.",
                           "Choose a new folder name for the DICOM series.")
-    if not parent.is_dir():
-        raise OutputError(f"Cannot write '{target}': the folder '{parent}' does not exist.",
-                          "Create the folder first or choose an existing one.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write '{target}': the folder '{parent}' is not writable.",
-                          "Choose a folder you have write permission for.")
+    check_folder_writable(parent, f"'{target}'")
     if dicom and target.is_dir():
         _check_replaceable_folder(target)
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """Raise :class:`OutputError` (about writing ``what``) unless ``folder`` exists and is writable."""
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write {what}: the folder '{folder}' does not exist.",
+                          "Create the folder first or choose an existing one.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {what}: the folder '{folder}' is not writable.",
+                          "Choose a folder you have write permission for.")
 
 
 def _check_replaceable_folder(folder: Path) -> None:

@@ -20,9 +20,13 @@ from MedTranslateLib.io.atomic import full_suffix
 MAX_DEFLATE_RATIO = 1100  # more than zlib's best ratio (about 1032): a larger declared size is a lie
 
 
-def _missing_data_file(path: Path, data_file: str) -> InputError:
-    return InputError(f"Cannot read '{path}': its data file '{data_file}' is missing.",
-                      "Keep the header and its data file together in one folder.")
+def _data_file(path: Path, data_file: str) -> tuple[Path, int]:
+    """The data file a ``.mhd``/``.nhdr`` header names, and its size (InputError when it is missing)."""
+    data_path = path.parent / data_file
+    if not data_path.is_file():
+        raise InputError(f"Cannot read '{path}': its data file '{data_file}' is missing.",
+                         "Keep the header and its data file together in one folder.")
+    return data_path, data_path.stat().st_size
 
 
 def text_header(path: Path, limit: int = 65536) -> tuple[dict[str, str], int]:
@@ -66,10 +70,7 @@ def check_declared_bytes(path: Path, declared: int) -> None:
         elif data_file.upper().startswith("LIST") or "%" in data_file:
             return
         else:
-            data_path = path.parent / data_file
-            if not data_path.is_file():
-                raise _missing_data_file(path, data_file)
-            data_bytes = data_path.stat().st_size
+            data_path, data_bytes = _data_file(path, data_file)
     elif suffix in (".nrrd", ".nhdr"):
         header, length = text_header(path)
         encoding = header.get("encoding", "raw").lower()
@@ -82,10 +83,7 @@ def check_declared_bytes(path: Path, declared: int) -> None:
         elif " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
             return
         else:
-            data_path = path.parent / data_file
-            if not data_path.is_file():
-                raise _missing_data_file(path, data_file)
-            data_bytes = data_path.stat().st_size
+            data_path, data_bytes = _data_file(path, data_file)
     capacity = data_bytes * MAX_DEFLATE_RATIO if compressed else data_bytes
     if declared <= capacity and compressed:  # ITK zero-fills a truncated stream silently: inflate to check
         stream_path = data_path if data_path is not None else path
