@@ -320,20 +320,24 @@ class BatchItem:
 
 def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: Translator, *,
                     progress_for: Callable[[str | Path], ContextManager[ProgressCallback | None]] | None = None,
-                    **kwargs: Any) -> Iterator[BatchItem]:
+                    first: LoadedInput | None = None, **kwargs: Any) -> Iterator[BatchItem]:
     """Translate ``(input, output)`` pairs with one loaded model, reading the next input while the current one
     is translated (overlapped I/O: a GPU, or the second CPU core, is not left waiting for the disk).
 
     ``progress_for(path)`` (optional) gives a context manager yielding the progress callback of one input;
-    ``kwargs`` go to :func:`translate_file`. Yields a :class:`BatchItem` per input, in order, once it is written
+    ``first``: the first input, already read by :func:`read_inputs`; ``kwargs`` go to :func:`translate_file`. Yields a :class:`BatchItem` per input, in order, once it is written
     or has failed: a bad input or an unwritable output (InputError, OutputError) is reported in its item and the
     batch goes on; any other error (a model or device failure, cancel) stops it. Outputs already written stay;
     nothing half-written is left."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     mask_path, series_uid = kwargs.get("mask_path"), kwargs.get("series_uid")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtranslate-read") as reader:
-        upcoming = reader.submit(read_inputs, jobs[0][0], mask_path, series_uid) if jobs else None
+        if first is not None:
+            upcoming = Future()
+            upcoming.set_result(first)
+        else:
+            upcoming = reader.submit(read_inputs, jobs[0][0], mask_path, series_uid) if jobs else None
         for index, (input_path, output_path) in enumerate(jobs):
             item = BatchItem(Path(input_path), Path(output_path))
             try:

@@ -325,3 +325,11 @@ def test_a_2d_model_slices_axially_whatever_the_storage_order(tmp_path, order):
     assert same_grid(result, stored)
     back = sitk.PermuteAxes(result, [order.index(axis) for axis in range(3)])
     np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(expected), atol=1e-3)
+
+
+def test_a_single_bad_input_is_refused_before_the_model_loads(tmp_path, capsys):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    assert main(["translate", str(bad), "-m", "no-such-model", "-o", str(tmp_path / "o.nii.gz")]) == 3
+    err = capsys.readouterr().err
+    assert "Cannot read" in err and "Unknown model" not in err and "Running on the CPU" not in err

@@ -14,7 +14,7 @@ from MedTranslateLib.errors import ConfigError, OutputError
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.models.registry import ModelRegistry
-    from MedTranslateLib.pipeline import Translator, check_outputs, translate_batch
+    from MedTranslateLib.pipeline import Translator, check_outputs, read_inputs, translate_batch
 
     if args.deterministic:
         _make_deterministic(args.seed)
@@ -33,9 +33,10 @@ def run_translate(args: argparse.Namespace) -> int:
 
         check_scene_path(args.scene, args.inputs[0], args.output)
     made_folder = many and _make_output_folder(output)
-    try:  # every output is checked before the model loads
+    try:  # every output, and a single input, is checked before the model loads
         check_outputs(args.inputs, [out for _, out in jobs] + ([args.uncertainty] if args.uncertainty else []),
                       args.mask)
+        first = None if many else read_inputs(args.inputs[0], args.mask, args.series_uid)
         if args.ensemble:
             from MedTranslateLib.ensemble import EnsembleTranslator
 
@@ -49,7 +50,7 @@ def run_translate(args: argparse.Namespace) -> int:
     if translator.device.type == "cpu" and args.device != "cpu":
         _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
     items = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
-                            mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
+                            first=first, mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
                             series_uid=args.series_uid, output_type=args.output_type)
     failed = []
     try:
