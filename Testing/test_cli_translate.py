@@ -333,3 +333,12 @@ def test_a_single_bad_input_is_refused_before_the_model_loads(tmp_path, capsys):
     assert main(["translate", str(bad), "-m", "no-such-model", "-o", str(tmp_path / "o.nii.gz")]) == 3
     err = capsys.readouterr().err
     assert "Cannot read" in err and "Unknown model" not in err and "Running on the CPU" not in err
+
+
+def test_float32_with_a_dicom_ct_output_says_it_has_no_effect(tmp_path, mr_input, capsys):
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    assert main(["translate", str(source), "-m", str(package), "-o", str(tmp_path / "dicom_sct"),
+                 "--output-type", "float32", "--progress", "none"]) == 0
+    assert "whole Hounsfield units" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from MedTranslateLib.cli.progress_display import emit_json, progress_display
 from MedTranslateLib.errors import ConfigError, OutputError
@@ -13,8 +14,7 @@ from MedTranslateLib.errors import ConfigError, OutputError
 
 def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
-    from MedTranslateLib.models.registry import ModelRegistry
-    from MedTranslateLib.pipeline import Translator, check_outputs, read_inputs, translate_batch
+    from MedTranslateLib.pipeline import check_outputs, read_inputs, translate_batch
 
     if args.deterministic:
         _make_deterministic(args.seed)
@@ -37,18 +37,11 @@ def run_translate(args: argparse.Namespace) -> int:
         check_outputs(args.inputs, [out for _, out in jobs] + ([args.uncertainty] if args.uncertainty else []),
                       args.mask)
         first = None if many else read_inputs(args.inputs[0], args.mask, args.series_uid)
-        if args.ensemble:
-            from MedTranslateLib.ensemble import EnsembleTranslator
-
-            translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
-        else:
-            translator = Translator(ModelRegistry().resolve(args.model), device=args.device)
+        translator = _load_translator(args, jobs, jsonl)
     except BaseException:
         if made_folder:
             output.rmdir()
         raise
-    if translator.device.type == "cpu" and args.device != "cpu":
-        _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
     items = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
                             first=first, mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
                             series_uid=args.series_uid, output_type=args.output_type)
@@ -70,6 +63,27 @@ def run_translate(args: argparse.Namespace) -> int:
     names = ", ".join(str(item.input) for item in failed)
     print(f"error: {len(jobs) - len(failed)} of {len(jobs)} inputs translated; failed: {names}", file=sys.stderr)
     return failed[0].error.exit_code
+
+
+def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jsonl: bool) -> Any:
+    """The model (or ensemble) on its device, with the warnings that concern the whole run."""
+    from MedTranslateLib.io import is_dicom_output
+    from MedTranslateLib.models.registry import ModelRegistry
+    from MedTranslateLib.pipeline import Translator
+
+    if args.ensemble:
+        from MedTranslateLib.ensemble import EnsembleTranslator
+
+        translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
+    else:
+        translator = Translator(ModelRegistry().resolve(args.model), device=args.device)
+    if translator.device.type == "cpu" and args.device != "cpu":
+        _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
+    if args.output_type == "float32" and translator.card.target_modality.upper() == "CT" and \
+            any(is_dicom_output(out) for _, out in jobs):
+        _warn("A DICOM CT series stores whole Hounsfield units: --output-type float32 applies to file outputs only.",
+              jsonl)
+    return translator
 
 
 def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bool) -> None:
