@@ -86,3 +86,12 @@ def test_oversized_card_refused(tmp_path, monkeypatch):
     path.write_text(json.dumps(make_test_card()))
     with pytest.raises(ModelError, match="more than the 100"):
         load_card(path)
+
+
+@pytest.mark.parametrize("spacing", [[2.0, 2.0, 1e-9], [0.0, 1.0, 1.0], [1.0, 1000.0, 1.0]])
+def test_implausible_model_spacing_is_refused(spacing):
+    """A spacing that would resample a volume to billions of voxels (or to nothing) is refused at load time."""
+    card = make_test_card()
+    card["input"]["spacing"] = spacing
+    with pytest.raises(ModelError, match="input.spacing"):
+        validate_card(card)

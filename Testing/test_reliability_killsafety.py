@@ -151,6 +151,60 @@ def test_cli_killed_mid_inference_leaves_nothing(tmp_path, source):
     assert _names(out_dir) == []
 
 
+def test_sigterm_while_writing_a_dicom_series_leaves_nothing(tmp_path, package, source, monkeypatch, capsys):
+    """SIGTERM (a scheduler, ``timeout``, Slicer's Cancel) in the middle of writing: exit 143, one error event,
+    and no hidden partial folder with half a series of patient data."""
+    import json
+
+    import pydicom
+
+    from MedTranslateLib.cli.main import main
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_save = pydicom.dataset.Dataset.save_as
+    written = []
+
+    def save_then_terminate(self, filename, *args, **kwargs):
+        real_save(self, filename, *args, **kwargs)
+        written.append(filename)
+        if len(written) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_then_terminate)
+    code = main(["translate", str(source), "-m", str(package), "-o", str(out_dir / "series"), "--device", "cpu",
+                 "--progress", "jsonl"])
+    assert code == 128 + signal.SIGTERM and len(written) == 3
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e["exit_code"] for e in events if e["event"] == "error"] == [143]
+    assert _names(out_dir) == []
+    assert signal.getsignal(signal.SIGTERM) is not _terminate_handler()  # the handler is put back
+
+
+def _terminate_handler():
+    from MedTranslateLib.cli.main import _terminate
+
+    return _terminate
+
+
+def test_an_unexpected_error_still_ends_the_worker_protocol_with_an_error_event(tmp_path, package, source,
+                                                                                 monkeypatch, capsys):
+    import json
+
+    from MedTranslateLib import pipeline
+    from MedTranslateLib.cli.main import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipeline, "write_outputs", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["translate", str(source), "-m", str(package), "-o", str(tmp_path / "o.nii.gz"), "--device", "cpu",
+              "--progress", "jsonl"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 1 and "a bug" in events[-1]["message"]
+
+
 # ---- Slicer logic ------------------------------------------------------------------------------------
 
 def _slicer_logic():

@@ -104,27 +104,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM (a scheduler, ``timeout``, the Slicer module's Cancel): unwinds like Ctrl-C, so every partial
+    output is removed on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(128 + signum)
+
+
+def _report(args: argparse.Namespace, message: str, exit_code: int) -> None:
+    """One error: an ``error`` event for the worker protocol, else a line on standard error."""
+    if getattr(args, "progress", None) == "jsonl":
+        import json
+
+        print(json.dumps({"event": "error", "message": message, "exit_code": exit_code}), flush=True)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    import threading
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.handler(args) or 0)
     except MedTranslateError as error:
-        if getattr(args, "progress", None) == "jsonl":
-            import json
-
-            print(json.dumps({"event": "error", "message": error.message, "exit_code": error.exit_code}), flush=True)
-        else:
-            print(f"error: {error.message}", file=sys.stderr)
+        _report(args, error.message, error.exit_code)
         return error.exit_code
     except BrokenPipeError:  # e.g. `medtranslate models show X | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("error: interrupted; the volume in progress was not written (nothing half-written is left).",
-              file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        code = 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code)
+        _report(args, f"{'interrupted' if code == 130 else 'terminated'}; the volume in progress was not written "
+                      "(nothing half-written is left).", code)
+        return code
+    except Exception as error:  # a bug: the worker protocol still gets its one error event, then the traceback
+        if getattr(args, "progress", None) == "jsonl":
+            _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the traceback "
+                          "on standard error.", 1)
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
