@@ -61,7 +61,7 @@ def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_mo
     (broken / "model.json").write_text("{")
     entries = registry.list_models()
     assert [(e.id, e.source) for e in entries] == [("builtin-ct", "builtin"), ("user-model", "user")]
-    assert entries[1].path == isolated_user_models / "user-model-0.3.0"
+    assert entries[1].path == isolated_user_models / "user-model@0.3.0"
     assert len(registry.problems) == 1 and "broken" in registry.problems[0]
 
 
@@ -101,7 +101,7 @@ def test_import_refuses_duplicates_unless_overwrite(tmp_path, builtin):
     entry = registry.import_package(changed, overwrite=True)
     assert registry.resolve("dup").card.title == "Changed title"
     assert sorted(p.name for p in entry.path.iterdir()) == ["README.md", "model.json", "weights.safetensors"]
-    assert [p.name for p in registry.user_dir.iterdir()] == ["dup-1.0.0"], "no temporary folders left"
+    assert [p.name for p in registry.user_dir.iterdir()] == ["dup@1.0.0"], "no temporary folders left"
 
 
 def test_import_from_zip_verifies_weights(tmp_path, builtin):
@@ -145,6 +145,19 @@ def test_remove(tmp_path, builtin):
 def test_version_key_orders_numerically():
     versions = ["1.10.0", "1.2.0", "1.2.0-rc1", "0.9.9"]
     assert sorted(versions, key=version_key) == ["0.9.9", "1.2.0-rc1", "1.2.0", "1.10.0"]
+    versions = ["3.0.0.1", "3.0.0", "3.0.0-rc.10", "3.0.0-rc.9", "3.0.0-rc.9.beta", "2.99.99"]
+    assert sorted(versions, key=version_key) == ["2.99.99", "3.0.0-rc.9", "3.0.0-rc.9.beta", "3.0.0-rc.10",
+                                                 "3.0.0", "3.0.0.1"]
+    assert version_key("03.0.0") != version_key("3.0.0")  # equal numbers, still one fixed order
+
+
+def test_ids_and_versions_with_dashes_never_share_a_folder(tmp_path, builtin):
+    """``foo-1.0.0`` 2.0.0 and ``foo`` 1.0.0-2.0.0 are two models: importing one never replaces the other."""
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "a", id="foo-1.0.0", version="2.0.0"))
+    registry.import_package(make_package(tmp_path / "b", id="foo", version="1.0.0-2.0.0"), overwrite=True)
+    assert sorted(e.name for e in registry.list_models() if e.source == "user") == ["foo-1.0.0@2.0.0",
+                                                                                    "foo@1.0.0-2.0.0"]
 
 
 def test_import_refuses_pickle_weights_without_running_code(tmp_path, builtin):

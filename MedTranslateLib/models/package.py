@@ -171,7 +171,7 @@ class ModelPackage:
         user = user_models_dir().resolve()
         if not self.is_zip and self.path.resolve().is_relative_to(user):
             return self.path / self.card.weights_file
-        return user / ".downloads" / f"{self.card.id}-{self.card.version}" / self.card.weights_file
+        return user / ".downloads" / f"{self.card.id}@{self.card.version}" / self.card.weights_file
 
     def ensure_weights(self, progress: Callable[[int, int | None], None] | None = None) -> Path:
         """The weights file on disk, downloaded from ``weights.url`` first if missing (``progress(received,

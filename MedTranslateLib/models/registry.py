@@ -28,13 +28,23 @@ IMPORT_HINT = "Import a package with 'medtranslate models import FILE' or give a
 
 
 def version_key(version: str) -> tuple:
-    """Sort key for versions like ``1.2.10`` (numeric parts compare as numbers; pre-releases sort first)."""
-    match = re.match(r"^(\d+)\.(\d+)\.(\d+)(.*)$", version)
-    if not match:
-        return ((0, 0, 0), 0, version)
-    numbers = tuple(int(g) for g in match.groups()[:3])
-    suffix = match.group(4)
-    return (numbers, 0 if suffix else 1, suffix)
+    """Sort key for card versions (``1.2.10``, ``3.0.0.1``, ``2.0.0-rc.10``): release numbers compare as
+    numbers, a pre-release sorts before its release and its parts compare like SemVer's (numbers as numbers), and
+    the text itself breaks any remaining tie (``03.0.0`` and ``3.0.0``), so the order is always the same."""
+    head, dash, tail = version.partition("-")
+    parts = head.split(".")
+    count = next((i for i, part in enumerate(parts) if not part.isdigit()), len(parts))
+    numbers = tuple(int(part) for part in parts[:count])
+    while len(numbers) > 3 and numbers[-1] == 0:  # 3.0.0.0 is 3.0.0
+        numbers = numbers[:-1]
+    pre = [part for part in [*parts[count:], *(tail.split(".") if dash else [])] if part]
+    pre_key = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre)
+    return (numbers, 0 if pre else 1, pre_key, version)
+
+
+def _newness(entry: "RegistryEntry") -> tuple:
+    """How new an entry is: its version, then the user's copy over the built-in one."""
+    return (version_key(entry.version), entry.source == "user")
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ class ModelRegistry:
         """All packages, built-in first, then the user's; unreadable ones are added to ``problems``."""
         self.problems = []
         entries = self._scan(self.builtin_dir, "builtin") + self._scan(self.user_dir, "user")
-        return sorted(entries, key=lambda e: (e.id, version_key(e.version), e.source))
+        return sorted(entries, key=lambda e: (e.id, _newness(e)))
 
     def find(self, name: str) -> RegistryEntry:
         """The entry for ``id`` (newest version; user over built-in on a tie) or ``id@version``."""
@@ -101,7 +111,7 @@ class ModelRegistry:
             close = difflib.get_close_matches(model_id.lower(), list(ids), n=1, cutoff=0.75)
             guess = f" Did you mean '{ids[close[0]]}'?" if close and ids[close[0]] != model_id else ""
             raise ModelError(f"Unknown {what}.{guess} Known models: {listing}.", IMPORT_HINT)
-        return max(matches, key=lambda e: (version_key(e.version), e.source == "user"))
+        return max(matches, key=_newness)
 
     def resolve(self, name_or_path: str | Path) -> ModelPackage:
         """Open a package given an id, ``id@version``, a package folder, a ``model.json`` or a ``.zip`` path."""
@@ -121,10 +131,15 @@ class ModelRegistry:
         if weights is None and not card.weights_url:
             raise ModelError(f"The package {path} has no weights file {card.weights_file}.",
                              "Import the complete package (model.json with its weights).")
-        destination = self.user_dir / f"{card.id}-{card.version}"
-        if destination.exists() and not overwrite:
-            raise ModelError(f"{card.id} {card.version} is already imported ({destination}).",
+        existing = [e for e in self.list_models() if e.source == "user" and e.name == f"{card.id}@{card.version}"]
+        if existing and not overwrite:
+            raise ModelError(f"{card.id} {card.version} is already imported ({existing[0].path}).",
                              "Use --overwrite (overwrite=True) to replace it, or give the package a new version.")
+        # "<id>@<version>": ids and versions may contain "-" but never "@", so no two packages share a folder
+        destination = self.user_dir / f"{card.id}@{card.version}"
+        if destination.exists() and destination not in {e.path for e in existing}:
+            raise ModelError(f"Cannot import {card.id} {card.version}: {destination} exists and is not that model.",
+                             "Move that folder out of your model folder, then import again.")
         self.user_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
         try:
@@ -132,6 +147,11 @@ class ModelRegistry:
             replace_atomically(staging, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        for old in (e.path for e in existing if e.path != destination):  # an older import's folder or zip
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         return RegistryEntry(card.id, card.version, card.title, "user", destination)
 
     @staticmethod
