@@ -259,7 +259,7 @@ def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str
                 check()
             write_volume(result.uncertainty, uncertainty_path, source=loaded.source_info,
                          modality=card["target_modality"], description=f"UNCERTAINTY (std) of {description}",
-                         provenance=result.provenance)
+                         provenance=result.provenance, uncertainty=True)
         if check is not None:
             check()
     return time.perf_counter() - start
@@ -300,6 +300,7 @@ def translate_file(
     if translator is None:
         translator = Translator(ModelRegistry().resolve(str(model)), device=device)
     result = translator.translate(loaded.image, loaded.mask, options, tracker, uncertainty=uncertainty_path is not None)
+    result.warnings[:0] = getattr(loaded.source_info, "notes", [])  # how the input was read comes first
     result.seconds["read"] = loaded.seconds
     tracker.stage("write", f"writing {Path(output_path).name}")
     result.seconds["write"] = write_outputs(result, loaded, translator.card.to_dict(), output_path, uncertainty_path,

@@ -62,14 +62,15 @@ def test_ct_round_trip_oblique(tmp_path):
 
 def test_source_study_and_patient_kept(tmp_path):
     make_dicom_input(tmp_path / "scan", ct_image(), PatientID="P-123", PatientName="Doe^Jane", PatientSex="F",
-                     PatientBirthDate="19700101", StudyID="S1", AccessionNumber="ACC9", StudyDate="20250102")
+                     PatientBirthDate="19700101", StudyID="S1", AccessionNumber="ACC9", StudyDate="20250102",
+                     StudyTime="101010")
     image, info = read_volume(tmp_path / "scan")
     assert info.dicom_tags["PatientID"] == "P-123" and info.dicom_tags["PatientName"] == "Doe^Jane"
     out = write_volume(image, tmp_path / "sct/", source=info, modality="CT", provenance=PROVENANCE)
     back, out_info = read_volume(out)
     assert_same_geometry(back, image)
     for tag in ("PatientID", "PatientName", "PatientSex", "PatientBirthDate", "StudyInstanceUID", "StudyID",
-                "AccessionNumber", "FrameOfReferenceUID", "StudyDate"):
+                "AccessionNumber", "FrameOfReferenceUID", "StudyDate", "StudyTime"):
         assert out_info.dicom_tags[tag] == info.dicom_tags[tag], tag
     assert out_info.dicom_tags["SeriesInstanceUID"] != info.dicom_tags["SeriesInstanceUID"]
     for k, path in enumerate(dicom_files(out)):
@@ -138,6 +139,39 @@ def test_mixed_series_picks_largest(mixed_folder):
     mixed, uids = mixed_folder
     image, info = read_volume(mixed)
     assert image.GetSize()[2] == 9 and info.dicom_tags["SeriesInstanceUID"] == uids["large"]
+    (note,) = info.notes  # the user is told which series was used, and how to choose another
+    assert "2 DICOM series" in note and uids["large"] in note and "LARGE SERIES" in note and "--series-uid" in note
+    assert read_volume(mixed, series_uid=uids["large"])[1].notes == []
+
+
+def test_two_largest_series_of_the_same_size_are_ambiguous(mixed_folder, tmp_path):
+    mixed, uids = mixed_folder
+    twin = tmp_path / "twin"
+    make_dicom_input(twin, ct_image((9, 9, 11), seed=3), SeriesDescription="TWIN SERIES")
+    for path in dicom_files(twin):
+        shutil.copy(path, mixed / f"twin_{path.name}")
+    with pytest.raises(InputError, match="2 of them have 9 files.*TWIN SERIES.*--series-uid"):
+        read_volume(mixed)
+    assert read_volume(mixed, series_uid=uids["large"])[0].GetSize()[2] == 9
+
+
+def test_series_in_a_sub_folder_is_pointed_at(tmp_path):
+    (tmp_path / "study").mkdir()
+    make_dicom_input(tmp_path / "study" / "series1", ct_image())
+    with pytest.raises(InputError, match="there are DICOM files in .*series1"):
+        read_volume(tmp_path / "study")
+
+
+def test_long_description_keeps_its_clinical_warning_and_uncertainty_gets_its_own_series(tmp_path):
+    from MedTranslateLib.io.dicom import series_description
+
+    label = "UNCERTAINTY (std) of SYNTHETIC CT from MR (MedTranslate mr2ct-headphantom-unet2d 2.0.0) - not for clinical use"
+    short = series_description(label)
+    assert len(short) <= 64 and short.startswith("UNCERTAINTY (std) of SYNTHETIC") and short.endswith("clinical use")
+    std = write_volume(ct_image(), tmp_path / "std/", modality="CT", description=label, uncertainty=True)
+    ds = pydicom.dcmread(dicom_files(std)[0])
+    assert ds.SeriesNumber == 1002 and ds.SeriesDescription == short
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) != (40.0, 400.0)  # its own values, not the CT window
 
 
 def test_series_uid_selects_series(mixed_folder):

@@ -178,3 +178,14 @@ def test_import_refuses_pickle_weights_without_running_code(tmp_path, builtin):
     with pytest.raises(ModelError, match="not a valid safetensors file"):
         registry.import_package(folder)
     assert not marker.exists() and not (registry.user_dir / "evil-0.1.0").exists()
+
+
+def test_models_show_neutralises_terminal_escapes_of_a_foreign_card(tmp_path, builtin, capsys, monkeypatch):
+    from MedTranslateLib.cli.main import main
+
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(tmp_path / "user"))
+    source = make_package(tmp_path / "src", id="sneaky", version="1.0.0", title="Fine \x1b[2J\x1b[31mred \u202eevil")
+    ModelRegistry(builtin_dir=builtin, user_dir=tmp_path / "user").import_package(source)
+    assert main(["models", "show", "sneaky"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "Fine \ufffd[2J\ufffd[31mred \ufffdevil" in out

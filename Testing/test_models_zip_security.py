@@ -35,6 +35,13 @@ def test_good_zip_opens_also_with_one_top_folder(tmp_path, good_members):
         assert open_package(path).load_state_dict()["generator.conv.bias"].shape == (4,)
 
 
+def test_zip_made_by_a_file_manager_opens(tmp_path, good_members):
+    """macOS Finder adds __MACOSX/._* and .DS_Store, Windows Thumbs.db: skipped unread, not refused."""
+    extras = {"__MACOSX/pkg/._model.json": b"\0\5\x16\7", "pkg/.DS_Store": b"\0" * 8, "pkg/Thumbs.db": b"x"}
+    path = write_zip(tmp_path / "finder.zip", {**{f"pkg/{k}": v for k, v in good_members.items()}, **extras})
+    assert sorted(open_package(path).zip.members) == ["README.md", "model.json", "weights.safetensors"]
+
+
 @pytest.mark.parametrize("name", ["../evil.txt", "pkg/../../evil.txt", "/etc/evil.txt", "C:/evil.txt",
                                   "dir\\evil.txt", "sub/dir/README.md"])
 def test_unsafe_member_names_refused(tmp_path, good_members, name):

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+
+#: Terminal control characters and bidirectional overrides a foreign card could use to disguise its text.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters and bidi overrides shown as U+FFFD."""
+    return _UNSAFE.sub("\ufffd", text)
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -34,7 +43,7 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     if args.models_command == "show":
         card = registry.resolve(args.model).card
-        print(json.dumps(card.to_dict(), indent=1) if args.json else card.describe())
+        print(json.dumps(card.to_dict(), indent=1) if args.json else printable(card.describe()))
         return 0
     if args.models_command == "import":
         entry = registry.import_package(args.file, overwrite=args.overwrite)

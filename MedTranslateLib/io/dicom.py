@@ -70,11 +70,13 @@ def _window(array: np.ndarray, modality: str) -> tuple[float, float]:
 
 
 def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source: "SourceInfo | None" = None,
-                       modality: str = "CT", description: str = "", provenance: dict | None = None) -> Path:
+                       modality: str = "CT", description: str = "", provenance: dict | None = None,
+                       uncertainty: bool = False) -> Path:
     """Write ``image`` as a DICOM series (one file per slice) into ``folder``, atomically.
 
     CT becomes CT Image Storage (int16 HU, slope 1, intercept 0); MR targets MR Image Storage with a linear
-    rescale over the volume's range. Returns the folder.
+    rescale over the volume's range. An ``uncertainty`` map (a standard deviation in the target's units) gets its
+    own series number and a window over its own values, not the CT window. Returns the folder.
     """
     import SimpleITK as sitk
     from pydicom.dataset import FileMetaDataset
@@ -86,7 +88,7 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
         raise OutputError("Cannot write DICOM: the volume contains NaN or Inf values.",
                           "Check the translation result; write it as .nii.gz to inspect it.")
     stored, slope, intercept = _rescale(array, kind)
-    center, width = _window(array, kind)
+    center, width = _window(array, "OT" if uncertainty else kind)
     spacing = image.GetSpacing()
     matrix = np.asarray(image.GetDirection(), float).reshape(3, 3)
     origin = np.asarray(image.GetOrigin(), float)
@@ -119,11 +121,11 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
             ds.StudyInstanceUID = study_uid
             ds.StudyID = tags.get("StudyID", "")
             ds.StudyDate = tags.get("StudyDate", "") or date
-            ds.StudyTime = time if not tags.get("StudyDate") else ""
+            ds.StudyTime = tags.get("StudyTime", "") if tags.get("StudyDate") else time
             ds.AccessionNumber = tags.get("AccessionNumber", "")
             ds.ReferringPhysicianName = ""
             ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = 1001
+            ds.SeriesNumber = 1002 if uncertainty else 1001
             ds.SeriesDate, ds.SeriesTime = date, time
             ds.ContentDate, ds.ContentTime = date, time
             ds.InstanceNumber = k + 1
@@ -158,6 +160,14 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
     return target
 
 
+def series_description(label: str, limit: int = 64) -> str:
+    """``label`` within DICOM's 64 characters, keeping a closing "- not for clinical use" whole."""
+    tail = " - not for clinical use"
+    if len(label) <= limit or not label.lower().endswith(tail):
+        return label[:limit]
+    return label[: -len(tail)][: limit - len(tail)].rstrip() + tail
+
+
 def _slice_dataset(kind: str, sop_class: str, sop_instance: str, label: str):
     """The per-slice constant part of a derived CT/MR image."""
     from pydicom.dataset import Dataset
@@ -168,7 +178,7 @@ def _slice_dataset(kind: str, sop_class: str, sop_instance: str, label: str):
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.Modality = kind
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if kind == "CT" else "OTHER"]
-    ds.SeriesDescription = label[:64]
+    ds.SeriesDescription = series_description(label)
     ds.Manufacturer = "MedTranslate"
     ds.ManufacturerModelName = "MedTranslate synthetic image"
     ds.SoftwareVersions = "MedTranslate"

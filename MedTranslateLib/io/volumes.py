@@ -185,25 +185,46 @@ def _series_label(uid: str, files: list[str]) -> str:
     return f"{uid} ({len(files)} files, {description})"
 
 
+def _choose_series(path: Path, folder: Path, series: dict[str, list[str]],
+                   series_uid: str | None) -> tuple[str, list[str]]:
+    """The series to read (``series_uid``, the series of a given ``.dcm`` file, else the largest) and a note
+    naming it when the folder holds several; two largest series of the same size are refused as ambiguous."""
+    def available() -> str:
+        return "; ".join(_series_label(uid, files) for uid, files in series.items())
+
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(f"DICOM series '{series_uid}' is not in '{folder}'. Available series: {available()}.",
+                             "Pass one of the listed series UIDs (or none to use the largest series).")
+        return series_uid, []
+    if path.is_file():  # a .dcm file means its own series
+        uid = next((u for u, files in series.items() if any(Path(f).samefile(path) for f in files)), None)
+        if uid is not None:
+            return uid, []
+    if len(series) == 1:
+        return next(iter(series)), []
+    largest = max(len(files) for files in series.values())
+    tied = [uid for uid, files in series.items() if len(files) == largest]
+    if len(tied) > 1:
+        raise InputError(f"'{folder}' holds {len(series)} DICOM series and {len(tied)} of them have {largest} "
+                         f"files: {available()}.", "Choose one with --series-uid.")
+    uid = tied[0]
+    return uid, [f"'{folder}' holds {len(series)} DICOM series; translating the largest, {_series_label(uid, series[uid])}. "
+                 "Choose another with --series-uid."]
+
+
 def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[sitk.Image, int, SourceInfo]:
     folder = path if path.is_dir() else path.parent
     if path.is_dir() and not any(folder.iterdir()):
         raise InputError(f"The folder '{folder}' is empty.", f"Choose a folder holding a DICOM series, or a file: {READABLE}.")
     series = _dicom_series(folder)
     if not series:
-        raise InputError(f"No DICOM series found in '{folder}'.",
-                         f"Choose the folder that holds the DICOM files (*.dcm), or a volume file: {READABLE}.")
-    if series_uid is not None:
-        if series_uid not in series:
-            available = "; ".join(_series_label(uid, files) for uid, files in series.items())
-            raise InputError(f"DICOM series '{series_uid}' is not in '{folder}'. Available series: {available}.",
-                             "Pass one of the listed series UIDs (or none to use the largest series).")
-        uid = series_uid
-    else:
-        uid = None
-        if path.is_file():  # a .dcm file means its own series
-            uid = next((u for u, files in series.items() if any(Path(f).samefile(path) for f in files)), None)
-        uid = uid or max(series, key=lambda u: len(series[u]))
+        inner = next((p.parent for p in folder.rglob("*.dcm")), None) if path.is_dir() else None
+        raise InputError(f"No DICOM series found in '{folder}'" + (f" (there are DICOM files in '{inner}')."
+                                                                   if inner else "."),
+                         "Give the folder that holds the DICOM files themselves (sub-folders are not searched), "
+                         f"or a volume file: {READABLE}.")
+    uid, notes = _choose_series(path, folder, series, series_uid)
     files = series[uid]
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
@@ -231,7 +252,7 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
         raise _unreadable(folder, exc) from None
     tags = {name: str(getattr(headers[0], name, "") or "") for name in DICOM_TAGS}
     instances = [(str(getattr(h, "SOPClassUID", "")), str(getattr(h, "SOPInstanceUID", ""))) for h in headers]
-    return image, image.GetPixelID(), SourceInfo(str(folder), "dicom", tags, instances)
+    return image, image.GetPixelID(), SourceInfo(str(folder), "dicom", tags, instances, notes)
 
 
 def _check_slice_positions(headers: list[Any], what: str) -> None:
@@ -319,7 +340,8 @@ def _provenance_text(provenance: dict | None, description: str) -> str:
 
 
 def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceInfo | None = None,
-                 modality: str = "CT", description: str = "", provenance: dict | None = None) -> Path:
+                 modality: str = "CT", description: str = "", provenance: dict | None = None,
+                 uncertainty: bool = False) -> Path:
     """Write ``image`` atomically with its exact geometry; the suffix picks the format.
 
     ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd`` write one file (plus its data file);
@@ -336,7 +358,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
         from MedTranslateLib.io.dicom import write_dicom_series
 
         return write_dicom_series(image, dicom_output_folder(path), source=source, modality=modality,
-                                  description=description, provenance=provenance)
+                                  description=description, provenance=provenance, uncertainty=uncertainty)
     target = Path(path)
     output = sitk.Image(image)  # shallow copy: metadata below must not leak into the caller's image
     for key in output.GetMetaDataKeys():

@@ -59,6 +59,15 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     return parts
 
 
+def _os_metadata(name: str) -> bool:
+    """Entries that file managers add to zips (macOS ``__MACOSX/``, ``._*``, ``.DS_Store``; Windows
+    ``Thumbs.db``, ``desktop.ini``)."""
+    parts = PurePosixPath(name).parts
+    base = parts[-1] if parts else ""
+    return bool(parts) and (parts[0] == "__MACOSX" or base.startswith("._")
+                            or base in (".DS_Store", "Thumbs.db", "desktop.ini"))
+
+
 def is_extra_file(name: str) -> bool:
     return name == "README.md" or name.upper() in EXTRA_NAMES or name.lower().endswith(EXTRA_SUFFIXES)
 
@@ -105,6 +114,8 @@ def open_safe_zip(zip_path: Path) -> SafeZip:
                          f"{MAX_ZIP_MEMBERS} allowed).", "A model package holds model.json, weights and a README.")
     files: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
     for info in infos:
+        if _os_metadata(info.filename):
+            continue  # never read: Finder's __MACOSX/._* and .DS_Store, Windows' Thumbs.db
         parts = _member_parts(zip_path, info)
         if not info.is_dir():
             files.append((parts, info))
