@@ -49,8 +49,7 @@ class Translator:
     """A loaded model ready to translate volumes (weights verified and loaded once)."""
 
     def __init__(self, package: "ModelPackage", device: str = "auto") -> None:
-        from MedTranslateLib.families import get_family
-        from MedTranslateLib.families.base import unpack_state
+        from MedTranslateLib.families import load_networks
         from MedTranslateLib.inference.device import select_device, tune_for_inference
         from MedTranslateLib.inference.optimize import optimize_for_inference
 
@@ -58,12 +57,7 @@ class Translator:
         self.card = package.card
         self.device = select_device(device)
         tune_for_inference(self.device)
-        self.family = get_family(self.card.family)
-        names = self.family.inference_networks()
-        built = self.family.build(self.card.to_dict()["architecture"], self.card.spatial_dims)
-        self.nets = {name: built[name] for name in names}
-        state = package.load_state_dict()  # verifies the SHA256 before anything is deserialised
-        unpack_state(self.nets, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, names)
+        self.family, self.nets = load_networks(package)
         self.layouts = {}
         for name, net in self.nets.items():
             net.to(self.device).eval()

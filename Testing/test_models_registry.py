@@ -189,3 +189,24 @@ def test_models_show_neutralises_terminal_escapes_of_a_foreign_card(tmp_path, bu
     assert main(["models", "show", "sneaky"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and "Fine \ufffd[2J\ufffd[31mred \ufffdevil" in out
+
+
+def test_import_refuses_weights_that_do_not_fit_the_cards_network(tmp_path, builtin, capsys, monkeypatch):
+    """A valid SHA256 is not enough: weights made for another architecture are refused before installing."""
+    import json
+
+    from packages import make_untrained_package
+
+    from MedTranslateLib.cli.main import main
+
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(tmp_path / "user"))
+    source = make_untrained_package(tmp_path / "src", "unet", "2d", id="misfit")
+    assert main(["models", "import", str(source)]) == 0  # as exported: it fits, and is imported
+    card = json.loads((source / "model.json").read_text())
+    first = card["version"]
+    card["version"] = "9.9.9"
+    card["architecture"]["features"] = [f * 2 for f in card["architecture"]["features"]]
+    (source / "model.json").write_text(json.dumps(card))
+    assert main(["models", "import", str(source)]) == 4
+    assert "do not fit the architecture" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "user").iterdir()] == [f"misfit@{first}"]  # only the one that fits

@@ -46,6 +46,12 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps(card.to_dict(), indent=1) if args.json else printable(card.describe()))
         return 0
     if args.models_command == "import":
+        from MedTranslateLib.families import load_networks
+        from MedTranslateLib.models.package import open_package
+
+        package = open_package(args.file)
+        if package.has_weights():  # weights that do not fit the card's network are refused before installing
+            load_networks(package)
         entry = registry.import_package(args.file, overwrite=args.overwrite)
         print(f"imported {entry.id} {entry.version} into {entry.path}")
         return 0

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 from MedTranslateLib.errors import ModelError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from MedTranslateLib.families.base import Family
+    from MedTranslateLib.models.package import ModelPackage
 
 #: family name (as in the model card) -> module under ``MedTranslateLib.families``
 _MODULES = {"unet": "unet", "pix2pix": "pix2pix", "cyclegan": "cyclegan", "diffusion": "diffusion",
@@ -28,3 +31,18 @@ def get_family(name: str) -> "Family":
                          f"Use one of: {', '.join(FAMILY_NAMES)} (update MedTranslate if the model is newer).")
     module = importlib.import_module(f"MedTranslateLib.families.{module_name}")
     return module.FAMILY
+
+
+def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Module"]]:
+    """The package's family and its inference networks, built from the card's architecture and loaded with the
+    verified weights (ModelError when they do not fit). Run at import too, so a package that could never run is
+    refused before it is installed."""
+    from MedTranslateLib.families.base import unpack_state
+
+    family = get_family(package.card.family)
+    names = family.inference_networks()
+    built = family.build(package.card.to_dict()["architecture"], package.card.spatial_dims)
+    nets = {name: built[name] for name in names}
+    state = package.load_state_dict()  # verifies the SHA256 before anything is deserialised
+    unpack_state(nets, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, names)
+    return family, nets
