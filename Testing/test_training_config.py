@@ -102,3 +102,16 @@ def test_card_sample_data_comes_from_the_config():
     shipped = json.loads((BUILTIN_DIR / "mr2ct-headphantom-unet2d" / "model.json").read_text())
     assert base_card(config)["sample_data"] == shipped["sample_data"] and len(shipped["sample_data"]) == 2
     assert "sample_data" not in base_card(load_config(None, data="/nonexistent"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("steps=abc", "steps must be a number"), ("lr=abc", "lr must be a number"),
+    ("architecture=abc", "architecture must be a table"), ("slice_size=[96]", "slice_size must be 2 whole numbers"),
+    ("epochs=-1", "epochs must be at least 1"), ("max_cases=-1", "max_cases must be at least 1"),
+    ("body_fraction=5", "body_fraction must be between 0 and 1"), ("context_slices=-1", "context_slices must be 0"),
+])
+def test_a_bad_value_is_one_config_error_before_training(override, message):
+    """Text for a number, a list of the wrong length, a negative count: exit 6 with the setting's name, never a
+    traceback from deep inside training (or a silently untrained model)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override, "data=somewhere"]).validate()

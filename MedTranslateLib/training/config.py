@@ -131,6 +131,14 @@ class TrainConfig:
         if int(self.warmup_steps) < 0 or not 0.0 <= float(self.min_lr_fraction) <= 1.0:
             raise ConfigError(f"warmup_steps must be >= 0 and min_lr_fraction in [0, 1] (got {self.warmup_steps}, "
                               f"{self.min_lr_fraction}).", "For example warmup_steps = 50, min_lr_fraction = 0.05.")
+        for key in ("max_cases", "epochs", "steps_per_epoch"):
+            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)}).",
+                                  "Give a positive integer, or leave it out.")
+        if self.context_slices is not None and int(self.context_slices) < 0:
+            raise ConfigError(f"context_slices must be 0 or more (got {self.context_slices}).", "For example 2.")
+        if not 0.0 <= float(self.body_fraction) <= 1.0:
+            raise ConfigError(f"body_fraction must be between 0 and 1 (got {self.body_fraction}).", "For example 0.9.")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive (got {self.lr}).", "For example lr = 2e-4.")
         if not self.data:
@@ -179,7 +187,33 @@ def _coerce(key: str, value: Any) -> Any:
         return float(value)
     if isinstance(default, str) and not isinstance(value, str) and value is not None:
         return str(value)
+    _check_type(key, value, default)
     return value
+
+
+#: Fields whose default is None, by the type their value must have.
+_INT_FIELDS = ("max_cases", "context_slices", "epochs", "steps_per_epoch")
+_INT_LIST_FIELDS = {"slice_size": 2, "patch_size": 3}
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """Raise :class:`ConfigError` when ``value`` cannot be the field's type (text for a number, a list of the
+    wrong length, ...)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (isinstance(default, (int, float)) and not isinstance(default, bool)) and not number:
+        raise ConfigError(f"{key} must be a number (got {value!r}).", f"Write e.g. {key}={default}.")
+    if key in _INT_FIELDS and value is not None and not (number and float(value) == int(value)):
+        raise ConfigError(f"{key} must be a whole number (got {value!r}).", f"Write e.g. {key}=4.")
+    if key in _INT_LIST_FIELDS and value is not None:
+        size = _INT_LIST_FIELDS[key]
+        if not (isinstance(value, list) and len(value) == size
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in value)):
+            raise ConfigError(f"{key} must be {size} whole numbers of at least 8 (got {value!r}).",
+                              f"Write e.g. {key}={[64] * size}.")
+    if key in DICT_FIELDS and value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table of settings (got {value!r}).",
+                          f"Write e.g. --set '{key}={{\"features\": [32, 64, 128]}}'." if key == "architecture"
+                          else "Write it as a JSON object or a TOML table.")
 
 
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
