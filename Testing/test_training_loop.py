@@ -14,6 +14,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from MedTranslateLib.errors import ConfigError, OutputError
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"features": [4, 8, 16, 16]}
 
@@ -361,3 +363,82 @@ def test_bad_schedule_is_refused():
         TrainConfig(data="x", lr_schedule="linear").validate()
     with pytest.raises(ConfigError, match="min_lr_fraction"):
         TrainConfig(data="x", min_lr_fraction=2.0).validate()
+
+
+def test_a_paired_family_refuses_unpaired_data(tmp_path):
+    _require_backend()
+    import shutil
+
+    from MedTranslateLib.training.loop import train
+
+    pairs = write_pairs(tmp_path / "pairs", n=3)
+    for i, kind in ((0, "mr"), (1, "ct"), (2, "ct")):
+        (tmp_path / "un" / kind).mkdir(parents=True, exist_ok=True)
+        shutil.copy(pairs / f"subj{i}" / f"{kind}.nii.gz", tmp_path / "un" / kind / f"subj{i}.nii.gz")
+    config = _config(tmp_path, data=str(tmp_path / "un"), layout="unpaired", family="unet", steps=2,
+                     val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(ConfigError, match="unet learns from pairs.*cyclegan or contourdiff"):
+        train(config)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_a_diverging_run_stops_and_exports_nothing(tmp_path):
+    _require_backend()
+    from MedTranslateLib.training.loop import train
+
+    with pytest.raises(ConfigError, match="diverged at step .* not finite") as caught:
+        train(_config(tmp_path, lr=1e30, steps=20, val_fraction=0.0, test_fraction=0.0))
+    assert "Lower the learning rate" in caught.value.fix and not (tmp_path / "pkg").exists()
+
+
+def test_destinations_are_checked_before_training(tmp_path):
+    _require_backend()
+    from MedTranslateLib.training.loop import train
+
+    data = write_pairs(tmp_path / "data")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(OutputError, match="not a package zip"):
+        train(_config(tmp_path, data=str(data), output=str(taken)))
+    with pytest.raises(ConfigError, match="inside the training data folder"):
+        train(_config(tmp_path, data=str(data), output=str(data / "my_model")))
+    assert taken.read_text() == "mine" and not (tmp_path / "notes.txt.work").exists()
+    assert sorted(p.name for p in data.iterdir()) == ["subj0", "subj1", "subj2"]  # nothing written into the data
+
+
+def test_ctrl_c_keeps_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    _require_backend()
+    from MedTranslateLib.training import loop
+
+    calls = []
+    real = loop._set_learning_rates
+
+    def interrupt_at_step_four(optimizers, factor):
+        calls.append(factor)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real(optimizers, factor)
+
+    monkeypatch.setattr(loop, "_set_learning_rates", interrupt_at_step_four)
+    config = _config(tmp_path, steps=8, checkpoint_interval=100, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config)
+    state = json.loads((config.work_path / "checkpoint" / "state.json").read_text())
+    assert state["state"]["step"] == 3
+    monkeypatch.setattr(loop, "_set_learning_rates", real)
+    config.resume = True
+    assert loop.train(config).steps == 8
+
+
+def test_a_new_run_starts_new_logs(tmp_path):
+    _require_backend()
+    import csv
+
+    from MedTranslateLib.training.loop import train
+
+    config = _config(tmp_path, steps=4, log_interval=1, val_fraction=0.0, test_fraction=0.0)
+    train(config)
+    train(config)  # again, into the same work folder, without --resume
+    with (config.work_path / "train_log.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == [1, 2, 3, 4]

@@ -143,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (KeyboardInterrupt, Terminated) as stop:
         code = 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code)
-        _report(args, f"{'interrupted' if code == 130 else 'terminated'}; the volume in progress was not written "
-                      "(nothing half-written is left).", code)
+        _report(args, f"{'interrupted' if code == 130 else 'terminated'}; nothing half-written is left.", code)
         return code
     except Exception as error:  # a bug: the worker protocol still gets its one error event, then the traceback
         if getattr(args, "progress", None) == "jsonl":

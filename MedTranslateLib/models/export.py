@@ -95,6 +95,22 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
     return final
 
 
+def check_export_destination(destination: str | Path, as_zip: bool = False) -> Path:
+    """Raise :class:`OutputError` unless a package can be exported to ``destination`` (its folder is created):
+    checked before a training run, not after it. Returns the final path."""
+    from MedTranslateLib.io.atomic import check_folder_writable
+
+    final = _zip_destination(Path(destination)) if as_zip else Path(destination)
+    _check_replaceable(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the folder {final.parent} for the package: {exc.strerror or exc}.",
+                          "Choose an output path in a folder you can write to.") from None
+    check_folder_writable(final.parent, f"the package {final}")
+    return final
+
+
 def _check_replaceable(final: Path) -> None:
     if not final.exists():
         return

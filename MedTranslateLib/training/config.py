@@ -139,6 +139,10 @@ class TrainConfig:
             raise ConfigError(f"context_slices must be 0 or more (got {self.context_slices}).", "For example 2.")
         if not 0.0 <= float(self.body_fraction) <= 1.0:
             raise ConfigError(f"body_fraction must be between 0 and 1 (got {self.body_fraction}).", "For example 0.9.")
+        if self.spacing is not None and not (isinstance(self.spacing, list) and len(self.spacing) == 3 and all(
+                isinstance(v, (int, float)) and 0.01 <= v <= 100 for v in self.spacing)):
+            raise ConfigError(f"spacing must be 3 values in mm (x, y, z), each 0.01 to 100 (got {self.spacing!r}).",
+                              "For example spacing = [1.0, 1.0, 3.0], or leave it out for the native spacing.")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive (got {self.lr}).", "For example lr = 2e-4.")
         if not self.data:

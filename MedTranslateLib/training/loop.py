@@ -7,6 +7,7 @@ import contextlib
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +142,13 @@ def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, A
 class _Logger:
     """CSV (always, rank 0) and optional TensorBoard logs in the work folder."""
 
-    def __init__(self, folder: Path, kind: str, enabled: bool) -> None:
+    def __init__(self, folder: Path, kind: str, enabled: bool, resume: bool = False) -> None:
         self.enabled = enabled
         self.folder = folder
         self.tb = None
+        if enabled and not resume:  # a new run starts new logs (a resumed one continues its own)
+            for old in folder.glob("*_log.csv"):
+                old.unlink()
         if enabled and kind == "tensorboard":
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -201,6 +205,27 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _check_destinations(config: TrainConfig) -> None:
+    """The package and the work folder can be written, outside the training data: checked before training."""
+    from MedTranslateLib.models.export import check_export_destination
+
+    final = check_export_destination(config.output, as_zip=config.export_zip)
+    data = Path(config.data)
+    if data.is_dir():
+        for what, path in (("output", final), ("work folder", config.work_path)):
+            if path.resolve().is_relative_to(data.resolve()):
+                raise ConfigError(f"The {what} {path} is inside the training data folder {data}.",
+                                  "Write the package (and its .work folder) outside the data folder.")
+
+
+def _check_finite(losses: Mapping[str, Any], step: int, lr: float) -> None:
+    """Stop a diverged run (a NaN or infinite loss) instead of training on and exporting broken weights."""
+    bad = [key for key, value in losses.items() if not math.isfinite(float(value))]
+    if bad:
+        raise ConfigError(f"Training diverged at step {step}: the {', '.join(bad)} loss is not finite; nothing was "
+                          "exported.", f"Lower the learning rate (lr = {lr:g} now), e.g. by 10x, and train again.")
+
+
 def _set_learning_rates(optimizers: Mapping[str, Any], factor: float) -> None:
     """Scale every parameter group's base rate (``initial_lr``, recorded on first use) by ``factor``."""
     for optimizer in optimizers.values():
@@ -228,7 +253,7 @@ class _Run:
         self.work = config.work_path
         if ctx.is_main:
             self.work.mkdir(parents=True, exist_ok=True)
-        self.logger = _Logger(self.work, config.log, ctx.is_main)
+        self.logger = _Logger(self.work, config.log, ctx.is_main, config.resume)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
         self.best_state: dict[str, Any] | None = None
@@ -267,7 +292,13 @@ class _Run:
         config = self.config
         size = (config.patch_size if config.spatial_dims == 3 else
                 (config.slice_size or default_slice_size(self.data.train, config.slice_axis)))
-        paired = all(c.source is not None and c.target is not None for c in self.data.train)
+        unpaired_cases = [c.name for c in self.data.train if c.source is None or c.target is None]
+        paired = not unpaired_cases
+        if self.family.paired and not paired:
+            raise ConfigError(f"{config.family} learns from pairs, but {len(unpaired_cases)} training case(s) have no "
+                              f"source or no target ({', '.join(unpaired_cases[:3])}).",
+                              "Give every case a source and a target (layout paired_folder, SynthRAD, BraTS or a "
+                              "complete CSV), or train an unpaired family: cyclegan or contourdiff.")
         # each rank its share of the subjects (unpaired data: every rank keeps sources AND targets)
         cases = distributed.shard(self.data.train, self.ctx) if paired else self.data.train
         return Sampler(cases, config.dimensionality, size, config.slice_axis, config.n_context,
@@ -324,6 +355,7 @@ class _Run:
                 self.step += 1
                 for key, value in losses.items():
                     running.setdefault(key, []).append(float(value))
+                _check_finite(losses, self.step, config.lr)
                 last = self.step == total
                 if self.step % config.log_interval == 0 or last:
                     row = {"step": self.step, "seconds": round(self.seconds, 2),
@@ -337,9 +369,11 @@ class _Run:
                     self.validate()
                 if self.ctx.is_main and (self.step % config.checkpoint_interval == 0 or last):
                     save()
-        except Cancelled:
+        except (Cancelled, KeyboardInterrupt, SystemExit):  # cancel, Ctrl-C, SIGTERM
             if self.ctx.is_main and self.step > first:
-                save()  # cancelled: keep the progress so the run can be resumed
+                save()  # keep the progress so the run can be resumed
+                print(f"training stopped at step {self.step}; resume with --resume (checkpoint in {ckpt_dir})",
+                      file=sys.stderr)
             raise
         except RuntimeError as error:
             from MedTranslateLib.inference.engine import is_out_of_memory
@@ -407,6 +441,7 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     from MedTranslateLib.inference.device import select_device
 
     config.validate()
+    _check_destinations(config)
     tracker = progress or ProgressTracker(STAGES)
     device = select_device(config.device)
     ctx = distributed.init_distributed(device)
