@@ -257,6 +257,17 @@ def test_prepare_pair_resamples_a_target_on_another_grid() -> None:
     assert np.median(np.abs(target_array[core] - prepared.array[core])) < 0.01
 
 
+def test_prepare_pair_refuses_a_target_that_misses_its_source() -> None:
+    """A CT whose origin is 1000 mm off would train the model towards an all-air target: refused."""
+    source = ct_image(spacing=(1.0, 1.0, 1.0), smooth=True)
+    target = ct_image(spacing=(1.0, 1.0, 1.0), smooth=True)
+    target.SetOrigin(tuple(o + (1000.0 if axis == 0 else 0.0) for axis, o in enumerate(source.GetOrigin())))
+    with pytest.raises(InputError, match="covers only 0% of its source.*not aligned"):
+        prepare_pair(source, target, card())
+    target.SetOrigin(tuple(o + (0.5 if axis == 0 else 0.0) for axis, o in enumerate(source.GetOrigin())))
+    prepare_pair(source, target, card())  # half a voxel off: resampled, fine
+
+
 def test_target_role_uses_output_spec() -> None:
     image = ct_image(spacing=(1.0, 1.0, 1.0))
     model_card = card()
