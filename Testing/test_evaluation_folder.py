@@ -147,3 +147,12 @@ def test_cli_picks_the_target_modality_from_the_reference(synthrad_folder, capsy
     assert run_evaluate(_args("--pred", str(case / "mr.nii.gz"), "--ref", str(case / "mr.nii.gz"),
                               "--modality", "ct")) == 0
     assert "dice_bone" in capsys.readouterr().out
+
+
+def test_bad_files_are_named_by_their_role(tmp_path):
+    ref = _write(np.random.default_rng(0).normal(0, 100, SHAPE), tmp_path / "ref.nii.gz")
+    empty = _write(np.zeros(SHAPE), tmp_path / "empty.nii.gz")
+    with pytest.raises(InputError, match="The mask 'empty.nii.gz' is all zero"):
+        ev.load_case(ref, ref, empty)
+    with pytest.raises(InputError, match="The reference 'empty.nii.gz' is all zero"):
+        ev.load_case(ref, empty)

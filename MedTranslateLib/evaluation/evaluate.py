@@ -63,21 +63,11 @@ class CasePaths:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def read_image(path: str | os.PathLike) -> Any:
-    """Read a volume with ``MedTranslateLib.io.read_volume`` (image or (image, info)) as a SimpleITK image."""
-    try:
-        from MedTranslateLib.io import read_volume
-    except ImportError:  # io not available: plain SimpleITK reading
-        import SimpleITK as sitk
+def read_image(path: str | os.PathLike, role: str = "volume") -> Any:
+    """Read and validate a volume (``MedTranslateLib.io.read_volume``); ``role`` names it in messages."""
+    from MedTranslateLib.io import read_volume
 
-        if not Path(path).exists():
-            raise InputError(f"{path} does not exist.", "Check the path.")
-        try:
-            return sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise InputError(f"Cannot read {path}: {exc}".splitlines()[0], "Use NIfTI, MHA or NRRD.") from exc
-    result = read_volume(path)
-    return result[0] if isinstance(result, tuple) else result
+    return read_volume(path, role=role)[0]
 
 
 def _same_grid(a: Any, b: Any) -> bool:
@@ -98,7 +88,7 @@ def _grid_text(image: Any) -> str:
 def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.ndarray:
     import SimpleITK as sitk
 
-    image = read_image(path)
+    image = read_image(path, what)
     if not _same_grid(image, reference):
         raise InputError(f"The {what} {path} is not on the reference's voxel grid ({_grid_text(image)} vs "
                          f"{_grid_text(reference)}).",
@@ -112,7 +102,7 @@ def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_pa
     """Read a case; every file must be on the reference's exact grid (else ``InputError``)."""
     import SimpleITK as sitk
 
-    ref_image = read_image(ref_path)
+    ref_image = read_image(ref_path, "reference")
     ref = sitk.GetArrayFromImage(ref_image).astype(np.float32)
     pred = _array_on_grid(pred_path, ref_image, "synthetic image")
     if mask_path is not None:

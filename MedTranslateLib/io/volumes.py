@@ -299,13 +299,14 @@ def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, 
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None,
-                max_voxels: int = MAX_VOXELS) -> tuple[sitk.Image, SourceInfo]:
+                max_voxels: int = MAX_VOXELS, role: str = "input volume") -> tuple[sitk.Image, SourceInfo]:
     """Read and validate a scalar 3D volume as float32 with its geometry unchanged.
 
     ``path`` is a NIfTI/NRRD/MetaImage file, a DICOM folder or a ``.dcm`` file (its series). In a folder the
-    series with most files is used unless ``series_uid`` names another. Raises :class:`InputError`.
+    series with most files is used unless ``series_uid`` names another. ``role`` names the volume in messages
+    ("The reference 'ct.nii.gz' ..."). Raises :class:`InputError`.
     """
-    return _read_any(path, series_uid, max_voxels, f"input volume '{Path(path).name}'", check_content=True)
+    return _read_any(path, series_uid, max_voxels, f"{role} '{Path(path).name}'", check_content=True)
 
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float = 1e-4) -> sitk.Image:
