@@ -156,3 +156,13 @@ def test_bad_files_are_named_by_their_role(tmp_path):
         ev.load_case(ref, ref, empty)
     with pytest.raises(InputError, match="The reference 'empty.nii.gz' is all zero"):
         ev.load_case(ref, empty)
+
+
+def test_cli_folder_goes_on_past_a_bad_case_and_reports_it(synthrad_folder, capsys):
+    root, pred_dir = synthrad_folder
+    _write(np.zeros((4, 4, 4)), pred_dir / "1BA002.nii.gz")  # off the reference grid
+    out = root / "partial"
+    assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--out", str(out),
+                              "--no-figures")) == 3
+    assert "error: case 1BA002:" in capsys.readouterr().err
+    assert [c["case"] for c in json.loads((out / "metrics.json").read_text())["cases"]] == ["1BA001", "1BA003"]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
-from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.errors import ConfigError, InputError
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("Give either --pred and --ref (one case) or --pred-dir and --ref-root (a folder).",
                           "Example: medtranslate evaluate --pred sct.nii.gz --ref ct.nii.gz --mask mask.nii.gz")
     figures: dict[str, dict[str, bytes]] = {}
+    failed: list[str] = []
     if single:
         if not (args.pred and args.ref):
             raise ConfigError("Both --pred and --ref are needed to evaluate one case.", "Add the missing one.")
@@ -87,10 +89,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         if not (args.pred_dir and args.ref_root):
             raise ConfigError("Both --pred-dir and --ref-root are needed to evaluate a folder.", "Add the missing one.")
+        def report(case: str, error: Exception) -> None:
+            failed.append(case)
+            print(f"error: case {case}: {error}", file=sys.stderr)
+
         rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout, out_dir=args.out,
                                               target=args.target, modality=args.modality,
-                                              figures=not args.no_figures)
+                                              figures=not args.no_figures, on_failure=report)
     _print_table(rows, aggregates)
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics.csv'}, metrics.json and report.html")
+    if failed:
+        print(f"error: {len(rows)} of {len(rows) + len(failed)} cases evaluated; failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return InputError.exit_code
     return 0

@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -260,16 +260,28 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
                     out_dir: str | os.PathLike | None = None, target: str = "t2w", modality: str = "CT",
-                    figures: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html."""
+                    figures: bool = True, on_failure: Callable[[str, InputError], None] | None = None,
+                    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html.
+
+    A case that cannot be evaluated (InputError: a file off the reference grid, unreadable, empty) raises, or,
+    with ``on_failure(case, error)``, is reported there and left out while the others go on."""
     rows, all_figures = [], {}
     for case in find_cases(pred_dir, ref_root, layout, target, modality):
-        arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
+        try:
+            arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
+        except InputError as error:
+            if on_failure is None:
+                raise
+            on_failure(case.case, error)
+            continue
         case.modality = resolve_modality(case.modality, arrays.ref)
         row = {"case": case.case, **metrics_for_arrays(arrays, case.modality)}
         rows.append(row)
         if figures and out_dir is not None:
             all_figures[case.case] = case_figures(arrays, row, case.modality)
+    if not rows:
+        raise InputError(f"No case in {pred_dir} could be evaluated.", "See the errors above for each case.")
     aggregates = aggregate(rows)
     if out_dir is not None:
         write_outputs(rows, aggregates, out_dir, all_figures)
