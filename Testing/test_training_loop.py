@@ -56,6 +56,17 @@ def write_pairs(root: Path, n: int = 3, shape=(10, 32, 32)) -> Path:
     return root
 
 
+def _unpaired_folders(tmp_path: Path) -> Path:
+    """``<tmp>/un/mr/*.nii.gz`` and ``<tmp>/un/ct/*.nii.gz`` from three different subjects."""
+    import shutil
+
+    pairs = write_pairs(tmp_path / "pairs", n=3)
+    for i, kind in ((0, "mr"), (1, "ct"), (2, "ct")):
+        (tmp_path / "un" / kind).mkdir(parents=True, exist_ok=True)
+        shutil.copy(pairs / f"subj{i}" / f"{kind}.nii.gz", tmp_path / "un" / kind / f"subj{i}.nii.gz")
+    return tmp_path / "un"
+
+
 def _config(tmp_path: Path, **overrides):
     from MedTranslateLib.training.config import TrainConfig
 
@@ -233,14 +244,9 @@ def test_out_of_memory_while_training_is_one_clear_error_with_a_resumable_checkp
 
 def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
     _require_backend()
-    import shutil
-
     from MedTranslateLib.training.loop import train
 
-    pairs = write_pairs(tmp_path / "pairs", n=3)
-    for i, kind in ((0, "mr"), (1, "ct"), (2, "ct")):
-        (tmp_path / "un" / kind).mkdir(parents=True, exist_ok=True)
-        shutil.copy(pairs / f"subj{i}" / f"{kind}.nii.gz", tmp_path / "un" / kind / f"subj{i}.nii.gz")
+    _unpaired_folders(tmp_path)
     config = _config(tmp_path, data=str(tmp_path / "un"), layout="auto", family="cyclegan", steps=2,
                      batch_size=2, val_fraction=0.0, test_fraction=0.0)
     result = train(config)
@@ -367,14 +373,9 @@ def test_bad_schedule_is_refused():
 
 def test_a_paired_family_refuses_unpaired_data(tmp_path):
     _require_backend()
-    import shutil
-
     from MedTranslateLib.training.loop import train
 
-    pairs = write_pairs(tmp_path / "pairs", n=3)
-    for i, kind in ((0, "mr"), (1, "ct"), (2, "ct")):
-        (tmp_path / "un" / kind).mkdir(parents=True, exist_ok=True)
-        shutil.copy(pairs / f"subj{i}" / f"{kind}.nii.gz", tmp_path / "un" / kind / f"subj{i}.nii.gz")
+    _unpaired_folders(tmp_path)
     config = _config(tmp_path, data=str(tmp_path / "un"), layout="unpaired", family="unet", steps=2,
                      val_fraction=0.0, test_fraction=0.0)
     with pytest.raises(ConfigError, match="unet learns from pairs.*cyclegan or contourdiff"):
