@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def plain_numbers(values: object, spec: str = ".5g") -> str:
+    """``(1, 0.5, -2.25)``: numbers for a message, without numpy reprs like ``np.float64(1.0)``."""
+    return "(" + ", ".join(format(float(v), spec) for v in values) + ")"  # type: ignore[attr-defined]
+
+
 class MedTranslateError(Exception):
     """An error a user can act on. ``problem`` says what was wrong, ``fix`` what to do."""
 

@@ -71,7 +71,6 @@ class Translator:
             "model_version": card["version"],
             "model_sha256": card["weights"]["sha256"],
             "model_family": card["family"],
-            "device": self.device.type,
             "source_modality": card["source_modality"],
             "target_modality": card["target_modality"],
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -133,7 +132,7 @@ class Translator:
             raise InputError("The model produced non-finite values for this input.",
                              "Check that the input matches the model's modality and field of view.")
         stats = {"model_shape": list(prepared.record.model_shape), **dict(getattr(prediction, "stats", {}) or {})}
-        provenance = {**self.provenance(), "device": str(stats.get("device", self.device.type))}  # after any fallback
+        provenance = {**self.provenance(), "device": str(stats.get("device", self.device.type))}  # the one that ran
         return TranslationResult(output, std_image, warnings, provenance, seconds, stats)
 
 

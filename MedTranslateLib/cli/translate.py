@@ -113,15 +113,11 @@ def batch_outputs(inputs: list[str], folder: Path) -> list[Path]:
     ``<case>/mr.nii.gz``) get their folder's name in front: ``<case>_mr_synthetic.nii.gz``."""
     from collections import Counter
 
-    from MedTranslateLib.io.atomic import FILE_SUFFIXES, full_suffix
-
-    def stem(path: Path) -> str:
-        suffix = full_suffix(path)
-        return path.name[: -len(suffix)] if suffix in FILE_SUFFIXES else path.name
+    from MedTranslateLib.io.atomic import volume_stem
 
     paths = [Path(os.path.abspath(p)) for p in inputs]
-    counts = Counter(stem(p) for p in paths)
-    names = [f"{p.parent.name}_{stem(p)}" if counts[stem(p)] > 1 else stem(p) for p in paths]
+    counts = Counter(volume_stem(p) for p in paths)
+    names = [f"{p.parent.name}_{volume_stem(p)}" if counts[volume_stem(p)] > 1 else volume_stem(p) for p in paths]
     return [folder / f"{name}_synthetic.nii.gz" for name in names]
 
 

@@ -28,8 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError, InputError, OutputError
+from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
+from MedTranslateLib.io.atomic import volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 
 STATS = ("mean", "std", "median", "q1", "q3")
@@ -78,11 +79,8 @@ def _same_grid(a: Any, b: Any) -> bool:
 
 
 def _grid_text(image: Any) -> str:
-    def numbers(values: Any, digits: int) -> str:
-        return "(" + ", ".join(f"{round(float(v), digits):g}" for v in values) + ")"
-
-    return (f"size {image.GetSize()}, spacing {numbers(image.GetSpacing(), 4)}, "
-            f"origin {numbers(image.GetOrigin(), 3)}, direction {numbers(image.GetDirection(), 3)}")
+    return (f"size {image.GetSize()}, spacing {plain_numbers(image.GetSpacing())}, "
+            f"origin {plain_numbers(image.GetOrigin())}, direction {plain_numbers(image.GetDirection(), '.3g')}")
 
 
 def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.ndarray:
@@ -168,14 +166,6 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
 
 # ----------------------------------------------------------------------------------------- folders
 
-def _case_name(path: Path) -> str:
-    name = path.name
-    for ext in EXTENSIONS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _prediction_for(pred_dir: Path, case: str) -> tuple[Path | None, Path | None]:
     pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct") or _batch_output(pred_dir, case)
     std = _find_volume(pred_dir, f"{case}_std") or _find_volume(pred_dir / case, "std")
@@ -210,8 +200,8 @@ def _brats_cases(ref_root: Path, target: str) -> list[CasePaths]:
 
 def _paired_cases(ref_root: Path, modality: str) -> list[CasePaths]:
     cases = []
-    for ref in sorted(p for p in ref_root.iterdir() if p.is_file() and _case_name(p) != p.name):
-        case = _case_name(ref)
+    for ref in sorted(p for p in ref_root.iterdir() if p.is_file() and volume_stem(p) != p.name):
+        case = volume_stem(ref)
         cases.append(CasePaths(case, Path(), ref, _find_volume(ref_root / "masks", case), modality=modality))
     return cases
 

@@ -44,6 +44,13 @@ def full_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def volume_stem(path: str | os.PathLike) -> str:
+    """The file name without its volume suffix (``1PA001_mr.nii.gz`` -> ``1PA001_mr``); other names unchanged."""
+    name = Path(path).name
+    suffix = full_suffix(name)
+    return name[: -len(suffix)] if suffix in FILE_SUFFIXES else name
+
+
 def is_dicom_output(path: str | os.PathLike) -> bool:
     """True when ``path`` asks for a DICOM series folder: trailing separator, no suffix, ``.dcm`` or a folder."""
     text = os.fspath(path)
@@ -126,11 +133,9 @@ def _inside(child: Path, folder: Path) -> bool:
 def companion_files(path: str | os.PathLike) -> list[Path]:
     """The data files a ``.mhd``/``.nhdr`` header may have next to it (none for other formats)."""
     path = Path(path)
-    suffix = full_suffix(path)
-    if suffix not in (".mhd", ".nhdr"):
+    if full_suffix(path) not in (".mhd", ".nhdr"):
         return []
-    stem = path.name[: -len(suffix)]
-    return [path.parent / f"{stem}{companion}" for companion in COMPANION_SUFFIXES]
+    return [path.parent / f"{volume_stem(path)}{companion}" for companion in COMPANION_SUFFIXES]
 
 
 def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from MedTranslateLib.errors import InputError, OutputError
+from MedTranslateLib.errors import InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
@@ -110,11 +110,6 @@ def validate_volume(image: sitk.Image, what: str = "input volume", max_voxels: i
 
 
 # ------------------------------------------------------------------------------------------- read
-def _numbers(values: Any) -> str:
-    """``(1, 0.5, -2.25)``: plain numbers for messages (no numpy reprs)."""
-    return "(" + ", ".join(f"{float(v):.5g}" for v in values) + ")"
-
-
 def _itk_reason(exc: Exception) -> str:
     """The last meaningful line of an ITK exception, shortened."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -320,7 +315,7 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         theirs = np.asarray(getattr(reference, f"Get{name}")(), float)
         scale = max(1.0, float(np.max(np.abs(theirs))))
         if np.max(np.abs(mine - theirs)) > tolerance * scale:
-            differences.append(f"{name.lower()} {_numbers(mine)} vs {_numbers(theirs)}")
+            differences.append(f"{name.lower()} {plain_numbers(mine)} vs {plain_numbers(theirs)}")
     if differences:
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
                          + "; ".join(differences) + ".",

@@ -110,6 +110,21 @@ def unreorient_array(array: np.ndarray, step: Mapping[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, np.argsort(step["axes"])))
 
 
+def _voxel_box(image: "sitk.Image") -> tuple[np.ndarray, np.ndarray]:
+    """The physical box (min and max corner, mm) covered by an image's voxels (half a voxel past the centres)."""
+    size = np.array(image.GetSize(), dtype=float)
+    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+               for corner in np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in size])).T.reshape(-1, 3)]
+    return np.min(corners, axis=0), np.max(corners, axis=0)
+
+
+def overlap_fraction(image: "sitk.Image", other: "sitk.Image") -> float:
+    """The share of ``image``'s physical box (by volume) that ``other``'s box covers."""
+    (lo, hi), (other_lo, other_hi) = _voxel_box(image), _voxel_box(other)
+    common = np.clip(np.minimum(hi, other_hi) - np.maximum(lo, other_lo), 0, None)
+    return float(np.prod(common) / max(float(np.prod(hi - lo)), 1e-9))
+
+
 # ------------------------------------------------------------------------------------------- resample
 def resampled_grid(grid: Mapping[str, Any], spacing_xyz: Sequence[float]) -> dict[str, list]:
     """A grid with ``spacing_xyz`` covering the same physical extent as ``grid``, centred on it."""

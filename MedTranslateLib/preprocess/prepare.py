@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from MedTranslateLib.errors import InputError, ModelError
+from MedTranslateLib.errors import InputError, ModelError, plain_numbers
 from MedTranslateLib.preprocess import geometry
 from MedTranslateLib.preprocess.body_mask import body_mask
 from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
@@ -214,35 +214,14 @@ def _on_grid(target: "sitk.Image", source: "sitk.Image") -> "sitk.Image":
         return target
     import SimpleITK as sitk
 
-    overlap = _overlap_fraction(source, target)
+    overlap = geometry.overlap_fraction(source, target)
     if overlap < MIN_PAIR_OVERLAP:
         raise InputError(f"The target covers only {overlap:.0%} of its source volume in space (origins "
-                         f"{_mm(source.GetOrigin())} and {_mm(target.GetOrigin())} mm): the pair is not aligned.",
+                         f"{plain_numbers(source.GetOrigin(), '.1f')} and {plain_numbers(target.GetOrigin(), '.1f')} "
+                         "mm): the pair is not aligned.",
                          "Register the target to the source (or fix their origins), or leave this case out.")
     minimum = float(sitk.GetArrayViewFromImage(target).min())
     return geometry.resample_to_grid(target, geometry.grid_of(source), default=minimum)
-
-
-def _mm(values: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.1f}" for v in values) + ")"
-
-
-def _bounds(image: "sitk.Image") -> tuple[np.ndarray, np.ndarray]:
-    """The physical bounding box (min and max corner, mm) of an image's voxel centres."""
-    size = np.array(image.GetSize()) - 1
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-               for corner in np.array(np.meshgrid(*[[0, n] for n in size])).T.reshape(-1, 3)]
-    return np.min(corners, axis=0), np.max(corners, axis=0)
-
-
-def _overlap_fraction(source: "sitk.Image", target: "sitk.Image") -> float:
-    """The share of the source's bounding box (by volume) that the target's box covers."""
-    (s_lo, s_hi), (t_lo, t_hi) = _bounds(source), _bounds(target)
-    spacing = np.array(source.GetSpacing())
-    s_lo, s_hi = s_lo - spacing / 2, s_hi + spacing / 2  # boxes of whole voxels, so a single slice has a volume
-    t_lo, t_hi = t_lo - np.array(target.GetSpacing()) / 2, t_hi + np.array(target.GetSpacing()) / 2
-    inter = np.clip(np.minimum(s_hi, t_hi) - np.maximum(s_lo, t_lo), 0, None)
-    return float(np.prod(inter) / max(np.prod(s_hi - s_lo), 1e-9))
 
 
 def prepare_pair(source: "sitk.Image", target: "sitk.Image", card: Mapping[str, Any],

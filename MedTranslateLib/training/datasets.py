@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
 from MedTranslateLib.io.atomic import find_volume as _find_volume
+from MedTranslateLib.io.atomic import volume_stem
 
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
 
@@ -40,14 +41,6 @@ class Case:
     @property
     def name(self) -> str:
         return self.case_id or self.subject_id
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _is_volume(path: Path) -> bool:
@@ -149,7 +142,7 @@ def read_unpaired(root: Path, source_name: str, target_name: str) -> list[Case]:
             raise ConfigError(f"Unpaired data needs the folder {folder}.",
                               f"Put source volumes in {root / source_name} and targets in {root / target_name}.")
         for path in sorted(p for p in folder.iterdir() if _is_volume(p)):
-            subject = _stem(path)
+            subject = volume_stem(path)
             cases.append(Case(subject, path if is_source else None, None if is_source else path, None, subject))
     return cases
 

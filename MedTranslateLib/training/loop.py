@@ -218,9 +218,9 @@ def _check_destinations(config: TrainConfig) -> None:
                                   "Write the package (and its .work folder) outside the data folder.")
 
 
-def _check_finite(losses: Mapping[str, Any], step: int, lr: float) -> None:
+def _check_finite(losses: Mapping[str, float], step: int, lr: float) -> None:
     """Stop a diverged run (a NaN or infinite loss) instead of training on and exporting broken weights."""
-    bad = [key for key, value in losses.items() if not math.isfinite(float(value))]
+    bad = [key for key, value in losses.items() if not math.isfinite(value)]
     if bad:
         raise ConfigError(f"Training diverged at step {step}: the {', '.join(bad)} loss is not finite; nothing was "
                           "exported.", f"Lower the learning rate (lr = {lr:g} now), e.g. by 10x, and train again.")
@@ -351,10 +351,11 @@ class _Run:
             while self.step < total:
                 batch = _to_device(sampler.batch(config.batch_size), self.device)
                 _set_learning_rates(optimizers, lr_factor(config, self.step, total))
-                losses = family.training_step(train_nets, optimizers, batch, autocast, options)
+                losses = {key: float(value) for key, value in  # one device sync per step
+                          family.training_step(train_nets, optimizers, batch, autocast, options).items()}
                 self.step += 1
                 for key, value in losses.items():
-                    running.setdefault(key, []).append(float(value))
+                    running.setdefault(key, []).append(value)
                 _check_finite(losses, self.step, config.lr)
                 last = self.step == total
                 if self.step % config.log_interval == 0 or last:
@@ -363,7 +364,7 @@ class _Run:
                     self.history.append(row)
                     self.logger.write("train_log", row)
                     running = {}
-                message = f"step {self.step}/{total} " + " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
+                message = f"step {self.step}/{total} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
                 self.tracker.update((self.step - first) / max(1, total - first), message)
                 if self.ctx.is_main and self.data.val and (self.step % config.val_interval == 0 or last):
                     self.validate()
