@@ -115,3 +115,30 @@ def test_a_bad_value_is_one_config_error_before_training(override, message):
     traceback from deep inside training (or a silently untrained model)."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override, "data=somewhere"]).validate()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (['architecture={"feature": [8, 16]}'], "unet family does not use architecture key 'feature'. Did you mean "
+                                            "'features'"),
+    (['family_options={"los": "l1+ssim"}'], "does not use family_options key 'los'. Did you mean 'loss'"),
+    (["family=pix2pix", 'family_options={"l1_wieght": 10}'], "Did you mean 'l1_weight'"),
+    (["family=diffusion", 'architecture={"chanels": [8, 16]}'], "Did you mean 'channels'"),
+    (["family=random_forest", 'family_options={"n_tree": 3}'], "Did you mean 'n_trees'"),
+    (["family=bridge", 'family_options={"loss": "l1"}'], "bridge family does not use family_options key 'loss'"),
+    (["family=unett"], "Unknown family 'unett'. Did you mean 'unet'"),
+])
+def test_a_mistyped_family_key_is_refused(overrides, message):
+    """A typo inside architecture or family_options used to be ignored: the run trained the default network."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*overrides, "data=somewhere"]).validate()
+
+
+def test_every_shipped_config_uses_only_keys_its_family_reads():
+    config_dir = Path(__file__).resolve().parents[1] / "MedTranslateLib" / "configs"
+    configs = sorted(config_dir.glob("*.toml"))
+    assert len(configs) >= 10
+    for path in configs:
+        assert load_config(path, data="/nonexistent").validate()
+    # every family accepts the keys its own networks read (and the bridge the diffusion ones)
+    assert load_config(None, ["family=bridge", 'architecture={"channels": [8, 16], "bridge_variance": 0.5}',
+                              'family_options={"masked_loss": true}', "data=d"]).validate()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
-from MedTranslateLib.errors import ModelError
+from MedTranslateLib.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +32,24 @@ def get_family(name: str) -> "Family":
                          f"Use one of: {', '.join(FAMILY_NAMES)} (update MedTranslate if the model is newer).")
     module = importlib.import_module(f"MedTranslateLib.families.{module_name}")
     return module.FAMILY
+
+
+def check_training_settings(name: str, architecture: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for an unknown family, or an ``architecture`` / ``family_options`` key the family
+    does not read: a mistyped key would otherwise be ignored silently and train something else than asked."""
+    if str(name) not in _MODULES:
+        close = difflib.get_close_matches(str(name), FAMILY_NAMES, n=1)
+        raise ConfigError(f"Unknown family {name!r}.", (f"Did you mean {close[0]!r}? " if close else "")
+                          + f"Use one of: {', '.join(FAMILY_NAMES)}.")
+    family = get_family(name)
+    for setting, given, known in (("architecture", architecture, family.architecture_keys),
+                                  ("family_options", options, family.option_keys)):
+        for key in given:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1)
+                raise ConfigError(f"The {name} family does not use {setting} key {key!r}.",
+                                  (f"Did you mean {close[0]!r}? " if close else "")
+                                  + f"Its {setting} keys are: {', '.join(sorted(known)) or 'none'}.")
 
 
 def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Module"]]:

@@ -49,6 +49,8 @@ class Family(Protocol):
     name: str
     paired: bool                      # False for CycleGAN and ContourDiff (trained without pairs)
     gradient_trained: bool            # False for the random forest (fit once)
+    architecture_keys: frozenset[str]  # the card ``architecture`` keys the family reads
+    option_keys: frozenset[str]        # the training ``family_options`` keys it reads
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         """All networks of the family, by name. Weights are stored as ``<name>.<param>``."""

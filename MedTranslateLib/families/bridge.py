@@ -135,6 +135,7 @@ class BridgeFamily(ConditionalDiffusionFamily):
 
     name = "bridge"
     paired = True
+    architecture_keys = ConditionalDiffusionFamily.architecture_keys | {"bridge_variance"}
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         nets = super().build(architecture, spatial_dims)

@@ -104,6 +104,7 @@ class ContourDiffFamily(ConditionalDiffusionFamily):
 
     name = "contourdiff"
     paired = False
+    architecture_keys = ConditionalDiffusionFamily.architecture_keys | {"edge_fraction", "edge_sigma"}
     condition_pad_mode = "constant"
 
     def condition_channels(self, architecture: Mapping[str, Any]) -> int:

@@ -16,7 +16,7 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import (check_gan_loss, discriminator_loss, generator_adversarial_loss,
                                              masked_l1, set_requires_grad)
 from MedTranslateLib.families.unet import GeneratorPredictor
-from MedTranslateLib.networks import build_discriminator, build_generator
+from MedTranslateLib.networks import DISCRIMINATOR_KEYS, GENERATOR_KEYS, build_discriminator, build_generator
 
 
 class CycleGANFamily:
@@ -25,6 +25,8 @@ class CycleGANFamily:
     name = "cyclegan"
     paired = False
     gradient_trained = True
+    architecture_keys = GENERATOR_KEYS | DISCRIMINATOR_KEYS
+    option_keys = frozenset({"gan_loss", "cycle_weight", "identity_weight"})
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         c_a, c_b = int(architecture["in_channels"]), int(architecture["out_channels"])

@@ -144,6 +144,8 @@ class ConditionalDiffusionFamily:
     name = "diffusion"
     paired = True
     gradient_trained = True
+    architecture_keys = frozenset({"in_channels", "out_channels", *DEFAULT_ARCHITECTURE})
+    option_keys = frozenset({"masked_loss"})
     network_name = "denoiser"
     condition_pad_mode = "replicate"
 

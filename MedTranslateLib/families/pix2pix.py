@@ -14,7 +14,7 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import (check_gan_loss, discriminator_loss, generator_adversarial_loss,
                                              masked_l1, set_requires_grad)
 from MedTranslateLib.families.unet import GeneratorPredictor
-from MedTranslateLib.networks import build_discriminator, build_generator
+from MedTranslateLib.networks import DISCRIMINATOR_KEYS, GENERATOR_KEYS, build_discriminator, build_generator
 
 
 class Pix2PixFamily:
@@ -23,6 +23,8 @@ class Pix2PixFamily:
     name = "pix2pix"
     paired = True
     gradient_trained = True
+    architecture_keys = GENERATOR_KEYS | DISCRIMINATOR_KEYS
+    option_keys = frozenset({"gan_loss", "l1_weight"})
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         pair_channels = int(architecture["in_channels"]) + int(architecture["out_channels"])

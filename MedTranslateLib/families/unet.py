@@ -14,7 +14,7 @@ from torch import nn
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import masked_l1, masked_ssim_loss
-from MedTranslateLib.networks import build_generator
+from MedTranslateLib.networks import GENERATOR_KEYS, build_generator
 
 class GeneratorPredictor:
     """Runs a generator on a normalised batch (the generator pads to its size divisor and crops back itself).
@@ -61,6 +61,8 @@ class UNetFamily:
     name = "unet"
     paired = True
     gradient_trained = True
+    architecture_keys = GENERATOR_KEYS
+    option_keys = frozenset({"loss", "ssim_weight"})
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         return {"generator": build_generator(architecture, spatial_dims)}

@@ -34,6 +34,10 @@ class PatchGAN(nn.Module):
         return self.net(x)[-1]
 
 
+#: The card ``architecture`` keys :func:`build_discriminator` reads.
+DISCRIMINATOR_KEYS = frozenset({"disc_channels", "disc_layers", "disc_norm"})
+
+
 def build_discriminator(architecture: Mapping[str, Any], spatial_dims: int, in_channels: int) -> PatchGAN:
     """A PatchGAN from the card's ``architecture`` (``disc_channels`` default 64, ``disc_layers`` default 3,
     ``disc_norm`` default instance)."""

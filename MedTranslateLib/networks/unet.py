@@ -132,6 +132,11 @@ def _features(value: Any) -> tuple[int, ...]:
     return feats
 
 
+#: The card ``architecture`` keys :func:`build_generator` reads.
+GENERATOR_KEYS = frozenset({"in_channels", "out_channels", "features", "norm", "dropout", "residual",
+                            "output_activation"})
+
+
 def build_generator(architecture: Mapping[str, Any], spatial_dims: int, *, in_channels: int | None = None,
                     out_channels: int | None = None) -> UNetGenerator:
     """A U-Net generator from a card's ``architecture`` (in_channels, out_channels, features, norm,
