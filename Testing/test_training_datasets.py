@@ -149,3 +149,21 @@ def test_real_data_readers(real_data):
     assert detect_layout(real_data / "BraTS2023") == "brats2023"
     assert {c.case_id for c in brats} == {"BraTS-GLI-00001-000", "AURORA-example", "TCGA-DU-7294", "TCGA-FG-6692"}
     assert all(c.target_path.name.endswith("-t2f.nii.gz") for c in brats)
+
+
+def test_unpaired_folders_are_detected_beside_other_folders(tmp_path):
+    """<root>/mr and <root>/ct with several volumes each used to be taken for case folders (paired_folder) and
+    gave "No MR -> CT cases found"; a hidden or extra folder beside them made the layout unrecognisable."""
+    for name in ("mr/a.nii.gz", "mr/b.nii.gz", "ct/c.nii.gz", "ct/d.nii.gz", "ct/e.nii.gz",
+                 ".ipynb_checkpoints/x.nii.gz", "notes/readme.nii.gz"):
+        touch(tmp_path / "un" / name)
+    assert detect_layout(tmp_path / "un", "mr", "ct") == "unpaired"
+    cases = load_cases(tmp_path / "un", source="MR", target="CT")
+    assert sorted(c.name for c in cases if c.source_path) == ["a", "b"]
+    assert sorted(c.name for c in cases if c.target_path) == ["c", "d", "e"]
+    # case folders holding both modalities stay paired
+    for case in ("p1", "p2"):
+        touch(tmp_path / "gen" / case / "t1.nii.gz")
+        touch(tmp_path / "gen" / case / "flair.nii.gz")
+    touch(tmp_path / "gen" / ".cache" / "flair.nii.gz")
+    assert detect_layout(tmp_path / "gen", "t1", "flair") == "paired_folder"

@@ -147,8 +147,10 @@ def read_unpaired(root: Path, source_name: str, target_name: str) -> list[Case]:
     return cases
 
 
-def detect_layout(root: Path) -> str:
-    """Guess the dataset layout of ``root`` (one of :data:`LAYOUTS`)."""
+def detect_layout(root: Path, source_name: str | None = None, target_name: str | None = None) -> str:
+    """Guess the dataset layout of ``root`` (one of :data:`LAYOUTS`). With ``source_name`` and ``target_name``
+    (file or folder names, e.g. "mr" and "ct"), folders ``<root>/<source_name>`` and ``<root>/<target_name>``
+    of volumes are the unpaired layout, whatever else lies beside them."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
         return "csv"
@@ -165,10 +167,14 @@ def detect_layout(root: Path) -> str:
         return "synthrad2025"
     if "ct.nii.gz" in names and ("mr.nii.gz" in names or "cbct.nii.gz" in names):
         return "synthrad2023"
-    subfolders = [p for p in root.iterdir() if p.is_dir()]
-    if subfolders and all(sum(_is_volume(f) for f in p.iterdir()) >= 2 for p in subfolders):
+    # hidden folders (.ipynb_checkpoints, .DS_Store's kin) are never cases
+    subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    volume_counts = {p.name: sum(_is_volume(f) for f in p.iterdir()) for p in subfolders}
+    if source_name and target_name and volume_counts.get(source_name) and volume_counts.get(target_name):
+        return "unpaired"
+    if subfolders and all(count >= 2 for count in volume_counts.values()):
         return "paired_folder"
-    if len(subfolders) == 2 and all(any(_is_volume(f) for f in p.iterdir()) for p in subfolders):
+    if len(subfolders) == 2 and all(volume_counts.values()):
         return "unpaired"
     raise ConfigError(f"Cannot recognise the dataset layout of {root}.",
                       f"Set layout to one of {', '.join(LAYOUTS)} (see the documentation for each layout).")
@@ -178,7 +184,9 @@ def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", targe
                source_name: str | None = None, target_name: str | None = None) -> list[Case]:
     """All cases of a dataset; raises :class:`ConfigError` when none are found."""
     root = Path(root)
-    layout = detect_layout(root) if layout in ("auto", "", None) else layout
+    # generic layouts name files or folders after the modality unless told otherwise
+    source_file, target_file = source_name or source.lower(), target_name or target.lower()
+    layout = detect_layout(root, source_file, target_file) if layout in ("auto", "", None) else layout
     if layout in ("synthrad2023", "synthrad2025"):
         cases = read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name)
     elif layout in ("brats2021", "brats2023"):
@@ -188,9 +196,9 @@ def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", targe
     elif layout == "csv":
         cases = read_csv(root)
     elif layout == "paired_folder":
-        cases = read_case_folders(root, source_name or source.lower(), target_name or target.lower())
+        cases = read_case_folders(root, source_file, target_file)
     elif layout == "unpaired":
-        cases = read_unpaired(root, source_name or source.lower(), target_name or target.lower())
+        cases = read_unpaired(root, source_file, target_file)
     else:
         raise ConfigError(f"Unknown dataset layout {layout!r}.", f"Use auto or one of {', '.join(LAYOUTS)}.")
     if not cases:
