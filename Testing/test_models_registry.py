@@ -210,3 +210,25 @@ def test_import_refuses_weights_that_do_not_fit_the_cards_network(tmp_path, buil
     assert main(["models", "import", str(source)]) == 4
     assert "do not fit the architecture" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "user").iterdir()] == [f"misfit@{first}"]  # only the one that fits
+
+
+def test_import_says_which_package_an_id_selects(tmp_path, builtin, capsys, monkeypatch):
+    """An import older than the built-in of the same id was silently never used by '-m id'; one that is newer hides
+    the built-in. The import says either."""
+    from packages import make_untrained_package
+
+    from MedTranslateLib.cli.main import main
+
+    monkeypatch.setenv("MEDTRANSLATE_MODELS_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr("MedTranslateLib.models.registry.BUILTIN_DIR", builtin)
+    older = make_untrained_package(tmp_path / "old", id="builtin-ct", version="0.9.0")
+    assert main(["models", "import", str(older)]) == 0
+    out = capsys.readouterr().out
+    assert "'-m builtin-ct' still uses builtin-ct@1.0.0 (builtin), which is newer" in out
+    assert "'-m builtin-ct@0.9.0'" in out
+    newer = make_untrained_package(tmp_path / "new", id="builtin-ct", version="1.1.0")
+    assert main(["models", "import", str(newer)]) == 0
+    out = capsys.readouterr().out
+    assert "now uses this import instead of the built-in builtin-ct@1.0.0" in out
+    assert main(["models", "import", str(make_untrained_package(tmp_path / "own", id="own-model"))]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -54,6 +54,9 @@ def run_models(args: argparse.Namespace) -> int:
             load_networks(package)
         entry = registry.import_package(args.file, overwrite=args.overwrite)
         print(f"imported {entry.id} {entry.version} into {entry.path}")
+        note = registry.selection_note(entry)
+        if note:
+            print(f"note: {note}")
         return 0
     if args.models_command == "remove":
         registry.remove(args.model)

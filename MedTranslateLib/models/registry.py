@@ -154,6 +154,23 @@ class ModelRegistry:
                 old.unlink()
         return RegistryEntry(card.id, card.version, card.title, "user", destination)
 
+    def selection_note(self, entry: RegistryEntry) -> str | None:
+        """What ``-m <id>`` picks when other packages share ``entry``'s id: a sentence when that is not ``entry``
+        (an older import next to a newer built-in is otherwise silently unused), or when ``entry`` now hides a
+        built-in of the same id; None when the id is ``entry``'s alone."""
+        others = [e for e in self.list_models() if e.id == entry.id and e.path != entry.path]
+        if not others:
+            return None
+        chosen = self.find(entry.id)
+        if chosen.path != entry.path:
+            return (f"'-m {entry.id}' still uses {chosen.name} ({chosen.source}), which is newer; "
+                    f"choose this one with '-m {entry.name}'.")
+        hidden = [e.name for e in others if e.source == "builtin"]
+        if hidden:
+            return (f"'-m {entry.id}' now uses this import instead of the built-in {', '.join(hidden)}; "
+                    f"'medtranslate models remove {entry.name}' goes back to it.")
+        return None
+
     @staticmethod
     def _copy_files(package: ModelPackage, staging: Path, weights: bytes | None) -> None:
         card = package.card
