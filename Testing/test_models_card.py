@@ -95,3 +95,18 @@ def test_implausible_model_spacing_is_refused(spacing):
     card["input"]["spacing"] = spacing
     with pytest.raises(ModelError, match="input.spacing"):
         validate_card(card)
+
+
+@pytest.mark.parametrize("role, spec, message", [
+    ("input", {"method": "clip"}, "normalization.input: The clip normalisation spec needs 'range'"),
+    ("input", {"method": "clip", "range": [3071, -1024]}, "normalization.input: Normalisation range .* reversed"),
+    ("input", {"method": "percentile", "percentiles": [99.5, 0.5]}, "percentiles .* reversed"),
+    ("output", {"method": "percentile", "percentiles": [0.5, 99.5]}, "normalization.output: .* has no output_range"),
+    ("output", {"method": "zscore", "output_range": [5, 5]}, "output_range .* empty or reversed"),
+])
+def test_a_normalisation_that_could_never_translate_is_refused_with_the_card(role, spec, message):
+    """Such a card passed the schema and import, and failed only at the first translation."""
+    card = make_test_card()
+    card["normalization"][role] = spec
+    with pytest.raises(ModelError, match=message):
+        validate_card(card, source="x/model.json")

@@ -109,6 +109,8 @@ def test_card_sample_data_comes_from_the_config():
     ("architecture=abc", "architecture must be a table"), ("slice_size=[96]", "slice_size must be 2 whole numbers"),
     ("epochs=-1", "epochs must be at least 1"), ("max_cases=-1", "max_cases must be at least 1"),
     ("body_fraction=5", "body_fraction must be between 0 and 1"), ("context_slices=-1", "context_slices must be 0"),
+    ('normalization_input={"method": "clip", "range": [5, 1]}', "normalization_input: Normalisation range"),
+    ('normalization_output={"method": "zscore"}', "normalization_output: .* has no output_range"),
 ])
 def test_a_bad_value_is_one_config_error_before_training(override, message):
     """Text for a number, a list of the wrong length, a negative count: exit 6 with the setting's name, never a

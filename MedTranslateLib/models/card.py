@@ -71,6 +71,14 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
             "Fix the field(s) named above (see MedTranslateLib/models/model.schema.json), "
             "or re-export the package with 'medtranslate train' / export_package().",
         )
+    from MedTranslateLib.preprocess.normalization import check_spec
+
+    for role in ("input", "output"):
+        try:
+            check_spec(data["normalization"][role], role)
+        except ModelError as exc:
+            raise ModelError(f"The model card {source} is invalid: normalization.{role}: {exc.problem}",
+                             exc.fix) from None
     return ModelCard(copy.deepcopy(dict(data)))
 
 

@@ -46,6 +46,24 @@ def _pair(spec: Mapping[str, Any], key: str) -> tuple[float, float]:
     return lo, hi
 
 
+def check_spec(spec: Mapping[str, Any], role: str) -> None:
+    """Raise :class:`ModelError` when a spec cannot work: an unknown method, a missing, empty or reversed range,
+    or (``role`` "output") a percentile / zscore target without the ``output_range`` it maps back to. Run when a
+    card is read and before training, so a package that could never translate is refused before it is used."""
+    method = _method(spec)
+    if method == "clip":
+        _pair(spec, "range")
+    elif method == "percentile":
+        _pair(spec, "percentiles")
+    if role == "output":
+        if method != "clip":
+            _inverse_bounds(spec, None)
+        background = spec.get("background")
+        if background is not None and not np.isfinite(float(background)):
+            raise ModelError(f"The output background {background!r} is not a finite number.",
+                             "Give the physical value written outside the body, e.g. -1024 for CT.")
+
+
 def _linear_to_unit(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """float32 copy of ``array`` with lo -> -1 and hi -> 1, clipped to [-1, 1]."""
     out = np.array(array, dtype=np.float32, copy=True)

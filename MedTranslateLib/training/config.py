@@ -150,8 +150,15 @@ class TrainConfig:
         if self.dimensionality == "3d" and len(self.patch_size) != 3:
             raise ConfigError("patch_size needs 3 values (z, y, x).", "For example patch_size = [32, 64, 64].")
         from MedTranslateLib.families import check_training_settings
+        from MedTranslateLib.errors import ModelError
+        from MedTranslateLib.preprocess.normalization import check_spec
 
         check_training_settings(self.family, self.architecture, self.family_options)
+        for role, spec in (("input", self.input_normalization()), ("output", self.output_normalization())):
+            try:
+                check_spec(spec, role)
+            except ModelError as exc:
+                raise ConfigError(f"normalization_{role}: {exc.problem}", exc.fix) from None
         return self
 
 
