@@ -149,8 +149,8 @@ class TrainConfig:
             raise ConfigError("No training data given.", "Set data (a dataset folder or CSV) or pass --data.")
         if self.dimensionality == "3d" and len(self.patch_size) != 3:
             raise ConfigError("patch_size needs 3 values (z, y, x).", "For example patch_size = [32, 64, 64].")
-        from MedTranslateLib.families import check_training_settings
         from MedTranslateLib.errors import ModelError
+        from MedTranslateLib.families import check_training_settings
         from MedTranslateLib.preprocess.normalization import check_spec
 
         check_training_settings(self.family, self.architecture, self.family_options)
