@@ -208,3 +208,24 @@ def test_module_files_use_no_unbound_names(path):
             bound.add(node.name)
     unbound = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound)
     assert not unbound, f"{path.name} uses names it never imports or defines: {unbound}"
+
+
+def test_node_selectors_offer_the_node_types_of_their_parameter():
+    """Slicer's parameter-node GUI connector replaces a node selector's nodeTypes with the classes named by its field's
+    type (parameterNodeWrapper/util.py getNodeTypes: a node class, or each node class of a Union). The mask selectors
+    offered label maps in the .ui, but their fields named only vtkMRMLScalarVolumeNode, so Slicer hid label maps."""
+    import typing
+
+    from MedTranslateModule.parameters import MedTranslateParameterNode
+
+    def node_types(annotation):
+        args = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+        return [arg.__name__ for arg in args if arg is not type(None)]
+
+    widgets, params = _ui_widgets()
+    selectors = {name: w for name, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox" and name in params}
+    assert len(selectors) == 5
+    for name, widget in selectors.items():
+        listed = [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+        assert listed == node_types(MedTranslateParameterNode.__annotations__[params[name]]), name
+    assert "vtkMRMLLabelMapVolumeNode" in node_types(MedTranslateParameterNode.__annotations__["maskVolume"])

@@ -6,7 +6,7 @@ class so the field names can be checked against the ``.ui``. No ``from __future_
 here: the wrapper reads the annotations as real types.
 """
 
-from typing import Annotated
+from typing import Annotated, Union
 
 try:  # Slicer application
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -23,9 +23,13 @@ except ImportError:  # slicer-core or no Slicer: keep the annotations, no wrappi
             self.minimum, self.maximum = minimum, maximum
 
 try:
-    from slicer import vtkMRMLScalarVolumeNode
+    from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
 except ImportError:  # pragma: no cover - no Slicer at all
-    vtkMRMLScalarVolumeNode = object  # type: ignore[assignment,misc]
+    vtkMRMLScalarVolumeNode = vtkMRMLLabelMapVolumeNode = object  # type: ignore[assignment,misc]
+
+#: A mask may be a scalar volume or a label map. The wrapper's GUI connector sets a node selector's ``nodeTypes``
+#: from the field's type (replacing the .ui's list), so the field must name both.
+MaskVolume = Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode]
 
 #: Panel device choice -> worker ``--device`` value.
 DEVICE_CHOICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}
@@ -39,7 +43,7 @@ class MedTranslateParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
-    maskVolume: vtkMRMLScalarVolumeNode
+    maskVolume: MaskVolume
     modelId: str = ""
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     uncertainty: bool = False
@@ -48,7 +52,7 @@ class MedTranslateParameterNode:
     foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     layout: Annotated[str, Choice(list(LAYOUT_CHOICES))] = "Side by side"
     referenceVolume: vtkMRMLScalarVolumeNode
-    referenceMask: vtkMRMLScalarVolumeNode
+    referenceMask: MaskVolume
 
 
 def parameter_names() -> list[str]:
