@@ -64,6 +64,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._allModels = []
         self._models = {}
+        self._enteredBefore = False
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.onPoll)
@@ -98,6 +99,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        if self._enteredBefore and not self._allModels:  # none listed at setup (packages declined, a backend
+            self.loadModels()                             # error): try again each time the module is opened
+        self._enteredBefore = True
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -138,8 +142,16 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- models ------------------------------------------------------------------------------------
     def loadModels(self) -> None:
+        from MedTranslateModule.install import LISTING_MODULES, ensure_listing_packages, missing_requirements
         from MedTranslateModule.models import list_models
 
+        if not ensure_listing_packages(ask=True):  # a fresh Slicer lacks two small packages the list needs
+            self._allModels = []
+            self.ui.modelCardLabel.text = _("Listing the models needs the Python packages {packages}. Open the "
+                                            "module again to install them.").format(
+                packages=", ".join(missing_requirements(LISTING_MODULES)))
+            self.showModels()
+            return
         try:
             with slicer.util.WaitCursor():
                 self._allModels = list_models(self.logic.translation.worker_command,

@@ -162,6 +162,38 @@ def test_install_helper_reports_missing_requirements(monkeypatch):
     assert not any("torch" in req for req in install.BACKEND_REQUIREMENTS.values())
 
 
+def test_listing_packages_are_installed_with_slicers_pip_ensure(monkeypatch):
+    """A fresh Slicer lacks jsonschema and platformdirs, which 'models list' imports: the panel showed no model and
+    never offered to install them. pip_ensure (Slicer >= 5.12) asks only with prompt_install and raises when the
+    user declines."""
+    import importlib.util
+    import types
+
+    import slicer
+
+    from MedTranslateModule import install
+
+    installed: set[str] = set()
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
+        None if name in install.LISTING_MODULES and name not in installed else real(name)))
+
+    def pip_ensure(requirements, prompt_install=True, requester=None):
+        calls.append(([str(r) for r in requirements], prompt_install, requester))
+        if decline:
+            raise RuntimeError("declined")
+        installed.update({"jsonschema", "platformdirs"})
+
+    monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(pip_ensure=pip_ensure), raising=False)
+    decline = True
+    assert install.ensure_listing_packages(ask=True) is False
+    assert calls == [(["jsonschema>=4.18", "platformdirs>=3"], True, "MedTranslate")]
+    decline = False
+    assert install.ensure_listing_packages(ask=False) is True and calls[-1][1] is False
+    assert install.ensure_listing_packages() is True and len(calls) == 2  # nothing missing: not asked again
+
+
 def test_module_file_is_thin_and_has_slicer_classes():
     source = (MODULE_DIR / "MedTranslate.py").read_text()
     tree = ast.parse(source)

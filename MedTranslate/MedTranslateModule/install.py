@@ -1,32 +1,64 @@
 """Install the backend's Python packages inside Slicer, only when first needed (asks the user first).
 
-torch comes from the PyTorch extension (``PyTorchUtils``), never from a plain pip install; the other
-packages via ``pip_ensure`` (Slicer >= 5.12) or ``slicer.util.pip_install`` (older Slicer).
+Listing the models needs only two small pure-Python packages Slicer does not ship (jsonschema, platformdirs);
+translating needs torch and the rest. torch comes from the PyTorch extension (``PyTorchUtils``), never from a
+plain pip install; the other packages via ``pip_ensure`` (Slicer >= 5.12) or ``slicer.util.pip_install``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Iterable
 
-#: Import name -> requirement for the packages the worker needs besides torch.
+#: Import name -> requirement for the packages the worker needs besides torch (numpy, scipy and SimpleITK
+#: ship with Slicer; they are listed for a Python that lacks them).
 BACKEND_REQUIREMENTS = {
     "monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "safetensors": "safetensors>=0.4",
     "jsonschema": "jsonschema>=4.18", "platformdirs": "platformdirs>=3", "scipy": "scipy>=1.10",
     "skimage": "scikit-image>=0.21", "sklearn": "scikit-learn>=1.3", "rich": "rich>=13",
     "pydicom": "pydicom>=2.4",
 }
+#: What ``models list`` imports besides the standard library, numpy and scipy.
+LISTING_MODULES = ("jsonschema", "platformdirs")
 TORCH_REQUIREMENT = ">=2.4"
 
 
-def missing_requirements() -> list[str]:
-    """Requirements whose module cannot be found in this Python."""
-    return [req for module, req in BACKEND_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+def missing_requirements(modules: Iterable[str] | None = None) -> list[str]:
+    """Requirements (of ``modules``, default all backend ones) whose module cannot be found in this Python."""
+    names = BACKEND_REQUIREMENTS if modules is None else modules
+    return [BACKEND_REQUIREMENTS[name] for name in names if importlib.util.find_spec(name) is None]
+
+
+def _pip_ensure(missing: list[str], ask: bool) -> bool:
+    """Install ``missing`` with Slicer's own tools; False when the user declined."""
+    import slicer
+
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer >= 5.12: it asks, and raises if declined
+        from packaging.requirements import Requirement
+
+        try:
+            packaging.pip_ensure([Requirement(req) for req in missing], prompt_install=ask, requester="MedTranslate")
+        except RuntimeError:
+            return False
+    else:
+        if ask and not slicer.util.confirmOkCancelDisplay(
+                "MedTranslate needs these Python packages: " + ", ".join(missing) + ". Install them now?"):
+            return False
+        slicer.util.pip_install(" ".join(missing))
+    return True
+
+
+def ensure_listing_packages(ask: bool = True) -> bool:
+    """Make the packages that listing the models needs importable. False when the user declined."""
+    missing = missing_requirements(LISTING_MODULES)
+    if missing and not _pip_ensure(missing, ask):
+        return False
+    return not missing_requirements(LISTING_MODULES)
 
 
 def ensure_backend_packages(ask: bool = True) -> bool:
     """Make torch and the backend packages importable in Slicer's Python. False when the user declined."""
-    import slicer
-
     if importlib.util.find_spec("torch") is None:
         import PyTorchUtils
 
@@ -34,16 +66,6 @@ def ensure_backend_packages(ask: bool = True) -> bool:
                                                           torchVersionRequirement=TORCH_REQUIREMENT) is None:
             return False
     missing = missing_requirements()
-    if not missing:
-        return True
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        from packaging.requirements import Requirement
-
-        packaging.pip_ensure([Requirement(req) for req in missing], requester="MedTranslate")
-    else:
-        if ask and not slicer.util.confirmOkCancelDisplay(
-                "MedTranslate needs these Python packages: " + ", ".join(missing) + ". Install them now?"):
-            return False
-        slicer.util.pip_install(" ".join(missing))
+    if missing and not _pip_ensure(missing, ask):
+        return False
     return not missing_requirements()
