@@ -37,5 +37,15 @@ def write_sample(sample: str, folder: str | Path) -> Path:
     return path
 
 
+def cached_sample(sample: str, folder: str | Path, sha256: str) -> Path:
+    """The file of ``sample`` in ``folder``: kept when its SHA256 is ``sha256``, else rendered again (Slicer calls
+    this at every start, and rendering takes seconds)."""
+    if sample in SAMPLES:
+        path = Path(folder) / SAMPLES[sample][2]
+        if path.is_file() and sha256_of(path) == sha256.lower():
+            return path
+    return write_sample(sample, folder)
+
+
 def sha256_of(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -24,3 +24,23 @@ def test_sample_is_a_valid_volume(tmp_path):
 
     image, _ = read_volume(write_sample("phantom-t1", tmp_path))
     assert image.GetSize() == (80, 96, 56)
+
+
+def test_a_cached_sample_is_not_rendered_again(tmp_path, monkeypatch):
+    """Slicer registers the samples at every start: rendering them each time blocked the start for seconds."""
+    import time
+
+    import MedTranslateLib.samples as samples
+
+    card = json.loads((BUILTIN / "mr2ct-headphantom-unet2d" / "model.json").read_text())
+    entry = next(e for e in card["sample_data"] if e.get("sample") == "phantom-t1")
+    path = samples.cached_sample("phantom-t1", tmp_path, entry["sha256"])
+    rendered = []
+    monkeypatch.setattr(samples, "write_sample", lambda *a: rendered.append(a) or path)
+    started = time.perf_counter()
+    assert samples.cached_sample("phantom-t1", tmp_path, entry["sha256"]) == path and not rendered
+    assert time.perf_counter() - started < 1.0
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a damaged cache is rendered again
+    samples.cached_sample("phantom-t1", tmp_path, entry["sha256"])
+    assert rendered == [("phantom-t1", tmp_path)]

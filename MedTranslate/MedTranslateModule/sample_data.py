@@ -31,9 +31,9 @@ def sample_sources(cards: Iterable[dict[str, Any]], cache_dir: Path | None = Non
         for sample in card.get("sample_data") or []:
             url, sha256 = sample.get("url"), str(sample.get("sha256", "")).lower()
             if not url and sample.get("sample") and cache_dir is not None:
-                from MedTranslateLib.samples import write_sample
+                from MedTranslateLib.samples import cached_sample
 
-                url = Path(write_sample(sample["sample"], cache_dir)).resolve().as_uri()
+                url = Path(cached_sample(sample["sample"], cache_dir, sha256)).resolve().as_uri()
             if not url or len(sha256) != 64:
                 continue
             file_name = url.rstrip("/").split("/")[-1]
