@@ -122,9 +122,10 @@ def setup_fused_linked_display(scene: Any, input_node: Any, synthetic_node: Any,
                                uncertainty_node: Any = None, layout: str = SIDE_BY_SIDE) -> dict[str, Any]:
     """Show input and synthetic volumes fused (input behind, synthetic in front) in linked views.
 
-    ``side_by_side``: Red fuses input + synthetic at ``opacity``, Yellow shows the synthetic volume;
-    ``fused``: one Red view; ``triple`` adds a Green view with the uncertainty map. All views share one
-    view group with linked and hot-linked control. Returns ``{view name: composite node}``.
+    ``side_by_side``: Red fuses input + synthetic at ``opacity``, Yellow shows the synthetic volume alone (as its
+    background, so a fused view's opacity or foreground change, which linked control copies to every view of the
+    group, never blends it); ``fused``: one Red view; ``triple`` adds a Green view with the uncertainty map. All
+    views share one view group with linked and hot-linked control. Returns ``{view name: composite node}``.
     """
     if layout not in LAYOUT_CHOICES:
         raise InputError(f"Unknown layout {layout!r}.", f"Use one of {', '.join(LAYOUT_CHOICES)}.")
@@ -144,14 +145,14 @@ def setup_fused_linked_display(scene: Any, input_node: Any, synthetic_node: Any,
 
     views = {"Red": (input_node, synthetic_node, opacity)}
     if layout in (SIDE_BY_SIDE, TRIPLE):
-        views["Yellow"] = (input_node, synthetic_node, 1.0)
+        views["Yellow"] = (synthetic_node, None, 1.0)
     if layout == TRIPLE:
         views["Green"] = (input_node, uncertainty_node or synthetic_node, opacity if uncertainty_node else 1.0)
     composites = {}
     for view, (background, foreground, view_opacity) in views.items():
         composite = _composite_node(scene, view)
         composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID())
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
         composite.SetForegroundOpacity(view_opacity)
         composite.SetLinkedControl(True)
         composite.SetHotLinkedControl(True)

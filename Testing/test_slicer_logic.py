@@ -258,7 +258,8 @@ def test_display_helpers_set_fused_views_and_opacity(scene, input_node):
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.25)
     set_foreground_opacity(0.8)
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.8)
-    assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(1.0)  # the synthetic-only view
+    assert composites["Yellow"].GetBackgroundVolumeID() == synthetic.GetID()  # the synthetic-only view
+    assert composites["Yellow"].GetForegroundVolumeID() is None
     set_foreground_opacity(7.0)
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(1.0)
 

@@ -50,14 +50,15 @@ def test_setup_fused_linked_display_side_by_side(tmp_path):
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
     assert set(composites) == {"Red", "Yellow"}
+    assert composites["Red"].GetBackgroundVolumeID() == source.GetID()
+    assert composites["Red"].GetForegroundVolumeID() == synthetic.GetID()
+    assert composites["Yellow"].GetBackgroundVolumeID() == synthetic.GetID()  # the synthetic volume alone
+    assert composites["Yellow"].GetForegroundVolumeID() is None
     for view, composite in composites.items():
-        assert composite.GetBackgroundVolumeID() == source.GetID()
-        assert composite.GetForegroundVolumeID() == synthetic.GetID()
         assert composite.GetLinkedControl() and composite.GetHotLinkedControl()
         slice_node = scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
         assert slice_node.GetViewGroup() == 0 and slice_node.GetOrientation() == "Axial"
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(0.3)
-    assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(1.0)
     # a second call reuses the same views (no duplicate composite nodes)
     setup_fused_linked_display(scene, source, synthetic, opacity=0.7, layout="fused")
     assert scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == len(_composites(scene))
@@ -194,3 +195,29 @@ def test_cli_scene_with_dicom_output_and_checks_before_translating(tmp_path, cap
     assert main([*base, "-o", str(out / "sct.nii.gz"), "--scene", str(out / "missing" / "s.mrb")]) == 5
     assert main([*base, "-o", str(out / "sct.nii.gz"), "--uncertainty", str(out / "sct.nii.gz")]) == 5
     assert list(out.iterdir()) == []
+
+
+def test_moving_the_fused_views_opacity_leaves_the_synthetic_view_unblended(tmp_path):
+    """Linked control copies a user's opacity change in one view to every view of the group (Slicer's
+    vtkMRMLSliceLinkLogic): Yellow, once input + synthetic at opacity 1, turned into a blend too."""
+    import slicer
+
+    from MedTranslateLib.scene import load_volume, new_scene, setup_fused_linked_display
+
+    _, paths = _volumes(tmp_path)
+    scene, volumes = new_scene(tmp_path)
+    source = load_volume(volumes, paths["input"], "input")
+    synthetic = load_volume(volumes, paths["synthetic"], "synthetic")
+    composites = setup_fused_linked_display(scene, source, synthetic, opacity=0.5)
+    link = slicer.vtkMRMLSliceLinkLogic()
+    link.SetMRMLScene(scene)
+    red = composites["Red"]
+    red.SetInteractionFlagsModifier(0xFFFFFFFF)
+    red.InteractingOn()  # the user drags Red's opacity slider
+    red.SetInteractionFlags(slicer.vtkMRMLSliceCompositeNode.ForegroundOpacityFlag)
+    red.SetForegroundOpacity(0.2)
+    red.InteractingOff()
+    yellow = composites["Yellow"]
+    assert yellow.GetForegroundOpacity() == pytest.approx(0.2)  # linked: the setting is copied...
+    assert yellow.GetBackgroundVolumeID() == synthetic.GetID() and yellow.GetForegroundVolumeID() is None  # ...to
+    # a view with nothing to blend, so it still shows the synthetic volume alone
