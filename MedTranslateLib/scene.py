@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from MedTranslateLib.errors import InputError, OutputError
+from MedTranslateLib.errors import ConfigError, InputError, OutputError
 
 SIDE_BY_SIDE = "side_by_side"
 FUSED_SINGLE = "fused"
@@ -221,8 +221,14 @@ def place_beside(scene: Any, reference_node: Any, node: Any) -> int:
 def check_scene_path(out_mrb: str | os.PathLike, *protected: str | os.PathLike) -> None:
     """Raise :class:`OutputError` unless a scene bundle can be written to ``out_mrb`` (checked before any
     translation, so a bad scene path never leaves a translated volume without its scene)."""
+    import importlib.util
+
     from MedTranslateLib.io.atomic import check_folder_writable
 
+    if importlib.util.find_spec("slicer") is None:
+        raise ConfigError("--scene needs the slicer-core package (Slicer's MRML scene library), which is not "
+                          "installed.", "Install it with: pip install 'slicer-core>=5.10' (or the [slicer] extra of "
+                          "MedTranslate), or leave out --scene.")
     out_mrb = Path(out_mrb)
     if out_mrb.suffix.lower() != ".mrb":
         raise OutputError(f"The scene file {out_mrb} must end in .mrb.", "Use a name like result.mrb.")

@@ -197,6 +197,26 @@ def test_cli_scene_with_dicom_output_and_checks_before_translating(tmp_path, cap
     assert list(out.iterdir()) == []
 
 
+def test_scene_without_slicer_core_is_one_message_before_translating(tmp_path, monkeypatch, capsys):
+    """'make demo' installs no slicer-core: --scene gave ModuleNotFoundError (exit 1) after writing the volume."""
+    import importlib.util
+
+    from test_slicer_fakeworker import make_tiny_package
+
+    from MedTranslateLib.cli.main import main
+
+    _, paths = _volumes(tmp_path)
+    package = make_tiny_package(tmp_path / "package")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "slicer" else real(name, *a))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["translate", str(paths["input"]), "-m", str(package), "--device", "cpu", "--progress", "none",
+                 "-o", str(out / "sct.nii.gz"), "--scene", str(out / "s.mrb")]) == 6
+    assert "--scene needs the slicer-core package" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
 def test_moving_the_fused_views_opacity_leaves_the_synthetic_view_unblended(tmp_path):
     """Linked control copies a user's opacity change in one view to every view of the group (Slicer's
     vtkMRMLSliceLinkLogic): Yellow, once input + synthetic at opacity 1, turned into a blend too."""
