@@ -205,6 +205,8 @@ def test_deterministic_std_none_and_tta_flips_back():
 
     biased = run(array, None, card("2d"), LeftBias(), InferenceOptions(tta=True))
     assert float(biased.std.mean()) > 0.1
+    # the prediction is the plain pass: asking for the uncertainty map never changes the synthetic volume
+    np.testing.assert_array_equal(biased.mean, run(array, None, card("2d"), LeftBias()).mean)
 
 
 class OOMAbove:

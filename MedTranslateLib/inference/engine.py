@@ -312,8 +312,9 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
                    options: InferenceOptions, device: torch.device, tracker: ProgressTracker) -> Prediction:
     """Predict a normalised (z, y, x) volume with ``predictor`` as the card's ``dimensionality`` says.
 
-    Reports progress through ``tracker.update`` (which also raises ``Cancelled``) and returns the mean
-    and, for several passes, the standard deviation, both (z, y, x) float32 in the normalised space.
+    Reports progress through ``tracker.update`` (which also raises ``Cancelled``) and returns the prediction (the
+    mean of sampled passes; the unflipped pass under flip TTA) and, for several passes, the standard deviation, both
+    (z, y, x) float32 in the normalised space.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
@@ -340,6 +341,9 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
         predictor.step_callback = lambda step, steps: tracker.check()
     runner = BatchRunner(predictor, device, plan.batch)
     stats = _RunningStats()
+    # flip TTA only measures the spread: the output stays the plain pass, as in a run without an uncertainty map
+    flipped_passes = any(flips for _, flips in passes)
+    plain: np.ndarray | None = None
     tracker.update(0.0)
     with torch.inference_mode():
         for seed, flips in passes:
@@ -351,10 +355,12 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
             else:
                 result = _predict_slices(source, source_mask, plan.axis, plan.context, runner, plan.batch, advance)
             stats.add(np.flip(result, flips) if flips else result)
+            if flipped_passes and not flips:
+                plain = result
             tracker.check()
     tracker.update(1.0, "prediction finished")
     unit_shape = plan.roi if plan.dimensionality == "3d" else tuple(
         n for a, n in enumerate(array.shape) if a != plan.axis)
-    return Prediction(stats.mean, stats.std(), list(runner.warnings),
+    return Prediction(plain if plain is not None else stats.mean, stats.std(), list(runner.warnings),
                       {"units": units, "unit_shape": [int(n) for n in unit_shape], "passes": len(passes),
                        "batch_size": runner.batch_size, "device": runner.device.type})
