@@ -103,6 +103,17 @@ def aggregate_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, floa
     return out
 
 
+def held_out_description(split: Mapping[str, Any], metrics_on: str, subjects: Sequence[str]) -> str:
+    """Where the card's metrics were measured: held-out subjects, or for a z-slab split the held-out slices of a
+    subject whose other slices were trained on."""
+    where = "on the model grid after preprocessing, inside the case's body mask (the data set's mask when it has one)"
+    if split.get("method") == "z-slab" and split.get(metrics_on):
+        (lo, hi), (t_lo, t_hi) = split[metrics_on], split.get("train") or (0, 0)
+        return (f"Held-out {metrics_on} slices {lo}-{hi - 1} of {split.get('subject')} (slices {t_lo}-{t_hi - 1} of the "
+                f"same volume were trained on, {split.get('gap', 0)} slices between), {where}.")
+    return f"Held-out {metrics_on} data not used for training ({', '.join(subjects)}), {where}."
+
+
 def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[str, Any],
                metrics: Mapping[str, float | None], metrics_on: str, metrics_subjects: Sequence[str],
                seconds: float, device: str, steps: int, references: Sequence[Mapping[str, Any] | None],
@@ -135,8 +146,7 @@ def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[s
     if metrics_on == "none":
         data = "No held-out data: the metrics are empty. Evaluate the model on unseen data before use."
     else:
-        data = (f"Held-out {metrics_on} data not used for training ({', '.join(metrics_subjects)}), "
-                f"on the model grid after preprocessing, inside the body mask.")
+        data = held_out_description(split, metrics_on, metrics_subjects)
     out["metrics"] = {
         "data": data,
         "definitions": "SynthRAD 2023 MAE/PSNR/SSIM and SynthRAD 2025 PSNR/MS-SSIM (CT targets); "
