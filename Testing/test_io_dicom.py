@@ -174,6 +174,19 @@ def test_long_description_keeps_its_clinical_warning_and_uncertainty_gets_its_ow
     assert (float(ds.WindowCenter), float(ds.WindowWidth)) != (40.0, 400.0)  # its own values, not the CT window
 
 
+def test_long_description_keeps_the_whole_model_id():
+    """The pipeline's "SYNTHETIC CT from MR (MedTranslate mr2ct-phantom-unet2d 1.0.0) - ..." was cut to
+    "... (MedTranslate mr2ct- - not for clinical use": the program name, then the version, then "from MR" go first."""
+    from MedTranslateLib.io.dicom import series_description
+
+    long = "SYNTHETIC CT from MR (MedTranslate mr2ct-phantom-unet2d 1.0.0) - not for clinical use"
+    assert series_description(long) == "SYNTHETIC CT (mr2ct-phantom-unet2d) - not for clinical use"
+    assert series_description("SYNTHETIC T2 from T1 (MedTranslate t1-t2-brats-unet2d 1.2.0) - not for clinical use") \
+        == "SYNTHETIC T2 from T1 (t1-t2-brats-unet2d) - not for clinical use"
+    short = "SYNTHETIC CT (MedTranslate demo 1.0) - not for clinical use"  # fits: kept as it is
+    assert series_description(short) == short
+
+
 def test_series_uid_selects_series(mixed_folder):
     mixed, uids = mixed_folder
     image, info = read_volume(mixed, series_uid=uids["small"])

@@ -31,7 +31,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
                         "(it takes every name after it: give the inputs before the options)")
     p.add_argument("--steps", type=int, help="diffusion and bridge models: sampling steps (default: the card's, else 5 for diffusion, 10 for bridge)")
     p.add_argument("--sampler", help="diffusion models: ddim, dpm++2m or ddpm (default: the model card's, else ddim); bridge models have their own")
-    p.add_argument("--samples", type=int, default=1, help="diffusion: samples averaged (>1 gives a std map)")
+    p.add_argument("--samples", type=int, default=1, help="diffusion and bridge models: samples averaged (>1 gives a std map)")
     p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
     p.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to read (default: largest series)")
     p.add_argument("--scene", metavar="OUT.mrb", help="also write a Slicer scene with the fused, linked display")
@@ -61,7 +61,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="translate the built-in phantom with the built-in model")
     p.add_argument("--output", default="demo_output", help="folder for the demo's files")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: the CUDA GPU when there is one, else the CPU")
     p.add_argument("--model", default=None, help="model to use (default: the bundled MR -> CT demo model)")
     p.set_defaults(handler=_lazy("MedTranslateLib.cli.demo", "run_demo"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,9 +161,19 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
     return target
 
 
+#: What a long series description loses first, in order: the program name, the model version, the source modality.
+_SHORTENINGS = ((re.compile(r"\(MedTranslate (?=\S)"), "("), (re.compile(r" v?\d+(\.\d+)+\S*\)"), ")"),
+                (re.compile(r" from [A-Za-z0-9]+ \("), " ("))
+
+
 def series_description(label: str, limit: int = 64) -> str:
-    """``label`` within DICOM's 64 characters, keeping a closing "- not for clinical use" whole."""
+    """``label`` within DICOM's 64 characters: without "MedTranslate", then the model version, then "from MR" while it
+    is too long (so the model id stays whole), keeping a closing "- not for clinical use" whole."""
     tail = " - not for clinical use"
+    for pattern, replacement in _SHORTENINGS:
+        if len(label) <= limit:
+            break
+        label = pattern.sub(replacement, label, count=1)
     if len(label) <= limit or not label.lower().endswith(tail):
         return label[:limit]
     return label[: -len(tail)][: limit - len(tail)].rstrip() + tail
