@@ -39,8 +39,11 @@ def test_top_level_and_backend_cmake():
         assert (REPO / url).is_file(), url
     backend = (REPO / "MedTranslateLib" / "CMakeLists.txt").read_text()
     assert "ctkMacroCompilePythonScript" in backend and "GLOB_RECURSE" in backend
-    for pattern in ("*.py", "*.json", "*.safetensors"):
+    for pattern in ("*.py", "*.json", "*.safetensors", "*.toml"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in backend
+    # the extension's own build tree, as slicerMacroBuildScriptedModule uses; Slicer_BINARY_DIR is Slicer's build
+    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/" in backend
+    assert "Slicer_BINARY_DIR" not in backend
 
 
 def _ui_widgets():
