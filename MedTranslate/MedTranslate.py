@@ -342,7 +342,12 @@ class MedTranslateTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        import importlib.util
+
         self.setUp()
+        if importlib.util.find_spec("torch") is None:  # a fresh Slicer (e.g. the extension's ctest) has no torch
+            self.delayDisplay("Skipped: torch is not installed (install the PyTorch extension to run this test)")
+            return
         self.test_translate_mr_brain_on_cpu()
 
     def test_translate_mr_brain_on_cpu(self) -> None:
