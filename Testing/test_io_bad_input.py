@@ -121,6 +121,36 @@ def test_non_finite_voxel(tmp_path, bad_value, word):
     expect_input_error(tmp_path / "nf.mha", word, "replace")
 
 
+@pytest.mark.parametrize("suffix, dtype", [(".nii.gz", np.float32), (".nii", np.float64), (".nii.gz", ">f4")])
+def test_non_finite_voxels_of_a_nifti_file_are_found(tmp_path, suffix, dtype):
+    """ITK's NIfTI reader returns NaN and Inf as 0: a NaN block inside an MR was translated into bone."""
+    array = sitk.GetArrayFromImage(make_image((5, 6, 7))).astype(np.float64)
+    array[1:3, 2, 3], array[4, 0, 0] = np.nan, -np.inf
+    path = tmp_path / f"nf{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float64 if dtype == np.float64 else np.float32)), str(path))
+    if dtype == ">f4":  # a big-endian file, as other writers may produce
+        _rewrite_nifti_big_endian(path)
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # what ITK makes of it
+    expect_input_error(path, "2 NaN and 1 Inf", "replace")
+    sitk.WriteImage(make_image((5, 6, 7)), str(tmp_path / "fine.nii.gz"))
+    read_volume(tmp_path / "fine.nii.gz")
+
+
+def _rewrite_nifti_big_endian(path) -> None:
+    """Byte-swap a little-endian float32 NIfTI-1 file (header fields and voxels) in place."""
+    import struct
+
+    raw = bytearray(gzip.open(path).read())
+    header, offset = raw[:348], int(struct.unpack("<f", raw[108:112])[0])
+    swapped = bytearray(header)
+    layout = "<i10s18sihsB8h3f4h8f3fhBB4f2i80s24s2h6f12f16s4s"
+    values = struct.unpack(layout, bytes(header))
+    swapped[:] = struct.pack(">" + layout[1:], *values)
+    data = np.frombuffer(bytes(raw[offset:]), dtype="<f4").astype(">f4").tobytes()
+    with gzip.open(path, "wb") as out:
+        out.write(bytes(swapped) + bytes(raw[348:offset]) + data)
+
+
 @pytest.mark.parametrize("spacing", ["0 1 1", "1 -1.5 1", "1 1 nan"])
 def test_bad_spacing(tmp_path, spacing):
     write_mha(tmp_path / "s.mha", mha_header(spacing=spacing))

@@ -1,4 +1,4 @@
-"""Declared against actual pixel data of volume files.
+"""Declared against actual pixel data of volume files, and the NaN / Inf voxels ITK's NIfTI reader hides.
 
 Reading: a header that declares more voxel bytes than its (raw or deflated) data holds is refused before ITK
 reads it (ITK zero-fills truncated data silently, and gigantic declared sizes exhaust memory). Writing: ITK's
@@ -13,6 +13,8 @@ import os
 import struct
 import zlib
 from pathlib import Path
+
+import numpy as np
 
 from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import full_suffix
@@ -162,3 +164,42 @@ def check_written(path: str | os.PathLike, data_bytes: int, target: str | os.Pat
     except InputError:
         raise OutputError(f"Cannot write '{target}': the file came out incomplete (is the disk full?).",
                           "Free disk space or choose another folder, then run again.") from None
+
+
+#: NIfTI datatype code -> numpy float type (the only types that can hold NaN or Inf).
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def nifti_nonfinite(path: Path, declared: int) -> tuple[int, int]:
+    """(NaN, Inf) voxel counts in the first ``declared`` pixel bytes of a float NIfTI file; (0, 0) for other types.
+
+    ITK's NIfTI reader replaces NaN and Inf by 0 without a word, so the image it returns cannot show them (a NaN
+    block in an MR became bone in the synthetic CT). Reads the raw data in chunks."""
+    opener = gzip.open if full_suffix(path) == ".nii.gz" else open
+    nan = inf = 0
+    try:
+        with opener(path, "rb") as stream:
+            head = stream.read(540)
+            endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+            nifti1 = struct.unpack(endian + "i", head[:4])[0] == 348  # else NIfTI-2
+            datatype = struct.unpack(endian + "h", head[70:72] if nifti1 else head[12:14])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0] if nifti1 else
+                         struct.unpack(endian + "q", head[168:176])[0])
+            if datatype not in _NIFTI_FLOATS:
+                return 0, 0
+            dtype = np.dtype(endian + _NIFTI_FLOATS[datatype])
+            stream.seek(offset)
+            left = declared - declared % dtype.itemsize
+            while left > 0:
+                chunk = stream.read(min(left, 1 << 26))
+                if not chunk:
+                    break
+                values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
+                finite = np.isfinite(values)
+                if not finite.all():
+                    nan_here = int(np.isnan(values).sum())
+                    nan, inf = nan + nan_here, inf + int((~finite).sum()) - nan_here
+                left -= len(chunk)
+    except (OSError, EOFError, struct.error, ValueError, zlib.error):
+        return nan, inf  # unreadable data is ITK's to report
+    return nan, inf

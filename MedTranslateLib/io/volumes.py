@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from MedTranslateLib.errors import InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
-from MedTranslateLib.io.data_size import check_declared_bytes, check_written
+from MedTranslateLib.io.data_size import check_declared_bytes, check_written, nifti_nonfinite
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -75,6 +76,11 @@ def _geometry_problems(dimension: int, components: int, size: tuple[int, ...], s
                          "Resample the volume onto an orthogonal grid first.")
 
 
+def _non_finite_error(what: str, n_nan: int, n_inf: int) -> InputError:
+    return InputError(f"The {what} contains {n_nan} NaN and {n_inf} Inf (infinite) voxels.",
+                      "Replace the invalid voxels (e.g. by the background value) and try again.")
+
+
 def _content_problems(image: sitk.Image, what: str, pixel_id: int | None = None) -> None:
     """Refuse NaN/Inf, empty or constant volumes and intensities float32 or medicine cannot hold."""
     pixel_id = image.GetPixelID() if pixel_id is None else pixel_id
@@ -85,9 +91,7 @@ def _content_problems(image: sitk.Image, what: str, pixel_id: int | None = None)
         array = sitk.GetArrayViewFromImage(image)
         finite = np.isfinite(array)
         if not finite.all():
-            n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-            raise InputError(f"The {what} contains {n_nan} NaN and {n_inf} Inf (infinite) voxels.",
-                             "Replace the invalid voxels (e.g. by the background value) and try again.")
+            raise _non_finite_error(what, int(np.isnan(array).sum()), int(np.isinf(array).sum()))
     if low == high:
         kind = "all zero (empty)" if low == 0 else f"constant (every voxel is {low:g})"
         raise InputError(f"The {what} is {kind}; there is no image content to work with.",
@@ -149,10 +153,18 @@ def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
     pixel_id = reader.GetPixelID()
     declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
     check_declared_bytes(path, declared)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise _unreadable(path, exc) from None
+    # ITK's NIfTI reader turns NaN and Inf into zeros: a float NIfTI's raw data is checked for them, in a thread
+    # beside the read (both mostly inflate gzip without the GIL: 3.6 s instead of 2.9 s for 512 x 512 x 300)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        non_finite = pool.submit(nifti_nonfinite, path, declared) \
+            if full_suffix(path) in (".nii", ".nii.gz") and pixel_id not in _INTEGER_TYPES else None
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise _unreadable(path, exc) from None
+        n_nan, n_inf = non_finite.result() if non_finite is not None else (0, 0)
+    if n_nan or n_inf:
+        raise _non_finite_error(what, n_nan, n_inf)
     return image, pixel_id
 
 
