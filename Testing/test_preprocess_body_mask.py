@@ -42,6 +42,17 @@ def test_bright_outliers_do_not_change_the_mask(phantom) -> None:
     assert _dice(mask, truth) > 0.95
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1e-6, 20.0])
+def test_the_mr_mask_does_not_depend_on_the_intensity_unit(phantom, scale: float) -> None:
+    """The log domain took log(1 + x - p_lo): an MR stored in 0-1 got a threshold deep inside the body."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(phantom.t1).astype(np.float64)
+    plain = body_mask(array, phantom.t1.GetSpacing(), modality="MR")
+    scaled = body_mask(array * scale, phantom.t1.GetSpacing(), modality="MR")
+    np.testing.assert_array_equal(plain, scaled)
+
+
 def test_holes_filled_and_largest_component_kept() -> None:
     z, y, x = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in (24, 32, 32)], indexing="ij")
     r = np.sqrt(z**2 + y**2 + x**2)

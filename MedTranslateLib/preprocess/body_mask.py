@@ -17,6 +17,8 @@ from scipy import ndimage
 
 CT_LIKE = ("CT",)
 CT_THRESHOLD_HU = -500.0
+#: the percentile range is mapped to 0..this before the log of Otsu's log domain (unit-free)
+LOG_DOMAIN_RANGE = 1000.0
 #: voxels used at most to estimate the Otsu threshold (a strided subsample of larger volumes)
 _OTSU_SAMPLES = 2_000_000
 
@@ -29,8 +31,10 @@ def otsu_threshold(array: np.ndarray, clip_percentiles: tuple[float, float] = (0
                    log_domain: bool = True) -> float:
     """Otsu's threshold of ``array`` on a percentile-clipped (and, when large, subsampled) copy.
 
-    With ``log_domain`` the histogram is taken of ``log(1 + x - p_lo)``: bright tissue classes are
-    compressed, so the split falls between background and body instead of inside the body (MR).
+    With ``log_domain`` the histogram is taken of ``log(1 + 1000 (x - p_lo) / (p_hi - p_lo))``: bright tissue
+    classes are compressed, so the split falls between background and body instead of inside the body (MR). The
+    percentile range makes it independent of the intensity unit: with ``log(1 + x - p_lo)`` an MR stored in 0-1
+    (BraTS T1 times 0.001) got a threshold 14 to 30 times too high, deep inside the brain.
     """
     from skimage.filters import threshold_otsu
 
@@ -43,9 +47,11 @@ def otsu_threshold(array: np.ndarray, clip_percentiles: tuple[float, float] = (0
     np.clip(sample, lo, hi, out=sample)
     if not log_domain:
         return float(threshold_otsu(sample, nbins=256))
+    scale = LOG_DOMAIN_RANGE / (hi - lo)
     sample -= np.float32(lo)
+    sample *= np.float32(scale)
     np.log1p(sample, out=sample)
-    return float(np.expm1(threshold_otsu(sample, nbins=256)) + lo)
+    return float(np.expm1(threshold_otsu(sample, nbins=256)) / scale + lo)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
