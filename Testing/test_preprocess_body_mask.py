@@ -65,6 +65,20 @@ def test_holes_filled_and_largest_component_kept() -> None:
     assert mask.sum() == pytest.approx(np.count_nonzero(r < 10), rel=0.02)
 
 
+def test_a_separate_body_part_is_kept_and_specks_are_not() -> None:
+    """An arm beside the trunk (not touching it) used to be dropped with every other component: air in the CT."""
+    array = np.zeros((20, 80, 80), np.float32)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij")
+    array[(y - 40) ** 2 + (x - 30) ** 2 < 20**2] = 400.0  # trunk: about 200 ml at 2 mm
+    array[(y - 40) ** 2 + (x - 68) ** 2 < 6**2] = 400.0  # arm, 8 voxels from the trunk: about 18 ml
+    array[2, 5, 75] = array[10, 75, 5] = 400.0  # specks
+    mask = body_mask(array, (2.0, 2.0, 2.0), method="threshold", threshold=100.0)
+    assert mask[10, 40, 68] and mask[10, 40, 30]
+    assert not mask[2, 5, 75] and not mask[10, 75, 5]
+    small = body_mask(array, (0.5, 0.5, 0.5), method="threshold", threshold=100.0)  # the arm is now 0.3 ml
+    assert small[10, 40, 30] and not small[10, 40, 68]
+
+
 def test_per_slice_fill_closes_an_open_airway() -> None:
     array = np.zeros((10, 20, 20), np.float32)
     array[:, 4:16, 4:16] = 300.0
@@ -129,7 +143,7 @@ def test_real_mr_mask_matches_the_provided_mask(real_data) -> None:
 def test_largest_component_equals_scipy_26_connected_labelling():
     from scipy import ndimage
 
-    from MedTranslateLib.preprocess.body_mask import largest_component
+    from MedTranslateLib.preprocess.body_mask import body_components
 
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -138,8 +152,8 @@ def test_largest_component_equals_scipy_26_connected_labelling():
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         expected = labels == int(np.argmax(sizes)) if count else mask
-        assert np.array_equal(largest_component(mask), expected)
+        assert np.array_equal(body_components(mask), expected)
     diagonal = np.zeros((3, 3, 3), bool)
     diagonal[0, 0, 0] = diagonal[1, 1, 1] = diagonal[2, 2, 2] = True  # touching only at corners: one component
-    assert largest_component(diagonal).sum() == 3
-    assert not largest_component(np.zeros((2, 2, 2), bool)).any()
+    assert body_components(diagonal).sum() == 3
+    assert not body_components(np.zeros((2, 2, 2), bool)).any()

@@ -1,4 +1,4 @@
-"""Automatic body (foreground) mask: threshold, largest connected component, holes filled, optional dilation.
+"""Automatic body (foreground) mask: threshold, the body's connected components, holes filled, optional dilation.
 
 CT is thresholded at -500 HU (between air and fat); MR and CBCT use Otsu's threshold computed on a
 percentile-clipped copy (so that a few very bright voxels - metal, vessels, fiducials - do not pull it
@@ -17,6 +17,9 @@ from scipy import ndimage
 
 CT_LIKE = ("CT",)
 CT_THRESHOLD_HU = -500.0
+#: a component apart from the largest is body too when it has at least this volume (ml) and share of the largest
+SEPARATE_PART_ML = 5.0
+SEPARATE_PART_SHARE = 0.01
 #: the percentile range is mapped to 0..this before the log of Otsu's log domain (unit-free)
 LOG_DOMAIN_RANGE = 1000.0
 #: voxels used at most to estimate the Otsu threshold (a strided subsample of larger volumes)
@@ -54,8 +57,12 @@ def otsu_threshold(array: np.ndarray, clip_percentiles: tuple[float, float] = (0
     return float(np.expm1(threshold_otsu(sample, nbins=256)) / scale + lo)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected (8-connected in 2D) component of ``mask`` (empty stays empty).
+def body_components(mask: np.ndarray, spacing_xyz: Sequence[float] | None = None) -> np.ndarray:
+    """The largest 26-connected (8-connected in 2D) component of ``mask`` and every other component of at least
+    :data:`SEPARATE_PART_ML` millilitres and :data:`SEPARATE_PART_SHARE` of the largest (empty stays empty).
+
+    Arms beside the trunk, the other leg, or a second object in the scanner are body too: keeping only the largest
+    component wrote them as air. Noise specks and markers stay out. Without ``spacing_xyz`` only the largest is kept.
 
     SimpleITK's multi-threaded connected components, relabelled by size (label 1 = largest): the same
     components as ``scipy.ndimage.label`` with a full 3x3x3 structure, 2.6x faster on a 512 x 512 x 300 volume."""
@@ -66,7 +73,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return mask.copy()
     components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
     by_size = sitk.RelabelComponent(components, sortByObjectSize=True)
-    return sitk.GetArrayViewFromImage(by_size) == 1
+    labels = sitk.GetArrayViewFromImage(by_size)
+    if spacing_xyz is None:
+        return labels == 1
+    sizes = np.bincount(labels.ravel())[1:]  # voxels of labels 1, 2, ... (largest first)
+    voxel_ml = float(np.prod([float(s) for s in spacing_xyz])) / 1000.0
+    keep = (sizes * voxel_ml >= SEPARATE_PART_ML) & (sizes >= SEPARATE_PART_SHARE * sizes[0])
+    kept = 1 + int(np.count_nonzero(keep[1:]))  # sizes fall with the label: the kept labels are 1..kept
+    return (labels >= 1) & (labels <= kept)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -117,8 +131,8 @@ def body_mask(
     """Boolean body mask of a (z, y, x) volume.
 
     ``method``: ``otsu`` (CT uses -500 HU unless ``threshold`` is given), ``threshold`` (``array >
-    threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component,
-    holes filled (per axial slice, which includes 3D cavities) and an optional dilation of ``dilate_mm`` millimetres.
+    threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component and any
+    sizeable separate part (:func:`body_components`), holes filled (per axial slice, which includes 3D cavities) and an optional dilation of ``dilate_mm`` millimetres.
     """
     array = np.asarray(array)
     if method == "none":
@@ -135,7 +149,7 @@ def body_mask(
             threshold = otsu_threshold(array)
     mask = array > threshold
     if mask.any():
-        mask = fill_holes(largest_component(mask))
+        mask = fill_holes(body_components(mask, spacing_xyz))
     if not mask.any():
         warnings.warn(f"The body mask (threshold {threshold:g}) was empty; using every voxel above the "
                       "volume's minimum instead.", BodyMaskFallbackWarning, stacklevel=2)
