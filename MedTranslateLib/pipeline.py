@@ -90,6 +90,7 @@ class Translator:
         import SimpleITK as sitk
 
         from MedTranslateLib.evaluation.ood import check_input
+        from MedTranslateLib.families import SAMPLED_FAMILIES
         from MedTranslateLib.inference.engine import predict_volume
         from MedTranslateLib.io import validate_volume
         from MedTranslateLib.preprocess import check_modality, prepare, restore, restore_std
@@ -108,6 +109,9 @@ class Translator:
         body = prepared.input_mask
         check_modality(sitk.GetArrayViewFromImage(image), body, card["source_modality"])
         warnings = list(prepared.record.warnings)
+        if self.card.family not in SAMPLED_FAMILIES and (options.steps or options.sampler or options.samples > 1):
+            warnings.append(f"Sampling steps, sampler and samples apply to diffusion and bridge models; "
+                            f"{self.card.id} is a {self.card.family} model, so they were ignored.")
         warnings += [w.message for w in check_input(*_in_model_orientation(image, body, prepared.record), card)]
         seconds["preprocess"] = time.perf_counter() - start
 

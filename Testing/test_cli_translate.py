@@ -342,3 +342,17 @@ def test_float32_with_a_dicom_ct_output_says_it_has_no_effect(tmp_path, mr_input
     assert main(["translate", str(source), "-m", str(package), "-o", str(tmp_path / "dicom_sct"),
                  "--output-type", "float32", "--progress", "none"]) == 0
     assert "whole Hounsfield units" in capsys.readouterr().err
+
+
+def test_sampling_options_on_a_model_that_does_not_sample_are_reported(tmp_path, mr_input, capsys):
+    """--steps, --sampler and --samples given to a U-Net were accepted without a word (and without an effect)."""
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    base = ["translate", str(source), "-m", str(package), "--progress", "none"]
+    assert main([*base, "-o", str(tmp_path / "a.nii.gz"), "--steps", "7", "--samples", "3"]) == 0
+    assert "so they were ignored" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "b.nii.gz")]) == 0
+    assert "ignored" not in capsys.readouterr().err
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "a.nii.gz")[0]),
+                                  sitk.GetArrayFromImage(read_volume(tmp_path / "b.nii.gz")[0]))
