@@ -142,6 +142,18 @@ def test_empty_mask_refused(tmp_path):
         read_mask(tmp_path / "m.nii.gz", image)
 
 
+@pytest.mark.parametrize("background, inside", [(-1.0, 1.0), (0.001, 0.97)], ids=["minus-one", "probability"])
+def test_a_mask_that_is_not_a_mask_is_refused(tmp_path, background, inside):
+    """A mask with -1 outside, or a probability map, had every voxel non-zero: the whole grid was taken as body."""
+    image = odd_image()
+    array = np.where(sitk.GetArrayFromImage(image) > 200, inside, background).astype(np.float32)
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(image)
+    sitk.WriteImage(mask, str(tmp_path / "m.nii.gz"))
+    with pytest.raises(InputError, match="not a mask"):
+        read_mask(tmp_path / "m.nii.gz", image)
+
+
 # ------------------------------------------------------------------------------- atomic writes
 @pytest.mark.parametrize("failure", [RuntimeError("disk on fire"), Cancelled()])
 def test_atomic_output_leaves_nothing_on_failure(tmp_path, failure):

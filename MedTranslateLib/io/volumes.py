@@ -332,7 +332,14 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
                          + "; ".join(differences) + ".",
                          "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
-    binary = sitk.GetArrayFromImage(image) != 0
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or not np.array_equal(values, np.round(values)):
+        raise InputError(f"The mask '{Path(path).name}' holds values other than whole numbers of 0 or more "
+                         f"(range {low:g} to {high:g}): it looks like a probability map or an image, not a mask.",
+                         "Give a mask that is 0 outside the body and 1 (or a label number) inside, e.g. a "
+                         "probability map thresholded at 0.5.")
+    binary = values != 0
     if not binary.any():
         raise InputError(f"The mask '{Path(path).name}' is empty (no voxel is set).",
                          "Use a mask that covers the body, or run without a mask.")
