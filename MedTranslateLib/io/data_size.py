@@ -191,7 +191,7 @@ def nifti_nonfinite(path: Path, declared: int) -> tuple[int, int]:
             stream.seek(offset)
             left = declared - declared % dtype.itemsize
             while left > 0:
-                chunk = stream.read(min(left, 1 << 26))
+                chunk = stream.read(min(left, 1 << 24))
                 if not chunk:
                     break
                 values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)

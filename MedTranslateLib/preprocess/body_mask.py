@@ -72,15 +72,15 @@ def body_components(mask: np.ndarray, spacing_xyz: Sequence[float] | None = None
     if not mask.any():
         return mask.copy()
     components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
-    by_size = sitk.RelabelComponent(components, sortByObjectSize=True)
+    relabel = sitk.RelabelComponentImageFilter()
+    relabel.SetSortByObjectSize(True)
+    by_size = relabel.Execute(components)  # kept alive: the view below shares its buffer
     labels = sitk.GetArrayViewFromImage(by_size)
-    if spacing_xyz is None:
-        return labels == 1
-    sizes = np.bincount(labels.ravel())[1:]  # voxels of labels 1, 2, ... (largest first)
-    voxel_ml = float(np.prod([float(s) for s in spacing_xyz])) / 1000.0
+    sizes = np.asarray(relabel.GetSizeOfObjectsInPixels(), dtype=np.float64)  # labels 1, 2, ... (largest first)
+    voxel_ml = float(np.prod([float(s) for s in spacing_xyz])) / 1000.0 if spacing_xyz is not None else 0.0
     keep = (sizes * voxel_ml >= SEPARATE_PART_ML) & (sizes >= SEPARATE_PART_SHARE * sizes[0])
     kept = 1 + int(np.count_nonzero(keep[1:]))  # sizes fall with the label: the kept labels are 1..kept
-    return (labels >= 1) & (labels <= kept)
+    return labels == 1 if kept == 1 else (labels >= 1) & (labels <= kept)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -113,9 +113,6 @@ def _input_mask(array: np.ndarray, image: "sitk.Image", card: Mapping[str, Any],
     return result, "auto"
 
 
-#: A model-grid voxel is inside the body when at least this share of its linear interpolation is (0.5 less a margin
-#: far above rounding noise, so exact ties are inside whatever the last bits of the geometry).
-MASK_INSIDE = 0.5 - 1e-3
 #: A training target must cover at least this share of its source's box, else the pair is not aligned.
 MIN_PAIR_OVERLAP = 0.5
 
@@ -172,10 +169,7 @@ def _to_model_grid(image: "sitk.Image", card: Mapping[str, Any], mask: Any,
         record.steps.append(step)
         background = float(array.min())
         array = sitk.GetArrayFromImage(geometry.resample_to_grid(oriented, step["to"], default=background))
-        # linear, then at least half inside (ties, which rounding noise would decide, count as inside): nearest
-        # neighbour put every sample of a 2x downsampling half-way between voxels, so a 1e-6 change of the direction
-        # cosines moved the whole mask by a voxel (20 HU in the synthetic CT)
-        body = geometry.resample_array(body.astype(np.float32), step["from"], step["to"]) >= MASK_INSIDE
+        body = geometry.resample_mask(body, step["from"], step["to"])
     _check_size(array.shape, card)
     return array, body, record
 
