@@ -114,6 +114,8 @@ def test_jsonl_worker_protocol_and_uncertainty(tmp_path, mr_input, capsys):
     assert {"read", "preprocess", "inference", "restore", "write"} <= stages
     done = events[-1]
     assert done["provenance"]["synthetic"] == "true" and len(done["provenance"]["model_sha256"]) == 64
+    assert done["input"] == str(source) and done["output"] == str(out)
+    assert all(e["input"] == str(source) for e in events if e["event"] == "warning" and "CPU" not in e["message"])
     std_image, _ = read_volume(std)
     image, _ = read_volume(source)
     assert same_grid(std_image, image)

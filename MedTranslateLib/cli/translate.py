@@ -90,7 +90,7 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
     """Warnings, the optional scene, and the ``done`` line (or event) of one written output."""
     result = item.result
     for warning in result.warnings:
-        _warn(warning, jsonl)
+        _warn(warning, jsonl, item.input)
     scene = None
     if args.scene:
         from MedTranslateLib.scene import export_scene_mrb
@@ -99,7 +99,7 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
                                      provenance=result.provenance, series_uid=args.series_uid,
                                      target_modality=target_modality))
     if jsonl:
-        emit_json("done", output=str(item.output), uncertainty=args.uncertainty, scene=scene,
+        emit_json("done", input=str(item.input), output=str(item.output), uncertainty=args.uncertainty, scene=scene,
                   provenance=result.provenance, warnings=result.warnings,
                   seconds={k: round(v, 3) for k, v in result.seconds.items()}, stats=result.stats)
     else:
@@ -143,9 +143,10 @@ def _report_failure(item, jsonl: bool, many: bool) -> None:
         print(f"error: {item.input}: {item.error.message}", file=sys.stderr)
 
 
-def _warn(message: str, jsonl: bool) -> None:
+def _warn(message: str, jsonl: bool, source: object = None) -> None:
+    """A warning line; in the worker protocol with the input it is about (a batch translates several)."""
     if jsonl:
-        emit_json("warning", message=message)
+        emit_json("warning", message=message, **({"input": str(source)} if source is not None else {}))
     else:
         print(f"warning: {message}", file=sys.stderr)
 
