@@ -144,3 +144,18 @@ def test_every_shipped_config_uses_only_keys_its_family_reads():
     # every family accepts the keys its own networks read (and the bridge the diffusion ones)
     assert load_config(None, ["family=bridge", 'architecture={"channels": [8, 16], "bridge_variance": 0.5}',
                               'family_options={"masked_loss": true}', "data=d"]).validate()
+
+
+def test_the_training_guide_describes_every_setting_and_family_key():
+    """docs/TRAINING.md lists every TrainConfig field and every family's architecture and family_options keys."""
+    from dataclasses import fields
+
+    from MedTranslateLib.families import FAMILY_NAMES, get_family
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "TRAINING.md").read_text()
+    missing = [f.name for f in fields(TrainConfig) if f"`{f.name}`" not in guide]
+    for name in FAMILY_NAMES:
+        family = get_family(name)
+        missing += [f"{name}: {key}" for key in sorted(family.architecture_keys | family.option_keys)
+                    if f"`{key}`" not in guide]
+    assert not missing, missing
