@@ -111,12 +111,29 @@ def test_card_sample_data_comes_from_the_config():
     ("body_fraction=5", "body_fraction must be between 0 and 1"), ("context_slices=-1", "context_slices must be 0"),
     ('normalization_input={"method": "clip", "range": [5, 1]}', "normalization_input: Normalisation range"),
     ('normalization_output={"method": "zscore"}', "normalization_output: .* has no output_range"),
+    ("model_id=My Model", "card this run would write is invalid: id"), ("overlap=0.99", "input.overlap"),
+    ('body_mask={"dilate": 3}', "Unknown body_mask setting 'dilate'"),
+    ('body_mask={"method": "threshold"}', "needs a threshold"),
+    ('family_options={"loss": "l2"}', "Unknown unet loss 'l2'"),
+    ('architecture={"schedule": "cosine"}', "does not use architecture key 'schedule'"),
 ])
 def test_a_bad_value_is_one_config_error_before_training(override, message):
     """Text for a number, a list of the wrong length, a negative count: exit 6 with the setting's name, never a
-    traceback from deep inside training (or a silently untrained model)."""
+    traceback from deep inside training (or a silently untrained model). A card field the export would refuse,
+    or an unknown loss, used to fail only after training or at the first step."""
+    family = ["family=bridge"] if "schedule" in override else []
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override, "data=somewhere"]).validate()
+        load_config(None, [override, "data=somewhere", *family]).validate()
+
+
+def test_tensorboard_logs_need_tensorboard(monkeypatch):
+    """Without the package, log = tensorboard quietly wrote only the CSV logs."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the tensorboard package"):
+        load_config(None, ["log=tensorboard", "data=somewhere"]).validate()
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -443,3 +443,7 @@ def test_a_new_run_starts_new_logs(tmp_path):
     with (config.work_path / "train_log.csv").open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == [1, 2, 3, 4]
+    config = _config(tmp_path, steps=2, log_interval=1, val_fraction=0.0, test_fraction=0.0, log="none",
+                     work_dir=str(tmp_path / "quiet"), output=str(tmp_path / "quiet-pkg"))
+    train(config)
+    assert not list((tmp_path / "quiet").glob("*_log.csv"))  # log = none writes no logs

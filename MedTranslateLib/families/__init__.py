@@ -50,6 +50,8 @@ def check_training_settings(name: str, architecture: Mapping[str, Any], options:
                 raise ConfigError(f"The {name} family does not use {setting} key {key!r}.",
                                   (f"Did you mean {close[0]!r}? " if close else "")
                                   + f"Its {setting} keys are: {', '.join(sorted(known)) or 'none'}.")
+    if hasattr(family, "check_options"):  # values, e.g. a loss name
+        family.check_options(options)
 
 
 def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Module"]]:

@@ -135,7 +135,9 @@ class BridgeFamily(ConditionalDiffusionFamily):
 
     name = "bridge"
     paired = True
-    architecture_keys = ConditionalDiffusionFamily.architecture_keys | {"bridge_variance"}
+    # the bridge has its own noise schedule and predicts the target: no prediction_type or schedule
+    architecture_keys = ((ConditionalDiffusionFamily.architecture_keys - {"prediction_type", "schedule"})
+                         | {"bridge_variance"})
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         nets = super().build(architecture, spatial_dims)

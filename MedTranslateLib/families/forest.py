@@ -170,7 +170,7 @@ class RandomForestFamily:
     gradient_trained = False
     network_name = "forest"
     # the architecture is written by :meth:`architecture` after the fit; the forest is configured by its options
-    architecture_keys = frozenset({"in_channels", "out_channels", "features", "n_trees", "max_nodes", "max_depth"})
+    architecture_keys: frozenset[str] = frozenset()
     option_keys = frozenset({"features", "n_samples", "mask_weight", "seed", "dimensionality", "extra_trees",
                              "n_trees", "max_depth", "min_samples_leaf", "max_features", "n_jobs"})
 

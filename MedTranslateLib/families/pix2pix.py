@@ -26,6 +26,11 @@ class Pix2PixFamily:
     architecture_keys = GENERATOR_KEYS | DISCRIMINATOR_KEYS
     option_keys = frozenset({"gan_loss", "l1_weight"})
 
+    @staticmethod
+    def check_options(options: Mapping[str, Any]) -> None:
+        """ConfigError for an unknown adversarial loss, before any data is read."""
+        check_gan_loss(options.get("gan_loss", "lsgan"))
+
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         pair_channels = int(architecture["in_channels"]) + int(architecture["out_channels"])
         return {"generator": build_generator(architecture, spatial_dims),

@@ -73,11 +73,17 @@ class UNetFamily:
     def configure_optimizers(self, nets: dict[str, nn.Module], lr: float) -> dict[str, torch.optim.Optimizer]:
         return {"generator": torch.optim.AdamW(nets["generator"].parameters(), lr=lr, weight_decay=1e-4)}
 
-    def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                      batch: Batch, autocast: Callable[[], Any], options: Mapping[str, Any]) -> dict[str, float]:
+    @staticmethod
+    def check_options(options: Mapping[str, Any]) -> str:
+        """The loss named by ``options`` (ConfigError for an unknown one, before any data is read)."""
         loss_kind = str(options.get("loss", "l1")).lower()
         if loss_kind not in ("l1", "l1+ssim"):
             raise ConfigError(f"Unknown unet loss '{loss_kind}'.", "Use 'l1' or 'l1+ssim'.")
+        return loss_kind
+
+    def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                      batch: Batch, autocast: Callable[[], Any], options: Mapping[str, Any]) -> dict[str, float]:
+        loss_kind = self.check_options(options)
         ssim_weight = float(options.get("ssim_weight", 0.5 if loss_kind == "l1+ssim" else 0.0))
         source, target, mask = batch["source"], batch["target"], batch.get("mask")
         optimizer = optimizers["generator"]

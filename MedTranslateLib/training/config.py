@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -12,6 +13,8 @@ from typing import Any, Iterable, Mapping
 from MedTranslateLib.errors import ConfigError
 
 CT_LIKE = ("CT", "CBCT")
+#: the keys of a ``body_mask`` table (see :func:`MedTranslateLib.preprocess.body_mask.body_mask`)
+BODY_MASK_KEYS = ("method", "threshold", "dilate_mm")
 
 
 @dataclass
@@ -68,7 +71,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     amp: bool = True
-    log: str = "csv"                                 # csv | tensorboard
+    log: str = "csv"                                 # csv | tensorboard (csv too) | none
     # output
     output: str = "model_package"
     work_dir: str | None = None                      # checkpoints and logs (default: <output>.work)
@@ -159,7 +162,42 @@ class TrainConfig:
                 check_spec(spec, role)
             except ModelError as exc:
                 raise ConfigError(f"normalization_{role}: {exc.problem}", exc.fix) from None
+        self._check_body_mask()
+        self._check_card()
+        if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("log = tensorboard needs the tensorboard package, which is not installed.",
+                              "Install it (pip install tensorboard, or the [tensorboard] extra), or use log = csv.")
         return self
+
+    def _check_card(self) -> None:
+        """The card this run will export must pass the schema: checked now, not after hours of training."""
+        from MedTranslateLib.errors import ModelError
+        from MedTranslateLib.models.card import validate_card
+        from MedTranslateLib.training.card_builder import base_card
+
+        try:
+            validate_card(base_card(self), source="this run would write")
+        except ModelError as exc:
+            raise ConfigError(exc.problem, "Change the setting behind that card field (id is model_id; version, "
+                              "title and input.overlap / context_slices / patch_size are the settings of the same "
+                              "name) and run again.") from None
+
+    def _check_body_mask(self) -> None:
+        settings = self.body_mask or {}
+        unknown = sorted(set(settings) - set(BODY_MASK_KEYS))
+        if unknown:
+            raise ConfigError(f"Unknown body_mask setting {unknown[0]!r}.",
+                              f"Use {', '.join(BODY_MASK_KEYS)}, e.g. body_mask = {{dilate_mm = 4.0}}.")
+        if settings.get("method", "otsu") not in ("otsu", "threshold", "none"):
+            raise ConfigError(f"body_mask method {settings['method']!r} is not allowed.",
+                              "Use otsu, threshold or none.")
+        if settings.get("method") == "threshold" and settings.get("threshold") is None \
+                and self.source_modality.upper() != "CT":
+            raise ConfigError("body_mask method threshold needs a threshold for a non-CT source.",
+                              "Add threshold = <intensity>, or use method = otsu.")
+        dilate = settings.get("dilate_mm", 0.0)
+        if not isinstance(dilate, (int, float)) or isinstance(dilate, bool) or not 0 <= dilate <= 100:
+            raise ConfigError(f"body_mask dilate_mm must be 0 to 100 mm (got {dilate!r}).", "For example 4.0.")
 
 
 def default_normalization(modality: str, role: str = "input") -> dict[str, Any]:

@@ -140,7 +140,7 @@ def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, A
 
 
 class _Logger:
-    """CSV (always, rank 0) and optional TensorBoard logs in the work folder."""
+    """CSV and optional TensorBoard logs in the work folder (rank 0; none with ``log = "none"``)."""
 
     def __init__(self, folder: Path, kind: str, enabled: bool, resume: bool = False) -> None:
         self.enabled = enabled
@@ -150,12 +150,9 @@ class _Logger:
             for old in folder.glob("*_log.csv"):
                 old.unlink()
         if enabled and kind == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # TrainConfig.validate checked it is installed
 
-                self.tb = SummaryWriter(str(folder / "tensorboard"))
-            except ImportError:
-                self.tb = None
+            self.tb = SummaryWriter(str(folder / "tensorboard"))
 
     def write(self, name: str, row: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -253,7 +250,7 @@ class _Run:
         self.work = config.work_path
         if ctx.is_main:
             self.work.mkdir(parents=True, exist_ok=True)
-        self.logger = _Logger(self.work, config.log, ctx.is_main, config.resume)
+        self.logger = _Logger(self.work, config.log, ctx.is_main and config.log != "none", config.resume)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
         self.best_state: dict[str, Any] | None = None
