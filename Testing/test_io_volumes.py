@@ -291,3 +291,23 @@ def test_mask_grid_message_has_plain_numbers(tmp_path):
     with pytest.raises(InputError, match=r"origin \(0, 0, 0\) vs \(-12.5, 7.25, 3.3\)") as info:
         read_mask(tmp_path / "m.nrrd", image)
     assert "np.float64" not in str(info.value)
+
+
+def test_float_nifti_voxels_read_by_medtranslate_equal_itks(tmp_path):
+    """Float NIfTI voxels are read by MedTranslate itself (ITK's reader hides NaN/Inf as 0): values, intensity
+    scaling (scl_slope/scl_inter, applied in double precision as ITK does) and geometry equal ITK's."""
+    import gzip
+    import struct
+
+    image = odd_image()
+    image = sitk.Cast(image, sitk.sitkFloat32) * 0.37 + 5.25
+    sitk.WriteImage(image, str(tmp_path / "a.nii.gz"))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat64), str(tmp_path / "b.nii"))
+    raw = bytearray(gzip.open(tmp_path / "a.nii.gz").read())
+    raw[112:120] = struct.pack("<2f", 2.5, -7.0)
+    (tmp_path / "c.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    for name in ("a.nii.gz", "b.nii", "c.nii.gz"):
+        ours, _ = read_volume(tmp_path / name)
+        itk = sitk.Cast(sitk.ReadImage(str(tmp_path / name)), sitk.sitkFloat32)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(itk))
+        assert_same_geometry(ours, itk)

@@ -13,6 +13,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -170,36 +171,72 @@ def check_written(path: str | os.PathLike, data_bytes: int, target: str | os.Pat
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def nifti_nonfinite(path: Path, declared: int) -> tuple[int, int]:
-    """(NaN, Inf) voxel counts in the first ``declared`` pixel bytes of a float NIfTI file; (0, 0) for other types.
+def _file_bytes(path: Path, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The (decompressed, for ``.nii.gz``: every gzip member) bytes of a file, in chunks; zlib directly, which
+    inflates about 15 % faster than the ``gzip`` module."""
+    with open(path, "rb") as handle:
+        if full_suffix(path) != ".nii.gz":
+            yield from iter(lambda: handle.read(chunk), b"")
+            return
+        inflater = zlib.decompressobj(31)
+        for data in iter(lambda: handle.read(chunk), b""):
+            while data:
+                yield inflater.decompress(data)
+                data = inflater.unused_data if inflater.eof else b""
+                if inflater.eof:
+                    inflater = zlib.decompressobj(31)
 
-    ITK's NIfTI reader replaces NaN and Inf by 0 without a word, so the image it returns cannot show them (a NaN
-    block in an MR became bone in the synthetic CT). Reads the raw data in chunks."""
-    opener = gzip.open if full_suffix(path) == ".nii.gz" else open
-    nan = inf = 0
+
+def read_nifti_float(path: Path, n_voxels: int) -> np.ndarray | None:
+    """The voxels (x fastest, intensity scaling applied) of a float NIfTI file as a native-endian flat array; None for
+    other data types or data ITK should report on (a short or unreadable stream).
+
+    ITK's NIfTI reader replaces NaN and Inf by 0 without a word (a NaN block in an MR became bone in the synthetic
+    CT), so float NIfTI voxels are read here, where they can be checked, instead of a second time for the check."""
     try:
-        with opener(path, "rb") as stream:
-            head = stream.read(540)
-            endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
-            nifti1 = struct.unpack(endian + "i", head[:4])[0] == 348  # else NIfTI-2
-            datatype = struct.unpack(endian + "h", head[70:72] if nifti1 else head[12:14])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0] if nifti1 else
-                         struct.unpack(endian + "q", head[168:176])[0])
-            if datatype not in _NIFTI_FLOATS:
-                return 0, 0
-            dtype = np.dtype(endian + _NIFTI_FLOATS[datatype])
-            stream.seek(offset)
-            left = declared - declared % dtype.itemsize
-            while left > 0:
-                chunk = stream.read(min(left, 1 << 24))
-                if not chunk:
-                    break
-                values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
-                finite = np.isfinite(values)
-                if not finite.all():
-                    nan_here = int(np.isnan(values).sum())
-                    nan, inf = nan + nan_here, inf + int((~finite).sum()) - nan_here
-                left -= len(chunk)
-    except (OSError, EOFError, struct.error, ValueError, zlib.error):
-        return nan, inf  # unreadable data is ITK's to report
+        chunks = _file_bytes(path)
+        head = b""
+        while len(head) < 540:
+            head += next(chunks)
+        endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+        nifti1 = struct.unpack(endian + "i", head[:4])[0] == 348  # else NIfTI-2
+        datatype = struct.unpack(endian + "h", head[70:72] if nifti1 else head[12:14])[0]
+        if datatype not in _NIFTI_FLOATS:
+            return None
+        if nifti1:
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            slope, inter = struct.unpack(endian + "2f", head[112:120])
+        else:
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            slope, inter = struct.unpack(endian + "2d", head[176:192])
+        voxels = np.empty(n_voxels, dtype=np.dtype(endian + _NIFTI_FLOATS[datatype]))
+        target, got, pending = memoryview(voxels).cast("B"), 0, head
+        while len(pending) < offset:
+            pending += next(chunks)
+        pending = memoryview(pending)[offset:]
+        while got < len(target):
+            if not pending:
+                pending = memoryview(next(chunks))
+            take = min(len(pending), len(target) - got)
+            target[got:got + take] = pending[:take]
+            got, pending = got + take, pending[take:]
+    except (OSError, StopIteration, struct.error, ValueError, zlib.error):
+        return None
+    voxels = voxels.astype(voxels.dtype.newbyteorder("="), copy=False)
+    if slope != 0 and (slope, inter) != (1, 0) and np.isfinite(slope) and np.isfinite(inter):
+        for start in range(0, voxels.size, 1 << 22):  # the NIfTI intensity scaling, in double precision as ITK does
+            part = voxels[start:start + (1 << 22)]
+            part[:] = part.astype(np.float64) * slope + inter
+    return voxels
+
+
+def non_finite_counts(values: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
+    """(NaN, Inf) counts of a flat float array, in chunks (no full-size temporary)."""
+    nan = inf = 0
+    for start in range(0, values.size, chunk):
+        part = values[start:start + chunk]
+        finite = np.isfinite(part)
+        if not finite.all():
+            nan_here = int(np.isnan(part).sum())
+            nan, inf = nan + nan_here, inf + int((~finite).sum()) - nan_here
     return nan, inf

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from MedTranslateLib.errors import InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
 )
-from MedTranslateLib.io.data_size import check_declared_bytes, check_written, nifti_nonfinite
+from MedTranslateLib.io.data_size import check_declared_bytes, check_written, non_finite_counts, read_nifti_float
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -153,18 +152,22 @@ def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
     pixel_id = reader.GetPixelID()
     declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
     check_declared_bytes(path, declared)
-    # ITK's NIfTI reader turns NaN and Inf into zeros: a float NIfTI's raw data is checked for them, in a thread
-    # beside the read (both mostly inflate gzip without the GIL: 3.6 s instead of 2.9 s for 512 x 512 x 300)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        non_finite = pool.submit(nifti_nonfinite, path, declared) \
-            if full_suffix(path) in (".nii", ".nii.gz") and pixel_id not in _INTEGER_TYPES else None
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise _unreadable(path, exc) from None
-        n_nan, n_inf = non_finite.result() if non_finite is not None else (0, 0)
-    if n_nan or n_inf:
-        raise _non_finite_error(what, n_nan, n_inf)
+    # ITK's NIfTI reader turns NaN and Inf into zeros: float NIfTI voxels are read here and checked
+    voxels = read_nifti_float(path, math.prod(reader.GetSize())) \
+        if full_suffix(path) in (".nii", ".nii.gz") and pixel_id not in _INTEGER_TYPES else None
+    if voxels is not None:
+        n_nan, n_inf = non_finite_counts(voxels)
+        if n_nan or n_inf:
+            raise _non_finite_error(what, n_nan, n_inf)
+        image = sitk.GetImageFromArray(voxels.reshape(tuple(reader.GetSize())[::-1]))
+        image.SetSpacing(reader.GetSpacing())
+        image.SetOrigin(reader.GetOrigin())
+        image.SetDirection(reader.GetDirection())
+        return image, pixel_id
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from None
     return image, pixel_id
 
 
