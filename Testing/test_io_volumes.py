@@ -311,3 +311,71 @@ def test_float_nifti_voxels_read_by_medtranslate_equal_itks(tmp_path):
         itk = sitk.Cast(sitk.ReadImage(str(tmp_path / name)), sitk.sitkFloat32)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(itk))
         assert_same_geometry(ours, itk)
+
+
+def _patched_nifti(source, target, **fields) -> None:
+    """Copy a little-endian NIfTI-1 file, overwriting header fields (vox_offset, scl_slope, scl_inter)."""
+    import gzip
+    import struct
+
+    raw = bytearray(gzip.open(source).read() if str(source).endswith(".gz") else open(source, "rb").read())
+    offsets = {"vox_offset": 108, "scl_slope": 112, "scl_inter": 116}
+    for name, value in fields.items():
+        raw[offsets[name]:offsets[name] + 4] = struct.pack("<f", value)
+    data = bytes(raw)
+    target.write_bytes(gzip.compress(data) if str(target).endswith(".gz") else data)
+
+
+@pytest.mark.parametrize("fields", [dict(scl_slope=0.0, scl_inter=5.0), dict(scl_slope=2.0, scl_inter=float("nan")),
+                                    dict(scl_slope=float("nan"), scl_inter=3.0)],
+                         ids=["slope-0", "inter-nan", "slope-nan"])
+def test_nifti_scaling_rules_follow_itk(tmp_path, fields):
+    image = sitk.Cast(odd_image(), sitk.sitkFloat32)
+    sitk.WriteImage(image, str(tmp_path / "a.nii"))
+    _patched_nifti(tmp_path / "a.nii", tmp_path / "b.nii", **fields)
+    ours, _ = read_volume(tmp_path / "b.nii")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours),
+                                  sitk.GetArrayFromImage(sitk.Cast(sitk.ReadImage(str(tmp_path / "b.nii")),
+                                                                   sitk.sitkFloat32)))
+
+
+def test_small_and_odd_nifti_files_still_show_their_nan(tmp_path):
+    """A NIfTI-1 file shorter than a NIfTI-2 header, or with vox_offset 0 (niftilib reads from 352), is read by
+    MedTranslate too: its NaN is refused, not zeroed by ITK."""
+    tiny = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    tiny[1, 1, 1] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(tiny), str(tmp_path / "tiny.nii"))
+    assert (tmp_path / "tiny.nii").stat().st_size < 540
+    with pytest.raises(InputError, match="1 NaN"):
+        read_volume(tmp_path / "tiny.nii")
+    _patched_nifti(tmp_path / "tiny.nii", tmp_path / "zero_offset.nii", vox_offset=0.0)
+    with pytest.raises(InputError, match="1 NaN"):
+        read_volume(tmp_path / "zero_offset.nii")
+
+
+def test_a_stream_longer_than_its_header_declares_is_read_in_bounded_pieces(tmp_path):
+    """A small .nii.gz whose gzip stream inflates to far more than its voxels: only the declared bytes are inflated,
+    in bounded pieces (hostile files cannot exhaust memory)."""
+    import gzip
+
+    from MedTranslateLib.io.data_size import _file_bytes
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)), str(tmp_path / "a.nii"))
+    (tmp_path / "long.nii.gz").write_bytes(gzip.compress((tmp_path / "a.nii").read_bytes() + bytes(64 << 20)))
+    assert (tmp_path / "long.nii.gz").stat().st_size < 200_000
+    pieces = list(_file_bytes(tmp_path / "long.nii.gz", 352 + 96, chunk=1 << 16))
+    assert sum(map(len, pieces)) == 352 + 96 and max(map(len, pieces)) <= 1 << 16
+    image, _ = read_volume(tmp_path / "long.nii.gz")
+    assert sitk.GetArrayFromImage(image).sum() == sum(range(24))
+
+
+def test_a_float_mask_with_nan_outside_is_read_as_outside_and_messages_name_the_role(tmp_path):
+    image = odd_image()
+    array = np.where(sitk.GetArrayFromImage(image) > 200, 1.0, np.nan).astype(np.float32)
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(image)
+    sitk.WriteImage(mask, str(tmp_path / "m.nii.gz"))
+    binary = sitk.GetArrayFromImage(read_mask(tmp_path / "m.nii.gz", image))
+    np.testing.assert_array_equal(binary, (sitk.GetArrayFromImage(image) > 200).astype(np.uint8))
+    with pytest.raises(InputError, match="The reference 'm.nii.gz' contains"):
+        read_volume(tmp_path / "m.nii.gz", role="reference")

@@ -9,6 +9,7 @@ is kept. A gzip stream is checked from its ISIZE trailer first, and inflated in 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -171,60 +172,81 @@ def check_written(path: str | os.PathLike, data_bytes: int, target: str | os.Pat
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def _file_bytes(path: Path, chunk: int = 1 << 22) -> Iterator[bytes]:
-    """The (decompressed, for ``.nii.gz``: every gzip member) bytes of a file, in chunks; zlib directly, which
-    inflates about 15 % faster than the ``gzip`` module."""
+def _file_bytes(path: Path, limit: int, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The first ``limit`` (decompressed, for ``.nii.gz``: across gzip members) bytes of a file, in pieces of at most
+    ``chunk`` bytes, so a stream that inflates to more than its header declares cannot exhaust memory. zlib
+    directly, which inflates about 15 % faster than the ``gzip`` module."""
     with open(path, "rb") as handle:
         if full_suffix(path) != ".nii.gz":
-            yield from iter(lambda: handle.read(chunk), b"")
+            while limit > 0 and (data := handle.read(min(chunk, limit))):
+                limit -= len(data)
+                yield data
             return
         inflater = zlib.decompressobj(31)
-        for data in iter(lambda: handle.read(chunk), b""):
-            while data:
-                yield inflater.decompress(data)
-                data = inflater.unused_data if inflater.eof else b""
-                if inflater.eof:
-                    inflater = zlib.decompressobj(31)
+        while limit > 0 and (data := handle.read(chunk)):
+            while data and limit > 0:
+                piece = inflater.decompress(data, min(chunk, limit))
+                limit -= len(piece)
+                yield piece
+                if inflater.eof:  # another gzip member may follow
+                    data, inflater = inflater.unused_data, zlib.decompressobj(31)
+                else:
+                    data = inflater.unconsumed_tail
+
+
+def _nifti_header(chunks: Iterator[bytes]) -> tuple[bytes, bool, str]:
+    """The header bytes read so far (at least the whole NIfTI-1 or -2 header), whether it is NIfTI-1, and the
+    byte order."""
+    head = b""
+    while len(head) < 348:
+        head += next(chunks)
+    endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+    nifti1 = struct.unpack(endian + "i", head[:4])[0] == 348
+    while not nifti1 and len(head) < 540:
+        head += next(chunks)
+    return head, nifti1, endian
 
 
 def read_nifti_float(path: Path, n_voxels: int) -> np.ndarray | None:
-    """The voxels (x fastest, intensity scaling applied) of a float NIfTI file as a native-endian flat array; None for
-    other data types or data ITK should report on (a short or unreadable stream).
+    """The voxels (x fastest, intensity scaling applied) of a float NIfTI file as a native-endian flat array, NaN and
+    Inf kept; None for other data types or data ITK should report on (a short or unreadable stream).
 
     ITK's NIfTI reader replaces NaN and Inf by 0 without a word (a NaN block in an MR became bone in the synthetic
-    CT), so float NIfTI voxels are read here, where they can be checked, instead of a second time for the check."""
+    CT), so float NIfTI voxels are read here, where the content checks see them. The offset and the intensity
+    scaling follow niftilib and ITK: ``vox_offset`` at least the header size, a zero or non-finite ``scl_slope``
+    is 1 and a non-finite ``scl_inter`` 0."""
     try:
-        chunks = _file_bytes(path)
-        head = b""
-        while len(head) < 540:
-            head += next(chunks)
-        endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
-        nifti1 = struct.unpack(endian + "i", head[:4])[0] == 348  # else NIfTI-2
+        probe = _file_bytes(path, 544)
+        head, nifti1, endian = _nifti_header(probe)
         datatype = struct.unpack(endian + "h", head[70:72] if nifti1 else head[12:14])[0]
         if datatype not in _NIFTI_FLOATS:
             return None
         if nifti1:
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            offset = max(int(struct.unpack(endian + "f", head[108:112])[0]), 352)
             slope, inter = struct.unpack(endian + "2f", head[112:120])
         else:
-            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            offset = max(int(struct.unpack(endian + "q", head[168:176])[0]), 544)
             slope, inter = struct.unpack(endian + "2d", head[176:192])
         voxels = np.empty(n_voxels, dtype=np.dtype(endian + _NIFTI_FLOATS[datatype]))
-        target, got, pending = memoryview(voxels).cast("B"), 0, head
-        while len(pending) < offset:
-            pending += next(chunks)
-        pending = memoryview(pending)[offset:]
-        while got < len(target):
-            if not pending:
-                pending = memoryview(next(chunks))
-            take = min(len(pending), len(target) - got)
-            target[got:got + take] = pending[:take]
-            got, pending = got + take, pending[take:]
+        target, got = memoryview(voxels).cast("B"), 0
+        chunks = _file_bytes(path, offset + len(target))
+        skipped = 0
+        for piece in chunks:
+            view = memoryview(piece)
+            if skipped < offset:
+                drop = min(offset - skipped, len(view))
+                skipped, view = skipped + drop, view[drop:]
+            target[got:got + len(view)] = view
+            got += len(view)
+        if got < len(target):
+            return None
     except (OSError, StopIteration, struct.error, ValueError, zlib.error):
         return None
     voxels = voxels.astype(voxels.dtype.newbyteorder("="), copy=False)
-    if slope != 0 and (slope, inter) != (1, 0) and np.isfinite(slope) and np.isfinite(inter):
-        for start in range(0, voxels.size, 1 << 22):  # the NIfTI intensity scaling, in double precision as ITK does
+    slope = slope if math.isfinite(slope) and slope != 0 else 1.0
+    inter = inter if math.isfinite(inter) else 0.0
+    if (slope, inter) != (1.0, 0.0):
+        for start in range(0, voxels.size, 1 << 22):  # in double precision, as ITK does
             part = voxels[start:start + (1 << 22)]
             part[:] = part.astype(np.float64) * slope + inter
     return voxels

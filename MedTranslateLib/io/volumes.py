@@ -75,11 +75,6 @@ def _geometry_problems(dimension: int, components: int, size: tuple[int, ...], s
                          "Resample the volume onto an orthogonal grid first.")
 
 
-def _non_finite_error(what: str, n_nan: int, n_inf: int) -> InputError:
-    return InputError(f"The {what} contains {n_nan} NaN and {n_inf} Inf (infinite) voxels.",
-                      "Replace the invalid voxels (e.g. by the background value) and try again.")
-
-
 def _content_problems(image: sitk.Image, what: str, pixel_id: int | None = None) -> None:
     """Refuse NaN/Inf, empty or constant volumes and intensities float32 or medicine cannot hold."""
     pixel_id = image.GetPixelID() if pixel_id is None else pixel_id
@@ -87,10 +82,10 @@ def _content_problems(image: sitk.Image, what: str, pixel_id: int | None = None)
     stats.Execute(image)
     low, high = stats.GetMinimum(), stats.GetMaximum()
     if pixel_id not in _INTEGER_TYPES:
-        array = sitk.GetArrayViewFromImage(image)
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise _non_finite_error(what, int(np.isnan(array).sum()), int(np.isinf(array).sum()))
+        n_nan, n_inf = non_finite_counts(sitk.GetArrayViewFromImage(image).reshape(-1))
+        if n_nan or n_inf:
+            raise InputError(f"The {what} contains {n_nan} NaN and {n_inf} Inf (infinite) voxels.",
+                             "Replace the invalid voxels (e.g. by the background value) and try again.")
     if low == high:
         kind = "all zero (empty)" if low == 0 else f"constant (every voxel is {low:g})"
         raise InputError(f"The {what} is {kind}; there is no image content to work with.",
@@ -133,8 +128,9 @@ def _format_name(path: Path) -> str:
             ".mhd": "MetaImage", ".dcm": "DICOM"}.get(full_suffix(path), "image")
 
 
-def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
-    """Read one image file after checking its header; returns the image and its original pixel type."""
+def _read_file(path: Path, max_voxels: int, what: str) -> tuple[sitk.Image, int]:
+    """Read one image file after checking its header; returns the image and its original pixel type. ``what``
+    names the file in messages ("reference 'ct.nii.gz'")."""
     if full_suffix(path) not in FILE_SUFFIXES:
         raise InputError(f"Cannot read '{path}': unknown file type '{full_suffix(path) or '(none)'}'.",
                          f"Use {READABLE}.")
@@ -146,19 +142,16 @@ def _read_file(path: Path, max_voxels: int) -> tuple[sitk.Image, int]:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise _unreadable(path, exc) from None
-    what = f"volume '{path.name}'"
     _geometry_problems(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(),
                        reader.GetSpacing(), reader.GetDirection(), what, max_voxels)
     pixel_id = reader.GetPixelID()
     declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
     check_declared_bytes(path, declared)
-    # ITK's NIfTI reader turns NaN and Inf into zeros: float NIfTI voxels are read here and checked
+    # ITK's NIfTI reader turns NaN and Inf into zeros: float NIfTI voxels are read here, NaN and Inf kept for the
+    # content checks
     voxels = read_nifti_float(path, math.prod(reader.GetSize())) \
         if full_suffix(path) in (".nii", ".nii.gz") and pixel_id not in _INTEGER_TYPES else None
     if voxels is not None:
-        n_nan, n_inf = non_finite_counts(voxels)
-        if n_nan or n_inf:
-            raise _non_finite_error(what, n_nan, n_inf)
         image = sitk.GetImageFromArray(voxels.reshape(tuple(reader.GetSize())[::-1]))
         image.SetSpacing(reader.GetSpacing())
         image.SetOrigin(reader.GetOrigin())
@@ -299,7 +292,7 @@ def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, 
     if source.is_dir() or full_suffix(source) == ".dcm":
         image, pixel_id, info = _read_dicom(source, series_uid, max_voxels)
     else:
-        image, pixel_id = _read_file(source, max_voxels)
+        image, pixel_id = _read_file(source, max_voxels, what)
         info = SourceInfo(str(source), _format_name(source).lower())
     _geometry_problems(image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize(),
                        image.GetSpacing(), image.GetDirection(), what, max_voxels)
@@ -335,7 +328,8 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
                          + "; ".join(differences) + ".",
                          "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
-    values = sitk.GetArrayViewFromImage(image)
+    values = sitk.GetArrayFromImage(image)
+    values[~np.isfinite(values)] = 0  # NaN / Inf outside a mask mean outside (as ITK's NIfTI reader made them)
     low, high = float(values.min()), float(values.max())
     if low < 0 or not np.array_equal(values, np.round(values)):
         raise InputError(f"The mask '{Path(path).name}' holds values other than whole numbers of 0 or more "
