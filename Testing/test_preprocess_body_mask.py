@@ -72,11 +72,14 @@ def test_a_separate_body_part_is_kept_and_specks_are_not() -> None:
     array[(y - 40) ** 2 + (x - 30) ** 2 < 20**2] = 400.0  # trunk: about 200 ml at 2 mm
     array[(y - 40) ** 2 + (x - 68) ** 2 < 6**2] = 400.0  # arm, 8 voxels from the trunk: about 18 ml
     array[2, 5, 75] = array[10, 75, 5] = 400.0  # specks
-    mask = body_mask(array, (2.0, 2.0, 2.0), method="threshold", threshold=100.0)
+    mask = body_mask(array, (2.0, 2.0, 2.0), method="threshold", threshold=100.0, modality="MR")
     assert mask[10, 40, 68] and mask[10, 40, 30]
     assert not mask[2, 5, 75] and not mask[10, 75, 5]
-    small = body_mask(array, (0.5, 0.5, 0.5), method="threshold", threshold=100.0)  # the arm is now 0.3 ml
+    small = body_mask(array, (0.5, 0.5, 0.5), method="threshold", threshold=100.0, modality="MR")  # arm 0.3 ml
     assert small[10, 40, 30] and not small[10, 40, 68]
+    for modality in ("CT", "CBCT"):  # there a separate object is the couch or a fixation: left out
+        other = body_mask(array, (2.0, 2.0, 2.0), method="threshold", threshold=100.0, modality=modality)
+        assert other[10, 40, 30] and not other[10, 40, 68]
 
 
 def test_per_slice_fill_closes_an_open_airway() -> None:

@@ -166,4 +166,6 @@ def test_unpaired_folders_are_detected_beside_other_folders(tmp_path):
         touch(tmp_path / "gen" / case / "t1.nii.gz")
         touch(tmp_path / "gen" / case / "flair.nii.gz")
     touch(tmp_path / "gen" / ".cache" / "flair.nii.gz")
+    touch(tmp_path / "gen" / ".cache" / "t1.nii.gz")
     assert detect_layout(tmp_path / "gen", "t1", "flair") == "paired_folder"
+    assert [c.name for c in load_cases(tmp_path / "gen", source="T1", target="FLAIR")] == ["p1", "p2"]

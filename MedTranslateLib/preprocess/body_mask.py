@@ -131,8 +131,9 @@ def body_mask(
     """Boolean body mask of a (z, y, x) volume.
 
     ``method``: ``otsu`` (CT uses -500 HU unless ``threshold`` is given), ``threshold`` (``array >
-    threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component and any
-    sizeable separate part (:func:`body_components`), holes filled (per axial slice, which includes 3D cavities) and an optional dilation of ``dilate_mm`` millimetres.
+    threshold``; CT defaults to -500 HU) or ``none`` (every voxel). Then the largest connected component and, for MR
+    (a ``modality`` other than CT and CBCT), any sizeable separate part (:func:`body_components`); holes filled (per
+    axial slice, which includes 3D cavities) and an optional dilation of ``dilate_mm`` millimetres.
     """
     array = np.asarray(array)
     if method == "none":
@@ -149,7 +150,9 @@ def body_mask(
             threshold = otsu_threshold(array)
     mask = array > threshold
     if mask.any():
-        mask = fill_holes(body_components(mask, spacing_xyz))
+        # separate parts (arms, the other leg) only for MR: on CT and CBCT they are the couch, masks and fixations
+        separate_parts = modality is not None and modality.upper() not in ("CT", "CBCT")
+        mask = fill_holes(body_components(mask, spacing_xyz if separate_parts else None))
     if not mask.any():
         warnings.warn(f"The body mask (threshold {threshold:g}) was empty; using every voxel above the "
                       "volume's minimum instead.", BodyMaskFallbackWarning, stacklevel=2)

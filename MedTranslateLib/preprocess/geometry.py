@@ -7,7 +7,7 @@ inverse is computed without any other information:
   axes, no interpolation); recorded as the numpy axis permutation and flips, so masks, paired targets and
   the inverse are exact array operations.
 - ``resample``: to the card's spacing, on a grid centred on the same physical extent (linear for
-  intensities, nearest neighbour for masks); the inverse resamples back onto the recorded source grid.
+  intensities; masks linearly too, then at least half inside: :func:`resample_mask`); the inverse resamples back onto the recorded source grid.
 - ``crop``: to the body bounding box plus a margin; the inverse embeds into the full grid (background).
 - ``pad``: to the model's minimum / window size (constant: the normalised background); inverse: slicing.
 

@@ -57,11 +57,17 @@ def _name_for(modality: str, table: dict[str, str], override: str | None) -> str
     return table[key]
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """True for a path inside a hidden folder below ``root`` (.ipynb_checkpoints, .cache, ...)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def read_case_folders(root: Path, source_name: str, target_name: str, mask_name: str = "mask",
                       suffixes: Sequence[str] = VOLUME_SUFFIXES) -> list[Case]:
     """Folders (at any depth) holding ``<source_name>.<ext>`` and ``<target_name>.<ext>`` (SynthRAD, generic)."""
     cases = []
-    for folder in sorted({p.parent for p in Path(root).rglob(f"{target_name}.*")}):
+    root = Path(root)
+    for folder in sorted({p.parent for p in root.rglob(f"{target_name}.*") if not _hidden(p, root)}):
         source = _find_volume(folder, source_name)
         target = _find_volume(folder, target_name)
         if source is None or target is None or not source.name.endswith(tuple(suffixes)):
