@@ -161,14 +161,17 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
     return target
 
 
-#: What a long series description loses first, in order: the program name, the model version, the source modality.
+#: What a long series description loses first, in order: the program name, the model version, the source modality,
+#: the long name of an uncertainty map, and last the model id in its brackets (never cut inside).
 _SHORTENINGS = ((re.compile(r"\(MedTranslate (?=\S)"), "("), (re.compile(r" v?\d+(\.\d+)+\S*\)"), ")"),
-                (re.compile(r" from [A-Za-z0-9]+ \("), " ("))
+                (re.compile(r" from [A-Za-z0-9]+ \("), " ("), (re.compile(r"^UNCERTAINTY \(std\) of "), "STD of "),
+                (re.compile(r" \([^()]*\)(?= - not for clinical use$)"), ""))
 
 
 def series_description(label: str, limit: int = 64) -> str:
-    """``label`` within DICOM's 64 characters: without "MedTranslate", then the model version, then "from MR" while it
-    is too long (so the model id stays whole), keeping a closing "- not for clinical use" whole."""
+    """``label`` within DICOM's 64 characters: without "MedTranslate", then the model version, then "from MR", then
+    (an uncertainty map) "STD" for "UNCERTAINTY (std)", then the bracketed model id, while it is too long; a closing
+    "- not for clinical use" always stays whole."""
     tail = " - not for clinical use"
     for pattern, replacement in _SHORTENINGS:
         if len(label) <= limit:
