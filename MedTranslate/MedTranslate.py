@@ -145,14 +145,14 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedTranslateModule.install import LISTING_MODULES, ensure_listing_packages, missing_requirements
         from MedTranslateModule.models import list_models
 
-        if not ensure_listing_packages(ask=True):  # a fresh Slicer lacks two small packages the list needs
-            self._allModels = []
-            self.ui.modelCardLabel.text = _("Listing the models needs the Python packages {packages}. Open the "
-                                            "module again to install them.").format(
-                packages=", ".join(missing_requirements(LISTING_MODULES)))
-            self.showModels()
-            return
         try:
+            if not ensure_listing_packages(ask=True):  # a fresh Slicer lacks two small packages the list needs
+                self._allModels = []
+                self.ui.modelCardLabel.text = _("Listing the models needs the Python packages {packages}. Open the "
+                                                "module again to install them.").format(
+                    packages=", ".join(missing_requirements(LISTING_MODULES)))
+                self.showModels()
+                return
             with slicer.util.WaitCursor():
                 self._allModels = list_models(self.logic.translation.worker_command,
                                               env=worker_environment("auto"))
@@ -261,7 +261,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
                 device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume, uncertainty=node.uncertainty,
                 steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
-                samples=node.samples if node.samples > 1 else None)
+                samples=node.samples if node.samples > 1 and model and model.family in SAMPLED_FAMILIES else None)
             translation.start(request)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0

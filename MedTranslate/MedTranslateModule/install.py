@@ -25,6 +25,7 @@ TORCH_REQUIREMENT = ">=2.4"
 
 def missing_requirements(modules: Iterable[str] | None = None) -> list[str]:
     """Requirements (of ``modules``, default all backend ones) whose module cannot be found in this Python."""
+    importlib.invalidate_caches()  # packages installed since the last look must be found
     names = BACKEND_REQUIREMENTS if modules is None else modules
     return [BACKEND_REQUIREMENTS[name] for name in names if importlib.util.find_spec(name) is None]
 
