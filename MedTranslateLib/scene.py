@@ -218,14 +218,25 @@ def place_beside(scene: Any, reference_node: Any, node: Any) -> int:
     return item
 
 
+def _has_mrml() -> bool:
+    """True when ``import slicer`` gives slicer-core's MRML (another PyPI package, a dependency of shap, is also
+    called ``slicer``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("slicer") is None:
+        return False
+    try:
+        return hasattr(_slicer(), "vtkMRMLScene")
+    except ImportError:
+        return False
+
+
 def check_scene_path(out_mrb: str | os.PathLike, *protected: str | os.PathLike) -> None:
     """Raise :class:`OutputError` unless a scene bundle can be written to ``out_mrb`` (checked before any
     translation, so a bad scene path never leaves a translated volume without its scene)."""
-    import importlib.util
-
     from MedTranslateLib.io.atomic import check_folder_writable
 
-    if importlib.util.find_spec("slicer") is None:
+    if not _has_mrml():
         raise ConfigError("--scene needs the slicer-core package (Slicer's MRML scene library), which is not "
                           "installed.", "Install it with: pip install 'slicer-core>=5.10' (or the [slicer] extra of "
                           "MedTranslate), or leave out --scene.")
@@ -265,9 +276,9 @@ def export_scene_mrb(input_image_path: str | os.PathLike, synthetic_path: str | 
     The volumes are put in one patient/study of the subject hierarchy; provenance becomes attributes of
     the synthetic node. The file is written atomically (temporary file, then rename).
     """
+    check_scene_path(out_mrb)
     slicer = _slicer()
     out_mrb = Path(out_mrb)
-    check_scene_path(out_mrb)
     with tempfile.TemporaryDirectory(prefix="medtranslate-scene-") as work:
         scene, volumes = new_scene(work)
         stem = Path(input_image_path).name.split(".")[0]
