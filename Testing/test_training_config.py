@@ -111,7 +111,6 @@ def test_card_sample_data_comes_from_the_config():
     ("body_fraction=5", "body_fraction must be between 0 and 1"), ("context_slices=-1", "context_slices must be 0"),
     ('normalization_input={"method": "clip", "range": [5, 1]}', "normalization_input: Normalisation range"),
     ('normalization_output={"method": "zscore"}', "normalization_output: .* has no output_range"),
-    ("model_id=My Model", "card this run would write is invalid: id"), ("overlap=0.99", "input.overlap"),
     ('body_mask={"dilate": 3}', "Unknown body_mask setting 'dilate'"),
     ('body_mask={"method": "threshold"}', "needs a threshold"),
     ('family_options={"loss": "l2"}', "Unknown unet loss 'l2'"),
@@ -124,6 +123,16 @@ def test_a_bad_value_is_one_config_error_before_training(override, message):
     family = ["family=bridge"] if "schedule" in override else []
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override, "data=somewhere", *family]).validate()
+
+
+@pytest.mark.parametrize("override, message", [("model_id=My Model", "card this run would write is invalid: id"),
+                                               ("overlap=0.99", "input.overlap")])
+def test_a_card_the_export_would_refuse_is_refused_before_training(override, message):
+    """An invalid model id used to fail at the export, after the whole training."""
+    from MedTranslateLib.training.card_builder import check_card
+
+    with pytest.raises(ConfigError, match=message):
+        check_card(load_config(None, [override, "data=somewhere"]).validate())
 
 
 def test_tensorboard_logs_need_tensorboard(monkeypatch):

@@ -72,6 +72,20 @@ def base_card(config: TrainConfig) -> dict[str, Any]:
     return card
 
 
+def check_card(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` when the card this run will export cannot pass the schema (an invalid model id,
+    an overlap above 0.95, ...): checked before training, not after hours of it."""
+    from MedTranslateLib.errors import ConfigError, ModelError
+    from MedTranslateLib.models.card import validate_card
+
+    try:
+        validate_card(base_card(config), source="this run would write")
+    except ModelError as exc:
+        raise ConfigError(exc.problem, "Change the setting behind that card field (id is model_id; version, title and "
+                          "input.overlap / context_slices / patch_size are the settings of the same name) and run "
+                          "again.") from None
+
+
 def combine_references(references: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     """One ``intensity_reference`` from per-case ones (``evaluation.ood.intensity_reference`` of each training
     input): the median over cases of every number (per key for tables such as ``percentiles``, per axis for

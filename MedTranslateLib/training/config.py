@@ -163,24 +163,10 @@ class TrainConfig:
             except ModelError as exc:
                 raise ConfigError(f"normalization_{role}: {exc.problem}", exc.fix) from None
         self._check_body_mask()
-        self._check_card()
         if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("log = tensorboard needs the tensorboard package, which is not installed.",
                               "Install it (pip install tensorboard, or the [tensorboard] extra), or use log = csv.")
         return self
-
-    def _check_card(self) -> None:
-        """The card this run will export must pass the schema: checked now, not after hours of training."""
-        from MedTranslateLib.errors import ModelError
-        from MedTranslateLib.models.card import validate_card
-        from MedTranslateLib.training.card_builder import base_card
-
-        try:
-            validate_card(base_card(self), source="this run would write")
-        except ModelError as exc:
-            raise ConfigError(exc.problem, "Change the setting behind that card field (id is model_id; version, "
-                              "title and input.overlap / context_slices / patch_size are the settings of the same "
-                              "name) and run again.") from None
 
     def _check_body_mask(self) -> None:
         settings = self.body_mask or {}

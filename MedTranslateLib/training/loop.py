@@ -439,6 +439,7 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     from MedTranslateLib.inference.device import select_device
 
     config.validate()
+    card_builder.check_card(config)
     _check_destinations(config)
     tracker = progress or ProgressTracker(STAGES)
     device = select_device(config.device)
