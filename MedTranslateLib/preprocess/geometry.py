@@ -7,7 +7,8 @@ inverse is computed without any other information:
   axes, no interpolation); recorded as the numpy axis permutation and flips, so masks, paired targets and
   the inverse are exact array operations.
 - ``resample``: to the card's spacing, on a grid centred on the same physical extent (linear for
-  intensities; masks linearly too, then at least half inside: :func:`resample_mask`); the inverse resamples back onto the recorded source grid.
+  intensities; masks linearly too, then at least half inside: :func:`resample_mask`); the inverse resamples back
+  onto the recorded source grid.
 - ``crop``: to the body bounding box plus a margin; the inverse embeds into the full grid (background).
 - ``pad``: to the model's minimum / window size (constant: the normalised background); inverse: slicing.
 
@@ -184,11 +185,8 @@ def resample_mask(mask: np.ndarray, source_grid: Mapping[str, Any], target_grid:
     the whole mask by a voxel (20 HU in the head phantom model's output)."""
     import SimpleITK as sitk
 
-    image = image_on_grid(np.asarray(mask, dtype=np.uint8), source_grid)
-    resampled = sitk.Resample(image, [int(v) for v in target_grid["size"]], sitk.Transform(), sitk.sitkLinear,
-                              tuple(target_grid["origin"]), tuple(target_grid["spacing"]),
-                              tuple(target_grid["direction"]), 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayViewFromImage(resampled) >= MASK_INSIDE
+    resampled = resample_to_grid(image_on_grid(np.asarray(mask, dtype=np.uint8), source_grid), target_grid)
+    return sitk.GetArrayViewFromImage(resampled) >= MASK_INSIDE  # (``resampled`` alive while the view is read)
 
 
 # ---------------------------------------------------------------------------------------- crop / pad
