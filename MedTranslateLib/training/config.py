@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.errors import ConfigError, ModelError
 
 CT_LIKE = ("CT", "CBCT")
 #: the keys of a ``body_mask`` table (see :func:`MedTranslateLib.preprocess.body_mask.body_mask`)
@@ -152,7 +152,6 @@ class TrainConfig:
             raise ConfigError("No training data given.", "Set data (a dataset folder or CSV) or pass --data.")
         if self.dimensionality == "3d" and len(self.patch_size) != 3:
             raise ConfigError("patch_size needs 3 values (z, y, x).", "For example patch_size = [32, 64, 64].")
-        from MedTranslateLib.errors import ModelError
         from MedTranslateLib.families import check_training_settings
         from MedTranslateLib.preprocess.normalization import check_spec
 
