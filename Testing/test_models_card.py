@@ -110,3 +110,11 @@ def test_a_normalisation_that_could_never_translate_is_refused_with_the_card(rol
     card["normalization"][role] = spec
     with pytest.raises(ModelError, match=message):
         validate_card(card, source="x/model.json")
+
+
+def test_a_card_body_mask_typo_is_refused_like_in_training():
+    """The card's body_mask settings follow the same rules as a training config's (one check, in body_mask.py)."""
+    card = make_test_card()
+    card["body_mask"] = {"dilate": 8.0}
+    with pytest.raises(ModelError, match="body_mask: Unknown body_mask setting 'dilate'"):
+        validate_card(card, source="x/model.json")

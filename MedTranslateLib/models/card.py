@@ -71,14 +71,16 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
             "Fix the field(s) named above (see MedTranslateLib/models/model.schema.json), "
             "or re-export the package with 'medtranslate train' / export_package().",
         )
+    from MedTranslateLib.preprocess.body_mask import check_settings as check_body_mask
     from MedTranslateLib.preprocess.normalization import check_spec
 
-    for role in ("input", "output"):
+    checks = [(f"normalization.{role}", check_spec, data["normalization"][role], role) for role in ("input", "output")]
+    checks.append(("body_mask", check_body_mask, data.get("body_mask"), data["source_modality"]))
+    for field, check, settings, argument in checks:
         try:
-            check_spec(data["normalization"][role], role)
+            check(settings, argument)
         except ModelError as exc:
-            raise ModelError(f"The model card {source} is invalid: normalization.{role}: {exc.problem}",
-                             exc.fix) from None
+            raise ModelError(f"The model card {source} is invalid: {field}: {exc.problem}", exc.fix) from None
     return ModelCard(copy.deepcopy(dict(data)))
 
 

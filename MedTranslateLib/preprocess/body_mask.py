@@ -10,7 +10,7 @@ The mask is never empty: when the threshold finds nothing the mask falls back to
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -24,6 +24,32 @@ SEPARATE_PART_SHARE = 0.01
 LOG_DOMAIN_RANGE = 1000.0
 #: voxels used at most to estimate the Otsu threshold (a strided subsample of larger volumes)
 _OTSU_SAMPLES = 2_000_000
+
+
+#: the keys of a ``body_mask`` settings table (a card's, a training config's)
+SETTINGS_KEYS = ("method", "threshold", "dilate_mm")
+
+
+def check_settings(settings: Mapping[str, Any] | None, modality: str) -> None:
+    """Raise :class:`ModelError` when ``body_mask`` settings cannot work for a ``modality`` source: an unknown key or
+    method, method threshold without a threshold (non-CT), a dilation outside 0-100 mm. Run when a card is read
+    and before training, so a typo is never ignored silently."""
+    from MedTranslateLib.errors import ModelError
+
+    settings = settings or {}
+    unknown = sorted(set(settings) - set(SETTINGS_KEYS))
+    if unknown:
+        raise ModelError(f"Unknown body_mask setting {unknown[0]!r}.",
+                         f"Use {', '.join(SETTINGS_KEYS)}, e.g. body_mask = {{dilate_mm = 4.0}}.")
+    if settings.get("method", "otsu") not in ("otsu", "threshold", "none"):
+        raise ModelError(f"body_mask method {settings['method']!r} is not allowed.", "Use otsu, threshold or none.")
+    if settings.get("method") == "threshold" and settings.get("threshold") is None \
+            and str(modality).upper() not in CT_LIKE:
+        raise ModelError("body_mask method threshold needs a threshold for a non-CT source.",
+                         "Add threshold = <intensity>, or use method = otsu.")
+    dilate = settings.get("dilate_mm", 0.0)
+    if not isinstance(dilate, (int, float)) or isinstance(dilate, bool) or not 0 <= dilate <= 100:
+        raise ModelError(f"body_mask dilate_mm must be 0 to 100 mm (got {dilate!r}).", "For example 4.0.")
 
 
 class BodyMaskFallbackWarning(UserWarning):

@@ -13,8 +13,6 @@ from typing import Any, Iterable, Mapping
 from MedTranslateLib.errors import ConfigError, ModelError
 
 CT_LIKE = ("CT", "CBCT")
-#: the keys of a ``body_mask`` table (see :func:`MedTranslateLib.preprocess.body_mask.body_mask`)
-BODY_MASK_KEYS = ("method", "threshold", "dilate_mm")
 
 
 @dataclass
@@ -153,6 +151,7 @@ class TrainConfig:
         if self.dimensionality == "3d" and len(self.patch_size) != 3:
             raise ConfigError("patch_size needs 3 values (z, y, x).", "For example patch_size = [32, 64, 64].")
         from MedTranslateLib.families import check_training_settings
+        from MedTranslateLib.preprocess.body_mask import check_settings as check_body_mask
         from MedTranslateLib.preprocess.normalization import check_spec
 
         check_training_settings(self.family, self.architecture, self.family_options)
@@ -161,28 +160,14 @@ class TrainConfig:
                 check_spec(spec, role)
             except ModelError as exc:
                 raise ConfigError(f"normalization_{role}: {exc.problem}", exc.fix) from None
-        self._check_body_mask()
+        try:
+            check_body_mask(self.body_mask, self.source_modality)
+        except ModelError as exc:
+            raise ConfigError(exc.problem, exc.fix) from None
         if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("log = tensorboard needs the tensorboard package, which is not installed.",
                               "Install it (pip install tensorboard, or the [tensorboard] extra), or use log = csv.")
         return self
-
-    def _check_body_mask(self) -> None:
-        settings = self.body_mask or {}
-        unknown = sorted(set(settings) - set(BODY_MASK_KEYS))
-        if unknown:
-            raise ConfigError(f"Unknown body_mask setting {unknown[0]!r}.",
-                              f"Use {', '.join(BODY_MASK_KEYS)}, e.g. body_mask = {{dilate_mm = 4.0}}.")
-        if settings.get("method", "otsu") not in ("otsu", "threshold", "none"):
-            raise ConfigError(f"body_mask method {settings['method']!r} is not allowed.",
-                              "Use otsu, threshold or none.")
-        if settings.get("method") == "threshold" and settings.get("threshold") is None \
-                and self.source_modality.upper() != "CT":
-            raise ConfigError("body_mask method threshold needs a threshold for a non-CT source.",
-                              "Add threshold = <intensity>, or use method = otsu.")
-        dilate = settings.get("dilate_mm", 0.0)
-        if not isinstance(dilate, (int, float)) or isinstance(dilate, bool) or not 0 <= dilate <= 100:
-            raise ConfigError(f"body_mask dilate_mm must be 0 to 100 mm (got {dilate!r}).", "For example 4.0.")
 
 
 def default_normalization(modality: str, role: str = "input") -> dict[str, Any]:
