@@ -93,7 +93,7 @@ class Translator:
         from MedTranslateLib.families import SAMPLED_FAMILIES
         from MedTranslateLib.inference.engine import predict_volume
         from MedTranslateLib.io import validate_volume
-        from MedTranslateLib.preprocess import check_modality, prepare, restore, restore_std
+        from MedTranslateLib.preprocess import check_modality, in_model_orientation, prepare, restore, restore_std
 
         tracker = tracker or ProgressTracker(STAGES)
         options = options or InferenceOptions()
@@ -112,7 +112,7 @@ class Translator:
         if self.card.family not in SAMPLED_FAMILIES and (options.steps or options.sampler or options.samples > 1):
             warnings.append(f"Sampling steps, sampler and samples apply to diffusion and bridge models; "
                             f"{self.card.id} is a {self.card.family} model, so they were ignored.")
-        warnings += [w.message for w in check_input(*_in_model_orientation(image, body, prepared.record), card)]
+        warnings += [w.message for w in check_input(*in_model_orientation(image, body, prepared.record), card)]
         seconds["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -183,21 +183,6 @@ class LoadedInput:
     source_info: Any
     mask: "sitk.Image | None"
     seconds: float
-
-
-def _in_model_orientation(image: "sitk.Image", body: np.ndarray,
-                          record: Any) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
-    """The input's voxels, body mask and spacing with the axes in the order the model sees them (the recorded
-    reorientation applied), so field-of-view checks name the right anatomical axes."""
-    import SimpleITK as sitk
-
-    from MedTranslateLib.preprocess.geometry import reorient_array
-
-    array = sitk.GetArrayViewFromImage(image)
-    step = next((s for s in record.steps if s["step"] == "reorient"), None)
-    if step is None:
-        return array, body, image.GetSpacing()
-    return reorient_array(array, step), reorient_array(body, step), step["grid"]["spacing"]
 
 
 def read_inputs(input_path: str | Path, mask_path: str | Path | None = None,

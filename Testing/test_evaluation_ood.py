@@ -129,3 +129,18 @@ def test_large_inputs_are_checked_on_a_subsample_with_the_same_findings(monkeypa
     assert seen == [(30, 40, 40)]  # stride 2 in-plane
     assert [(w.kind, w.slices, w.region) for w in sampled] == [(w.kind, w.slices, w.region) for w in full]
     assert "spacing" in [w.kind for w in full]  # 0.3 mm in-plane against 1 mm in training: judged on the input's spacing
+
+
+def test_mr_contrast_with_only_a_bright_tail_is_flagged():
+    """FLAIR given to a T1 model: the body's bulk looks alike, only the bright tail (lesions) differs."""
+    arrays, masks = zip(*[_mr_scan(seed) for seed in range(3)])
+    card = {"intensity_reference": intensity_reference(list(arrays), list(masks), (1.0, 1.0, 1.0)),
+            "normalization": {"input": {"method": "zscore"}, "output": {"method": "zscore"}}}
+    same, mask = _mr_scan(9)
+    assert check_input(same, mask, (1.0, 1.0, 1.0), card) == []
+    bright = same.copy()
+    lesion = mask & (np.random.default_rng(1).random(mask.shape) < 0.03)  # 3 % of the body
+    bright[lesion] = 900.0
+    warnings = check_input(bright, mask, (1.0, 1.0, 1.0), card)
+    assert [w.kind for w in warnings] == ["intensity"]
+    assert "99th percentile" in warnings[0].message and "FLAIR" in warnings[0].message

@@ -56,3 +56,37 @@ def test_brats_contrast_check(real_data):
     t2 = load(cases[-1], "t2w")
     assert not [w for w in check_input(t1, t1 > 0, (1.0, 1.0, 1.0), card) if w.kind == "intensity"]
     assert [w for w in check_input(t2, t2 > 0, (1.0, 1.0, 1.0), card) if w.kind == "intensity"]
+
+
+@pytest.mark.parametrize("model_id, contrast, flagged", [
+    ("t1-t2-brats-unet2d", "t1n", False),   # the held-out brain's own T1
+    ("t1-t2-brats-unet2d", "t2f", True),    # FLAIR given to the T1 model (missed before the bright-tail check)
+    ("t1-t2-brats-unet2d", "t2w", True),
+    ("mr2ct-phantom-unet2d", "t1n", True),  # a brain T1 given to the pork T2 MR -> CT model
+])
+def test_shipped_models_warn_about_another_contrast(real_data, model_id, contrast, flagged):
+    """The translate path's own check (automatic body mask, model orientation) against the shipped cards."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.models.registry import ModelRegistry
+    from MedTranslateLib.preprocess import in_model_orientation, prepare
+
+    card = ModelRegistry().resolve(model_id).card.to_dict()
+    image = sitk.ReadImage(str(real_data / "BraTS2023" / "TCGA-DU-7294" / f"TCGA-DU-7294-{contrast}.nii.gz"))
+    prepared = prepare(image, card)
+    warnings = check_input(*in_model_orientation(image, prepared.input_mask, prepared.record), card)
+    assert bool([w for w in warnings if w.kind == "intensity"]) == flagged, [w.message for w in warnings]
+
+
+def test_pork_model_is_quiet_on_the_other_phantom_slab(real_data):
+    """1PA003 (never trained on) through the pork model's own check: no intensity warning."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.models.registry import ModelRegistry
+    from MedTranslateLib.preprocess import in_model_orientation, prepare
+
+    card = ModelRegistry().resolve("mr2ct-phantom-unet2d").card.to_dict()
+    image = sitk.ReadImage(str(real_data / "Task1" / "phantom" / "1PA003" / "mr.nii.gz"))
+    prepared = prepare(image, card)
+    warnings = check_input(*in_model_orientation(image, prepared.input_mask, prepared.record), card)
+    assert not [w for w in warnings if w.kind == "intensity"], [w.message for w in warnings]

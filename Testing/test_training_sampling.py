@@ -176,3 +176,36 @@ def test_contrast_augment_alone_keeps_geometry():
         assert np.array_equal(a["target"], b["target"]) and np.array_equal(a["mask"], b["mask"])
         order = np.argsort(a["source"].ravel(), kind="stable")
         assert np.all(np.diff(b["source"].ravel()[order]) >= -1e-5)   # same voxels, monotone remap only
+
+
+def test_training_reference_uses_the_automatic_mask_in_the_model_orientation(tmp_path):
+    """The OOD reference summarises a training input as translate will see an input without a mask: inside
+    the automatic body mask (not the data set's, here a small box) and with the card's orientation applied."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.evaluation.ood import intensity_reference
+    from MedTranslateLib.preprocess import automatic_body
+    from MedTranslateLib.training.datasets import Case
+    from MedTranslateLib.training.sampling import load_case
+
+    shape = (24, 40, 56)  # z, y, x
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = (x**2 + y**2 + z**2) < 0.7
+    rng = np.random.default_rng(0)
+    values = np.where(body, 400 + 300 * (x > 0) + rng.normal(0, 20, shape), rng.normal(0, 2, shape))
+    stored_ras = np.diag([-1.0, -1.0, 1.0]).ravel().tolist()  # flipped x and y: reoriented to LPS for the model
+    paths = {}
+    for name, array in (("mr", values), ("ct", np.where(body, 40.0, -1000.0)), ("mask", body & (x < 0) & (y < 0))):
+        image = sitk.GetImageFromArray(array.astype(np.uint8 if name == "mask" else np.float32))
+        image.SetSpacing((1.0, 2.0, 3.0))
+        image.SetDirection(stored_ras)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    card = card_builder.base_card(TrainConfig(data=str(tmp_path), model_id="ref-test", orientation="LPS"))
+    reference = load_case(Case("a", paths["mr"], paths["ct"], paths["mask"], "a"), card).reference
+
+    array, auto, spacing = automatic_body(sitk.ReadImage(str(paths["mr"])), card)
+    assert auto.sum() > 3 * (body & (x < 0) & (y < 0)).sum()  # the data set's mask is a quarter of the body
+    assert reference == intensity_reference([array], [auto], spacing)
+    unmasked = load_case(Case("a", paths["mr"], paths["ct"], None, "a"), card).reference
+    assert unmasked == reference  # with or without the data set's mask: the same statistics

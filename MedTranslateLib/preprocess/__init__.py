@@ -10,9 +10,11 @@ from __future__ import annotations
 from MedTranslateLib.preprocess.body_mask import BodyMaskFallbackWarning, body_mask
 from MedTranslateLib.preprocess.modality import check_modality, guess_modality
 from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
-from MedTranslateLib.preprocess.prepare import PrepRecord, Prepared, prepare, prepare_pair, restore, restore_std
+from MedTranslateLib.preprocess.prepare import (PrepRecord, Prepared, automatic_body, in_model_orientation, prepare,
+                                                prepare_pair, restore, restore_std)
 
 __all__ = [
-    "BodyMaskFallbackWarning", "PrepRecord", "Prepared", "body_mask", "check_modality", "denormalize",
-    "denormalize_std", "guess_modality", "normalize", "prepare", "prepare_pair", "restore", "restore_std",
+    "BodyMaskFallbackWarning", "PrepRecord", "Prepared", "automatic_body", "body_mask", "check_modality",
+    "denormalize", "denormalize_std", "guess_modality", "in_model_orientation", "normalize", "prepare",
+    "prepare_pair", "restore", "restore_std",
 ]

@@ -139,6 +139,33 @@ def _check_size(shape_zyx: tuple[int, ...], card: Mapping[str, Any]) -> None:
         )
 
 
+def in_model_orientation(image: "sitk.Image", body: np.ndarray,
+                         record: PrepRecord) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """``image``'s voxels, its body mask (on the input grid) and spacing (x, y, z) with the axes in the order the
+    model sees them (the recorded reorientation applied, no resampling): what out-of-distribution checks compare,
+    so they name the right anatomical axes."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayViewFromImage(image)
+    step = record.step("reorient")
+    if step is None:
+        return array, body, tuple(image.GetSpacing())
+    return (geometry.reorient_array(array, step), geometry.reorient_array(body, step),
+            tuple(step["grid"]["spacing"]))
+
+
+def automatic_body(image: "sitk.Image", card: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Like :func:`in_model_orientation`, with the automatic body mask ``prepare`` finds for an input given
+    without a mask (the card's ``body_mask`` settings): training inputs are summarised inside it, so their
+    statistics compare with those of a translated input."""
+    import SimpleITK as sitk
+
+    oriented, _ = geometry.reorient(image, card["input"].get("orientation"))
+    array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)
+    body, _ = _input_mask(array, oriented, card, None, str(card.get("source_modality", "")), [])
+    return array, body, tuple(oriented.GetSpacing())
+
+
 def _spec(card: Mapping[str, Any], role: str) -> Mapping[str, Any]:
     return card["normalization"]["output" if role == "target" else "input"]
 

@@ -68,30 +68,23 @@ def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
         source_array, target_array, body = None, prepared.array, prepared.mask
     spacing = card["input"].get("spacing") or list(reference.GetSpacing())
     as32 = (lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32))
-    stats = _input_reference(source, mask, body, card) if source is not None else None
+    stats = _input_reference(source, mask is not None, prepared, card) if source is not None else None
     return PreparedCase(case.name, case.subject_id, as32(source_array), as32(target_array),
                         np.ascontiguousarray(body, dtype=bool), tuple(float(s) for s in spacing), stats)
 
 
-def _input_reference(source: Any, mask: Any, prepared_mask: np.ndarray, card: Mapping[str, Any]) -> dict[str, Any]:
-    """Raw-unit statistics of one training input on its native grid (for out-of-distribution warnings)."""
-    import SimpleITK as sitk
-
+def _input_reference(source: Any, has_mask: bool, prepared: Any, card: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw-unit statistics of one training input (for out-of-distribution warnings), in the model's orientation
+    and inside the automatic body mask that translate uses when no mask is given, even when the data set has
+    its own masks: like is compared with like."""
     from MedTranslateLib.evaluation.ood import intensity_reference
+    from MedTranslateLib.preprocess import automatic_body, in_model_orientation
 
-    raw = sitk.GetArrayFromImage(source).astype(np.float32, copy=False)
-    if mask is not None:
-        native = sitk.GetArrayFromImage(mask) > 0
-    elif prepared_mask.shape == raw.shape:
-        native = prepared_mask
-    else:
-        from MedTranslateLib.preprocess.body_mask import body_mask
-
-        options = card.get("body_mask") or {}
-        native = np.asarray(body_mask(raw, source.GetSpacing(), method=options.get("method", "otsu"),
-                                      threshold=options.get("threshold"), dilate_mm=options.get("dilate_mm", 0.0),
-                                      modality=card.get("source_modality")), dtype=bool)
-    return intensity_reference([raw], [native], source.GetSpacing())
+    if has_mask:
+        array, body, spacing = automatic_body(source, card)
+    else:  # the prepared mask is the automatic one already
+        array, body, spacing = in_model_orientation(source, prepared.input_mask, prepared.record)
+    return intensity_reference([array], [body], spacing)
 
 
 def load_cases_prepared(cases: Sequence[Case], card: Mapping[str, Any],
