@@ -253,6 +253,8 @@ def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
     assert result.steps == 2 and result.metrics_on == "none"
     card = json.loads((result.package / "model.json").read_text())
     assert card["family"] == "cyclegan" and card["metrics"]["values"] == {}
+    # the card records the layout "auto" found, so its config reproduces the run
+    assert card["training"]["config"]["layout"] == "unpaired" and "(unpaired layout)" in card["training"]["data"]
 
 
 @pytest.mark.parametrize("family", ["cyclegan", "unet"])

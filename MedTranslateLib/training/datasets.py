@@ -186,13 +186,21 @@ def detect_layout(root: Path, source_name: str | None = None, target_name: str |
                       f"Set layout to one of {', '.join(LAYOUTS)} (see the documentation for each layout).")
 
 
+def resolve_layout(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
+                   source_name: str | None = None, target_name: str | None = None) -> str:
+    """``layout``, or for "auto" the layout :func:`detect_layout` finds in ``root``."""
+    if layout not in ("auto", "", None):
+        return layout
+    # generic layouts name files or folders after the modality unless told otherwise
+    return detect_layout(Path(root), source_name or source.lower(), target_name or target.lower())
+
+
 def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
                source_name: str | None = None, target_name: str | None = None) -> list[Case]:
     """All cases of a dataset; raises :class:`ConfigError` when none are found."""
     root = Path(root)
-    # generic layouts name files or folders after the modality unless told otherwise
     source_file, target_file = source_name or source.lower(), target_name or target.lower()
-    layout = detect_layout(root, source_file, target_file) if layout in ("auto", "", None) else layout
+    layout = resolve_layout(root, layout, source, target, source_name, target_name)
     if layout in ("synthrad2023", "synthrad2025"):
         cases = read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name)
     elif layout in ("brats2021", "brats2023"):

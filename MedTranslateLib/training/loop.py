@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,7 +19,7 @@ from MedTranslateLib.errors import ConfigError, InputError
 from MedTranslateLib.progress import ProgressTracker
 from MedTranslateLib.training import card_builder, checkpoint, distributed
 from MedTranslateLib.training.config import CT_LIKE, TrainConfig
-from MedTranslateLib.training.datasets import Split, load_cases, split_by_subject, zslab_holdout
+from MedTranslateLib.training.datasets import Split, load_cases, resolve_layout, split_by_subject, zslab_holdout
 from MedTranslateLib.training.sampling import PreparedCase, Sampler, default_slice_size, load_cases_prepared
 
 STAGES = (("load", 0.1), ("train", 0.8), ("evaluate", 0.05), ("export", 0.05))
@@ -441,6 +441,9 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     config.validate()
     card_builder.check_card(config)
     _check_destinations(config)
+    # the card records the layout that was read, so its config reproduces the run even where "auto" would not
+    config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
+                                                   config.target_modality, config.source_name, config.target_name))
     tracker = progress or ProgressTracker(STAGES)
     device = select_device(config.device)
     ctx = distributed.init_distributed(device)
