@@ -105,10 +105,6 @@ class ProgressTracker:
         self._min_interval = min_interval
         self.fraction = 0.0
 
-    @property
-    def stage_name(self) -> str:
-        return self._stage
-
     def stage(self, name: str, message: str = "") -> None:
         """Enter a stage (stages not declared up front get no weight)."""
         self.check()

@@ -61,8 +61,8 @@ def test_training_lowers_loss_3d_masked_and_v_prediction():
 def test_predictor_shape_seed_and_callback():
     nets = FAMILY.build(TINY, 2)
     calls: list[tuple[int, int]] = []
-    options = InferenceOptions(steps=4, extra={"step_callback": lambda i, n: calls.append((i, n))})
-    predictor = FAMILY.make_predictor(nets, {"sampling": {"steps": 50}}, options)
+    predictor = FAMILY.make_predictor(nets, {"sampling": {"steps": 50}}, InferenceOptions(steps=4))
+    predictor.step_callback = lambda i, n: calls.append((i, n))  # as the engine sets it
     assert predictor.stochastic and predictor.steps == 4
     source = torch.randn(3, 1, 30, 27)  # not a multiple of the network's size divisor
     a = predictor(source, torch.Generator().manual_seed(1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,9 +11,7 @@ from torch import nn
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.families import FAMILY_NAMES, get_family
 from MedTranslateLib.families.base import InferenceOptions, pack_state, unpack_state
-from MedTranslateLib.inference.engine import predict_volume
 from MedTranslateLib.networks import build_discriminator, build_generator
-from MedTranslateLib.progress import ProgressTracker
 
 TINY = {"features": [4, 8, 8, 8], "disc_channels": 4, "disc_layers": 2}
 
@@ -112,21 +109,3 @@ def test_unet_ssim_loss_option_and_state_round_trip():
     torch.testing.assert_close(fresh["generator"].eval()(x), nets["generator"].eval()(x))
 
 
-def test_mc_dropout_predictor_is_stochastic_and_seeded():
-    family = get_family("unet")
-    nets = family.build(arch(dropout=0.3), 2)
-    predictor = family.make_predictor(nets, {}, InferenceOptions(mc_dropout=4))
-    assert predictor.stochastic
-    x = torch.randn(1, 1, 32, 32)
-    a = predictor(x, torch.Generator().manual_seed(1))
-    b = predictor(x, torch.Generator().manual_seed(1))
-    c = predictor(x, torch.Generator().manual_seed(2))
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, c)
-    card = {"dimensionality": "2d", "architecture": arch(), "input": {"slice_axis": "axial"}}
-    volume = np.random.default_rng(0).uniform(-1, 1, (3, 20, 20)).astype(np.float32)
-    result = predict_volume(volume, None, card, predictor, InferenceOptions(mc_dropout=4), torch.device("cpu"),
-                            ProgressTracker())
-    assert result.std is not None and float(result.std.mean()) > 0
-    with pytest.raises(ModelError):
-        family.make_predictor(family.build(arch(), 2), {}, InferenceOptions(mc_dropout=2))

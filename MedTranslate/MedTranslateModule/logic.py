@@ -20,9 +20,8 @@ from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBU
 from MedTranslateModule.process import WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory
 
 DEVICES = ("auto", "cuda", "cpu")
-CANCELLED_EXIT_CODE = 130
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
-SIGKILL = 9
+SIGKILL = 9  # signal.SIGKILL does not exist on Windows
 
 
 @dataclass

@@ -28,7 +28,6 @@ class InferenceOptions:
     samples: int = 1                  # stochastic families: samples averaged; >1 gives a std map
     seed: int = 0                     # seed of the sampler noise (deterministic runs)
     tta: bool = False                 # deterministic families: flip test-time augmentation for uncertainty
-    mc_dropout: int = 0               # deterministic families: Monte Carlo dropout passes (0 = off)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

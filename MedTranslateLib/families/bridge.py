@@ -188,8 +188,7 @@ class BridgeFamily(ConditionalDiffusionFamily):
                        options: InferenceOptions) -> BridgePredictor:
         net: ConditionalDenoiser = nets[self.network_name]  # type: ignore[assignment]
         _, steps, eta = self.sampling_settings(card.get("sampling"), options.steps, options.sampler)
-        callback = options.extra.get("step_callback") if options.extra else None
-        return BridgePredictor(net, steps, eta, step_callback=callback)
+        return BridgePredictor(net, steps, eta)
 
 
 FAMILY = BridgeFamily()

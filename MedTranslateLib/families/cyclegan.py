@@ -95,7 +95,7 @@ class CycleGANFamily:
 
     def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any],
                        options: InferenceOptions) -> GeneratorPredictor:
-        return GeneratorPredictor(nets["g_ab"], options.mc_dropout)
+        return GeneratorPredictor(nets["g_ab"])
 
 
 FAMILY = CycleGANFamily()

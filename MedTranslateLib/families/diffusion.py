@@ -229,10 +229,8 @@ class ConditionalDiffusionFamily:
                              f"trained with {net.train_timesteps}.",
                              "Fix the card (architecture.train_timesteps is the value used in training).")
         sampler, steps, eta = self.sampling_settings(sampling, options.steps, options.sampler)
-        callback = options.extra.get("step_callback") if options.extra else None
         return DiffusionPredictor(net, lambda source: self.inference_condition(source, net), steps=steps,
-                                  sampler=sampler, eta=eta, condition_pad_mode=self.condition_pad_mode,
-                                  step_callback=callback)
+                                  sampler=sampler, eta=eta, condition_pad_mode=self.condition_pad_mode)
 
 
 class DiffusionFamily(ConditionalDiffusionFamily):

@@ -22,7 +22,6 @@ from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.features import feature_count, feature_spec, iter_feature_maps, voxel_features
 
-TREE_KEYS = ("children_left", "children_right", "feature", "threshold", "value")
 _CHUNK_VOXELS = 262_144  # voxels traversed at once (bounds the (trees, voxels) index tensors)
 
 

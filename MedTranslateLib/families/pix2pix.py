@@ -78,7 +78,7 @@ class Pix2PixFamily:
 
     def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any],
                        options: InferenceOptions) -> GeneratorPredictor:
-        return GeneratorPredictor(nets["generator"], options.mc_dropout)
+        return GeneratorPredictor(nets["generator"])
 
 
 FAMILY = Pix2PixFamily()

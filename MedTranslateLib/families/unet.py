@@ -11,47 +11,27 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from MedTranslateLib.errors import ConfigError, ModelError
+from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.losses import masked_l1, masked_ssim_loss
 from MedTranslateLib.networks import GENERATOR_KEYS, build_generator
 
 class GeneratorPredictor:
-    """Runs a generator on a normalised batch (the generator pads to its size divisor and crops back itself).
+    """Runs a generator (in eval mode) on a normalised batch; the generator pads to its size divisor and crops
+    back itself. Deterministic: the engine's per-sample generator is ignored."""
 
-    With ``mc_dropout > 0`` dropout stays active (Monte Carlo dropout) and the predictor is stochastic;
-    the dropout masks are seeded from the engine's per-sample generator.
-    """
+    stochastic = False
 
-    def __init__(self, net: nn.Module, mc_dropout: int = 0) -> None:
+    def __init__(self, net: nn.Module) -> None:
         self.net = net
-        self.mc_dropout = int(mc_dropout)
-        self.stochastic = self.mc_dropout > 0
-        if self.stochastic and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-                                       for m in net.modules()):
-            raise ModelError("Monte Carlo dropout was asked for, but this model has no dropout layers.",
-                             "Use test-time augmentation (tta) for an uncertainty map instead.")
 
     def to(self, device: torch.device | str) -> "GeneratorPredictor":
         """Move the network (the engine's CPU fallback after running out of GPU memory)."""
         self.net.to(device)
         return self
 
-    def _set_modes(self) -> None:
-        self.net.eval()
-        if self.stochastic:
-            for module in self.net.modules():
-                if isinstance(module, nn.modules.dropout._DropoutNd):
-                    module.train()
-
     def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        self._set_modes()
-        if self.stochastic and generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            devices = [source.device] if source.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                return self.net(source)
+        self.net.eval()
         return self.net(source)
 
 
@@ -104,7 +84,7 @@ class UNetFamily:
 
     def make_predictor(self, nets: dict[str, nn.Module], card: Mapping[str, Any],
                        options: InferenceOptions) -> GeneratorPredictor:
-        return GeneratorPredictor(nets["generator"], options.mc_dropout)
+        return GeneratorPredictor(nets["generator"])
 
 
 FAMILY = UNetFamily()

@@ -220,7 +220,7 @@ def _passes(predictor: Predictor, options: InferenceOptions, flip_axes: tuple[in
             ) -> list[tuple[int | None, tuple[int, ...]]]:
     """(seed, flipped axes) per pass: stochastic samples, flip TTA, or a single deterministic pass."""
     if getattr(predictor, "stochastic", False):
-        count = max(1, int(options.samples), int(options.mc_dropout))
+        count = max(1, int(options.samples))
         return [(int(options.seed) + i, ()) for i in range(count)]
     if options.tta:
         a, b = flip_axes

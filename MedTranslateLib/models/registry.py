@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass

@@ -58,7 +58,7 @@ def conv_block(in_channels: int, out_channels: int, dims: int, norm: str) -> nn.
 
 
 def _level(in_channels: int, out_channels: int, dims: int, norm: str, dropout: float) -> nn.Sequential:
-    """Two blocks, then (for Monte Carlo dropout) a dropout layer when ``dropout > 0``."""
+    """Two blocks, then a dropout layer (regularisation in training) when ``dropout > 0``."""
     layers = [conv_block(in_channels, out_channels, dims, norm), conv_block(out_channels, out_channels, dims, norm)]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))

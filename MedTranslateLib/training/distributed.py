@@ -22,7 +22,6 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    initialized: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +46,7 @@ def init_distributed(device: torch.device) -> DistContext:
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, init_method="env://")
-    return DistContext(rank, world, local_rank, True)
+    return DistContext(rank, world, local_rank)
 
 
 def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
@@ -80,11 +79,6 @@ def wrap_networks(nets: Mapping[str, torch.nn.Module], ctx: DistContext,
         else:
             wrapped[name] = net
     return wrapped
-
-
-def unwrap(nets: Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
-    """The plain networks (DDP's ``module``), for saving and inference."""
-    return {name: getattr(net, "module", net) for name, net in nets.items()}
 
 
 def barrier(ctx: DistContext) -> None:
