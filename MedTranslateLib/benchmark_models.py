@@ -38,6 +38,7 @@ import numpy as np
 
 from MedTranslateLib.bench import MODELS_END as END, MODELS_START as START
 from MedTranslateLib.families import SAMPLED_FAMILIES, get_family
+from MedTranslateLib.preprocess.modality import CT_LIKE
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -134,7 +135,7 @@ def _reference_and_statistics(ref: np.ndarray, mask: np.ndarray, card: dict[str,
     (None for CT, which stays in HU)."""
     from MedTranslateLib.preprocess.normalization import denormalize, normalize
 
-    if card["target_modality"].upper() in ("CT", "CBCT"):
+    if card["target_modality"].upper() in CT_LIKE:
         return ref, None
     spec = card["normalization"]["output"]
     normalised, params = normalize(ref, mask, spec)
@@ -177,7 +178,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
         z0, z1 = case.z_range
         pred, ref, raw, mask = pred[z0:z1], ref[z0:z1], raw[z0:z1], mask[z0:z1]
         std = None if std is None else std[z0:z1]
-    modality = "CT" if card["target_modality"].upper() in ("CT", "CBCT") else "MR"
+    modality = "CT" if card["target_modality"].upper() in CT_LIKE else "MR"
     out: dict[str, Any] = dict(compute_metrics(pred, ref, mask, modality))
     if modality == "MR":
         out["mae_common"] = mae_on_common_scale(pred, raw, mask, card["normalization"]["output"], params)

@@ -37,18 +37,19 @@ class EnsembleTranslator:
     def translate(self, image: "sitk.Image", mask: "sitk.Image | None" = None,
                   options: InferenceOptions | None = None, tracker: ProgressTracker | None = None,
                   uncertainty: bool = False) -> TranslationResult:
-        import numpy as np
         import SimpleITK as sitk
+
+        from MedTranslateLib.evaluation.uncertainty import ensemble_stats
 
         options = options or InferenceOptions()
         results = [m.translate(image, mask, replace(options, seed=options.seed + i), tracker, uncertainty=False)
                    for i, m in enumerate(self.members)]
-        stack = np.stack([sitk.GetArrayViewFromImage(r.output) for r in results]).astype(np.float32)
-        mean = sitk.GetImageFromArray(stack.mean(axis=0))
+        mean_array, std_array = ensemble_stats([sitk.GetArrayViewFromImage(r.output) for r in results])
+        mean = sitk.GetImageFromArray(mean_array)
         mean.CopyInformation(image)
         std_image = None
         if uncertainty:
-            std_image = sitk.GetImageFromArray(stack.std(axis=0))
+            std_image = sitk.GetImageFromArray(std_array)
             std_image.CopyInformation(image)
         provenance = dict(results[0].provenance)
         provenance["ensemble"] = ",".join(f"{m.card.id}@{m.card.version}" for m in self.members)

@@ -164,7 +164,9 @@ OUTPUT_TYPES = ("auto", "float32", "int16")
 
 def as_output_type(image: "sitk.Image", output_type: str, target_modality: str) -> "sitk.Image":
     """``image`` in the voxel type of the written file (see :func:`translate_file`); rounds for int16."""
-    if output_type == "float32" or (output_type == "auto" and target_modality.upper() not in ("CT", "CBCT")):
+    from MedTranslateLib.preprocess.modality import CT_LIKE
+
+    if output_type == "float32" or (output_type == "auto" and target_modality.upper() not in CT_LIKE):
         return image
     import SimpleITK as sitk
 

@@ -34,7 +34,6 @@ from MedTranslateLib.io.atomic import volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 
 STATS = ("mean", "std", "median", "q1", "q3")
-GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: header round-off only
 
 
 @dataclass
@@ -71,13 +70,6 @@ def read_image(path: str | os.PathLike, role: str = "volume") -> Any:
     return read_volume(path, role=role)[0]
 
 
-def _same_grid(a: Any, b: Any) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=GEOMETRY_TOLERANCE)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GEOMETRY_TOLERANCE)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=GEOMETRY_TOLERANCE))
-
-
 def _grid_text(image: Any) -> str:
     return (f"size {image.GetSize()}, spacing {plain_numbers(image.GetSpacing())}, "
             f"origin {plain_numbers(image.GetOrigin())}, direction {plain_numbers(image.GetDirection(), '.3g')}")
@@ -86,8 +78,10 @@ def _grid_text(image: Any) -> str:
 def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.ndarray:
     import SimpleITK as sitk
 
+    from MedTranslateLib.io.volumes import grid_differences
+
     image = read_image(path, what)
-    if not _same_grid(image, reference):
+    if grid_differences(image, reference):
         raise InputError(f"The {what} {path} is not on the reference's voxel grid ({_grid_text(image)} vs "
                          f"{_grid_text(reference)}).",
                          "Evaluate on the reference grid: resample or translate on that grid first.")

@@ -312,9 +312,13 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
     return _read_any(path, series_uid, max_voxels, f"{role} '{Path(path).name}'", check_content=True)
 
 
-def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float = 1e-4) -> sitk.Image:
-    """Read a mask as uint8 0/1 on exactly ``reference``'s grid; refuse other grids and empty masks."""
-    image, _ = _read_any(path, None, MAX_VOXELS, f"mask '{Path(path).name}'", check_content=False)
+#: grids agreeing to this fraction (of the larger of 1 and the largest value: mm, direction cosines) are one grid
+GRID_TOLERANCE = 1e-4
+
+
+def grid_differences(image: sitk.Image, reference: sitk.Image, tolerance: float = GRID_TOLERANCE) -> list[str]:
+    """How ``image``'s grid differs from ``reference``'s ("size (...) vs (...)", "origin ... vs ..."); [] when
+    size, spacing, origin and direction agree up to header round-off (``tolerance``, relative)."""
     differences = []
     if image.GetSize() != reference.GetSize():
         differences.append(f"size {image.GetSize()} vs {reference.GetSize()}")
@@ -322,8 +326,15 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         mine = np.asarray(getattr(image, f"Get{name}")(), float)
         theirs = np.asarray(getattr(reference, f"Get{name}")(), float)
         scale = max(1.0, float(np.max(np.abs(theirs))))
-        if np.max(np.abs(mine - theirs)) > tolerance * scale:
+        if mine.shape != theirs.shape or np.max(np.abs(mine - theirs)) > tolerance * scale:
             differences.append(f"{name.lower()} {plain_numbers(mine)} vs {plain_numbers(theirs)}")
+    return differences
+
+
+def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float = GRID_TOLERANCE) -> sitk.Image:
+    """Read a mask as uint8 0/1 on exactly ``reference``'s grid; refuse other grids and empty masks."""
+    image, _ = _read_any(path, None, MAX_VOXELS, f"mask '{Path(path).name}'", check_content=False)
+    differences = grid_differences(image, reference, tolerance)
     if differences:
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
                          + "; ".join(differences) + ".",

@@ -15,7 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-CT_LIKE = ("CT",)
+from MedTranslateLib.preprocess.modality import CT_LIKE
+
+#: modalities whose body is found with a fixed HU threshold by default (CBCT's HU are too uncertain: Otsu)
+HU_THRESHOLD_MODALITIES = ("CT",)
 CT_THRESHOLD_HU = -500.0
 #: a component apart from the largest is body too when it has at least this volume (ml) and share of the largest
 SEPARATE_PART_ML = 5.0
@@ -44,7 +47,7 @@ def check_settings(settings: Mapping[str, Any] | None, modality: str) -> None:
     if settings.get("method", "otsu") not in ("otsu", "threshold", "none"):
         raise ModelError(f"body_mask method {settings['method']!r} is not allowed.", "Use otsu, threshold or none.")
     if settings.get("method") == "threshold" and settings.get("threshold") is None \
-            and str(modality).upper() not in CT_LIKE:
+            and str(modality).upper() not in HU_THRESHOLD_MODALITIES:
         raise ModelError("body_mask method threshold needs a threshold for a non-CT source.",
                          "Add threshold = <intensity>, or use method = otsu.")
     dilate = settings.get("dilate_mm", 0.0)
@@ -166,7 +169,7 @@ def body_mask(
         return np.ones(array.shape, dtype=bool)
     if method not in ("otsu", "threshold"):
         raise ValueError(f"unknown body mask method {method!r} (otsu, threshold or none)")
-    is_ct = modality is not None and modality.upper() in CT_LIKE
+    is_ct = modality is not None and modality.upper() in HU_THRESHOLD_MODALITIES
     if threshold is None:
         if is_ct:
             threshold = CT_THRESHOLD_HU
@@ -177,7 +180,7 @@ def body_mask(
     mask = array > threshold
     if mask.any():
         # separate parts (arms, the other leg) only for MR: on CT and CBCT they are the couch, masks and fixations
-        separate_parts = modality is not None and modality.upper() not in ("CT", "CBCT")
+        separate_parts = modality is not None and modality.upper() not in CT_LIKE
         mask = fill_holes(body_components(mask, spacing_xyz if separate_parts else None))
     if not mask.any():
         warnings.warn(f"The body mask (threshold {threshold:g}) was empty; using every voxel above the "

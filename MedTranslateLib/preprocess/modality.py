@@ -19,7 +19,8 @@ import numpy as np
 
 from MedTranslateLib.errors import InputError
 
-CT_LIKE = {"CT", "CBCT"}
+#: modalities in Hounsfield units (the one list; importing it stays light: numpy only)
+CT_LIKE = frozenset({"CT", "CBCT"})
 MR_LIKE = {"MR", "T1", "T1C", "T2", "FLAIR", "PD"}
 _SAMPLES = 4_000_000
 

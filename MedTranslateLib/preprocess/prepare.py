@@ -233,11 +233,9 @@ def _finish(array: np.ndarray, body: np.ndarray, card: Mapping[str, Any], spec: 
 
 def _on_grid(target: "sitk.Image", source: "sitk.Image") -> "sitk.Image":
     """``target`` on ``source``'s grid (resampled linearly unless the grids already agree)."""
-    same = (target.GetSize() == source.GetSize()
-            and np.allclose(target.GetSpacing(), source.GetSpacing(), rtol=0, atol=1e-4)
-            and np.allclose(target.GetOrigin(), source.GetOrigin(), rtol=0, atol=1e-3)
-            and np.allclose(target.GetDirection(), source.GetDirection(), rtol=0, atol=1e-5))
-    if same:
+    from MedTranslateLib.io.volumes import grid_differences
+
+    if not grid_differences(target, source):
         return target
     import SimpleITK as sitk
 

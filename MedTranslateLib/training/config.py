@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping
 
 from MedTranslateLib.errors import ConfigError, ModelError
 
-CT_LIKE = ("CT", "CBCT")
 
 
 @dataclass
@@ -172,6 +171,8 @@ class TrainConfig:
 
 def default_normalization(modality: str, role: str = "input") -> dict[str, Any]:
     """CT/CBCT: clip [-1024, 3071]; MR: percentiles [0.5, 99.5] in the body mask (outputs map to [0, 1000])."""
+    from MedTranslateLib.preprocess.modality import CT_LIKE
+
     if modality.upper() in CT_LIKE:
         spec: dict[str, Any] = {"method": "clip", "range": [-1024.0, 3071.0]}
         if role == "output":

@@ -18,7 +18,8 @@ import numpy as np
 from MedTranslateLib.errors import ConfigError, InputError
 from MedTranslateLib.progress import ProgressTracker
 from MedTranslateLib.training import card_builder, checkpoint, distributed
-from MedTranslateLib.training.config import CT_LIKE, TrainConfig
+from MedTranslateLib.preprocess.modality import CT_LIKE
+from MedTranslateLib.training.config import TrainConfig
 from MedTranslateLib.training.datasets import Split, load_cases, resolve_layout, split_by_subject, zslab_holdout
 from MedTranslateLib.training.sampling import PreparedCase, Sampler, default_slice_size, load_cases_prepared
 
@@ -121,11 +122,10 @@ def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, A
         for index, case in enumerate(cases):
             if case.source is None or case.target is None:
                 continue
-            forward = None
-            if tracker is not None and report_progress:
-                def forward(event: Any, i: int = index) -> None:
-                    tracker.update((i + event.fraction) / count, f"held-out case {i + 1}/{count}: {event.message}")
-            sub = ProgressTracker(callback=forward, cancel=tracker.cancel_token if tracker else None)
+            def forward(event: Any, i: int = index) -> None:
+                tracker.update((i + event.fraction) / count, f"held-out case {i + 1}/{count}: {event.message}")
+            sub = ProgressTracker(callback=forward if tracker is not None and report_progress else None,
+                                  cancel=tracker.cancel_token if tracker else None)
             prediction = predict_volume(case.source, case.mask, card, predictor, options, device, sub)
             pred = np.asarray(denormalize(np.asarray(prediction.mean, dtype=np.float32), spec), dtype=np.float32)
             ref = np.asarray(denormalize(case.target, spec), dtype=np.float32)
