@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from MedTranslateLib.families import SAMPLED_FAMILIES
+from MedTranslateLib.io.atomic import atomic_write_text
 
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
 SPEED_START = "<!-- speed:start -->"
@@ -464,7 +465,5 @@ def splice_markdown(path: Path, section: str, start: str = SPEED_START, end: str
         text = text[:i] + block + text[j + len(end):]
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + "\n"
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    atomic_write_text(path, text)
     return text

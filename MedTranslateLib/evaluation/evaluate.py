@@ -21,16 +21,15 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_numbers
+from MedTranslateLib.errors import ConfigError, InputError, plain_numbers
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
-from MedTranslateLib.io.atomic import volume_stem
+from MedTranslateLib.io.atomic import atomic_write_text, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 
 STATS = ("mean", "std", "median", "q1", "q3")
@@ -284,24 +283,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _json_safe(value.item())
     return value
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file in the same folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.",
-                          "Choose a folder you can write to, with free space.") from exc
 
 
 def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str, float]],

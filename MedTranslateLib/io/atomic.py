@@ -258,3 +258,21 @@ def swap_into_place(staging: Path, target: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
     else:
         backup.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file in the same folder, then ``os.replace`` it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.",
+                          "Choose a folder you can write to, with free space.") from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from MedTranslateLib.errors import ModelError, OutputError
+from MedTranslateLib.io.atomic import swap_into_place
 from MedTranslateLib.models.card import validate_card
 
 if TYPE_CHECKING:
@@ -80,13 +81,13 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
             with zipfile.ZipFile(temp_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for name, content in files.items():
                     archive.writestr(name, content)
-            replace_atomically(temp_zip, final)
+            swap_into_place(temp_zip, final)
         else:
             package_dir = staging / "package"
             package_dir.mkdir()
             for name, content in files.items():
                 (package_dir / name).write_bytes(content)
-            replace_atomically(package_dir, final)
+            swap_into_place(package_dir, final)
     except OSError as exc:
         raise OutputError(f"Cannot write the model package {final}: {exc.strerror or exc}.",
                           "Check that the folder is writable and has free space.") from None
@@ -121,13 +122,6 @@ def _check_replaceable(final: Path) -> None:
     elif final.suffix.lower() != ".zip":
         raise OutputError(f"{final} exists and is not a package zip; it will not be overwritten.",
                           "Choose a new output path.")
-
-
-def replace_atomically(source: Path, final: Path) -> None:
-    """Atomically move ``source`` to ``final`` (an existing package there is moved aside, then deleted)."""
-    from MedTranslateLib.io.atomic import swap_into_place
-
-    swap_into_place(source, final)
 
 
 def import_legacy_checkpoint(pt_path: str | Path, card_dict: Mapping[str, Any], destination: str | Path, *,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
-from MedTranslateLib.models.export import replace_atomically
+from MedTranslateLib.io.atomic import swap_into_place
 from MedTranslateLib.models.paths import user_models_dir
 from MedTranslateLib.models.package import (
     MAX_EXTRA_BYTES,
@@ -143,7 +143,7 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
         try:
             self._copy_files(package, staging, weights)
-            replace_atomically(staging, destination)
+            swap_into_place(staging, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         for old in (e.path for e in existing if e.path != destination):  # an older import's folder or zip

@@ -10,7 +10,6 @@ Layout of a checkpoint folder::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import pack_state, unpack_state
+from MedTranslateLib.io.atomic import swap_into_place
 
 
 def _split_optimizer(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -68,14 +68,7 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
         payload = {"format": "medtranslate-checkpoint-1", "state": dict(state), "optimizers": opt_meta,
                    "numpy_rng": rng.bit_generator.state if rng is not None else None}
         (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=float))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
