@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from MedTranslateLib.errors import ConfigError, InputError, OutputError
+from MedTranslateLib.io.atomic import atomic_output
 
 SIDE_BY_SIDE = "side_by_side"
 FUSED_SINGLE = "fused"
@@ -302,15 +303,11 @@ def export_scene_mrb(input_image_path: str | os.PathLike, synthetic_path: str | 
         if target == "CT":
             apply_ct_display(synthetic_node)
         setup_fused_linked_display(scene, input_node, synthetic_node, opacity, uncertainty_node, layout)
-        staging = Path(tempfile.mkdtemp(prefix=".medtranslate-", dir=out_mrb.parent))
-        try:  # same folder as the target, so the final rename is atomic
-            partial = staging / out_mrb.name
-            if not scene.WriteToMRB(str(partial)):
-                raise OutputError(f"Slicer could not write the scene {out_mrb}.", "Check the folder is writable.")
-            os.replace(partial, out_mrb)
+        try:
+            with atomic_output(out_mrb, folder=False) as partial:  # same folder as the target: atomic rename
+                if not scene.WriteToMRB(str(partial)):
+                    raise OutputError(f"Slicer could not write the scene {out_mrb}.", "Check the folder is writable.")
         finally:
-            partial.unlink(missing_ok=True)
-            staging.rmdir()
             scene.Clear(1)
     return out_mrb
 
