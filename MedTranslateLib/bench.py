@@ -35,6 +35,7 @@ INTRO = ("# MedTranslate benchmarks\n\n"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``medtranslate bench`` options."""
     parser.add_argument("--model", action="append", default=None,
                         help="model id or package folder to benchmark, optionally MODEL=SIZES to give it its own "
                              "sizes (repeatable; default mr2ct-headphantom-unet2d)")
@@ -126,6 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def machine_description(device: str) -> dict[str, Any]:
+    """CPU, cores, memory, GPU and library versions of this machine, for BENCHMARKS.md."""
     import torch
 
     info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,

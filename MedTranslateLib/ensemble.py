@@ -37,6 +37,7 @@ class EnsembleTranslator:
     def translate(self, image: "sitk.Image", mask: "sitk.Image | None" = None,
                   options: InferenceOptions | None = None, tracker: ProgressTracker | None = None,
                   uncertainty: bool = False) -> TranslationResult:
+        """Every member translates ``image``; the output is their mean, the uncertainty their spread."""
         import SimpleITK as sitk
 
         from MedTranslateLib.evaluation.uncertainty import ensemble_stats
@@ -58,4 +59,5 @@ class EnsembleTranslator:
         return TranslationResult(mean, std_image, warnings, provenance, seconds)
 
     def provenance(self) -> dict:
+        """The first member's provenance (the translation adds the ensemble's members)."""
         return self.members[0].provenance()

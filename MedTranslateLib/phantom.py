@@ -9,7 +9,7 @@ sinuses); the same seed always gives the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -174,8 +174,9 @@ def _label_map_aniso(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, 
     return iso[np.ix_(*idx)]
 
 
-def write_phantom_dataset(root: str, seeds: range, **kwargs) -> list[str]:
-    """Write phantoms as a paired folder dataset: ``root/phantom_<seed>/{t1,t2,ct,mask}.nii.gz``."""
+def write_phantom_dataset(root: str, seeds: range, **kwargs: Any) -> list[str]:
+    """Write phantoms as a paired folder dataset: ``root/phantom_<seed>/{t1,t2,ct,mask}.nii.gz``; ``kwargs`` go
+    to :func:`make_head_phantom`."""
     import os
 
     import SimpleITK as sitk

@@ -131,7 +131,9 @@ class ProgressTracker:
     def _time_left(self, stage_fraction: float, weight: float, now: float) -> float | None:
         """Seconds left for the whole job at the current stage's pace (None while it cannot be told)."""
         if weight <= 0.0:  # a stage not declared up front: only the run's average pace is known
-            return (now - self._start) * (1.0 - self.fraction) / self.fraction if self.fraction > 0.02 else None
+            if self.fraction < MIN_STAGE_FRACTION:
+                return None
+            return (now - self._start) * (1.0 - self.fraction) / self.fraction
         if stage_fraction < MIN_STAGE_FRACTION:
             return None
         seconds_per_weight = (now - self._stage_start) / (weight * stage_fraction)

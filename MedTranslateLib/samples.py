@@ -48,4 +48,5 @@ def cached_sample(sample: str, folder: str | Path, sha256: str) -> Path:
 
 
 def sha256_of(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize, normalized_value
+from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
 
 CT_SPEC = {"method": "clip", "range": [-1024.0, 3071.0], "background": -1024.0}
 
@@ -109,9 +109,7 @@ def test_denormalize_std_scales_by_half_the_range() -> None:
     np.testing.assert_allclose(denormalize_std(std, {"method": "zscore"}, {"mean": 5.0, "std": 2.0}), std * 6.0)
 
 
-def test_normalized_value_and_errors() -> None:
-    assert normalized_value(-1024.0, CT_SPEC, {"lo": -1024.0, "hi": 3071.0}) == -1.0
-    assert normalized_value(0.0, {"method": "zscore"}, {"method": "zscore", "mean": 0.0, "std": 1.0}) == 0.0
+def test_unknown_method_and_empty_range_are_refused() -> None:
     with pytest.raises(ModelError):
         normalize(np.zeros(3, np.float32), None, {"method": "minmax"})
     with pytest.raises(ModelError, match="range"):

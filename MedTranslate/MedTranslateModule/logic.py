@@ -8,6 +8,7 @@ The scene only changes when a run succeeds; temporary files are removed in every
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -243,6 +244,7 @@ class TranslationLogic:
         except TranslationFailed as error:
             status.state, status.message = "failed", str(error)
         except Exception as error:  # an unexpected failure while loading must still end the run cleanly
+            logging.exception("MedTranslate: loading the translation result failed")  # the traceback, for a report
             status.state, status.message = "failed", f"Could not load the result: {error}"
         finally:
             self._worker = None

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 #: The bundled MR -> CT model and the phantom seed it was not trained on.
 DEMO_MODEL = "mr2ct-headphantom-unet2d"
@@ -16,6 +20,7 @@ DEMO_SEED = 1000
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """``medtranslate demo``: translate the built-in phantom and report its metrics; returns the exit code."""
     import SimpleITK as sitk
 
     from MedTranslateLib.cli.progress_display import progress_display
@@ -56,7 +61,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_side_by_side(mr, synthetic, reference, path: Path, spacing_xyz) -> None:
+def save_side_by_side(mr: np.ndarray, synthetic: np.ndarray, reference: np.ndarray, path: Path,
+                      spacing_xyz: Sequence[float]) -> None:
     """Input MR | synthetic CT | reference CT | difference, axial and coronal, as one PNG."""
     import matplotlib
 

@@ -87,6 +87,7 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medtranslate`` argument parser with every subcommand (no heavy imports)."""
     parser = argparse.ArgumentParser(
         prog="medtranslate",
         description="MedTranslate: medical image translation (MR -> synthetic CT, CBCT -> CT, T1 -> T2/FLAIR, ...). "

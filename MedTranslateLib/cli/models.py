@@ -16,6 +16,7 @@ def printable(text: str) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    """``medtranslate models list|show|import|remove|folder``; returns the exit code."""
     from MedTranslateLib.models.registry import ModelRegistry
 
     registry = ModelRegistry()

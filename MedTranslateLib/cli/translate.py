@@ -13,6 +13,7 @@ from MedTranslateLib.errors import ConfigError, OutputError
 
 
 def run_translate(args: argparse.Namespace) -> int:
+    """``medtranslate translate``: one input or a batch; returns the exit code."""
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.pipeline import check_outputs, read_inputs, translate_batch
 

@@ -60,7 +60,8 @@ def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, flo
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run the evaluation the arguments describe; returns the exit code (0)."""
+    """Run the evaluation the arguments describe; returns the exit code: 0, or :class:`InputError`'s when a
+    case of a folder could not be evaluated (the others' metrics are still written)."""
     from pathlib import Path
 
     from MedTranslateLib.evaluation import evaluate as ev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ def _cuda_usable() -> bool:
     try:
         return torch.cuda.is_available() and torch.cuda.device_count() > 0
     except Exception:  # a broken driver install counts as no CUDA
+        logging.getLogger(__name__).debug("CUDA is not usable", exc_info=True)
         return False
 
 

@@ -250,6 +250,8 @@ class _RunningStats:
             self.m2[part] += delta * (value[part] - self.mean[part])
 
     def std(self) -> np.ndarray | None:
+        """The standard deviation, computed in place of the running sums to save a volume of memory: call it
+        once, after the last pass (None for fewer than two passes)."""
         if self.count < 2 or self.m2 is None:
             return None
         self.m2 /= self.count

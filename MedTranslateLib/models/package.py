@@ -69,6 +69,7 @@ def _os_metadata(name: str) -> bool:
 
 
 def is_extra_file(name: str) -> bool:
+    """True for the files a package may carry besides its card and weights (README, licence, text)."""
     return name == "README.md" or name.upper() in EXTRA_NAMES or name.lower().endswith(EXTRA_SUFFIXES)
 
 
@@ -245,6 +246,7 @@ class ModelPackage:
 
 
 def read_file_capped(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused with :class:`ModelError` when larger than ``limit``."""
     try:
         if path.is_symlink() or not path.is_file():
             raise ModelError(f"The weights file {path} is not a regular file.", "Re-import the package.")

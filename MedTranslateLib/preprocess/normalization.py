@@ -177,12 +177,3 @@ def denormalize_std(std: np.ndarray, spec: Mapping[str, Any], params: Mapping[st
     out = np.abs(np.array(std, dtype=np.float32, copy=True))
     out *= np.float32((hi - lo) / 2.0)
     return out
-
-
-def normalized_value(value: float, spec: Mapping[str, Any], params: Mapping[str, Any]) -> float:
-    """Where the physical ``value`` lands in network units under ``params`` (clipped to [-1, 1])."""
-    if params.get("method", spec.get("method")) == "zscore":
-        lo, hi = params["mean"] - 3.0 * params["std"], params["mean"] + 3.0 * params["std"]
-    else:
-        lo, hi = params["lo"], params["hi"]
-    return float(np.clip(2.0 * (value - lo) / (hi - lo) - 1.0, -1.0, 1.0))

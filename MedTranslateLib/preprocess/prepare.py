@@ -1,7 +1,7 @@
 """prepare (input grid -> normalised model grid, recorded) and restore (the exact inverse of the record).
 
-prepare: body mask on the input grid (or the user's mask) -> reorient -> resample -> size check ->
-normalise -> crop to the body box + margin -> pad. restore: denormalise -> unpad -> uncrop (background)
+prepare: reorient -> body mask on the reoriented grid (or the user's mask; recorded on the input grid) ->
+resample -> size check -> normalise -> crop to the body box + margin -> pad. restore: denormalise -> unpad -> uncrop (background)
 -> resample back onto the recorded grid -> undo the orientation -> background outside the body ->
 the input's exact size, spacing, origin and direction.
 """

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from MedTranslateLib.training.config import TrainConfig
 
 #: explicit flags -> TrainConfig fields
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -41,7 +44,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich", help="progress display")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     """The :class:`TrainConfig` of parsed arguments (file, then --set, then explicit flags)."""
     from MedTranslateLib.training.config import load_config
 

@@ -82,6 +82,7 @@ def wrap_networks(nets: Mapping[str, torch.nn.Module], ctx: DistContext,
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if ctx.distributed:
         import torch.distributed as dist
 
@@ -89,6 +90,7 @@ def barrier(ctx: DistContext) -> None:
 
 
 def cleanup(ctx: DistContext) -> None:
+    """Leave the process group (no-op in a single process)."""
     if ctx.distributed:
         import torch.distributed as dist
 
