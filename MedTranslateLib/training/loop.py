@@ -327,7 +327,7 @@ class _Run:
         optimizers = family.configure_optimizers(self.nets, config.lr)
         ckpt_dir = self.work / "checkpoint"
         if config.resume:
-            saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.rng)
+            saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.generators)
             self.step, self.best = int(saved["step"]), dict(saved["best"])
             self.history = list(saved.get("history", []))
             self.earlier_seconds = float(saved.get("seconds", 0.0))
@@ -339,7 +339,7 @@ class _Run:
         self.tracker.stage("train", f"training {config.family} for {total} steps on {self.device}")
         save = lambda: checkpoint.save_checkpoint(  # noqa: E731
             ckpt_dir, self.nets, optimizers, {"step": self.step, "best": self.best, "history": self.history,
-                                              "seconds": self.seconds}, sampler.rng)
+                                              "seconds": self.seconds}, sampler.generators)
         running: dict[str, list[float]] = {}
         first = self.step
         for net in self.nets.values():
