@@ -147,9 +147,10 @@ class Sampler:
             raise ConfigError("Training needs cases with a source and cases with a target.", "Check the data.")
         self.paired = not unpaired and all(c.source is not None and c.target is not None for c in self.cases)
         self._centres = {id(c): self._body_centres(c.mask) for c in self.cases}
-        self.augment = self._augmentation(augment, contrast_augment) if (augment or contrast_augment) else None
         # the augmentation's own generator: switching augmentation on does not change which crops are drawn
         self.augment_rng = np.random.default_rng([seed, 1])
+        self.augment = self._augmentation(augment, contrast_augment) if (augment or contrast_augment) else None
+        self._reseed_augmentation()
 
     @property
     def generators(self) -> list[np.random.Generator]:
@@ -206,16 +207,22 @@ class Sampler:
                     "mask": self._crop(src, s_start, "mask").astype(np.float32),
                     "target_mask": self._crop(tgt, t_start, "mask").astype(np.float32)}
         if self.augment is not None:
-            # MONAI's transforms are re-seeded from our generator, so checkpointing it resumes them exactly
-            augmented = self.augment(item, int(self.augment_rng.integers(2**31 - 1)))
-            item = {k: np.asarray(v, dtype=np.float32) for k, v in augmented.items()}
+            item = {k: np.asarray(v, dtype=np.float32) for k, v in self.augment(item).items()}
         return item
 
+    def _reseed_augmentation(self) -> None:
+        """MONAI's transforms keep their own random state: it is re-seeded from ``augment_rng`` at every batch,
+        so a checkpoint of that generator (taken between batches) resumes the augmentation exactly."""
+        if self.augment is not None:
+            self.augment.compose.set_random_state(seed=int(self.augment_rng.integers(2**31 - 1)))
+
     def batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """``batch_size`` samples stacked; the augmentation is re-seeded first (see ``_reseed_augmentation``)."""
+        self._reseed_augmentation()
         items = [self.sample() for _ in range(batch_size)]
         return {k: np.stack([it[k] for it in items]).astype(np.float32) for k in items[0]}
 
-    def _augmentation(self, basic: bool = True, contrast: bool = False) -> Callable[[dict, int], dict]:
+    def _augmentation(self, basic: bool = True, contrast: bool = False) -> "_Augmentation":
         """``basic``: MONAI random flips, a small affine (all images alike) and intensity scale/shift on the source.
 
         ``contrast``: a random monotone remapping of the source's intensities (gamma, then a random
@@ -239,14 +246,17 @@ class Sampler:
         if basic:
             ops += [T.RandScaleIntensityd("source", factors=0.1, prob=0.5),
                     T.RandShiftIntensityd("source", offsets=0.05, prob=0.5)]
-        compose = T.Compose(ops)
+        return _Augmentation(T.Compose(ops))
 
-        def apply(item: dict, seed: int) -> dict:
-            compose.set_random_state(seed=seed)
-            # 2D samples are (C, H, W) already; the MONAI transforms expect channel-first arrays.
-            return {k: np.asarray(v) for k, v in compose(dict(item)).items()}
 
-        return apply
+@dataclass
+class _Augmentation:
+    """A MONAI ``Compose`` applied to a sample dict (2D samples are (C, H, W): channel-first already)."""
+
+    compose: Any
+
+    def __call__(self, item: dict) -> dict:
+        return {k: np.asarray(v) for k, v in self.compose(dict(item)).items()}
 
 
 def source_contrast_ops(prob: float = 0.5) -> list[Any]:
