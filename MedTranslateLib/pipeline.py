@@ -163,7 +163,10 @@ OUTPUT_TYPES = ("auto", "float32", "int16")
 
 
 def as_output_type(image: "sitk.Image", output_type: str, target_modality: str) -> "sitk.Image":
-    """``image`` in the voxel type of the written file (see :func:`translate_file`); rounds for int16."""
+    """``image`` in the voxel type of the written file (see :func:`translate_file`); rounds for int16.
+
+    Values int16 cannot hold are never cut off: ``auto`` then keeps float32, and an explicit ``int16`` raises
+    :class:`OutputError` before anything is written."""
     from MedTranslateLib.preprocess.modality import CT_LIKE
 
     if output_type == "float32" or (output_type == "auto" and target_modality.upper() not in CT_LIKE):
@@ -171,7 +174,12 @@ def as_output_type(image: "sitk.Image", output_type: str, target_modality: str) 
     import SimpleITK as sitk
 
     values = np.rint(sitk.GetArrayViewFromImage(image))
-    np.clip(values, -32768, 32767, out=values)
+    low, high = float(values.min()), float(values.max())
+    if low < -32768 or high > 32767:
+        if output_type == "auto":
+            return image
+        raise OutputError(f"The synthetic volume holds values from {low:g} to {high:g}, outside the int16 range "
+                          "(-32768 to 32767).", "Write it as float32 (--output-type float32 or auto).")
     out = sitk.GetImageFromArray(values.astype(np.int16), isVector=False)
     out.CopyInformation(image)
     return out

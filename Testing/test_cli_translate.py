@@ -358,3 +358,14 @@ def test_sampling_options_on_a_model_that_does_not_sample_are_reported(tmp_path,
     assert "ignored" not in capsys.readouterr().err
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "a.nii.gz")[0]),
                                   sitk.GetArrayFromImage(read_volume(tmp_path / "b.nii.gz")[0]))
+
+
+def test_values_beyond_int16_are_never_cut_off():
+    """auto keeps float32 for them; an explicit int16 is refused before anything is written."""
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.pipeline import as_output_type
+
+    image = sitk.GetImageFromArray(np.linspace(-1024, 40000, 60, dtype=np.float32).reshape(3, 4, 5))
+    assert as_output_type(image, "auto", "CT") is image
+    with pytest.raises(OutputError, match="int16 range"):
+        as_output_type(image, "int16", "CT")

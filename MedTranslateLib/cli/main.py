@@ -25,7 +25,8 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", help="body mask on the input grid (replaces the automatic mask)")
     p.add_argument("--uncertainty", metavar="PATH", help="also write a per-voxel uncertainty (std) volume")
     p.add_argument("--output-type", choices=("auto", "float32", "int16"), default="auto",
-                   help="voxel type of the written volume: auto = int16 Hounsfield units for CT, float32 otherwise")
+                   help="voxel type of the written volume: auto = int16 Hounsfield units for CT (float32 when values "
+                        "exceed int16), float32 otherwise")
     p.add_argument("--ensemble", nargs="+", metavar="MODEL", default=[],
                    help="more model packages: the output is the ensemble mean, the uncertainty its spread "
                         "(it takes every name after it: give the inputs before the options)")
