@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic volumes, the real-data folder, an isolated user model folder."""
+"""Shared fixtures: small synthetic volumes, the real-data folder, an isolated user model folder, and a
+slicer-core scene with an input volume."""
 
 from __future__ import annotations
 
@@ -66,3 +67,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: The IJK -> RAS matrix of ``input_node`` (axes swapped and flipped, anisotropic, shifted).
+IJK_TO_RAS = np.array([[0.0, -1.2, 0.0, 30.5], [-0.9, 0.0, 0.0, 12.25], [0.0, 0.0, 2.5, -40.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def scene():
+    """A new slicer-core MRML scene, set as ``slicer.mrmlScene`` for the test (needs slicer-core: test modules
+    that use it call ``pytest.importorskip("slicer")``)."""
+    import slicer
+
+    from MedTranslateLib.scene import new_scene
+
+    scene, _ = new_scene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    yield scene
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture
+def input_node(scene):
+    """A 16x14x12 scalar volume "MRHead" on ``IJK_TO_RAS``, under a patient and study in the subject hierarchy."""
+    import slicer
+
+    z, y, x = np.mgrid[0:12, 0:14, 0:16]
+    array = (100.0 * np.sin(x / 3.0) + 10.0 * y + z).astype(np.float32)
+    node = slicer.util.addVolumeFromArray(array, ijkToRAS=IJK_TO_RAS, name="MRHead")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient")
+    study = hierarchy.CreateStudyItem(patient, "Study")
+    hierarchy.CreateItem(study, node)
+    return node

@@ -1,16 +1,15 @@
-"""Test helper (no tests here): small, untrained but real model packages of every family and
-dimensionality, exported through the same code path as trained ones."""
+"""Test helper (no tests here): a small valid model card, and small, untrained but real model packages of
+every family and dimensionality, exported through the same code path as trained ones."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from MedTranslateLib.families import get_family
 from MedTranslateLib.families.base import pack_state
-from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.export import export_package
 
 TINY_ARCH: dict[str, dict[str, Any]] = {
@@ -37,6 +36,44 @@ OUTPUT = {
     "MR": {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True,
            "output_range": [0.0, 1000.0], "background": 0.0},
 }
+
+
+def make_test_card(**overrides: Any) -> dict[str, Any]:
+    """A small valid card dict for tests (2D U-Net, MR -> CT). ``overrides`` replace top-level fields;
+    a dict override for ``input``, ``architecture``, ``weights`` etc. is merged into the default one."""
+    card: dict[str, Any] = {
+        "schema_version": 1,
+        "id": "test-mr-to-ct",
+        "version": "0.1.0",
+        "title": "Test MR to CT model",
+        "description": "A tiny model used by the tests.",
+        "source_modality": "MR",
+        "target_modality": "CT",
+        "anatomy": "pelvis",
+        "field_of_view": "whole pelvis",
+        "family": "unet",
+        "dimensionality": "2d",
+        "architecture": {"in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2]},
+        "input": {"spacing": None, "orientation": None, "slice_axis": "axial", "batch_size": 2},
+        "normalization": {
+            "input": {"method": "percentile", "percentiles": [1, 99], "within_mask": True},
+            "output": {"method": "clip", "range": [-1024, 3071], "background": -1024},
+        },
+        "training": {"data": "synthetic phantoms", "split": "all for training"},
+        "metrics": {"data": "no held-out data", "values": {}},
+        "license": "Apache-2.0",
+        "citation": "MedTranslate tests.",
+        "weights": {"file": "weights.safetensors", "sha256": "0" * 64},
+        "intended_use": "Testing the MedTranslate software only.",
+        "limitations": "Not trained on real data. Not for clinical use.",
+        "clinical_use": False,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return card
 
 
 def input_spec(dimensionality: str, **overrides: Any) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.models.card import ModelCard, load_card, make_test_card, validate_card
+from MedTranslateLib.models.card import ModelCard, load_card, validate_card
+from packages import make_test_card
 
 
 def test_valid_card_properties():

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from MedTranslateLib.errors import ModelError, OutputError
-from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.export import export_package, import_legacy_checkpoint
 from MedTranslateLib.models.package import open_package
+from packages import make_test_card
 from test_models_util import make_package, tiny_state
 
 

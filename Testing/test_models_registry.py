@@ -8,9 +8,9 @@ import json
 import pytest
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.export import export_package
 from MedTranslateLib.models.registry import BUILTIN_DIR, ModelRegistry, user_models_dir, version_key
+from packages import make_test_card
 from test_models_util import make_package, tiny_state
 
 

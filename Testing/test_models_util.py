@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.export import export_package
+from packages import make_test_card
 
 
 def tiny_state() -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import pytest
 import MedTranslateLib.models.package as package_module
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.export import export_package
-from MedTranslateLib.models.card import make_test_card
 from MedTranslateLib.models.package import open_package
 from MedTranslateLib.models.registry import ModelRegistry
+from packages import make_test_card
 from test_models_util import card_bytes_for, tiny_state, write_zip
 
 

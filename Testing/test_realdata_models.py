@@ -104,7 +104,7 @@ def test_header_names_configs_the_run_did_not_train() -> None:
 
 
 def test_update_card_performance_rewrites_card_and_readme(tmp_path: Path) -> None:
-    from MedTranslateLib.models.card import make_test_card
+    from packages import make_test_card
 
     card = make_test_card(performance={"training_seconds": 10.0})
     (tmp_path / "model.json").write_text(json.dumps(card))

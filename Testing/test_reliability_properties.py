@@ -14,6 +14,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from MedTranslateLib.models.package import open_package
 from MedTranslateLib.pipeline import Translator
 
 REPO = Path(__file__).resolve().parents[1]
-#: Every hypothesis example run in this module (name -> [ok, refused]), printed at the end with ``-s``.
+#: Every hypothesis example run in this module (name -> [ok, refused]), printed at the end with ``-s``; each
+#: property test also fails unless at least one of its examples was translated (see :func:`some_translated`).
 TALLY: dict[str, list[int]] = {}
 #: The distinct refusal messages seen (first 90 characters), printed with the tally.
 REFUSALS: set[str] = set()
@@ -114,6 +117,17 @@ def _tally(name: str, ok: bool) -> None:
     TALLY.setdefault(name, [0, 0])[0 if ok else 1] += 1
 
 
+@contextmanager
+def some_translated(name: str) -> Iterator[None]:
+    """Around a whole hypothesis test: fail unless at least one of its examples tallied under ``name`` was
+    translated. "On the input grid or a clean refusal" holds vacuously when every example is refused."""
+    before = TALLY.get(name, [0, 0])[0]
+    yield
+    ok, refused = TALLY.get(name, [0, 0])
+    assert ok > before, (f"{name}: none of the {refused} examples was translated, all were refused: "
+                         + "; ".join(sorted(line for line in REFUSALS if line.startswith(f"{name}: ")))[:2000])
+
+
 def translate_or_refuse(translator: Translator, image: sitk.Image, name: str) -> None:
     """Translate; the result must be on the input grid, or the refusal a MedTranslateError with a message."""
     reference = sitk.Image(image)  # the input must not be modified either
@@ -156,14 +170,20 @@ def report_tally():
 
 
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=timedelta(seconds=60), derandomize=True,
-                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+                             suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("kind", ["2d", "2.5d", "3d", "2d-resampled"])
-@PROPERTY_SETTINGS
-@given(geometry=geometries(), intensity=st.sampled_from(INTENSITIES), seed=st.integers(0, 2**16))
-def test_output_grid_equals_input_grid_or_clean_refusal(translators, kind, geometry, intensity, seed):
-    translate_or_refuse(translators[kind], make_volume(geometry, intensity, seed), kind)
+def test_output_grid_equals_input_grid_or_clean_refusal(translators, kind):
+    """Each example is translated onto the input grid or cleanly refused, and at least one is translated."""
+
+    @PROPERTY_SETTINGS
+    @given(geometry=geometries(), intensity=st.sampled_from(INTENSITIES), seed=st.integers(0, 2**16))
+    def translate_one(geometry, intensity, seed):
+        translate_or_refuse(translators[kind], make_volume(geometry, intensity, seed), kind)
+
+    with some_translated(kind):
+        translate_one()
 
 
 def test_direction_strategy_covers_left_handed_and_rotated():
@@ -200,31 +220,38 @@ def test_constant_and_mismatched_inputs_are_refused_cleanly(translators):
         assert caught.value.message
 
 
-@settings(max_examples=4, deadline=timedelta(seconds=120), derandomize=True,
-          phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: each example is a process
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(geometry=geometries(), suffix=st.sampled_from((".nrrd", ".mha")),
-       intensity=st.sampled_from(("mr", "int16", "uint16")), seed=st.integers(0, 1000))
-def test_cli_file_round_trip_keeps_the_grid(tmp_path_factory, geometry, suffix, intensity, seed):
-    """``medtranslate translate`` on NRRD/MHA files writes the output on exactly the input file's grid."""
-    folder = tmp_path_factory.mktemp("cli_roundtrip")
-    package = make_untrained_package(folder / "pkg", "unet", "2d")
-    source = folder / f"in{suffix}"
-    sitk.WriteImage(make_volume(geometry, intensity, seed), str(source))
-    output = folder / f"out{suffix}"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
-    done = subprocess.run([sys.executable, "-m", "MedTranslateLib", "translate", str(source), "-m", str(package),
-                           "-o", str(output), "--device", "cpu"], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=REPO, check=False)
-    _tally("cli", done.returncode == 0)
-    if done.returncode != 0:  # only clean, user-facing refusals are acceptable
-        assert done.returncode in (3, 4, 5, 6, 7), done.stderr
-        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr, done.stderr
-        assert not output.exists()
-        return
-    written, original = sitk.ReadImage(str(output)), sitk.ReadImage(str(source))
-    assert written.GetSize() == original.GetSize()
-    # NRRD stores spacing x direction as one vector: ITK's own read -> write -> read may move it by an ulp
-    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
-        np.testing.assert_allclose(getattr(written, get)(), getattr(original, get)(), rtol=1e-14, atol=1e-13)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["pkg", source.name, output.name])  # no temp files
+def test_cli_file_round_trip_keeps_the_grid(tmp_path_factory):
+    """``medtranslate translate`` on NRRD/MHA files writes the output on exactly the input file's grid, or
+    refuses cleanly; at least one example is translated."""
+
+    @settings(max_examples=4, deadline=timedelta(seconds=120), derandomize=True,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: each example is a process
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(geometry=geometries(), suffix=st.sampled_from((".nrrd", ".mha")),
+           intensity=st.sampled_from(("mr", "int16", "uint16")), seed=st.integers(0, 1000))
+    def round_trip(geometry, suffix, intensity, seed):
+        folder = tmp_path_factory.mktemp("cli_roundtrip")
+        package = make_untrained_package(folder / "pkg", "unet", "2d")
+        source = folder / f"in{suffix}"
+        sitk.WriteImage(make_volume(geometry, intensity, seed), str(source))
+        output = folder / f"out{suffix}"
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+        done = subprocess.run([sys.executable, "-m", "MedTranslateLib", "translate", str(source), "-m", str(package),
+                               "-o", str(output), "--device", "cpu"], capture_output=True, text=True, timeout=120,
+                              env=env, cwd=REPO, check=False)
+        _tally("cli", done.returncode == 0)
+        if done.returncode != 0:  # only clean, user-facing refusals are acceptable
+            REFUSALS.add(f"cli: exit {done.returncode}: {done.stderr.strip()[:90]}")
+            assert done.returncode in (3, 4, 5, 6, 7), done.stderr
+            assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+            assert not output.exists()
+            return
+        written, original = sitk.ReadImage(str(output)), sitk.ReadImage(str(source))
+        assert written.GetSize() == original.GetSize()
+        # NRRD stores spacing x direction as one vector: ITK's own read -> write -> read may move it by an ulp
+        for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+            np.testing.assert_allclose(getattr(written, get)(), getattr(original, get)(), rtol=1e-14, atol=1e-13)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["pkg", source.name, output.name])  # no temp files
+
+    with some_translated("cli"):
+        round_trip()

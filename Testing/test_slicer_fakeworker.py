@@ -97,8 +97,8 @@ def fake_worker_command() -> list[str]:
 def make_tiny_package(folder: Path, model_id: str = "slicer-e2e") -> Path:
     """A real model package (untrained 2D U-Net, MR -> CT) for end-to-end tests with the real backend."""
     from MedTranslateLib.families import get_family
-    from MedTranslateLib.models.card import make_test_card
     from MedTranslateLib.models.export import export_package
+    from packages import make_test_card
 
     card = make_test_card(id=model_id, architecture={"channels": [4, 8], "strides": [2]},
                           input={"slice_size": [16, 16], "batch_size": 16})

@@ -14,40 +14,12 @@ pytest.importorskip("slicer")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedTranslate"))
 
+from conftest import IJK_TO_RAS  # noqa: E402
 from test_slicer_fakeworker import fake_worker_command  # noqa: E402
 
 from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,  # noqa: E402
                                       TranslationStatus, output_name_for)
 from MedTranslateModule.process import parse_worker_line  # noqa: E402
-
-IJK_TO_RAS = np.array([[0.0, -1.2, 0.0, 30.5], [-0.9, 0.0, 0.0, 12.25], [0.0, 0.0, 2.5, -40.0], [0, 0, 0, 1]])
-
-
-@pytest.fixture
-def scene():
-    import slicer
-
-    from MedTranslateLib.scene import new_scene
-
-    scene, _ = new_scene()
-    previous = getattr(slicer, "mrmlScene", None)
-    slicer.mrmlScene = scene
-    yield scene
-    slicer.mrmlScene = previous
-
-
-@pytest.fixture
-def input_node(scene):
-    import slicer
-
-    z, y, x = np.mgrid[0:12, 0:14, 0:16]
-    array = (100.0 * np.sin(x / 3.0) + 10.0 * y + z).astype(np.float32)
-    node = slicer.util.addVolumeFromArray(array, ijkToRAS=IJK_TO_RAS, name="MRHead")
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient")
-    study = hierarchy.CreateStudyItem(patient, "Study")
-    hierarchy.CreateItem(study, node)
-    return node
 
 
 def _logic(scene):

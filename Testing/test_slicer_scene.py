@@ -9,6 +9,8 @@ pytest.importorskip("slicer")
 
 from conftest import make_image  # noqa: E402
 
+from MedTranslateLib.errors import InputError  # noqa: E402
+
 
 def _volumes(tmp_path):
     import SimpleITK as sitk
@@ -64,7 +66,7 @@ def test_setup_fused_linked_display_side_by_side(tmp_path):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == len(_composites(scene))
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
     assert _composites(scene)["Red"].GetForegroundOpacity() == pytest.approx(0.7)
-    with pytest.raises(Exception, match="Unknown layout"):
+    with pytest.raises(InputError, match="Unknown layout"):
         setup_fused_linked_display(scene, source, synthetic, layout="grid")
 
 

@@ -13,7 +13,8 @@ pytest.importorskip("slicer")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedTranslate"))
 
-from test_slicer_logic import IJK_TO_RAS, _logic, input_node, scene  # noqa: E402,F401  (fixtures)
+from conftest import IJK_TO_RAS  # noqa: E402
+from test_slicer_logic import _logic  # noqa: E402
 
 from MedTranslateModule.logic import TranslationFailed, TranslationRequest  # noqa: E402
 from MedTranslateModule.nodes import evaluate_against_reference, output_for_input  # noqa: E402

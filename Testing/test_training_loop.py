@@ -20,18 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"features": [4, 8, 16, 16]}
 
 
-def _require_backend() -> None:
-    """These tests need the modules other engineers write (families, io, preprocess, engine, export)."""
-    for module, name in (("MedTranslateLib.families", "get_family"), ("MedTranslateLib.io", "read_volume"),
-                         ("MedTranslateLib.preprocess", "prepare_pair"),
-                         ("MedTranslateLib.inference.engine", "predict_volume"),
-                         ("MedTranslateLib.inference.device", "select_device"),
-                         ("MedTranslateLib.models.export", "export_package")):
-        mod = pytest.importorskip(module)
-        if not hasattr(mod, name):
-            pytest.skip(f"{module}.{name} is not written yet")
-
-
 def write_pairs(root: Path, n: int = 3, shape=(10, 32, 32)) -> Path:
     """Paired MR/CT folders: CT is a fixed function of MR inside the body (learnable), air outside."""
     import SimpleITK as sitk
@@ -83,7 +71,6 @@ def _schema() -> dict:
 
 
 def test_train_lowers_loss_and_exports_valid_package(tmp_path):
-    _require_backend()
     from safetensors.torch import load_file
 
     from MedTranslateLib.progress import ProgressTracker
@@ -121,19 +108,22 @@ def test_train_lowers_loss_and_exports_valid_package(tmp_path):
     assert result.best_step in (12, 24)
 
 
-def test_resume_continues_like_an_uninterrupted_run(tmp_path):
-    _require_backend()
+@pytest.mark.parametrize("augment", [False, True])
+def test_resume_continues_like_an_uninterrupted_run(tmp_path, augment):
+    """Also with augmentation: its randomness comes from the sampler's checkpointed generator."""
     from safetensors.torch import load_file
 
     from MedTranslateLib.training.loop import train
 
-    straight = train(_config(tmp_path / "a", steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3))
-    first = train(_config(tmp_path / "b", steps=3, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3))
+    straight = train(_config(tmp_path / "a", steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3,
+                             augment=augment))
+    first = train(_config(tmp_path / "b", steps=3, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3,
+                          augment=augment))
     assert first.steps == 3
     state = json.loads((_config(tmp_path / "b").work_path / "checkpoint" / "state.json").read_text())
     assert state["state"]["step"] == 3 and state["optimizers"]
     resumed = train(_config(tmp_path / "b", steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3,
-                            resume=True))
+                            resume=True, augment=augment))
     assert resumed.steps == 6 and resumed.metrics_on == "none"
     a = load_file(str(straight.package / "weights.safetensors"))
     b = load_file(str(resumed.package / "weights.safetensors"))
@@ -143,7 +133,6 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
 
 def test_zslab_holdout_on_one_volume(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     config = _config(tmp_path, split="zslab", steps=6, val_fraction=0.0, test_fraction=0.3, slab_gap=1,
@@ -157,7 +146,6 @@ def test_zslab_holdout_on_one_volume(tmp_path):
 
 
 def test_zslab_holdout_adds_further_train_subjects_whole(tmp_path):
-    _require_backend()
     from MedTranslateLib.errors import ConfigError
     from MedTranslateLib.training.loop import _load_data, card_builder
     from MedTranslateLib.progress import ProgressTracker
@@ -177,7 +165,6 @@ def test_zslab_holdout_adds_further_train_subjects_whole(tmp_path):
 
 @pytest.mark.parametrize("dims", ["2.5d", "3d"])
 def test_25d_and_3d_training(tmp_path, dims):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     # 2.5d counts in epochs (1 epoch of 2 steps), 3d in steps
@@ -197,7 +184,6 @@ def test_25d_and_3d_training(tmp_path, dims):
 
 
 def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
-    _require_backend()
     from MedTranslateLib.errors import Cancelled
     from MedTranslateLib.progress import CancelToken, ProgressTracker
     from MedTranslateLib.training.loop import STAGES, train
@@ -217,7 +203,6 @@ def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
 
 
 def test_out_of_memory_while_training_is_one_clear_error_with_a_resumable_checkpoint(tmp_path, monkeypatch):
-    _require_backend()
     import torch
 
     from MedTranslateLib.errors import DeviceError
@@ -243,7 +228,6 @@ def test_out_of_memory_while_training_is_one_clear_error_with_a_resumable_checkp
 
 
 def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     _unpaired_folders(tmp_path)
@@ -259,7 +243,6 @@ def test_unpaired_family_trains_on_unpaired_folders(tmp_path):
 
 @pytest.mark.parametrize("family", ["cyclegan", "unet"])
 def test_only_paired_families_train_on_pairs_of_paired_data(tmp_path, monkeypatch, family):
-    _require_backend()
     from MedTranslateLib.training import loop
 
     samplers = []
@@ -276,7 +259,6 @@ def test_only_paired_families_train_on_pairs_of_paired_data(tmp_path, monkeypatc
 
 
 def test_random_forest_is_fitted_not_stepped(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     config = _config(tmp_path, family="random_forest", architecture={}, val_fraction=0.0, test_fraction=0.34,
@@ -289,7 +271,6 @@ def test_random_forest_is_fitted_not_stepped(tmp_path):
 
 
 def test_cli_entry_point(tmp_path):
-    _require_backend()
     import argparse
 
     from MedTranslateLib.training.cli import add_train_arguments, run_train
@@ -310,7 +291,6 @@ def test_cli_entry_point(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes(tmp_path):
-    _require_backend()
     data = write_pairs(tmp_path / "data", n=3)
     script = tmp_path / "run_ddp.py"
     script.write_text(textwrap.dedent(f"""
@@ -351,7 +331,6 @@ def test_learning_rate_schedule_warmup_then_cosine():
 
 
 def test_cosine_schedule_reaches_the_optimizer(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     config = _config(tmp_path, steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=6,
@@ -374,7 +353,6 @@ def test_bad_schedule_is_refused():
 
 
 def test_a_paired_family_refuses_unpaired_data(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     _unpaired_folders(tmp_path)
@@ -386,7 +364,6 @@ def test_a_paired_family_refuses_unpaired_data(tmp_path):
 
 
 def test_a_diverging_run_stops_and_exports_nothing(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     with pytest.raises(ConfigError, match="diverged at step .* not finite") as caught:
@@ -395,7 +372,6 @@ def test_a_diverging_run_stops_and_exports_nothing(tmp_path):
 
 
 def test_destinations_are_checked_before_training(tmp_path):
-    _require_backend()
     from MedTranslateLib.training.loop import train
 
     data = write_pairs(tmp_path / "data")
@@ -410,7 +386,6 @@ def test_destinations_are_checked_before_training(tmp_path):
 
 
 def test_ctrl_c_keeps_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
-    _require_backend()
     from MedTranslateLib.training import loop
 
     calls = []
@@ -434,7 +409,6 @@ def test_ctrl_c_keeps_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
 
 
 def test_a_new_run_starts_new_logs(tmp_path):
-    _require_backend()
     import csv
 
     from MedTranslateLib.training.loop import train
