@@ -343,3 +343,21 @@ def test_a_rounding_change_of_the_direction_leaves_the_model_grid_mask_alone() -
     np.testing.assert_array_equal(plain.mask, turned.mask)
     assert plain.record.step("crop") == turned.record.step("crop")
     np.testing.assert_allclose(plain.array, turned.array, atol=1e-4)
+
+
+@pytest.mark.parametrize("slices, spacing_z, model_z", [(73, 1.0, 3.0), (140, 0.5, 3.0), (98, 0.5, 2.0)])
+def test_every_input_slice_gets_a_prediction_after_resampling(slices, spacing_z, model_z) -> None:
+    """The model grid has a whole number of slices, so the input's outermost slice centres can lie just outside
+    it: they take the nearest model slice's value instead of the background (a whole edge slice was air)."""
+    import SimpleITK as sitk
+
+    image = ct_image(shape_zyx=(slices, 24, 24), spacing=(1.0, 1.0, spacing_z))
+    array = sitk.GetArrayFromImage(image)
+    array[:] = 40.0  # the body fills the volume: every slice, the first and the last included
+    body = sitk.GetImageFromArray(array)
+    body.CopyInformation(image)
+    prepared = prepare(body, card(spacing=[1.0, 1.0, model_z], dimensionality="2d"))
+    predicted = np.full(prepared.array.shape, 0.5, np.float32)
+    result = sitk.GetArrayFromImage(restore(predicted, prepared.record, CT_SPEC))
+    assert prepared.input_mask.all()
+    assert np.allclose(result, 2047.25, atol=0.01), np.flatnonzero((result == -1024.0).all(axis=(1, 2)))

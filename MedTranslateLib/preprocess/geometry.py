@@ -149,13 +149,16 @@ def needs_resampling(grid: Mapping[str, Any], spacing_xyz: Sequence[float] | Non
     return any(abs(a - float(b)) > SPACING_TOLERANCE * max(1.0, abs(a)) for a, b in zip(grid["spacing"], spacing_xyz))
 
 
-def resample_to_grid(image: "sitk.Image", grid: Mapping[str, Any], default: float = 0.0) -> "sitk.Image":
-    """``image`` resampled onto ``grid`` (linear, float32)."""
+def resample_to_grid(image: "sitk.Image", grid: Mapping[str, Any], default: float = 0.0,
+                     extrapolate: bool = False) -> "sitk.Image":
+    """``image`` resampled onto ``grid`` (linear, float32). Points outside ``image`` get ``default``, or with
+    ``extrapolate`` the nearest voxel's value: for grids of the same extent (:func:`resampled_grid`), whose
+    outermost voxel centres may lie just outside each other's because sizes are whole numbers."""
     import SimpleITK as sitk
 
     return sitk.Resample(image, [int(v) for v in grid["size"]], sitk.Transform(), sitk.sitkLinear,
                          tuple(grid["origin"]), tuple(grid["spacing"]), tuple(grid["direction"]), float(default),
-                         sitk.sitkFloat32)
+                         sitk.sitkFloat32, bool(extrapolate))
 
 
 def resample_step(grid: Mapping[str, Any], spacing_xyz: Sequence[float] | None) -> dict | None:
@@ -167,11 +170,12 @@ def resample_step(grid: Mapping[str, Any], spacing_xyz: Sequence[float] | None) 
 
 def resample_array(array: np.ndarray, source_grid: Mapping[str, Any], target_grid: Mapping[str, Any],
                    default: float = 0.0) -> np.ndarray:
-    """Resample a (z, y, x) array from one grid onto another (linear, float32)."""
+    """Resample a (z, y, x) array between two grids of the same extent (the recorded resampling step; linear,
+    float32, nearest-voxel values where a centre lies just outside the other grid)."""
     import SimpleITK as sitk
 
     image = image_on_grid(np.asarray(array, dtype=np.float32), source_grid)
-    return sitk.GetArrayFromImage(resample_to_grid(image, target_grid, default=default))
+    return sitk.GetArrayFromImage(resample_to_grid(image, target_grid, default=default, extrapolate=True))
 
 
 #: A resampled voxel is inside a mask when at least this share of its linear interpolation is (0.5 less a margin far
@@ -185,7 +189,8 @@ def resample_mask(mask: np.ndarray, source_grid: Mapping[str, Any], target_grid:
     the whole mask by a voxel (20 HU in the head phantom model's output)."""
     import SimpleITK as sitk
 
-    resampled = resample_to_grid(image_on_grid(np.asarray(mask, dtype=np.uint8), source_grid), target_grid)
+    resampled = resample_to_grid(image_on_grid(np.asarray(mask, dtype=np.uint8), source_grid), target_grid,
+                                 extrapolate=True)
     return sitk.GetArrayViewFromImage(resampled) >= MASK_INSIDE  # (``resampled`` alive while the view is read)
 
 

@@ -195,7 +195,8 @@ def _to_model_grid(image: "sitk.Image", card: Mapping[str, Any], mask: Any,
     if step is not None:
         record.steps.append(step)
         background = float(array.min())
-        array = sitk.GetArrayFromImage(geometry.resample_to_grid(oriented, step["to"], default=background))
+        array = sitk.GetArrayFromImage(geometry.resample_to_grid(oriented, step["to"], default=background,
+                                                                 extrapolate=True))
         body = geometry.resample_mask(body, step["from"], step["to"])
     _check_size(array.shape, card)
     return array, body, record
