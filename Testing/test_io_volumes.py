@@ -51,6 +51,24 @@ def test_round_trip_keeps_geometry_and_values(tmp_path, ext):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
+@pytest.mark.parametrize("ext", ["NII.GZ", "NII", "MHA", "Mha", "NRRD", "MHD"])
+def test_upper_case_suffixes_are_written_under_the_name_given(tmp_path, ext):
+    """ITK's writers want lower-case suffixes ("x.NII.GZ" failed only after the whole translation)."""
+    image = odd_image()
+    path = write_volume(image, tmp_path / f"out.{ext}")
+    assert path.name == f"out.{ext}" and path.is_file()
+    back, _ = read_volume(path)
+    assert_same_geometry(back, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.parametrize("name", ["out.Nii", "out.Nii.gz", "out.nii.GZ"])
+def test_mixed_case_nifti_names_are_refused_before_writing(tmp_path, name):
+    with pytest.raises(OutputError, match="mixed-case"):
+        check_writable(tmp_path / name)
+
+
 def test_mhd_writes_its_raw_file_with_the_right_name(tmp_path):
     write_volume(odd_image(), tmp_path / "vol.mhd")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.mhd", "vol.raw"]

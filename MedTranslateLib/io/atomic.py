@@ -80,6 +80,10 @@ def check_writable(path: str | os.PathLike) -> None:
             f"Cannot write '{target}': unknown output format '{full_suffix(target)}'.",
             "Use .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd, or a folder path (ending in '/') for a DICOM series.",
         )
+    suffix = target.name[len(target.name) - len(full_suffix(target)):]
+    if not dicom and full_suffix(target) in (".nii", ".nii.gz") and suffix not in (suffix.lower(), suffix.upper()):
+        raise OutputError(f"Cannot write '{target}': NIfTI readers refuse a mixed-case suffix ('{suffix}').",
+                          f"End the name in '{suffix.lower()}' (or '{suffix.upper()}').")
     if not dicom and target.is_dir():
         raise OutputError(f"Cannot write '{target}': it is an existing folder, but a file is expected.",
                           "Choose a file name such as out.nii.gz, or end the path with '/' for a DICOM series.")

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from MedTranslateLib.errors import InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import (
-    FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output,
+    FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output, volume_stem,
 )
 from MedTranslateLib.io.data_size import check_declared_bytes, check_written, non_finite_counts, read_nifti_float
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
@@ -123,6 +123,11 @@ def _unreadable(path: Path, exc: Exception | None = None, detail: str = "") -> I
                       f"Check the file (re-export it if needed); readable formats: {READABLE}.")
 
 
+#: ITK's ImageIO per suffix: set explicitly, since ITK recognises lower-case suffixes only ("x.MHA")
+_IMAGE_IO = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+             ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
 def _format_name(path: Path) -> str:
     return {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
             ".mhd": "MetaImage", ".dcm": "DICOM"}.get(full_suffix(path), "image")
@@ -138,6 +143,8 @@ def _read_file(path: Path, max_voxels: int, what: str) -> tuple[sitk.Image, int]
         raise InputError(f"Cannot read '{path}': the file is empty (0 bytes).", "Re-export or re-download the volume.")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if full_suffix(path) in _IMAGE_IO:
+        reader.SetImageIO(_IMAGE_IO[full_suffix(path)])
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -406,8 +413,12 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
                     output.SetMetaData(f"MedTranslate_{key}", " ".join(str(value).split()))
     compress = full_suffix(target) in (".nii.gz", ".nrrd", ".mha")
     with atomic_output(target) as temp:
+        # ITK picks the writer from a lower-case suffix only ("x.NII.GZ" fails): write that, then rename
+        lower = temp.with_name(volume_stem(temp.name) + full_suffix(temp))
         try:
-            sitk.WriteImage(output, str(temp), compress)
+            sitk.WriteImage(output, str(lower), compress)
+            if lower != temp:
+                os.replace(lower, temp)
         except RuntimeError as exc:
             raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc)}).",
                               "Check free disk space and permissions, or choose another format.") from None
