@@ -122,3 +122,15 @@ def test_constant_body_keeps_map_finite() -> None:
         out, params = normalize(array, None, spec)
         assert np.isfinite(out).all()
         assert np.isfinite(list(v for v in params.values() if isinstance(v, float))).all()
+
+
+@pytest.mark.parametrize("spec", [{"method": "percentile", "percentiles": [0.5, 99.5]}, {"method": "zscore"}])
+def test_tiny_units_are_normalised_like_any_other(spec) -> None:
+    """An MR stored in units of 1e-10 is the same image: per-volume normalisation must give the same result
+    (an absolute threshold took it for a constant body and wrote garbage)."""
+    values = np.random.default_rng(0).uniform(100.0, 900.0, (4, 8, 8)).astype(np.float32)
+    plain, _ = normalize(values, None, spec)
+    tiny, _ = normalize(values * np.float32(1e-10), None, spec)
+    np.testing.assert_allclose(tiny, plain, atol=1e-5)
+    constant, _ = normalize(np.full((4, 8, 8), 3e-10, np.float32), None, spec)
+    assert np.all(np.isfinite(constant))

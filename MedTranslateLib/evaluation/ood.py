@@ -106,7 +106,8 @@ def intensity_reference(arrays: Sequence[np.ndarray], masks: Sequence[np.ndarray
 def _standardise(values: np.ndarray) -> np.ndarray:
     """``(x - median) / IQR``: removes a scanner's gain and offset, keeps the contrast's shape."""
     q25, q50, q75 = np.percentile(values, (25, 50, 75))
-    return (values - q50) / max(float(q75 - q25), 1e-6)
+    iqr = float(q75 - q25)
+    return (values - q50) / (iqr if iqr > 0 else 1.0)  # no absolute floor: units may be tiny (an MR in 1e-9)
 
 
 def _card_get(card: Any, key: str) -> Any:

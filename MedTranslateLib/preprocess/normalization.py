@@ -123,13 +123,13 @@ def normalize(array: np.ndarray, mask: np.ndarray | None, spec: Mapping[str, Any
         p_lo, p_hi = _pair(spec, "percentiles")
         values = _statistics_values(array, mask, bool(spec.get("within_mask", True)))
         lo, hi = (float(v) for v in np.percentile(values, [p_lo, p_hi]))
-        if hi - lo < _EPS * max(1.0, abs(lo)):
+        if hi - lo <= _EPS * max(abs(lo), abs(hi)):  # relative: an MR stored in units of 1e-9 is no constant
             hi = lo + 1.0  # constant body: keep the map defined (the body becomes -1)
         return _linear_to_unit(array, lo, hi), {"method": method, "lo": lo, "hi": hi,
                                                 "percentiles": [p_lo, p_hi]}
     values = _statistics_values(array, mask, bool(spec.get("within_mask", True)))
     mean, std = mean_std(values)
-    if std < _EPS * max(1.0, abs(mean)):
+    if std <= _EPS * abs(mean):  # relative, as for percentiles
         std = 1.0
     # x/3 after standardising == linear map with mean - 3 sd -> -1 and mean + 3 sd -> 1
     out = _linear_to_unit(array, mean - 3.0 * std, mean + 3.0 * std)
