@@ -216,6 +216,18 @@ def test_batch_names_same_named_inputs_after_their_case_folders(tmp_path, mr_inp
     assert _prediction_for(tmp_path / "out", "1PA00")[0] is None
 
 
+def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
+    """Same case name under two sites, or one name in two formats: distinct outputs, still found by case."""
+    from MedTranslateLib.cli.translate import batch_outputs
+
+    inputs = [str(tmp_path / site / "1PA003" / "mr.nii.gz") for site in ("siteA", "siteB")]
+    names = [p.name for p in batch_outputs(inputs + [str(tmp_path / "siteB" / "1PA001" / "mr.nii.gz")], tmp_path)]
+    assert names == ["1PA003_mr_siteA_synthetic.nii.gz", "1PA003_mr_siteB_synthetic.nii.gz",
+                     "1PA001_mr_synthetic.nii.gz"]
+    formats = [p.name for p in batch_outputs([str(tmp_path / "in_mr.mha"), str(tmp_path / "in_mr.nhdr")], tmp_path)]
+    assert len(set(formats)) == 2 and all("in_mr" in name for name in formats)
+
+
 def test_batch_refuses_outputs_that_clash_before_loading_the_model(tmp_path, mr_input):
     good = tmp_path / "in" / "a.nii.gz"
     good.parent.mkdir()

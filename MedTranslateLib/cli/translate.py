@@ -110,15 +110,29 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
 
 
 def batch_outputs(inputs: list[str], folder: Path) -> list[Path]:
-    """``<folder>/<input name>_synthetic.nii.gz`` per input; inputs with the same file name (SynthRAD's
-    ``<case>/mr.nii.gz``) get their folder's name in front: ``<case>_mr_synthetic.nii.gz``."""
+    """``<folder>/<input name>_synthetic.nii.gz`` per input. Inputs with the same file name (SynthRAD's
+    ``<case>/mr.nii.gz``) get their folder's name in front: ``<case>_mr_synthetic.nii.gz``; names still alike
+    (the same case from two sites) get the next folders up after it (``<case>_mr_<site>_synthetic.nii.gz``),
+    and then their format (``in_mr_mha``, ``in_mr_nhdr``)."""
     from collections import Counter
 
-    from MedTranslateLib.io.atomic import volume_stem
+    from MedTranslateLib.io.atomic import full_suffix, volume_stem
 
     paths = [Path(os.path.abspath(p)) for p in inputs]
-    counts = Counter(volume_stem(p) for p in paths)
-    names = [f"{p.parent.name}_{volume_stem(p)}" if counts[volume_stem(p)] > 1 else volume_stem(p) for p in paths]
+
+    def alike(names: list[str]) -> list[bool]:
+        counts = Counter(names)
+        return [counts[n] > 1 for n in names]
+
+    names = [volume_stem(p) for p in paths]
+    names = [f"{p.parent.name}_{n}" if same else n for p, n, same in zip(paths, names, alike(names))]
+    for level in range(1, max(len(p.parents) for p in paths)):
+        if not any(alike(names)):
+            break
+        names = [f"{n}_{p.parents[level].name}" if same and level < len(p.parents) and p.parents[level].name else n
+                 for p, n, same in zip(paths, names, alike(names))]
+    names = [f"{n}_{full_suffix(p).strip('.').replace('.', '_')}" if same else n
+             for p, n, same in zip(paths, names, alike(names))]
     return [folder / f"{name}_synthetic.nii.gz" for name in names]
 
 
