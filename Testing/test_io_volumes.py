@@ -397,3 +397,14 @@ def test_a_float_mask_with_nan_outside_is_read_as_outside_and_messages_name_the_
     np.testing.assert_array_equal(binary, (sitk.GetArrayFromImage(image) > 200).astype(np.uint8))
     with pytest.raises(InputError, match="The reference 'm.nii.gz' contains"):
         read_volume(tmp_path / "m.nii.gz", role="reference")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_dicom_series_folder_gets_the_permissions_of_a_new_folder(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "series", folder=True) as staging:
+            (staging / "1.dcm").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "series").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700

@@ -212,6 +212,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
 
     try:
         if folder:
+            _chmod_like_new_folder(staging)  # mkdtemp's 0700 would hide a DICOM series from other users
             yield staging
 
             def commit() -> None:
@@ -235,6 +236,13 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
     except BaseException:
         discard()
         raise
+
+
+def _chmod_like_new_folder(folder: Path) -> None:
+    """Give ``folder`` the permissions ``mkdir`` would have (0777 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
 
 
 def _replace_folder(staging: Path, target: Path) -> None:
