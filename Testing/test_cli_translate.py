@@ -242,6 +242,16 @@ def test_batch_refuses_outputs_that_clash_before_loading_the_model(tmp_path, mr_
     assert later.read_bytes() == before and not out_dir.exists()
 
 
+def test_batch_refuses_a_file_name_as_its_output_folder(tmp_path, mr_input, capsys):
+    """Several inputs with -o out.nii.gz silently made a folder named out.nii.gz."""
+    inputs = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    for path in inputs:
+        write_volume(mr_input, path, modality="MR")
+    code = main(["translate", *map(str, inputs), "-m", "no-such-model", "-o", str(tmp_path / "out.nii.gz")])
+    assert code == 6 and "is a file name" in capsys.readouterr().err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_ensemble_mean_and_spread(tmp_path, mr_input):
     a = make_untrained_package(tmp_path / "a", "unet", "2d", seed=1, id="ens-a")
     b = make_untrained_package(tmp_path / "b", "unet", "2d", seed=2, id="ens-b")

@@ -70,6 +70,11 @@ def test_field_of_view_and_spacing_are_flagged():
     kinds = {w.kind for w in warnings}
     assert {"field_of_view", "spacing"} <= kinds
     assert any("head-foot" in w.message and "larger" in w.message for w in warnings)
+    spacing = next(w for w in warnings if w.kind == "spacing").message
+    assert "another scale" in spacing and "Resampling" not in spacing  # this card keeps the input's voxels
+    resampling_card = {**_card(), "input": {"spacing": [1.0, 1.0, 2.0]}}
+    spacing = next(w for w in check_input(array, mask, (1.0, 1.0, 5.0), resampling_card) if w.kind == "spacing")
+    assert "Resampling to the model's grid" in spacing.message
     assert check_input(array, mask, (1.0, 1.0, 2.0), {"id": "no-reference"}) == []
 
 

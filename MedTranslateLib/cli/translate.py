@@ -15,6 +15,7 @@ from MedTranslateLib.errors import ConfigError, OutputError
 def run_translate(args: argparse.Namespace) -> int:
     """``medtranslate translate``: one input or a batch; returns the exit code."""
     from MedTranslateLib.families.base import InferenceOptions
+    from MedTranslateLib.io.atomic import FILE_SUFFIXES, full_suffix, volume_stem
     from MedTranslateLib.pipeline import check_outputs, read_inputs, translate_batch
 
     if args.deterministic:
@@ -28,6 +29,10 @@ def run_translate(args: argparse.Namespace) -> int:
     if many and (args.uncertainty or args.scene):
         raise ConfigError("--uncertainty and --scene take one input.", "Translate the volumes one at a time.")
     output = Path(args.output)
+    if many and not output.is_dir() and full_suffix(output) in FILE_SUFFIXES:
+        raise ConfigError(f"With {len(args.inputs)} inputs, -o is the folder the outputs go to, but "
+                          f"'{args.output}' is a file name.",
+                          f"Give a folder, e.g. -o {volume_stem(output) or 'synthetic'}/ (one output per input).")
     jobs = list(zip(args.inputs, batch_outputs(args.inputs, output) if many else [output]))
     if args.scene:
         from MedTranslateLib.scene import check_scene_path

@@ -215,7 +215,8 @@ def _check_slices(array: np.ndarray, m: np.ndarray, scale: float) -> list[OodWar
     return warnings
 
 
-def _check_geometry(extent: list[float], spacing: Sequence[float], ref: dict) -> list[OodWarning]:
+def _check_geometry(extent: list[float], spacing: Sequence[float], ref: dict,
+                    resamples: bool = True) -> list[OodWarning]:
     warnings = []
     for axis, name in enumerate(AXIS_NAMES):
         if "extent_mm" in ref:
@@ -232,9 +233,12 @@ def _check_geometry(extent: list[float], spacing: Sequence[float], ref: dict) ->
             trained = float(ref["spacing_mm"][axis])
             ratio = float(spacing[axis]) / trained if trained > 0 else 1.0
             if ratio > SPACING_RATIO or ratio < 1.0 / SPACING_RATIO:
+                effect = ("Resampling to the model's grid may blur or lose detail." if resamples else
+                          "The model works on the input's own voxels, so it sees the anatomy at another scale "
+                          "than it learned; review the result with care.")
                 warnings.append(OodWarning(
                     message=(f"Voxel size along {name} is {float(spacing[axis]):.2f} mm, training used about "
-                             f"{trained:.2f} mm. Resampling to the model's grid may blur or lose detail."),
+                             f"{trained:.2f} mm. {effect}"),
                     severity="info" if ratio < 1 else "warning", kind="spacing", region=name))
     return warnings
 
@@ -270,5 +274,6 @@ def check_input(array: np.ndarray, mask: np.ndarray | None, spacing_xyz: Sequenc
         lo, hi = np.percentile(array[m], (1, 99))
         scale = max(float(hi - lo), 1e-6)
     warnings += _check_slices(array, m, scale)
-    warnings += _check_geometry(_body_extent_mm(m, sample_spacing), spacing_xyz, ref)
+    resamples = bool((_card_get(card, "input") or {}).get("spacing"))
+    warnings += _check_geometry(_body_extent_mm(m, sample_spacing), spacing_xyz, ref, resamples)
     return warnings
