@@ -14,21 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MedTranslateLib import benchmark_heldout as bh
 from MedTranslateLib import benchmark_models as bm
 from MedTranslateLib.models.registry import BUILTIN_DIR
 
-SHIPPED = sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model.json").is_file() and bm.task_of(p.name)) \
+SHIPPED = sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model.json").is_file() and bh.task_of(p.name)) \
     if BUILTIN_DIR.is_dir() else []
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- fast unit tests (no data)
 def test_task_of_and_configs() -> None:
-    assert bm.task_of("mr2ct-phantom-unet2d").subfolder == "Task1"
-    assert bm.task_of("t1-flair-brats-pix2pix2d").prefix == "t1-flair-brats"
-    assert bm.task_of("mr2ct-headphantom-unet2d") is None  # the procedural demo is not a real-data model
+    assert bh.task_of("mr2ct-phantom-unet2d").subfolder == "Task1"
+    assert bh.task_of("t1-flair-brats-pix2pix2d").prefix == "t1-flair-brats"
+    assert bh.task_of("mr2ct-headphantom-unet2d") is None  # the procedural demo is not a real-data model
     ids = bm.config_ids()
-    for task in bm.TASKS:  # every task has at least U-Net, pix2pix and diffusion configs
+    for task in bh.TASKS:  # every task has at least U-Net, pix2pix and diffusion configs
         for family in ("unet", "pix2pix", "diffusion"):
             assert f"{task.prefix}-{family}2d" in ids
     assert "mr2ct-phantom-forest2d" in ids
@@ -53,11 +54,11 @@ def test_score_case_zslab_and_uncertainty() -> None:
     pred[16:] += 100.0  # error only in the held-out slab
     mask = np.ones_like(ref, bool)
     card = {"target_modality": "CT", "normalization": {"output": {"method": "clip", "range": [-1024, 3071]}}}
-    case = bm.HeldOut("c", Path("s"), Path("t"), None, (16, 30))
+    case = bh.HeldOut("c", Path("s"), Path("t"), None, (16, 30))
     std = np.abs(pred - ref) + rng.uniform(0, 1, ref.shape).astype(np.float32)
-    out = bm.score_case(pred, ref, mask, case, card, std)
+    out = bh.score_case(pred, ref, mask, case, card, std)
     assert out["mae"] == pytest.approx(100.0, rel=1e-4)
-    whole = bm.score_case(pred, ref, mask, bm.HeldOut("c", Path("s"), Path("t"), None), card)
+    whole = bh.score_case(pred, ref, mask, bh.HeldOut("c", Path("s"), Path("t"), None), card)
     assert whole["mae"] == pytest.approx(100.0 * 14 / 30, rel=1e-3)
     assert "unc_pearson" in out and "unc_pearson" not in whole
 
@@ -66,7 +67,7 @@ def test_mr_reference_goes_to_output_scale() -> None:
     ref = np.linspace(0, 5000, 1000, dtype=np.float32).reshape(10, 10, 10)
     mask = np.ones_like(ref, bool)
     spec = {"method": "percentile", "percentiles": [0.5, 99.5], "within_mask": True, "output_range": [0.0, 1000.0]}
-    scaled = bm.reference_on_output_scale(ref, mask, {"target_modality": "T2", "normalization": {"output": spec}})
+    scaled = bh.reference_on_output_scale(ref, mask, {"target_modality": "T2", "normalization": {"output": spec}})
     assert 0.0 <= scaled.min() and scaled.max() <= 1000.0 and scaled.max() > 990.0
 
 
@@ -153,7 +154,7 @@ def test_shipped_model_reproduces_card(model_id: str, real_data: Path, tmp_path:
     assert card["clinical_use"] is False and "not for clinical use" in card["limitations"].lower()
     assert card["metrics"]["values"]["mae"] is not None
     assert float(card["performance"]["cpu_seconds"]) > 0
-    cases = bm.held_out_cases(card, real_data)
+    cases = bh.held_out_cases(card, real_data)
     assert cases, "no held-out case found"
     case = cases[0]
     out = tmp_path / "pred.nii.gz"
@@ -166,8 +167,8 @@ def test_shipped_model_reproduces_card(model_id: str, real_data: Path, tmp_path:
     source = sitk.ReadImage(str(case.source))
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))).astype(np.float32)
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(case.target))).astype(np.float32)
-    mask = bm.evaluation_mask(source, case.mask, card)
-    got = bm.score_case(pred, ref, mask, case, card)
+    mask = bh.evaluation_mask(source, case.mask, card)
+    got = bh.score_case(pred, ref, mask, case, card)
     want = card["metrics"]["values"]
     assert math.isfinite(got["mae"])
     assert got["mae"] == pytest.approx(want["mae"], rel=0.05)
@@ -186,7 +187,7 @@ def test_phantom_model_without_a_mask_stays_near_its_card(real_data: Path, tmp_p
     model_id = "mr2ct-phantom-unet2d"
     card = json.loads((BUILTIN_DIR / model_id / "model.json").read_text())
     assert card["body_mask"]["dilate_mm"] == 8.0
-    case = bm.held_out_cases(card, real_data)[0]
+    case = bh.held_out_cases(card, real_data)[0]
     out = tmp_path / "pred.nii.gz"
     done = subprocess.run([sys.executable, "-m", "MedTranslateLib", "translate", str(case.source), "-m", model_id,
                            "-o", str(out), "--device", "cpu", "--progress", "none"],
@@ -194,8 +195,8 @@ def test_phantom_model_without_a_mask_stays_near_its_card(real_data: Path, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))).astype(np.float32)
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(case.target))).astype(np.float32)
-    mask = bm.evaluation_mask(sitk.ReadImage(str(case.source)), case.mask, card)
-    got = bm.score_case(pred, ref, mask, case, card)
+    mask = bh.evaluation_mask(sitk.ReadImage(str(case.source)), case.mask, card)
+    got = bh.score_case(pred, ref, mask, case, card)
     assert got["mae"] < 1.15 * card["metrics"]["values"]["mae"], got["mae"]
 
 
@@ -241,15 +242,15 @@ def test_common_scale_mae_compares_percentile_and_zscore_models() -> None:
     predictions = {}
     for name, spec in (("pct", pct), ("z", zs)):
         card = {"target_modality": "T2", "normalization": {"output": spec}}
-        predictions[name] = bm.reference_on_output_scale(ref + error, mask, card)
+        predictions[name] = bh.reference_on_output_scale(ref + error, mask, card)
         # a perfect prediction on the model's own scale scores ~0 on the common scale
-        assert bm.mae_on_common_scale(bm.reference_on_output_scale(ref, mask, card), ref, mask, spec) < 5.0
+        assert bh.mae_on_common_scale(bh.reference_on_output_scale(ref, mask, card), ref, mask, spec) < 5.0
     lo, hi = np.percentile(ref, [0.5, 99.5])
     expected = np.abs(error).mean() * 1000 / (hi - lo)
-    common = {n: bm.mae_on_common_scale(predictions[n], ref, mask, s) for n, s in (("pct", pct), ("z", zs))}
+    common = {n: bh.mae_on_common_scale(predictions[n], ref, mask, s) for n, s in (("pct", pct), ("z", zs))}
     assert common["pct"] == pytest.approx(expected, rel=0.25) and common["z"] == pytest.approx(expected, rel=0.25)
-    case = bm.HeldOut("c", Path("s"), Path("t"), None)
-    scored = bm.score_case(predictions["z"], ref, mask, case, {"target_modality": "T2", "normalization": {"output": zs}})
+    case = bh.HeldOut("c", Path("s"), Path("t"), None)
+    scored = bh.score_case(predictions["z"], ref, mask, case, {"target_modality": "T2", "normalization": {"output": zs}})
     assert scored["mae_common"] == pytest.approx(common["z"])
     assert bm.headline_mae(scored) == scored["mae_common"] and bm.headline_mae({"mae": 3.0}) == 3.0
 
