@@ -121,3 +121,15 @@ def test_full_size_volume():
     mask[10:140, 20:220, 20:220] = True
     out = M.compute_metrics(pred, ref, mask)
     assert 0.9 < out["ms_ssim"] <= 1.0
+
+
+def test_ms_ssim_2025_pads_the_mask_like_the_images_and_filters_from_a_zero_border():
+    """A volume under 97 voxels with the mask reaching every border: the value of an independent implementation
+    of the challenge's rules (mask edge-padded like the images; 2x2x2 mean with zeros before the first voxel).
+    The zero-padded mask and a mirrored border gave 0.96039."""
+    from MedTranslateLib.evaluation.metrics import ms_ssim_2025
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 200, (40, 50, 60)).astype(np.float32)
+    pred = (ref + rng.normal(0, 100, ref.shape)).astype(np.float32)
+    assert ms_ssim_2025(pred, ref, np.ones(ref.shape, bool)) == pytest.approx(0.9622666, abs=1e-6)
