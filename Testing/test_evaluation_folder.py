@@ -125,7 +125,8 @@ def test_cli_single_and_folder(synthrad_folder, capsys):
                               "--mask", str(case / "mask.nii.gz"), "--input", str(case / "mr.nii.gz"),
                               "--out", str(out)))
     assert code == 0
-    assert "mae" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mae" in printed and "no --mask" not in printed
     assert (out / "report.html").read_text().count("data:image/png") == 2
     assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--out", str(root / "o2"),
                               "--no-figures")) == 0
@@ -140,6 +141,7 @@ def test_cli_picks_the_target_modality_from_the_reference(synthrad_folder, capsy
     assert run_evaluate(_args("--pred", str(pred_dir / "1BA001.nii.gz"), "--ref", str(case / "ct.nii.gz"))) == 0
     out = capsys.readouterr().out
     assert "target modality: CT" in out and "dice_bone" in out
+    assert "no --mask: every voxel counts" in out  # unlike a folder evaluation, which uses the masks
     # an MR reference (no Hounsfield units of air) gets the MR metrics, not HU and bone Dice
     assert run_evaluate(_args("--pred", str(case / "mr.nii.gz"), "--ref", str(case / "mr.nii.gz"))) == 0
     out = capsys.readouterr().out

@@ -80,6 +80,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         modality = ev.resolve_modality(args.modality, arrays.ref)
         if args.modality == "AUTO":
             print(f"target modality: {modality} (from the reference's intensities; --modality overrides)")
+        if args.mask is None:
+            print("no --mask: every voxel counts, background included (a folder evaluation uses the data set's "
+                  "masks, or for BraTS the brain: give --mask to compare)")
         row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality)}
         rows = [row]
         if args.out and not args.no_figures:
