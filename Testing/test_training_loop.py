@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+import torch
 
 from MedTranslateLib.errors import ConfigError, OutputError
 
@@ -423,3 +424,26 @@ def test_a_new_run_starts_new_logs(tmp_path):
                      work_dir=str(tmp_path / "quiet"), output=str(tmp_path / "quiet-pkg"))
     train(config)
     assert not list((tmp_path / "quiet").glob("*_log.csv"))  # log = none writes no logs
+
+
+def test_the_exported_weights_are_the_best_validated_ones(tmp_path):
+    """Validation at every step: the package holds the weights of the best validation, not the last step's (on the
+    CPU the kept "best" weights were the live parameters, so the last step's were exported)."""
+    from safetensors.torch import load_file
+
+    from MedTranslateLib.families.base import pack_state
+    from MedTranslateLib.training.loop import train
+
+    net = torch.nn.Linear(2, 2)
+    snapshot = pack_state({"n": net})
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    assert not torch.equal(snapshot["n.weight"], net.weight)
+
+    config = _config(tmp_path, steps=4, val_interval=1, test_fraction=0.0, lr=5e-2)
+    result = train(config)
+    best = load_file(str(config.work_path / "best.safetensors"))
+    exported = load_file(str(result.package / "weights.safetensors"))
+    assert best.keys() == exported.keys()
+    for key in best:  # exported in float16 when export_half; compare at that precision
+        assert torch.allclose(best[key].float(), exported[key].float(), atol=1e-3, rtol=1e-3), key

@@ -75,9 +75,12 @@ class Family(Protocol):
 
 
 def pack_state(nets: Mapping[str, nn.Module], names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-    """Flatten named networks into one ``<network>.<parameter>`` tensor dict (the package weights layout)."""
+    """Flatten named networks into one ``<network>.<parameter>`` tensor dict (the package weights layout).
+
+    The tensors are copies on the CPU: a snapshot that training can go on from (``.cpu()`` alone returns the
+    live parameters of a CPU network, so "the best weights" kept changing until export)."""
     selected = names if names is not None else tuple(nets)
-    return {f"{name}.{key}": value.detach().cpu().contiguous()
+    return {f"{name}.{key}": value.detach().to("cpu", copy=True).contiguous()
             for name in selected for key, value in nets[name].state_dict().items()}
 
 
