@@ -17,7 +17,7 @@ Metrics are the SynthRAD 2023 definitions of :mod:`MedTranslateLib.evaluation.me
 per-tissue MAE, bone Dice; MR: MAE on the model's 0-1000 output scale and, to rank models whose output
 normalisations differ, on a common scale (:func:`~MedTranslateLib.benchmark_heldout.mae_on_common_scale`); PSNR/SSIM on [0, 1]-normalised images).
 Uncertainty vs error (:func:`~MedTranslateLib.evaluation.uncertainty.uncertainty_error_relation`) is measured for
-the U-Net and pix2pix (flip test-time augmentation spread), the random forest (spread across trees) and diffusion
+the U-Net and pix2pix (flip test-time augmentation spread) and diffusion
 (spread of the samples averaged into its prediction).
 """
 
@@ -65,8 +65,8 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
     ``steps``, ``sampler``: diffusion sampling steps and sampler (None: the card's default). ``samples``:
     diffusion samples averaged into the prediction (their spread is the uncertainty map; the time per volume
     includes every sample).
-    Deterministic families are timed on one plain pass; their uncertainty (flip test-time augmentation, or the
-    forest's spread across trees) comes from a second run."""
+    Deterministic families are timed on one plain pass; their uncertainty (flip test-time augmentation; none for
+    the random forest) comes from a second run."""
     import SimpleITK as sitk
     import torch
 
@@ -94,7 +94,7 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
         std = None
         if uncertainty and stochastic:
             std = None if result.uncertainty is None else volume_array(result.uncertainty)
-        elif uncertainty:
+        elif uncertainty and card["family"] != "random_forest":  # a forest gives no uncertainty map
             with_unc = translator.translate(image, mask_image, options, uncertainty=True)
             std = None if with_unc.uncertainty is None else volume_array(with_unc.uncertainty)
         row = score_case(volume_array(result.output), volume_array(ref_image), mask, case, card, std)
@@ -314,7 +314,7 @@ after the prediction is mapped back to the reference's units with the reference'
 output normalisation (for percentile-normalised models this is their MAE on their output scale; z-score models
 would otherwise be measured in other units); PSNR/SSIM on [0, 1]-normalised images. Diffusion: the prediction is
 the mean of the samples (sampler, steps and count in the family column). Uncertainty vs error: U-Net,
-pix2pix and CycleGAN = flip test-time augmentation spread, random forest = spread across trees, diffusion
+pix2pix and CycleGAN = flip test-time augmentation spread, random forest = none (no map), diffusion
 families = spread of their samples (Pearson/Spearman of std vs |error|, and mean |error| in the 10 % most / least uncertain voxels).
 A pork phantom is not a patient and four brains are a tiny cohort: these numbers rank the families on this data
 only. Not for clinical use.

@@ -97,8 +97,13 @@ class Translator:
 
         tracker = tracker or ProgressTracker(STAGES)
         options = options or InferenceOptions()
+        notes = []
         if uncertainty:
+            asked = options.samples
             options = _with_uncertainty(options, self.card.family)
+            if 1 < asked < options.samples:
+                notes.append(f"--samples {asked} was raised to {options.samples}: an uncertainty map needs at least "
+                             f"{options.samples} samples.")
         card = self.card.to_dict()
         seconds: dict[str, float] = {}
 
@@ -108,7 +113,7 @@ class Translator:
         prepared = prepare(image, card, mask=mask, role="input")
         body = prepared.input_mask
         check_modality(sitk.GetArrayViewFromImage(image), body, card["source_modality"])
-        warnings = list(prepared.record.warnings)
+        warnings = notes + list(prepared.record.warnings)
         if self.card.family not in SAMPLED_FAMILIES and (options.steps or options.sampler or options.samples > 1):
             warnings.append(f"Sampling steps, sampler and samples apply to diffusion and bridge models; "
                             f"{self.card.id} is a {self.card.family} model, so they were ignored.")
@@ -149,7 +154,9 @@ def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOption
     if family in SAMPLED_FAMILIES:
         return replace(options, samples=max(options.samples, 4))
     if family == "random_forest":
-        return options  # the forest's spread across trees is its own uncertainty
+        raise ConfigError("Random-forest models give no uncertainty map (their features do not change under the "
+                          "flips that measure it for networks).",
+                          "Leave out --uncertainty, or use an ensemble (-m A --ensemble B C) or a network model.")
     return replace(options, tta=True)
 
 

@@ -123,7 +123,7 @@ def test_jsonl_worker_protocol_and_uncertainty(tmp_path, mr_input, capsys):
 
 
 @pytest.mark.parametrize("family", ["diffusion", "contourdiff", "bridge", "cyclegan"])
-def test_other_families_translate_with_uncertainty(tmp_path, mr_input, family):
+def test_other_families_translate_with_uncertainty(tmp_path, mr_input, family, capsys):
     package = make_untrained_package(tmp_path / "model", family, "2d")
     source = tmp_path / "mr.nii.gz"
     write_volume(mr_input, source, modality="MR")
@@ -132,6 +132,21 @@ def test_other_families_translate_with_uncertainty(tmp_path, mr_input, family):
                  "--samples", "2", "--steps", "2", "--progress", "none"]) == 0
     assert same_grid(read_volume(out)[0], read_volume(source)[0])
     assert sitk.GetArrayFromImage(read_volume(std)[0]).max() > 0
+    printed = capsys.readouterr()
+    assert f"uncertainty {std}" in printed.out
+    raised = "--samples 2 was raised to 4" in printed.err + printed.out  # said, not done silently
+    assert raised == (family in ("diffusion", "contourdiff", "bridge"))
+
+
+def test_a_random_forest_refuses_an_uncertainty_map_up_front():
+    """It has none: before, translate warned and then reported a map it had not written."""
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.families.base import InferenceOptions
+    from MedTranslateLib.pipeline import _with_uncertainty
+
+    with pytest.raises(ConfigError, match="no uncertainty map"):
+        _with_uncertainty(InferenceOptions(), "random_forest")
+    assert _with_uncertainty(InferenceOptions(), "unet").tta
 
 
 def test_batch_translation_into_a_folder(tmp_path, mr_input):

@@ -97,20 +97,21 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
     result = item.result
     for warning in result.warnings:
         _warn(warning, jsonl, item.input)
+    uncertainty = args.uncertainty if result.uncertainty is not None else None  # only a map that was written
     scene = None
     if args.scene:
         from MedTranslateLib.scene import export_scene_mrb
 
-        scene = str(export_scene_mrb(item.input, item.output, args.scene, uncertainty_path=args.uncertainty,
+        scene = str(export_scene_mrb(item.input, item.output, args.scene, uncertainty_path=uncertainty,
                                      provenance=result.provenance, series_uid=args.series_uid,
                                      target_modality=target_modality))
     if jsonl:
-        emit_json("done", input=str(item.input), output=str(item.output), uncertainty=args.uncertainty, scene=scene,
+        emit_json("done", input=str(item.input), output=str(item.output), uncertainty=uncertainty, scene=scene,
                   provenance=result.provenance, warnings=result.warnings,
                   seconds={k: round(v, 3) for k, v in result.seconds.items()}, stats=result.stats)
     else:
         total = sum(result.seconds.values())
-        print(f"wrote {item.output} ({total:.1f} s)" + (f", uncertainty {args.uncertainty}" if args.uncertainty else "")
+        print(f"wrote {item.output} ({total:.1f} s)" + (f", uncertainty {uncertainty}" if uncertainty else "")
               + (f", scene {scene}" if scene else ""))
 
 
