@@ -89,22 +89,11 @@ def evaluation_mask(source: Any, mask_path: Path | None, card: dict[str, Any]) -
                                 modality=card.get("source_modality")), dtype=bool)
 
 
-def _reference_and_statistics(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]
-                              ) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """The reference on the model's output scale and the per-volume statistics it was normalised with
-    (None for CT, which stays in HU)."""
-    from MedTranslateLib.preprocess.normalization import denormalize, normalize
-
-    if card["target_modality"].upper() in CT_LIKE:
-        return ref, None
-    spec = card["normalization"]["output"]
-    normalised, params = normalize(ref, mask, spec)
-    return np.asarray(denormalize(normalised, spec), dtype=np.float32), params
-
-
 def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]) -> np.ndarray:
     """CT stays in HU; an MR reference goes through the card's output normalisation (per volume) and back."""
-    return _reference_and_statistics(ref, mask, card)[0]
+    from MedTranslateLib.evaluation.evaluate import reference_statistics
+
+    return reference_statistics(ref, mask, card)[0]
 
 
 def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spec: dict[str, Any],
@@ -133,7 +122,9 @@ def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOu
     from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
     raw = ref
-    ref, params = _reference_and_statistics(ref, mask, card)  # the statistics of the whole volume
+    from MedTranslateLib.evaluation.evaluate import reference_statistics
+
+    ref, params = reference_statistics(ref, mask, card)  # the statistics of the whole volume
     if case.z_range is not None:
         z0, z1 = case.z_range
         pred, ref, raw, mask = pred[z0:z1], ref[z0:z1], raw[z0:z1], mask[z0:z1]

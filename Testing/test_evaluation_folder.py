@@ -94,7 +94,7 @@ def test_brats_and_paired_layouts(tmp_path):
         _write(t2 * 1.1, tmp_path / "pred" / f"{case}.nii.gz")
     rows, _ = ev.evaluate_folder(tmp_path / "pred", tmp_path / "brats", layout="auto", target="t2w")
     assert len(rows) == 2 and set(rows[0]) == {"case", "mae", "me", "psnr_norm", "ssim_norm"}
-    assert rows[0]["me"] > 0
+    assert rows[0]["mae"] < 1.0  # a global gain is no MR error: each image is on its own 0-1000 scale
 
     ct, _, body = _ct_case(3)
     _write(ct, tmp_path / "paired" / "p1.nii.gz")
@@ -168,3 +168,34 @@ def test_cli_folder_goes_on_past_a_bad_case_and_reports_it(synthrad_folder, caps
                               "--no-figures")) == 3
     assert "error: case 1BA002:" in capsys.readouterr().err
     assert [c["case"] for c in json.loads((out / "metrics.json").read_text())["cases"]] == ["1BA001", "1BA003"]
+
+
+def test_mr_errors_compare_images_on_their_own_scales():
+    """A synthetic MR on its model's 0-1000 scale against a reference in scanner units: the same image reads
+    MAE 0 (it read the difference of the units, e.g. 207 instead of the card's 88 on a BraTS brain)."""
+    from MedTranslateLib.evaluation.evaluate import CaseArrays, metrics_for_arrays
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(100.0, 400.0, (8, 16, 16)).astype(np.float32)      # scanner units
+    mask = np.ones(ref.shape, bool)
+    lo, hi = np.percentile(ref, (0.5, 99.5))
+    pred = np.clip((ref - lo) / (hi - lo), 0, 1) * 1000.0                  # the same image, 0-1000
+    row = metrics_for_arrays(CaseArrays(pred, ref, mask, (1.0, 1.0, 1.0)), "MR")
+    assert row["mae"] == pytest.approx(0.0, abs=0.5) and row["ssim_norm"] == pytest.approx(1.0, abs=1e-4)
+    worse = metrics_for_arrays(CaseArrays(pred + rng.normal(0, 50, pred.shape), ref, mask, (1.0, 1.0, 1.0)), "MR")
+    assert 20 < worse["mae"] < 60
+
+
+def test_mr_errors_on_a_models_output_scale_with_its_card():
+    """--model: the reference goes through the card's output normalisation, as the card's own metrics do."""
+    from MedTranslateLib.evaluation.evaluate import CaseArrays, metrics_for_arrays, reference_statistics
+
+    card = {"target_modality": "FLAIR", "normalization": {"output": {
+        "method": "zscore", "within_mask": True, "output_range": [0.0, 1000.0], "background": 0.0}}}
+    rng = np.random.default_rng(1)
+    ref = rng.gamma(2.0, 100.0, (8, 16, 16)).astype(np.float32)   # skewed, as FLAIR is: percentiles != z-score
+    mask = np.ones(ref.shape, bool)
+    on_scale = reference_statistics(ref, mask, card)[0]
+    with_card = metrics_for_arrays(CaseArrays(on_scale, ref, mask, (1.0, 1.0, 1.0)), "MR", card)
+    assert with_card["mae"] == pytest.approx(0.0, abs=1e-3)
+    assert metrics_for_arrays(CaseArrays(on_scale, ref, mask, (1.0, 1.0, 1.0)), "MR")["mae"] > 1.0

@@ -28,10 +28,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--pred-dir", help="predictions: <case>.nii.gz or <case>/sct.nii.gz (optional <case>_std.*)")
     many.add_argument("--ref-root", help="references in a SynthRAD, BraTS or paired layout")
     many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto")
-    many.add_argument("--target", default="t2w", help="BraTS layout: target contrast suffix (t2w, t2f, t1c, ...)")
+    many.add_argument("--target", default="t2w", help="BraTS layout: the reference contrast's suffix (default t2w; t2f for FLAIR, t1c, t1n)")
     parser.add_argument("--modality", type=str.upper, choices=("AUTO", "CT", "MR"), default="AUTO",
                         help="target modality of a single case or a paired folder (default auto: CT when the "
                              "reference holds Hounsfield units of air, below -200, else MR)")
+    parser.add_argument("--model", help="MR targets: the model (id, id@version or package) that made the "
+                                        "predictions; the reference is put on its output scale, as in its card's "
+                                        "metrics (default: each image on its own 0-1000 scale)")
     parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures in the HTML report")
 
@@ -73,6 +76,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           "Example: medtranslate evaluate --pred sct.nii.gz --ref ct.nii.gz --mask mask.nii.gz")
     figures: dict[str, dict[str, bytes]] = {}
     failed: list[str] = []
+    card = None
+    if args.model:
+        from MedTranslateLib.models.registry import ModelRegistry
+
+        card = ModelRegistry().resolve(args.model).card.to_dict()
     if single:
         if not (args.pred and args.ref):
             raise ConfigError("Both --pred and --ref are needed to evaluate one case.", "Add the missing one.")
@@ -80,10 +88,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         modality = ev.resolve_modality(args.modality, arrays.ref)
         if args.modality == "AUTO":
             print(f"target modality: {modality} (from the reference's intensities; --modality overrides)")
+        if modality == "MR" and card is None:
+            print("MR: each image on its own 0-1000 scale (--model ID puts the reference on that model's output "
+                  "scale, as its card's metrics are)")
         if args.mask is None:
             print("no --mask: every voxel counts, background included (a folder evaluation uses the data set's "
                   "masks, or for BraTS the brain: give --mask to compare)")
-        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality)}
+        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality, card)}
         rows = [row]
         if args.out and not args.no_figures:
             figures[row["case"]] = ev.case_figures(arrays, row, modality)
@@ -99,7 +110,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout, out_dir=args.out,
                                               target=args.target, modality=args.modality,
-                                              figures=not args.no_figures, on_failure=report)
+                                              figures=not args.no_figures, on_failure=report, card=card)
     _print_table(rows, aggregates)
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics.csv'}, metrics.json and report.html")

@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -116,15 +116,39 @@ def resolve_modality(modality: str, ref: np.ndarray) -> str:
     return "CT" if float(np.min(ref)) < -200.0 else "MR"
 
 
-def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT") -> dict[str, Any]:
-    """Metrics of loaded arrays, plus the uncertainty relation when a std map is present."""
-    from MedTranslateLib.evaluation.metrics import compute_metrics
+def reference_statistics(ref: np.ndarray, mask: np.ndarray, card: Mapping[str, Any]
+                         ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """A reference on the model's output scale (its card's output normalisation, per volume, and back: what the
+    card's MR metrics compare with) and the statistics it was normalised with; CT stays in HU (None)."""
+    from MedTranslateLib.preprocess.modality import CT_LIKE
+    from MedTranslateLib.preprocess.normalization import denormalize, normalize
 
-    row: dict[str, Any] = compute_metrics(arrays.pred, arrays.ref, arrays.mask, modality=modality)
-    if arrays.std is not None:
+    if str(card["target_modality"]).upper() in CT_LIKE:
+        return ref, None
+    spec = card["normalization"]["output"]
+    normalised, params = normalize(ref, mask, spec)
+    return np.asarray(denormalize(normalised, spec), dtype=np.float32), params
+
+
+def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT",
+                       card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics of loaded arrays, plus the uncertainty relation when a std map is present. MR images (no absolute
+    unit): with the model's ``card`` the reference is put on the model's output scale (as in the card's
+    metrics); without, both images go on a 0-1000 scale between their own in-mask 0.5th/99.5th percentiles."""
+    from MedTranslateLib.evaluation.metrics import compute_metrics, mr_window
+
+    pred, ref, std = arrays.pred, arrays.ref, arrays.std
+    if modality.upper() == "MR" and card is not None:
+        ref = reference_statistics(ref, arrays.mask, card)[0]
+    elif modality.upper() == "MR":
+        windows = [mr_window(a, arrays.mask) for a in (pred, ref)]
+        pred, ref = (np.clip((a - lo) * (1000.0 / (hi - lo)), 0.0, 1000.0) for a, (lo, hi) in zip((pred, ref), windows))
+        std = None if std is None else std * np.float32(1000.0 / (windows[0][1] - windows[0][0]))
+    row: dict[str, Any] = compute_metrics(pred, ref, arrays.mask, modality=modality)
+    if std is not None:
         from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
-        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
+        rel = uncertainty_error_relation(std, np.abs(pred - ref), arrays.mask)
         row.update({"unc_pearson": rel["pearson"], "unc_spearman": rel["spearman"],
                     "unc_error_ratio": rel["error_ratio"]})
     return row
@@ -244,6 +268,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
                     out_dir: str | os.PathLike | None = None, target: str = "t2w", modality: str = "CT",
                     figures: bool = True, on_failure: Callable[[str, InputError], None] | None = None,
+                    card: Mapping[str, Any] | None = None,
                     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html.
 
@@ -259,7 +284,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
             on_failure(case.case, error)
             continue
         case.modality = resolve_modality(case.modality, arrays.ref)
-        row = {"case": case.case, **metrics_for_arrays(arrays, case.modality)}
+        row = {"case": case.case, **metrics_for_arrays(arrays, case.modality, card)}
         rows.append(row)
         if figures and out_dir is not None:
             all_figures[case.case] = case_figures(arrays, row, case.modality)

@@ -64,6 +64,9 @@ DEFINITIONS: dict[str, str] = {
     "psnr_norm": ("MR: each image scaled to [0, 1] between its own 0.5th/99.5th in-mask percentiles (clipped, "
                   "outside mask 0); PSNR over mask voxels with range 1."),
     "ssim_norm": "MR: SSIM as SSIM 2023 on the [0, 1]-normalised images with data range 1.",
+    "mr_scale": ("MR in `medtranslate evaluate`: MAE and ME are taken after putting each image on a 0-1000 scale "
+                 "between its own 0.5th/99.5th in-mask percentiles (clipped), since MR intensities have no "
+                 "absolute unit (a synthetic MR on its model's 0-1000 scale vs a reference in scanner units)."),
 }
 
 
@@ -230,12 +233,15 @@ def bone_dice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
     return 2.0 * int((bp & br).sum()) / total
 
 
+def mr_window(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles inside the mask (an MR image's own intensity window)."""
+    lo, hi = (float(v) for v in np.percentile(array[mask], MR_PERCENTILES))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def normalize_mr(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Scale to [0, 1] between the 0.5th and 99.5th percentiles inside the mask; outside mask 0."""
-    values = array[mask]
-    lo, hi = np.percentile(values, MR_PERCENTILES)
-    if hi <= lo:
-        hi = lo + 1.0
+    lo, hi = mr_window(array, mask)
     return np.where(mask, np.clip((array - lo) / (hi - lo), 0.0, 1.0), 0.0)
 
 
