@@ -408,3 +408,15 @@ def test_a_dicom_series_folder_gets_the_permissions_of_a_new_folder(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "series").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_reports_written_atomically_are_readable_by_others(tmp_path):
+    from MedTranslateLib.io.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.csv", "case,mae\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -4,6 +4,7 @@ import (validation, duplicates, overwrite), remove, and the MEDTRANSLATE_MODELS_
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -102,6 +103,8 @@ def test_import_refuses_duplicates_unless_overwrite(tmp_path, builtin):
     assert registry.resolve("dup").card.title == "Changed title"
     assert sorted(p.name for p in entry.path.iterdir()) == ["README.md", "model.json", "weights.safetensors"]
     assert [p.name for p in registry.user_dir.iterdir()] == ["dup@1.0.0"], "no temporary folders left"
+    if os.name == "posix":  # readable by other users (mkdtemp made it 0700)
+        assert entry.path.stat().st_mode & 0o055 == (0o777 & ~_umask()) & 0o055
 
 
 def test_import_from_zip_verifies_weights(tmp_path, builtin):
@@ -232,3 +235,9 @@ def test_import_says_which_package_an_id_selects(tmp_path, builtin, capsys, monk
     assert "now uses this import instead of the built-in builtin-ct@1.0.0" in out
     assert main(["models", "import", str(make_untrained_package(tmp_path / "own", id="own-model"))]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -447,3 +447,17 @@ def test_the_exported_weights_are_the_best_validated_ones(tmp_path):
     assert best.keys() == exported.keys()
     for key in best:  # exported in float16 when export_half; compare at that precision
         assert torch.allclose(best[key].float(), exported[key].float(), atol=1e-3, rtol=1e-3), key
+
+
+def test_a_resume_without_checkpoint_and_a_zip_output(tmp_path):
+    """--resume with nothing to resume fails before loading data and leaves no work folder; an --output ending
+    in .zip writes a zipped package (it made a folder named model.zip)."""
+    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.training.loop import train
+
+    config = _config(tmp_path, steps=1, resume=True)
+    with pytest.raises(ConfigError, match="No checkpoint to resume from"):
+        train(config)
+    assert not config.work_path.exists()
+    result = train(_config(tmp_path, steps=1, val_fraction=0.0, test_fraction=0.0, output=str(tmp_path / "m.zip")))
+    assert result.package.is_file() and result.package.suffix == ".zip"

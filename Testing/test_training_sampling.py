@@ -209,3 +209,13 @@ def test_training_reference_uses_the_automatic_mask_in_the_model_orientation(tmp
     assert reference == intensity_reference([array], [auto], spacing)
     unmasked = load_case(Case("a", paths["mr"], paths["ct"], None, "a"), card).reference
     assert unmasked == reference  # with or without the data set's mask: the same statistics
+
+
+def test_z_slab_description_counts_the_slices_between_training_and_test():
+    """With a validation slab between them, the test slab lies more than one gap above the training slices."""
+    from MedTranslateLib.training.datasets import zslab_holdout
+
+    split = {**zslab_holdout(86, test_fraction=0.25, val_fraction=0.2, gap=4), "subject": "1PA001"}
+    text = card_builder.held_out_description(split, "test", ["1PA001"])
+    (lo, _), (_, t_hi) = split["test"], split["train"]
+    assert f"{lo - t_hi} slices between" in text and lo - t_hi > 4 + 4

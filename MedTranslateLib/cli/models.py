@@ -60,8 +60,8 @@ def run_models(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         return 0
     if args.models_command == "remove":
-        registry.remove(args.model)
-        print(f"removed {args.model}")
+        for path in registry.remove(args.model):  # an id alone removes every imported version: say which
+            print(f"removed {path.name} ({path})")
         return 0
     if args.models_command == "folder":
         print(registry.user_dir)

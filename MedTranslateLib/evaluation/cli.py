@@ -25,7 +25,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--input", dest="input_volume", help="the source volume (shown in the report only)")
     one.add_argument("--uncertainty", help="per-voxel std map: adds the uncertainty-vs-error analysis")
     many = parser.add_argument_group("a folder of cases")
-    many.add_argument("--pred-dir", help="predictions: <case>.nii.gz or <case>/sct.nii.gz (optional <case>_std.*)")
+    many.add_argument("--pred-dir", help="predictions: <case>.nii.gz, <case>/sct.nii.gz or a batch translate's "
+                                              "<case>_..._synthetic.nii.gz (optional <case>_std.*)")
     many.add_argument("--ref-root", help="references in a SynthRAD, BraTS or paired layout")
     many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto")
     many.add_argument("--target", default="t2w", help="BraTS layout: the reference contrast's suffix (default t2w; t2f for FLAIR, t1c, t1n)")
@@ -50,7 +51,7 @@ def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, flo
 
     console = Console()
     shown = rows if len(rows) <= 4 else []  # many cases: summary only (all cases are in the CSV)
-    table = Table(title=f"Evaluation of {len(rows)} case(s), SynthRAD definitions")
+    table = Table(title=f"Evaluation of {len(rows)} case(s)")
     table.add_column("metric")
     for row in shown:
         table.add_column(str(row.get("case", "")), justify="right", overflow="fold")

@@ -212,7 +212,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
 
     try:
         if folder:
-            _chmod_like_new_folder(staging)  # mkdtemp's 0700 would hide a DICOM series from other users
+            chmod_like_new(staging)  # mkdtemp's 0700 would hide a DICOM series from other users
             yield staging
 
             def commit() -> None:
@@ -238,11 +238,12 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
         raise
 
 
-def _chmod_like_new_folder(folder: Path) -> None:
-    """Give ``folder`` the permissions ``mkdir`` would have (0777 less the umask)."""
+def chmod_like_new(path: Path) -> None:
+    """Give a ``mkstemp`` file or ``mkdtemp`` folder (private: 0600 / 0700) the permissions a plain ``open`` or
+    ``mkdir`` would have (0666 / 0777 less the umask), so other users can read what is moved into place."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
 
 
 def _replace_folder(staging: Path, target: Path) -> None:
@@ -281,6 +282,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
+            chmod_like_new(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
-from MedTranslateLib.io.atomic import swap_into_place
+from MedTranslateLib.io.atomic import chmod_like_new, swap_into_place
 from MedTranslateLib.models.paths import user_models_dir
 from MedTranslateLib.models.package import (
     MAX_EXTRA_BYTES,
@@ -133,7 +133,7 @@ class ModelRegistry:
         existing = [e for e in self.list_models() if e.source == "user" and e.name == f"{card.id}@{card.version}"]
         if existing and not overwrite:
             raise ModelError(f"{card.id} {card.version} is already imported ({existing[0].path}).",
-                             "Use --overwrite (overwrite=True) to replace it, or give the package a new version.")
+                             "Import with --overwrite to replace it, or give the package a new version.")
         # "<id>@<version>": ids and versions may contain "-" but never "@", so no two packages share a folder
         destination = self.user_dir / f"{card.id}@{card.version}"
         if destination.exists() and destination not in {e.path for e in existing}:
@@ -141,6 +141,7 @@ class ModelRegistry:
                              "Move that folder out of your model folder, then import again.")
         self.user_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
+        chmod_like_new(staging)  # readable by other users, as an exported package is
         try:
             self._copy_files(package, staging, weights)
             swap_into_place(staging, destination)

@@ -124,7 +124,7 @@ def held_out_description(split: Mapping[str, Any], metrics_on: str, subjects: Se
     if split.get("method") == "z-slab" and split.get(metrics_on):
         (lo, hi), (t_lo, t_hi) = split[metrics_on], split.get("train") or (0, 0)
         return (f"Held-out {metrics_on} slices {lo}-{hi - 1} of {split.get('subject')} (slices {t_lo}-{t_hi - 1} of the "
-                f"same volume were trained on, {split.get('gap', 0)} slices between), {where}.")
+                f"same volume were trained on, {lo - t_hi} slices between), {where}.")  # a val slab may lie between
     return f"Held-out {metrics_on} data not used for training ({', '.join(subjects)}), {where}."
 
 

@@ -439,7 +439,12 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     from MedTranslateLib.inference.device import select_device
 
     config.validate()
+    if str(config.output).lower().endswith(".zip") and not config.export_zip:
+        config = replace(config, export_zip=True)  # "--output model.zip" means a zipped package, not a folder
     card_builder.check_card(config)
+    if config.resume and not (config.work_path / "checkpoint" / "state.json").is_file():
+        raise ConfigError(f"No checkpoint to resume from in {config.work_path / 'checkpoint'}.",
+                          "Start without --resume, or give the --output (or work_dir) of the run to continue.")
     _check_destinations(config)
     # the card records the layout that was read, so its config reproduces the run even where "auto" would not
     config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
