@@ -119,3 +119,10 @@ def test_a_card_body_mask_typo_is_refused_like_in_training():
     card["body_mask"] = {"dilate": 8.0}
     with pytest.raises(ModelError, match="body_mask: Unknown body_mask setting 'dilate'"):
         validate_card(card, source="x/model.json")
+
+
+def test_a_z_slab_split_reads_as_slice_ranges():
+    from MedTranslateLib.models.card import _split_text
+
+    text = _split_text({"method": "z-slab", "gap": 4, "train": [0, 60], "val": None, "test": [64, 86]})
+    assert "train slices 0-59" in text and "test slices 64-85" in text and " x " not in text and "val" not in text

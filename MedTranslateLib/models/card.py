@@ -134,6 +134,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _split_text(split: Mapping[str, Any]) -> str:
+    """The training split for people: a z-slab's [start, stop) ranges as slice ranges ("slices 0-59")."""
+    if split.get("method") != "z-slab":
+        return _fmt(split)
+    parts = {k: (f"slices {v[0]}-{v[1] - 1}" if isinstance(v, (list, tuple)) and len(v) == 2 else v)
+             for k, v in split.items() if k in ("train", "val", "test") and v}
+    rest = {k: v for k, v in split.items() if k not in ("train", "val", "test")}
+    return ", ".join([f"{k} {v}" for k, v in parts.items()] + [f"{k}={_fmt(v)}" for k, v in rest.items()])
+
+
 class ModelCard:
     """A validated model card. Read fields with the properties or ``to_dict()`` (a deep copy)."""
 
@@ -256,7 +266,7 @@ class ModelCard:
             "",
             "## Training",
             f"- Data: {training['data']}",
-            f"- Split: {_fmt(training['split'])}",
+            f"- Split: {_split_text(training['split'])}",
         ]
         for key in ("epochs", "steps", "seconds", "device", "date", "software"):
             if key in training:
