@@ -134,9 +134,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _split_text(split: Mapping[str, Any]) -> str:
+def _split_text(split: Any) -> str:
     """The training split for people: a z-slab's [start, stop) ranges as slice ranges ("slices 0-59")."""
-    if split.get("method") != "z-slab":
+    if not isinstance(split, Mapping) or split.get("method") != "z-slab":
         return _fmt(split)
     parts = {k: (f"slices {v[0]}-{v[1] - 1}" if isinstance(v, (list, tuple)) and len(v) == 2 else v)
              for k, v in split.items() if k in ("train", "val", "test") and v}
