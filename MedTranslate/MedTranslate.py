@@ -259,7 +259,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 input_node=node.inputVolume, model_id=node.modelId,
                 target_modality=model.target_modality if model else "", output_node=node.outputVolume,
                 output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
-                device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume, uncertainty=node.uncertainty,
+                device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume,
+                # a random forest has no uncertainty map (the backend refuses one): translate without it
+                uncertainty=node.uncertainty and not (model and model.family == "random_forest"),
                 steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
                 samples=node.samples if node.samples > 1 and model and model.family in SAMPLED_FAMILIES else None)
             translation.start(request)

@@ -89,13 +89,6 @@ def evaluation_mask(source: Any, mask_path: Path | None, card: dict[str, Any]) -
                                 modality=card.get("source_modality")), dtype=bool)
 
 
-def reference_on_output_scale(ref: np.ndarray, mask: np.ndarray, card: dict[str, Any]) -> np.ndarray:
-    """CT stays in HU; an MR reference goes through the card's output normalisation (per volume) and back."""
-    from MedTranslateLib.evaluation.evaluate import reference_statistics
-
-    return reference_statistics(ref, mask, card)[0]
-
-
 def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spec: dict[str, Any],
                         params: dict[str, Any] | None = None) -> float:
     """MR MAE that compares models with different output normalisations: the prediction is mapped back to the
@@ -103,14 +96,13 @@ def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spe
     computed here when not given; what a per-volume calibrated output would be), then both are put on the
     reference's 0-1000 scale between its 0.5th and 99.5th percentiles in the mask (the reference clipped to
     that range). For a percentile [0.5, 99.5] model this is its MAE."""
-    from MedTranslateLib.evaluation.metrics import MR_PERCENTILES
+    from MedTranslateLib.evaluation.metrics import mr_window
     from MedTranslateLib.preprocess.normalization import denormalize, normalize, output_to_unit
 
     if params is None:
         _, params = normalize(ref, mask, spec)
     physical = denormalize(output_to_unit(pred, spec), spec, params)
-    lo, hi = (float(v) for v in np.percentile(ref[mask], MR_PERCENTILES))  # the MR PSNR/SSIM window
-    hi = hi if hi > lo else lo + 1.0
+    lo, hi = mr_window(ref, mask)  # the MR PSNR/SSIM window
     diff = np.abs(physical[mask] - np.clip(ref[mask], lo, hi))
     return float(diff.mean() * 1000.0 / (hi - lo))
 
@@ -118,12 +110,11 @@ def mae_on_common_scale(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spe
 def score_case(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, case: HeldOut, card: dict[str, Any],
                std: np.ndarray | None = None) -> dict[str, Any]:
     """Metrics of one held-out case (restricted to its z-slab), plus uncertainty vs error when ``std`` is given."""
+    from MedTranslateLib.evaluation.evaluate import reference_statistics
     from MedTranslateLib.evaluation.metrics import compute_metrics
     from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
     raw = ref
-    from MedTranslateLib.evaluation.evaluate import reference_statistics
-
     ref, params = reference_statistics(ref, mask, card)  # the statistics of the whole volume
     if case.z_range is not None:
         z0, z1 = case.z_range

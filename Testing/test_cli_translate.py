@@ -231,6 +231,18 @@ def test_batch_names_same_named_inputs_after_their_case_folders(tmp_path, mr_inp
     assert _prediction_for(tmp_path / "out", "1PA00")[0] is None
 
 
+def test_evaluate_reports_a_case_with_two_matching_predictions(tmp_path):
+    """Two sites' outputs of one case in one folder: reported, not silently left out."""
+    from MedTranslateLib.errors import InputError
+    from MedTranslateLib.evaluation.evaluate import _prediction_for
+
+    for name in ("1PA003_mr_siteA_synthetic.nii.gz", "1PA003_mr_siteB_synthetic.nii.gz", "1PA001_mr_synthetic.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    assert _prediction_for(tmp_path, "1PA001")[0] == tmp_path / "1PA001_mr_synthetic.nii.gz"
+    with pytest.raises(InputError, match="2 predictions match case 1PA003"):
+        _prediction_for(tmp_path, "1PA003")
+
+
 def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
     """Same case name under two sites, or one name in two formats: distinct outputs, still found by case."""
     from MedTranslateLib.cli.translate import batch_outputs
@@ -240,7 +252,11 @@ def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
     assert names == ["1PA003_mr_siteA_synthetic.nii.gz", "1PA003_mr_siteB_synthetic.nii.gz",
                      "1PA001_mr_synthetic.nii.gz"]
     formats = [p.name for p in batch_outputs([str(tmp_path / "in_mr.mha"), str(tmp_path / "in_mr.nhdr")], tmp_path)]
-    assert len(set(formats)) == 2 and all("in_mr" in name for name in formats)
+    assert formats == [f"{tmp_path.name}_in_mr_mha_synthetic.nii.gz", f"{tmp_path.name}_in_mr_nhdr_synthetic.nii.gz"]
+    mixed = [str(tmp_path / "x" / "a" / "mr.nii.gz"), str(tmp_path / "y" / "a" / "mr.nii.gz"),
+             str(tmp_path / "x" / "b" / "a_mr.nii.gz")]
+    assert [p.name for p in batch_outputs(mixed, tmp_path)] == [
+        "a_mr_x_nii_gz_synthetic.nii.gz", "a_mr_y_synthetic.nii.gz", "a_mr_x_nii_gz_2_synthetic.nii.gz"]
 
 
 def test_batch_refuses_outputs_that_clash_before_loading_the_model(tmp_path, mr_input):

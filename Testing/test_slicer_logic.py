@@ -189,6 +189,9 @@ def test_evaluate_against_reference(scene, input_node):
     reference = slicer.util.addVolumeFromArray(array + 10.0, ijkToRAS=IJK_TO_RAS, name="reference")
     metrics = evaluate_against_reference(input_node, reference)
     assert metrics["mae"] == pytest.approx(10.0, rel=1e-4) and metrics["me"] == pytest.approx(-10.0, rel=1e-4)
+    # MR: no unit, so the same image in other units (x 3) is no error, as in medtranslate evaluate
+    scaled = slicer.util.addVolumeFromArray(array * 3.0, ijkToRAS=IJK_TO_RAS, name="scaled")
+    assert evaluate_against_reference(input_node, scaled, modality="MR")["mae"] == pytest.approx(0.0, abs=1e-2)
     shifted = IJK_TO_RAS.copy()
     shifted[0, 3] += 3.0
     moved = slicer.util.addVolumeFromArray(array, ijkToRAS=shifted, name="moved")

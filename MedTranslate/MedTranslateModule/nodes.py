@@ -90,11 +90,12 @@ def node_grid(node: Any) -> tuple[tuple[int, ...], Any]:
 
 def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
                                modality: str = "CT") -> dict[str, float]:
-    """SynthRAD metrics of a synthetic volume against a reference on the same grid (optional mask)."""
+    """The metrics of ``medtranslate evaluate`` for a synthetic volume against a reference on the same grid
+    (optional mask): SynthRAD's for CT; for MR both images on their own 0-1000 scale (no unit to compare)."""
     import numpy as np
     import slicer
 
-    from MedTranslateLib.evaluation.metrics import compute_metrics
+    from MedTranslateLib.evaluation.evaluate import CaseArrays, metrics_for_arrays
 
     if synthetic_node is None or reference_node is None:
         raise TranslationFailed("Select the synthetic volume and a reference volume to evaluate.")
@@ -110,6 +111,8 @@ def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_no
                 f"{node.GetName()} is not on the synthetic volume's grid. Resample it first (module "
                 "'Resample Image (BRAINS)' with the synthetic volume as reference).")
         check_same_frame(synthetic_node, node, "The reference" if node is reference_node else "The mask")
-    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else None
-    return compute_metrics(slicer.util.arrayFromVolume(synthetic_node).astype(np.float32),
-                           slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask, modality)
+    synthetic = slicer.util.arrayFromVolume(synthetic_node).astype(np.float32)
+    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else np.ones(synthetic.shape, bool)
+    arrays = CaseArrays(synthetic, slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask,
+                        tuple(synthetic_node.GetSpacing()))
+    return metrics_for_arrays(arrays, modality)

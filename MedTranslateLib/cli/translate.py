@@ -116,29 +116,36 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
 
 
 def batch_outputs(inputs: list[str], folder: Path) -> list[Path]:
-    """``<folder>/<input name>_synthetic.nii.gz`` per input. Inputs with the same file name (SynthRAD's
-    ``<case>/mr.nii.gz``) get their folder's name in front: ``<case>_mr_synthetic.nii.gz``; names still alike
-    (the same case from two sites) get the next folders up after it (``<case>_mr_<site>_synthetic.nii.gz``),
-    and then their format (``in_mr_mha``, ``in_mr_nhdr``)."""
-    from collections import Counter
+    """``<folder>/<input name>_synthetic.nii.gz`` per input. Inputs with the same name get their folder's name in
+    front (SynthRAD's ``<case>/mr.nii.gz`` -> ``<case>_mr_synthetic.nii.gz``, found by case by evaluate), then the
+    names of the further folders that tell them apart after it (levels they share are skipped: the same case
+    from two sites -> ``<case>_mr_<site>_synthetic.nii.gz``), then their format (``in_mr_mha``, ``in_mr_nhdr``)."""
+    from collections import defaultdict
 
     from MedTranslateLib.io.atomic import full_suffix, volume_stem
 
     paths = [Path(os.path.abspath(p)) for p in inputs]
-
-    def alike(names: list[str]) -> list[bool]:
-        counts = Counter(names)
-        return [counts[n] > 1 for n in names]
-
     names = [volume_stem(p) for p in paths]
-    names = [f"{p.parent.name}_{n}" if same else n for p, n, same in zip(paths, names, alike(names))]
-    for level in range(1, max(len(p.parents) for p in paths)):
-        if not any(alike(names)):
-            break
-        names = [f"{n}_{p.parents[level].name}" if same and level < len(p.parents) and p.parents[level].name else n
-                 for p, n, same in zip(paths, names, alike(names))]
-    names = [f"{n}_{full_suffix(p).strip('.').replace('.', '_')}" if same else n
-             for p, n, same in zip(paths, names, alike(names))]
+
+    def clashes() -> list[list[int]]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, name in enumerate(names):
+            groups[name].append(index)
+        return [group for group in groups.values() if len(group) > 1]
+
+    for level in range(max(len(p.parents) for p in paths)):
+        for group in clashes():
+            parts = [paths[i].parents[level].name if level < len(paths[i].parents) else "" for i in group]
+            if level == 0 or len(set(parts)) > 1:  # the case folder, then the levels that tell them apart
+                for i, part in zip(group, parts):
+                    names[i] = (f"{part}_{names[i]}" if level == 0 else f"{names[i]}_{part}") if part else names[i]
+    for group in clashes():
+        for i in group:
+            names[i] = f"{names[i]}_{full_suffix(paths[i]).strip('.').replace('.', '_')}"
+    for group in clashes():  # rare left-overs: a number; the same input twice keeps its clash (refused later)
+        for number, i in enumerate(group[1:], start=2):
+            if paths[i] != paths[group[0]]:
+                names[i] = f"{names[i]}_{number}"
     return [folder / f"{name}_synthetic.nii.gz" for name in names]
 
 

@@ -98,7 +98,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality, card)}
         rows = [row]
         if args.out and not args.no_figures:
-            figures[row["case"]] = ev.case_figures(arrays, row, modality)
+            figures[row["case"]] = ev.case_figures(arrays, row, modality, card)
         aggregates = ev.aggregate(rows)
         if args.out:
             ev.write_outputs(rows, aggregates, args.out, figures)

@@ -130,20 +130,32 @@ def reference_statistics(ref: np.ndarray, mask: np.ndarray, card: Mapping[str, A
     return np.asarray(denormalize(normalised, spec), dtype=np.float32), params
 
 
+def on_common_scale(arrays: CaseArrays, modality: str, card: Mapping[str, Any] | None = None) -> CaseArrays:
+    """MR images have no unit: with the model's ``card`` the reference is put on the model's output scale (as in
+    the card's metrics); without, each image goes on a 0-1000 scale between its own in-mask 0.5th/99.5th
+    percentiles (the std map with the prediction). CT is returned as it is."""
+    from dataclasses import replace
+
+    from MedTranslateLib.evaluation.metrics import mr_window
+
+    if modality.upper() != "MR":
+        return arrays
+    if card is not None:
+        return replace(arrays, ref=reference_statistics(arrays.ref, arrays.mask, card)[0])
+    (p_lo, p_hi), (r_lo, r_hi) = (mr_window(a, arrays.mask) for a in (arrays.pred, arrays.ref))
+    std = None if arrays.std is None else arrays.std * np.float32(1000.0 / (p_hi - p_lo))
+    return replace(arrays, pred=np.clip((arrays.pred - p_lo) * (1000.0 / (p_hi - p_lo)), 0.0, 1000.0),
+                   ref=np.clip((arrays.ref - r_lo) * (1000.0 / (r_hi - r_lo)), 0.0, 1000.0), std=std)
+
+
 def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT",
                        card: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics of loaded arrays, plus the uncertainty relation when a std map is present. MR images (no absolute
-    unit): with the model's ``card`` the reference is put on the model's output scale (as in the card's
-    metrics); without, both images go on a 0-1000 scale between their own in-mask 0.5th/99.5th percentiles."""
-    from MedTranslateLib.evaluation.metrics import compute_metrics, mr_window
+    """Metrics of loaded arrays (MR: :func:`on_common_scale` first), plus the uncertainty relation when a std map
+    is present."""
+    from MedTranslateLib.evaluation.metrics import compute_metrics
 
+    arrays = on_common_scale(arrays, modality, card)
     pred, ref, std = arrays.pred, arrays.ref, arrays.std
-    if modality.upper() == "MR" and card is not None:
-        ref = reference_statistics(ref, arrays.mask, card)[0]
-    elif modality.upper() == "MR":
-        windows = [mr_window(a, arrays.mask) for a in (pred, ref)]
-        pred, ref = (np.clip((a - lo) * (1000.0 / (hi - lo)), 0.0, 1000.0) for a, (lo, hi) in zip((pred, ref), windows))
-        std = None if std is None else std * np.float32(1000.0 / (windows[0][1] - windows[0][0]))
     row: dict[str, Any] = compute_metrics(pred, ref, arrays.mask, modality=modality)
     if std is not None:
         from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
@@ -161,10 +173,12 @@ def evaluate_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
     return metrics_for_arrays(load_case(pred_path, ref_path, mask_path, std_path=std_path), modality)
 
 
-def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT") -> dict[str, bytes]:
-    """The report figures of one case (PNG bytes by caption)."""
+def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT",
+                 card: Mapping[str, Any] | None = None) -> dict[str, bytes]:
+    """The report figures of one case (PNG bytes by caption), on the scale its metrics use."""
     from MedTranslateLib.evaluation.report import analysis_figure, slices_figure
 
+    arrays = on_common_scale(arrays, modality, card)
     figures = {
         "Centre slices (axial, coronal, sagittal)": slices_figure(
             arrays.pred, arrays.ref, arrays.mask, arrays.spacing_xyz, arrays.input, modality),
@@ -192,9 +206,12 @@ def _prediction_for(pred_dir: Path, case: str) -> tuple[Path | None, Path | None
 def _batch_output(pred_dir: Path, case: str) -> Path | None:
     """The one ``<case>_..._synthetic.<ext>`` (or ``<case>-...``) that ``medtranslate translate`` writes for a
     batch (e.g. ``1PA001_mr_synthetic.nii.gz``, ``BraTS-GLI-00000-000-t1n_synthetic.nii.gz``)."""
-    found = [p for p in pred_dir.glob(f"{glob.escape(case)}[-_]*_synthetic.*")
-             if p.is_file() and any(p.name.endswith(f"_synthetic{ext}") for ext in EXTENSIONS)]
-    return found[0] if len(found) == 1 else None
+    found = sorted(p for p in pred_dir.glob(f"{glob.escape(case)}[-_]*_synthetic.*")
+                   if p.is_file() and any(p.name.endswith(f"_synthetic{ext}") for ext in EXTENSIONS))
+    if len(found) > 1:
+        raise InputError(f"{len(found)} predictions match case {case}: {', '.join(p.name for p in found)}.",
+                         "Keep one prediction per case in the folder (e.g. evaluate each site from its own folder).")
+    return found[0] if found else None
 
 
 def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
@@ -224,8 +241,10 @@ def _paired_cases(ref_root: Path, modality: str) -> list[CasePaths]:
 
 
 def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
-               target: str = "t2w", modality: str = "CT") -> list[CasePaths]:
-    """Match predictions to references; cases without a prediction are skipped, none at all -> error."""
+               target: str = "t2w", modality: str = "CT",
+               on_failure: Callable[[str, InputError], None] | None = None) -> list[CasePaths]:
+    """Match predictions to references; cases without a prediction are skipped, none at all -> error. A case
+    with several matching predictions raises, or with ``on_failure(case, error)`` is reported there."""
     pred_dir, ref_root = Path(pred_dir), Path(ref_root)
     for folder, what in ((pred_dir, "prediction folder"), (ref_root, "reference folder")):
         if not folder.is_dir():
@@ -238,7 +257,13 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
     for name in order:
         matched = []
         for case in finders[name]():
-            pred, std = _prediction_for(pred_dir, case.case)
+            try:
+                pred, std = _prediction_for(pred_dir, case.case)
+            except InputError as error:
+                if on_failure is None:
+                    raise
+                on_failure(case.case, error)
+                continue
             if pred is not None:
                 case.pred, case.std = pred, std
                 matched.append(case)
@@ -275,7 +300,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
     A case that cannot be evaluated (InputError: a file off the reference grid, unreadable, empty) raises, or,
     with ``on_failure(case, error)``, is reported there and left out while the others go on."""
     rows, all_figures = [], {}
-    for case in find_cases(pred_dir, ref_root, layout, target, modality):
+    for case in find_cases(pred_dir, ref_root, layout, target, modality, on_failure):
         try:
             arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
         except InputError as error:
@@ -287,7 +312,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
         row = {"case": case.case, **metrics_for_arrays(arrays, case.modality, card)}
         rows.append(row)
         if figures and out_dir is not None:
-            all_figures[case.case] = case_figures(arrays, row, case.modality)
+            all_figures[case.case] = case_figures(arrays, row, case.modality, card)
     if not rows:
         raise InputError(f"No case in {pred_dir} could be evaluated.", "See the errors above for each case.")
     aggregates = aggregate(rows)

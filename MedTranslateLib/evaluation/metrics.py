@@ -64,9 +64,9 @@ DEFINITIONS: dict[str, str] = {
     "psnr_norm": ("MR: each image scaled to [0, 1] between its own 0.5th/99.5th in-mask percentiles (clipped, "
                   "outside mask 0); PSNR over mask voxels with range 1."),
     "ssim_norm": "MR: SSIM as SSIM 2023 on the [0, 1]-normalised images with data range 1.",
-    "mr_scale": ("MR in `medtranslate evaluate`: MAE and ME are taken after putting each image on a 0-1000 scale "
-                 "between its own 0.5th/99.5th in-mask percentiles (clipped), since MR intensities have no "
-                 "absolute unit (a synthetic MR on its model's 0-1000 scale vs a reference in scanner units)."),
+    "mr_scale": ("MR in `medtranslate evaluate` (intensities without unit): with --model the reference is put on "
+                 "that model's output scale (its card's output normalisation), as in the card's metrics; without, "
+                 "each image is put on a 0-1000 scale between its own 0.5th/99.5th in-mask percentiles (clipped)."),
 }
 
 

@@ -24,7 +24,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "val_interval": ("val_interval", int, "validate every N steps"),
     "seed": ("seed", int, "random seed"),
     "device": ("device", str, "auto, cuda or cpu"),
-    "output": ("output", str, "model package to write (folder, or .zip with --set export_zip=true)"),
+    "output": ("output", str, "model package to write (a folder, or a zipped package when it ends in .zip)"),
     "work_dir": ("work_dir", str, "folder for checkpoints and logs (default <output>.work)"),
     "id": ("model_id", str, "model id in the card"),
     "title": ("title", str, "model title in the card"),
