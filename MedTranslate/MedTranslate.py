@@ -251,7 +251,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = self._models.get(node.modelId)
         with slicer.util.tryWithErrorDisplay(_("Could not start the translation."), waitCursor=True):
             from MedTranslateModule.install import ensure_backend_packages
-            from MedTranslateLib.families import SAMPLED_FAMILIES
+            from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES, SAMPLED_FAMILIES
 
             if not ensure_backend_packages(ask=True):
                 return
@@ -260,8 +260,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 target_modality=model.target_modality if model else "", output_node=node.outputVolume,
                 output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
                 device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume,
-                # a random forest has no uncertainty map (the backend refuses one): translate without it
-                uncertainty=node.uncertainty and not (model and model.family == "random_forest"),
+                # families without an uncertainty map (the backend refuses one) translate without it
+                uncertainty=node.uncertainty and not (model and model.family in NO_UNCERTAINTY_FAMILIES),
                 steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
                 samples=node.samples if node.samples > 1 and model and model.family in SAMPLED_FAMILIES else None)
             translation.start(request)

@@ -149,12 +149,12 @@ def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOption
     """Options that make the engine return a per-voxel standard deviation."""
     from dataclasses import replace
 
-    from MedTranslateLib.families import SAMPLED_FAMILIES
+    from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES, SAMPLED_FAMILIES
 
     if family in SAMPLED_FAMILIES:
         return replace(options, samples=max(options.samples, 4))
-    if family == "random_forest":
-        raise ConfigError("Random-forest models give no uncertainty map (their features do not change under the "
+    if family in NO_UNCERTAINTY_FAMILIES:
+        raise ConfigError(f"{family} models give no uncertainty map (their features do not change under the "
                           "flips that measure it for networks).",
                           "Leave out --uncertainty, or use an ensemble (-m A --ensemble B C) or a network model.")
     return replace(options, tta=True)

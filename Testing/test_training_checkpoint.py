@@ -39,8 +39,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     nets_b, opts_b = _setup()
     rng_b = np.random.default_rng(1)
     _steps(nets_b, opts_b, rng_b, 3)
-    save_checkpoint(tmp_path / "ckpt", nets_b, opts_b, {"step": 3, "best": {"mae": 1.5}}, rng_b)
-    save_checkpoint(tmp_path / "ckpt", nets_b, opts_b, {"step": 3, "best": {"mae": 1.5}}, rng_b)  # overwrite
+    save_checkpoint(tmp_path / "ckpt", nets_b, opts_b, {"step": 3, "best": {"mae": 1.5}}, [rng_b])
+    save_checkpoint(tmp_path / "ckpt", nets_b, opts_b, {"step": 3, "best": {"mae": 1.5}}, [rng_b])  # overwrite
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["optimizer.safetensors", "state.json", "weights.safetensors"]
     assert not any(p.suffix in (".pt", ".pkl") for p in tmp_path.rglob("*"))
@@ -48,7 +48,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     torch.manual_seed(123)  # scramble RNGs: the checkpoint must restore them
     nets_c, opts_c = _setup(seed=99)
     rng_c = np.random.default_rng(42)
-    state = load_checkpoint(tmp_path / "ckpt", nets_c, opts_c, rng_c)
+    state = load_checkpoint(tmp_path / "ckpt", nets_c, opts_c, [rng_c])
     assert state == {"step": 3, "best": {"mae": 1.5}}
     exp_avg_b = opts_b["g"].state_dict()["state"][0]["exp_avg"]
     assert torch.equal(opts_c["g"].state_dict()["state"][0]["exp_avg"], exp_avg_b)

@@ -75,7 +75,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if single == folder:
         raise ConfigError("Give either --pred and --ref (one case) or --pred-dir and --ref-root (a folder).",
                           "Example: medtranslate evaluate --pred sct.nii.gz --ref ct.nii.gz --mask mask.nii.gz")
-    figures: dict[str, dict[str, bytes]] = {}
     failed: list[str] = []
     card = None
     if args.model:
@@ -95,10 +94,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.mask is None:
             print("no --mask: every voxel counts, background included (a folder evaluation uses the data set's "
                   "masks, or for BraTS the brain: give --mask to compare)")
-        row = {"case": Path(args.pred).name, **ev.metrics_for_arrays(arrays, modality, card)}
-        rows = [row]
-        if args.out and not args.no_figures:
-            figures[row["case"]] = ev.case_figures(arrays, row, modality, card)
+        name = Path(args.pred).name
+        metrics, case_figs = ev.evaluate_arrays(arrays, modality, card, bool(args.out and not args.no_figures))
+        rows = [{"case": name, **metrics}]
+        figures = {name: case_figs} if case_figs else {}
         aggregates = ev.aggregate(rows)
         if args.out:
             ev.write_outputs(rows, aggregates, args.out, figures)

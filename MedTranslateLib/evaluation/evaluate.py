@@ -148,22 +148,27 @@ def on_common_scale(arrays: CaseArrays, modality: str, card: Mapping[str, Any] |
                    ref=np.clip((arrays.ref - r_lo) * (1000.0 / (r_hi - r_lo)), 0.0, 1000.0), std=std)
 
 
-def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT",
-                       card: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics of loaded arrays (MR: :func:`on_common_scale` first), plus the uncertainty relation when a std map
-    is present."""
+def evaluate_arrays(arrays: CaseArrays, modality: str = "CT", card: Mapping[str, Any] | None = None,
+                    figures: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Metrics of one loaded case (plus the uncertainty relation when a std map is present) and, with
+    ``figures``, its report figures: both on one scale (MR: :func:`on_common_scale`, computed once)."""
     from MedTranslateLib.evaluation.metrics import compute_metrics
 
     arrays = on_common_scale(arrays, modality, card)
-    pred, ref, std = arrays.pred, arrays.ref, arrays.std
-    row: dict[str, Any] = compute_metrics(pred, ref, arrays.mask, modality=modality)
-    if std is not None:
+    row: dict[str, Any] = compute_metrics(arrays.pred, arrays.ref, arrays.mask, modality=modality)
+    if arrays.std is not None:
         from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
-        rel = uncertainty_error_relation(std, np.abs(pred - ref), arrays.mask)
+        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
         row.update({"unc_pearson": rel["pearson"], "unc_spearman": rel["spearman"],
                     "unc_error_ratio": rel["error_ratio"]})
-    return row
+    return row, (case_figures(arrays, row, modality) if figures else {})
+
+
+def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT",
+                       card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_arrays` alone."""
+    return evaluate_arrays(arrays, modality, card)[0]
 
 
 def evaluate_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
@@ -173,12 +178,10 @@ def evaluate_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
     return metrics_for_arrays(load_case(pred_path, ref_path, mask_path, std_path=std_path), modality)
 
 
-def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT",
-                 card: Mapping[str, Any] | None = None) -> dict[str, bytes]:
-    """The report figures of one case (PNG bytes by caption), on the scale its metrics use."""
+def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT") -> dict[str, bytes]:
+    """The report figures of one case (PNG bytes by caption); ``arrays`` on the scale its metrics used."""
     from MedTranslateLib.evaluation.report import analysis_figure, slices_figure
 
-    arrays = on_common_scale(arrays, modality, card)
     figures = {
         "Centre slices (axial, coronal, sagittal)": slices_figure(
             arrays.pred, arrays.ref, arrays.mask, arrays.spacing_xyz, arrays.input, modality),
@@ -309,10 +312,10 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
             on_failure(case.case, error)
             continue
         case.modality = resolve_modality(case.modality, arrays.ref)
-        row = {"case": case.case, **metrics_for_arrays(arrays, case.modality, card)}
-        rows.append(row)
-        if figures and out_dir is not None:
-            all_figures[case.case] = case_figures(arrays, row, case.modality, card)
+        metrics, case_figs = evaluate_arrays(arrays, case.modality, card, figures and out_dir is not None)
+        rows.append({"case": case.case, **metrics})
+        if case_figs:
+            all_figures[case.case] = case_figs
     if not rows:
         raise InputError(f"No case in {pred_dir} could be evaluated.", "See the errors above for each case.")
     aggregates = aggregate(rows)

@@ -22,6 +22,8 @@ FAMILY_NAMES: tuple[str, ...] = tuple(_MODULES)
 
 #: families whose prediction is sampled (steps, samples; the spread of several samples is their uncertainty)
 SAMPLED_FAMILIES: tuple[str, ...] = ("diffusion", "contourdiff", "bridge")
+#: families without an uncertainty map (the others: flip test-time augmentation, or the spread of their samples)
+NO_UNCERTAINTY_FAMILIES: tuple[str, ...] = ("random_forest",)
 
 
 def get_family(name: str) -> "Family":

@@ -51,7 +51,7 @@ def _join_optimizer(name: str, tensors: Mapping[str, torch.Tensor], meta: Mappin
 
 def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
                     optimizers: Mapping[str, torch.optim.Optimizer], state: Mapping[str, Any],
-                    rng: np.random.Generator | Sequence[np.random.Generator] | None = None) -> Path:
+                    rngs: Sequence[np.random.Generator] = ()) -> Path:
     """Write a checkpoint atomically (temp folder in the same parent, then rename over the old one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
             opt_meta[name] = meta
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         payload = {"format": "medtranslate-checkpoint-1", "state": dict(state), "optimizers": opt_meta,
-                   "numpy_rng": [g.bit_generator.state for g in _generators(rng)] or None}
+                   "numpy_rng": [g.bit_generator.state for g in rngs] or None}
         (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=float))
         swap_into_place(tmp, folder)
     except BaseException:
@@ -77,7 +77,7 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
 
 def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
                     optimizers: Mapping[str, torch.optim.Optimizer],
-                    rng: np.random.Generator | Sequence[np.random.Generator] | None = None) -> dict[str, Any]:
+                    rngs: Sequence[np.random.Generator] = ()) -> dict[str, Any]:
     """Restore networks, optimisers and RNGs in place; returns the saved ``state`` (step, best, history...)."""
     folder = Path(folder)
     if not (folder / "state.json").is_file():
@@ -96,12 +96,6 @@ def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     if "rng.torch" in opt_tensors:
         torch.set_rng_state(opt_tensors["rng.torch"])
     saved = payload.get("numpy_rng") or []
-    for generator, state in zip(_generators(rng), [saved] if isinstance(saved, dict) else saved):
+    for generator, state in zip(rngs, [saved] if isinstance(saved, dict) else saved):  # a dict: one generator
         generator.bit_generator.state = state
     return payload["state"]
-
-
-def _generators(rng: np.random.Generator | Sequence[np.random.Generator] | None) -> list[np.random.Generator]:
-    if rng is None:
-        return []
-    return [rng] if isinstance(rng, np.random.Generator) else list(rng)
