@@ -169,3 +169,20 @@ def test_unpaired_folders_are_detected_beside_other_folders(tmp_path):
     touch(tmp_path / "gen" / ".cache" / "t1.nii.gz")
     assert detect_layout(tmp_path / "gen", "t1", "flair") == "paired_folder"
     assert [c.name for c in load_cases(tmp_path / "gen", source="T1", target="FLAIR")] == ["p1", "p2"]
+
+
+def test_split_holds_out_only_paired_subjects():
+    """Unpaired volumes cannot be evaluated, so they always train; the fractions count paired subjects."""
+    unpaired = ([Case(f"mr{i}", Path(f"mr{i}"), None) for i in range(4)]
+                + [Case(f"ct{i}", None, Path(f"ct{i}")) for i in range(4)])
+    split = split_by_subject(unpaired, val_fraction=0.2, test_fraction=0.2)
+    assert len(split.train) == 8 and not split.val and not split.test
+    assert split.description["unpaired_subjects_in_train"] == 8
+    mixed = _cases(10) + unpaired
+    split = split_by_subject(mixed, val_fraction=0.2, test_fraction=0.1, seed=1)
+    held_out = split.val + split.test
+    assert len(split.subjects("val")) == 2 and len(split.subjects("test")) == 1
+    assert all(c.source_path is not None and c.target_path is not None for c in held_out)
+    assert {c.subject_id for c in unpaired} <= set(split.subjects("train"))
+    with pytest.raises(ConfigError, match="no source/target pair"):
+        split_by_subject(mixed, val_subjects=["mr0"])

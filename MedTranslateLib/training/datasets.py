@@ -240,15 +240,21 @@ def split_by_subject(cases: Sequence[Case], val_fraction: float = 0.1, test_frac
     """Seeded split BY SUBJECT: every case of a subject lands in exactly one split.
 
     Explicit subject lists win over fractions (unlisted subjects go to train when ``train_subjects`` is None).
-    With fractions, val and test get at least one subject each when their fraction is > 0 and enough
-    subjects remain for training.
+    Only subjects with a complete pair can be held out (held-out metrics compare a prediction with its target):
+    with fractions, subjects without one (unpaired data) always train, and the fractions count paired subjects;
+    val and test get at least one subject each when their fraction is > 0 and enough paired subjects remain.
     """
     subjects = sorted({c.subject_id for c in cases})
+    paired = sorted({c.subject_id for c in cases if c.source_path is not None and c.target_path is not None})
     if val_subjects is not None or test_subjects is not None or train_subjects is not None:
         val_set, test_set = set(val_subjects or ()), set(test_subjects or ())
         unknown = (val_set | test_set | set(train_subjects or ())) - set(subjects)
         if unknown:
             raise ConfigError(f"Split lists unknown subject(s): {sorted(unknown)}.", f"Known subjects: {subjects}.")
+        unpaired = sorted((val_set | test_set) - set(paired))
+        if unpaired:
+            raise ConfigError(f"Held-out subject(s) {unpaired[:5]} have no source/target pair, so they cannot be "
+                              "evaluated.", "Hold out subjects that have both volumes, or leave val/test empty.")
         if val_set & test_set:
             raise ConfigError(f"Subject(s) {sorted(val_set & test_set)} are in both val and test.",
                               "Give each subject one split.")
@@ -262,7 +268,7 @@ def split_by_subject(cases: Sequence[Case], val_fraction: float = 0.1, test_frac
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1.",
                               "For example val_fraction=0.1, test_fraction=0.1.")
-        order = subjects[:]
+        order = paired[:]
         random.Random(seed).shuffle(order)
         n = len(order)
 
@@ -272,9 +278,11 @@ def split_by_subject(cases: Sequence[Case], val_fraction: float = 0.1, test_frac
         n_test = count(test_fraction, n)
         n_val = count(val_fraction, n - n_test)
         test_set, val_set = set(order[:n_test]), set(order[n_test:n_test + n_val])
-        train_set = set(order[n_test + n_val:])
+        train_set = set(subjects) - test_set - val_set
         description = {"method": "by subject", "seed": seed, "val_fraction": val_fraction,
                        "test_fraction": test_fraction}
+        if len(paired) < len(subjects):
+            description["unpaired_subjects_in_train"] = len(subjects) - len(paired)
     if not train_set:
         raise ConfigError("The split leaves no subject for training.", "Lower val/test fractions or add data.")
     split = Split([c for c in cases if c.subject_id in train_set], [c for c in cases if c.subject_id in val_set],
