@@ -111,6 +111,22 @@ def test_aggregate_ignores_nan():
     assert agg["x"]["mean"] == 2.0 and agg["x"]["n"] == 2 and "case" not in agg
 
 
+def test_infinite_psnr_is_counted_and_reported(synthrad_folder, capsys):
+    """A prediction identical to its reference has PSNR inf: left out of the mean, but counted and said."""
+    import shutil
+
+    root, pred_dir = synthrad_folder
+    shutil.copy(root / "Task1" / "brain" / "1BA002" / "ct.nii.gz", pred_dir / "1BA002.nii.gz")
+    assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--out", str(root / "o"),
+                              "--no-figures")) == 0
+    printed = capsys.readouterr().out
+    document = json.loads((root / "o" / "metrics.json").read_text())
+    psnr = document["aggregates"]["psnr"]
+    assert psnr["n"] == 2 and psnr["n_infinite"] == 1 and "n_infinite" not in document["aggregates"]["mae"]
+    assert "psnr: 1 case(s) with an infinite value" in printed
+    assert "psnr: 1 case(s) with an infinite value" in (root / "o" / "report.html").read_text()
+
+
 def _args(*argv):
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)

@@ -44,6 +44,8 @@ def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, flo
     from rich.console import Console
     from rich.table import Table
 
+    from MedTranslateLib.evaluation.evaluate import infinite_notes
+
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.4g}"
@@ -61,6 +63,8 @@ def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, flo
     for key, values in aggregates.items():
         table.add_row(key, *(fmt(row.get(key, math.nan)) for row in shown), *(fmt(values[s]) for s in stats))
     console.print(table)
+    for note in infinite_notes(aggregates):
+        console.print(f"note: {note}")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

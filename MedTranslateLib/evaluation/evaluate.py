@@ -278,19 +278,32 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per metric: mean, std (population), median, q1, q3 and n over cases (NaN/inf values ignored)."""
+    """Per metric: mean, std (population), median, q1, q3 and n over the cases' finite values.
+
+    Infinite values (PSNR of a prediction identical to its reference) cannot enter a mean; they are counted
+    as ``n_infinite`` (present only when > 0) so that a report can say so (:func:`infinite_notes`)."""
     out: dict[str, dict[str, float]] = {}
     keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)] if rows else []
     for key in keys:
         values = np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
+        n_infinite = int(np.isinf(values).sum())
         values = values[np.isfinite(values)]
         if values.size == 0:
             out[key] = {s: math.nan for s in STATS} | {"n": 0}
-            continue
-        q1, median, q3 = np.percentile(values, (25, 50, 75))
-        out[key] = {"mean": float(values.mean()), "std": float(values.std()), "median": float(median),
-                    "q1": float(q1), "q3": float(q3), "n": int(values.size)}
+        else:
+            q1, median, q3 = np.percentile(values, (25, 50, 75))
+            out[key] = {"mean": float(values.mean()), "std": float(values.std()), "median": float(median),
+                        "q1": float(q1), "q3": float(q3), "n": int(values.size)}
+        if n_infinite:
+            out[key]["n_infinite"] = n_infinite
     return out
+
+
+def infinite_notes(aggregates: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One sentence per metric with infinite case values (left out of its statistics)."""
+    return [f"{key}: {int(values['n_infinite'])} case(s) with an infinite value (a prediction identical to its "
+            "reference inside the mask) are left out of the statistics; metrics.json stores them as null."
+            for key, values in aggregates.items() if values.get("n_infinite")]
 
 
 def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
@@ -359,5 +372,6 @@ def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str
     document = {"cases": list(rows), "aggregates": aggregates,
                 "definitions": {k: v for k, v in DEFINITIONS.items()}}
     atomic_write_text(paths["json"], json.dumps(_json_safe(document), indent=2))
-    atomic_write_text(paths["html"], render_report(rows, aggregates, figures, title=title))
+    atomic_write_text(paths["html"], render_report(rows, aggregates, figures, title=title,
+                                                   notes=infinite_notes(aggregates)))
     return paths
