@@ -301,12 +301,15 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- evaluation ------------------------------------------------------------------------------
     def onEvaluateButton(self) -> None:
+        from MedTranslateModule.models import model_of_node
+
         node = self._parameterNode
-        model = self._models.get(node.modelId)
-        modality = "MR" if model and model.target_modality.upper() not in ("CT", "") else "CT"
+        # the model that made the synthetic volume (its provenance), else the one selected
+        model = model_of_node(self._allModels, node.outputVolume) or self._models.get(node.modelId)
+        modality, card = model.evaluation_settings() if model else ("CT", None)
         with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
             metrics = evaluate_against_reference(node.outputVolume, node.referenceVolume, node.referenceMask,
-                                                 modality)
+                                                 modality, card)
             table = self.ui.metricsTableWidget
             table.setRowCount(len(metrics))
             for row, (name, value) in enumerate(metrics.items()):

@@ -199,6 +199,42 @@ def test_evaluate_against_reference(scene, input_node):
         evaluate_against_reference(input_node, moved)
 
 
+def test_mr_evaluation_uses_the_model_that_made_the_volume(scene, input_node):
+    """As ``medtranslate evaluate --model``: the reference goes on the output scale of the model named in the
+    synthetic node's provenance, whose normalisation the worker's model list carries."""
+    import json
+    import subprocess
+
+    import slicer
+
+    from MedTranslateLib.evaluation.evaluate import CaseArrays, metrics_for_arrays
+    from MedTranslateModule.models import ModelInfo, model_of_node, parse_model_list
+    from MedTranslateModule.nodes import evaluate_against_reference
+
+    listed = subprocess.run([sys.executable, "-m", "MedTranslateLib", "models", "list", "--json"],
+                            capture_output=True, text=True, check=True).stdout
+    models = parse_model_list(listed)
+    t2 = next(m for m in models if m.id == "t1-t2-brats-unet2d")
+    assert t2.normalization["output"]["method"] == json.loads(
+        (REPO / "MedTranslateLib/models/builtin/t1-t2-brats-unet2d/model.json").read_text())["normalization"][
+        "output"]["method"]
+    synthetic = slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(input_node) * 2.0 + 5.0,
+                                               ijkToRAS=IJK_TO_RAS, name="synthetic T2")
+    synthetic.SetAttribute("MedTranslate.model_id", t2.id)
+    synthetic.SetAttribute("MedTranslate.model_version", t2.version)
+    assert model_of_node(models, synthetic) is t2 and model_of_node(models, input_node) is None
+    modality, card = t2.evaluation_settings()
+    assert modality == "MR" and card["normalization"] == t2.normalization
+    assert ModelInfo("ct-model", target_modality="CT").evaluation_settings() == ("CT", None)
+
+    array = slicer.util.arrayFromVolume(input_node).astype(np.float32)
+    with_card = evaluate_against_reference(synthetic, input_node, modality=modality, card=card)
+    expected = metrics_for_arrays(CaseArrays(array * 2.0 + 5.0, array, np.ones(array.shape, bool),
+                                             tuple(synthetic.GetSpacing())), "MR", card)
+    assert with_card["mae"] == pytest.approx(expected["mae"], rel=1e-5)
+    assert with_card["mae"] != pytest.approx(evaluate_against_reference(synthetic, input_node, modality="MR")["mae"])
+
+
 def test_real_backend_worker_error_reaches_the_user(scene, input_node):
     """The default worker (``python -m MedTranslateLib``) speaks the same protocol as the fake."""
     from MedTranslateModule.models import list_models

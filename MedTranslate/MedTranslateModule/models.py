@@ -36,6 +36,7 @@ class ModelInfo:
     limitations: str = ""
     sample_data: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    normalization: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
@@ -57,6 +58,16 @@ class ModelInfo:
         anatomy, field of view or family: "t2" finds T1 -> T2 models, not "unet2d"."""
         words = _words(" ".join(str(getattr(self, name)) for name in SEARCH_FIELDS))
         return all(any(word.startswith(wanted) for word in words) for wanted in _words(query))
+
+    def evaluation_settings(self) -> tuple[str, dict[str, Any] | None]:
+        """The metrics' modality for this model's output and, for MR, the card part that puts a reference on
+        the model's output scale (as ``medtranslate evaluate --model``); None when the listing lacks it."""
+        from MedTranslateLib.preprocess.modality import CT_LIKE
+
+        if not self.target_modality or self.target_modality.upper() in CT_LIKE:
+            return "CT", None
+        card = {"target_modality": self.target_modality, "normalization": self.normalization}
+        return "MR", card if self.normalization.get("output") else None
 
     def card_text(self) -> str:
         """Card: modalities, anatomy and field of view, held-out figures, expected GPU / CPU time, licence,
@@ -100,6 +111,14 @@ def parse_model_list(text: str) -> list[ModelInfo]:
     if isinstance(data, dict):
         data = data.get("models", [])
     return [ModelInfo.from_dict(item) for item in data if isinstance(item, dict) and item.get("id")]
+
+
+def model_of_node(models: Sequence[ModelInfo], node: Any) -> ModelInfo | None:
+    """The listed model that made a synthetic volume node (its provenance attributes: id, then version)."""
+    model_id = node.GetAttribute("MedTranslate.model_id") if node is not None else None
+    matches = [model for model in models if model_id and model.id == model_id]
+    version = node.GetAttribute("MedTranslate.model_version") if matches else None
+    return next((model for model in matches if model.version == version), matches[0] if matches else None)
 
 
 def filter_models(models: Sequence[ModelInfo], query: str = "") -> list[ModelInfo]:

@@ -89,9 +89,10 @@ def node_grid(node: Any) -> tuple[tuple[int, ...], Any]:
 
 
 def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
-                               modality: str = "CT") -> dict[str, float]:
+                               modality: str = "CT", card: dict[str, Any] | None = None) -> dict[str, float]:
     """The metrics of ``medtranslate evaluate`` for a synthetic volume against a reference on the same grid
-    (optional mask): SynthRAD's for CT; for MR both images on their own 0-1000 scale (no unit to compare)."""
+    (optional mask): SynthRAD's for CT; for MR the reference on the model's output scale with the model's
+    ``card`` (as ``--model``), else both images on their own 0-1000 scale (MR has no unit to compare)."""
     import numpy as np
     import slicer
 
@@ -115,4 +116,4 @@ def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_no
     mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else np.ones(synthetic.shape, bool)
     arrays = CaseArrays(synthetic, slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask,
                         tuple(synthetic_node.GetSpacing()))
-    return metrics_for_arrays(arrays, modality)
+    return metrics_for_arrays(arrays, modality, card)

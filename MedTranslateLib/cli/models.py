@@ -75,5 +75,5 @@ def _entry_json(registry, entry) -> dict:
     card = open_package(entry.path).card.to_dict()
     keys = ("id", "version", "title", "source_modality", "target_modality", "anatomy", "field_of_view",
             "family", "dimensionality", "license", "performance", "intended_use", "limitations", "metrics",
-            "sample_data")
+            "sample_data", "normalization")
     return {**{k: card.get(k) for k in keys}, "source": entry.source, "path": str(entry.path)}
