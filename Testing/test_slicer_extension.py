@@ -165,6 +165,28 @@ def test_install_helper_reports_missing_requirements(monkeypatch):
     assert not any("torch" in req for req in install.BACKEND_REQUIREMENTS.values())
 
 
+def test_install_helper_matches_pyproject_and_checks_versions(monkeypatch, tmp_path):
+    """Slicer installs what the backend declares (einops was missing: diffusion models failed in Slicer), a too
+    old version counts as missing (monai 1.3 imports but lacks the diffusion networks), and torch is pinned."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    from MedTranslateLib.training.config import tomllib
+    from MedTranslateModule import install
+
+    declared = [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    not_in_slicer = {"torch", "numpy", "matplotlib"}  # PyTorch extension; ships with Slicer; CLI reports only
+    assert sorted(install.BACKEND_REQUIREMENTS.values(), key=str.lower) == sorted(
+        (str(r) for r in declared if r.name not in not_in_slicer and (r.marker is None or r.marker.evaluate())),
+        key=str.lower)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.3.2" if name == "monai" else real(name))
+    assert install.missing_requirements() == ["monai>=1.4"]
+    assert (tmp_path / "constraints.txt") == install.torch_constraints(tmp_path)
+    assert (tmp_path / "constraints.txt").read_text() == f"torch=={real('torch')}\n"
+
+
 def test_listing_packages_are_installed_with_slicers_pip_ensure(monkeypatch):
     """A fresh Slicer lacks jsonschema and platformdirs, which 'models list' imports: the panel showed no model and
     never offered to install them. pip_ensure (Slicer >= 5.12) asks only with prompt_install and raises when the
@@ -182,8 +204,9 @@ def test_listing_packages_are_installed_with_slicers_pip_ensure(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
         None if name in install.LISTING_MODULES and name not in installed else real(name)))
 
-    def pip_ensure(requirements, prompt_install=True, requester=None):
+    def pip_ensure(requirements, constraints=None, prompt_install=True, requester=None):
         calls.append(([str(r) for r in requirements], prompt_install, requester))
+        assert Path(constraints).read_text().startswith("torch==")  # the installed torch is kept
         if decline:
             raise RuntimeError("declined")
         installed.update({"jsonschema", "platformdirs"})

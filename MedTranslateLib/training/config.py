@@ -5,13 +5,16 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from MedTranslateLib.errors import ConfigError, ModelError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass
