@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -154,11 +154,23 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
             try:
-                ds.save_as(temp / f"IMG{k + 1:05d}.dcm", enforce_file_format=True)
+                _save(ds, temp / f"IMG{k + 1:05d}.dcm")
             except OSError as exc:
                 raise OutputError(f"Cannot write the DICOM series to '{target}': {exc.strerror or exc}.",
                                   "Check free disk space and permissions.") from exc
     return target
+
+
+def _save(ds: Any, path: Path) -> None:
+    """Write one file in the DICOM file format (preamble, file meta) with pydicom 3 or 2 (Slicer 5.8-5.10 ship
+    pydicom 2.4, whose ``save_as`` lacks ``enforce_file_format``)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
 
 
 #: What a long series description loses first, in order: the program name, the model version, the source modality,

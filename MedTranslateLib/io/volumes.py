@@ -182,9 +182,19 @@ def _dicom_series(folder: Path) -> dict[str, list[str]]:
 
 
 def _dicom_header(file_name: str) -> Any:
+    """The file's data set with large values (the pixels) not read, but their place in the file recorded."""
     import pydicom
 
-    return pydicom.dcmread(file_name, stop_before_pixels=True, force=True)
+    return pydicom.dcmread(file_name, defer_size=4096, force=True)
+
+
+def _pixels_cut_off(header: Any, file_name: str) -> bool:
+    """True when the pixel data runs past the end of the file (older GDCM reads such a file without error)."""
+    raw = header.get_item(0x7FE00010)
+    length = getattr(raw, "length", None)
+    if raw is None or length is None or length == 0xFFFFFFFF:  # none, or encapsulated of undefined length
+        return False
+    return raw.value_tell + length > os.path.getsize(file_name)
 
 
 def _series_label(uid: str, files: list[str]) -> str:
@@ -253,6 +263,8 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
             headers.append(_dicom_header(name))
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
             raise _unreadable(Path(name), detail=str(exc)[:200]) from None
+        if _pixels_cut_off(headers[-1], name):
+            raise _unreadable(Path(name), detail="the file ends before its pixel data does")
     _check_slice_positions(headers, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
