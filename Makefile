@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU machines take the CPU build of torch; machines with an NVIDIA driver take a CUDA build.
+# CPU machines take the CPU build of torch (from PyTorch's CPU index when it answers: PyPI's Linux torch is the CUDA
+# build, GBs of it; else from the configured index); machines with an NVIDIA driver take a CUDA build.
 TORCH_CPU ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_CUDA ?= torch>=2.4
 PYTEST_ARGS ?=
 
@@ -14,8 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA GPU found: installing $(TORCH_CUDA)"; $(PY) -m pip install -q "$(TORCH_CUDA)"; \
+	elif $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" >/dev/null 2>&1; then \
+		echo "No CUDA GPU: installing the CPU build $(TORCH_CPU) from $(TORCH_CPU_INDEX)"; \
+		$(PY) -m pip install -q --extra-index-url "$(TORCH_CPU_INDEX)" "$(TORCH_CPU)"; \
 	else \
-		echo "No CUDA GPU: installing the CPU build $(TORCH_CPU)"; $(PY) -m pip install -q "$(TORCH_CPU)"; \
+		echo "No CUDA GPU: installing $(TORCH_CPU) from the configured package index ($(TORCH_CPU_INDEX) does not answer)"; \
+		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
 	$(PY) -m pip install -q -e .
 	touch $@
