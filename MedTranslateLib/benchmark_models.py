@@ -195,7 +195,9 @@ def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int =
     logs.mkdir(parents=True, exist_ok=True)
     ids = sorted((i for i in config_ids() if not only or i in only), key=_training_cost, reverse=True)
     threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # the children run in the caller's folder with this very package first on their path
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": path}
 
     def run(model_id: str) -> None:
         task = task_of(model_id)
@@ -206,7 +208,7 @@ def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int =
         print(f"{'resuming' if resume else 'training'} {model_id} ({threads} thread(s)); "
               f"log: {logs / (model_id + '.log')}", flush=True)
         with open(logs / f"{model_id}.log", "a" if resume else "w") as log:
-            done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise RuntimeError(f"training {model_id} failed (exit {done.returncode}); see {logs / (model_id + '.log')}")
         print(f"trained {model_id}", flush=True)
@@ -359,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="render the table from earlier --json result files instead of evaluating")
     parser.add_argument("--update-cards", action="store_true", help="write the measured cpu_seconds into the cards")
     args = parser.parse_args(argv)
-    data_root = args.data or default_data_dir()
+    data_root = (args.data or default_data_dir()).resolve()
     if not data_root.is_dir():
         print(f"error: the real data folder {data_root} does not exist (set --data or MEDTRANSLATE_DATA)",
               file=sys.stderr)
@@ -367,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from MedTranslateLib.models.registry import BUILTIN_DIR
 
     results = [r for f in args.results for r in json.loads(Path(f).read_text())]
-    folder = train_all(data_root, args.work, args.only, args.jobs) if args.train else (args.models or BUILTIN_DIR)
+    folder = train_all(data_root, args.work.resolve(), args.only, args.jobs) if args.train else (args.models or BUILTIN_DIR)
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
     ids = {path: json.loads((path / "model.json").read_text()).get("id", "") for path in paths}
     chosen = [path for path in paths if task_of(ids[path]) and (not args.only or ids[path] in args.only)]
