@@ -185,3 +185,16 @@ def test_the_training_guide_describes_every_setting_and_family_key():
         missing += [f"{name}: {key}" for key in sorted(family.architecture_keys | family.option_keys)
                     if f"`{key}`" not in guide]
     assert not missing, missing
+
+
+def test_bundled_configs_load_by_name(tmp_path, monkeypatch):
+    """A wheel install has the configs inside site-packages: --config takes their names from any folder."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config("mr2ct-phantom-unet2d").family == "unet"
+    assert load_config("example_train.toml").family == load_config("example_train").family
+    (tmp_path / "example_train").write_text('{"family": "pix2pix"}')  # a file of that name wins
+    assert load_config("example_train").family == "pix2pix"
+    with pytest.raises(ConfigError, match="mr2ct-phantom-unet2d"):  # the fix lists the bundled names
+        load_config("no-such-config")
+    with pytest.raises(ConfigError):
+        load_config("sub/mr2ct-phantom-unet2d")  # a path is a path

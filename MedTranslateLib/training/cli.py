@@ -33,7 +33,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options to ``parser``."""
-    parser.add_argument("--config", help="training config (TOML or JSON)")
+    parser.add_argument("--config", help="training config (TOML or JSON file), or the name of a bundled one: "
+                                         "example_train or a shipped model's id (e.g. mr2ct-phantom-unet2d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set lr=1e-4")
     for flag, (_, kind, help_text) in FLAGS.items():

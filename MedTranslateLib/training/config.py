@@ -262,14 +262,32 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     return config
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The training configs that ship with the package, by name: the shipped models' and ``example_train``."""
+    package = Path(__file__).resolve().parent.parent
+    paths = sorted((package / "configs").glob("*.toml")) + [package / "training" / "example_train.toml"]
+    return {path.stem: path for path in paths if path.is_file()}
+
+
+def find_config(name: Path | str) -> Path:
+    """A config file path, or the name of a bundled config (``mr2ct-phantom-unet2d``, ``example_train``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    if path.name == str(name) and path.name.removesuffix(".toml") in bundled:
+        return bundled[path.name.removesuffix(".toml")]
+    raise ConfigError(f"The training config {name} does not exist.",
+                      f"Give a config file's path or a bundled config's name: {', '.join(bundled)}.")
+
+
 def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
                 **explicit: Any) -> TrainConfig:
-    """Read a JSON or TOML file, then apply ``key=value`` overrides, then explicit (non-None) keyword values."""
+    """Read a JSON or TOML file (or a bundled config by name), then apply ``key=value`` overrides, then explicit
+    (non-None) keyword values."""
     config = TrainConfig()
     if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"The training config {path} does not exist.", "Check the path given to --config.")
+        path = find_config(path)
         try:
             text = path.read_text()
             values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
