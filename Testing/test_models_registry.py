@@ -54,6 +54,19 @@ def test_shipped_cards_carry_no_local_paths_and_one_clinical_warning():
         assert card["limitations"].lower().count("not for clinical use") == 1, card["id"]
 
 
+def test_notice_and_package_licence_cover_every_shipped_weight():
+    """The weights' licences (CC-BY-4.0 for those trained on public data) are in NOTICE and the package metadata."""
+    from MedTranslateLib.training.config import tomllib
+
+    repo = BUILTIN_DIR.parents[2]
+    notice = (repo / "NOTICE").read_text()
+    expression = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["license"]
+    for path in BUILTIN_DIR.glob("*/model.json"):
+        card = json.loads(path.read_text())
+        assert f"- {card['id']} {card['version']}: {card['license']}" in notice, card["id"]
+        assert card["license"] in expression, card["id"]
+
+
 def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_models):
     registry = ModelRegistry(builtin_dir=builtin)
     registry.import_package(make_package(tmp_path / "src", id="user-model", version="0.3.0"))
