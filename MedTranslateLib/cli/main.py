@@ -45,7 +45,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, show, import or remove model packages, or print your model folder")
-    msub = p.add_subparsers(dest="models_command", required=True)
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="{list,show,import,remove,folder}")
     lp = msub.add_parser("list", help="list the models the registry finds")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
     sp = msub.add_parser("show", help="show a model card")

@@ -68,7 +68,7 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
         more = f" Other problems: {'; '.join(others)}." if others else ""
         raise ModelError(
             f"The model card {source} is invalid: {_explain(best)}.{more}",
-            "Fix the field(s) named above (see MedTranslateLib/models/model.schema.json), "
+            f"Fix the field(s) named above (see {SCHEMA_PATH}), "
             "or re-export the package with 'medtranslate train' / export_package().",
         )
     from MedTranslateLib.preprocess.body_mask import check_settings as check_body_mask
