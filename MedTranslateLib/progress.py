@@ -7,10 +7,13 @@ when its :class:`CancelToken` is set. Listeners receive :class:`ProgressEvent` o
 
 from __future__ import annotations
 
+import contextlib
+import math
+import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from MedTranslateLib.errors import Cancelled
 
@@ -39,7 +42,7 @@ MIN_STAGE_FRACTION = 0.02
 
 def format_duration(seconds: float | None) -> str:
     """A time left for people: ``"45 s"``, ``"3 min 20 s"``, ``"1 h 10 min"``; ``""`` when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return ""
     total = int(round(seconds))
     if total < 60:
@@ -50,6 +53,35 @@ def format_duration(seconds: float | None) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+#: the signals that stop a run: Ctrl-C, SIGTERM (schedulers, the Slicer module's Cancel), a closed terminal
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold the stop signals during a block that must not stop half-way (moving outputs into place, one training
+    step); a signal that arrived meanwhile is delivered when the block ends. Nested blocks hold until the
+    outermost ends; outside the main thread (where Python runs signal handlers) this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not None}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    _deferring.active = True
+    try:
+        yield
+    finally:
+        _deferring.active = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 class CancelToken:

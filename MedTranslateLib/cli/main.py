@@ -109,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(SystemExit):
-    """SIGTERM (a scheduler, ``timeout``, the Slicer module's Cancel): unwinds like Ctrl-C, so every partial
-    output is removed on the way out."""
+    """SIGTERM (a scheduler, ``timeout``, the Slicer module's Cancel) or SIGHUP (a closed terminal or ssh
+    session): unwinds like Ctrl-C, so every partial output is removed on the way out."""
+
+#: the exit code of a process whose standard output was closed (SIGPIPE's 128 + 13, as the shell reports it)
+OUTPUT_CLOSED = 141
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -136,15 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    hooked = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, _terminate) for sig in hooked} if in_main_thread else {}
     try:
         return int(args.handler(args) or 0)
     except MedTranslateError as error:
         _report(args, error.message, error.exit_code)
         return error.exit_code
-    except BrokenPipeError:  # e.g. `medtranslate models show X | head`
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:  # `... | head`, or the Slicer that read the progress is gone: stop, do not claim success
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        try:
+            print("stopped: the standard output was closed; nothing half-written is left.", file=sys.stderr)
+        except OSError:
+            pass
+        return OUTPUT_CLOSED
     except (KeyboardInterrupt, Terminated) as stop:
         code = 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code)
         _report(args, f"{'interrupted' if code == 130 else 'terminated'}; nothing half-written is left.", code)
@@ -155,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "on standard error.", 1)
         raise
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from MedTranslateLib.errors import OutputError
+from MedTranslateLib.progress import signals_deferred
 
 #: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -177,13 +178,14 @@ def output_group() -> Iterator[None]:
         raise
     finally:
         _PENDING.reset(token)
-    for index, (commit, _) in enumerate(pending):
-        try:
-            commit()
-        except BaseException:
-            for _, discard in pending[index:]:
-                discard()
-            raise
+    with signals_deferred():  # a Ctrl-C now would leave a new volume beside an old uncertainty map
+        for index, (commit, _) in enumerate(pending):
+            try:
+                commit()
+            except BaseException:
+                for _, discard in pending[index:]:
+                    discard()
+                raise
 
 
 @contextlib.contextmanager
@@ -230,7 +232,8 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
                 staging.rmdir()
         pending = _PENDING.get()
         if pending is None:
-            commit()
+            with signals_deferred():
+                commit()
         else:
             pending.append((commit, discard))
     except BaseException:
@@ -255,22 +258,27 @@ def _replace_folder(staging: Path, target: Path) -> None:
 
 def swap_into_place(staging: Path, target: Path) -> None:
     """Atomically move ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted
-    only once the new one is in place (restored if the move fails)."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    backup.rmdir()
-    os.replace(target, backup)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    if backup.is_dir():
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        backup.unlink(missing_ok=True)
+    only once the new one is in place (restored if the move fails). Stop signals wait until it is done."""
+    with signals_deferred():
+        try:
+            if not target.exists():
+                os.replace(staging, target)
+                return
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            backup.rmdir()
+            os.replace(target, backup)
+        except FileNotFoundError as exc:  # another process replaced or removed the target meanwhile
+            raise OutputError(f"Cannot put the output in place at '{target}': another process is writing it "
+                              "at the same time.", "Run one process per output path.") from exc
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(backup, target)
+            raise
+        if backup.is_dir():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from MedTranslateLib.errors import ConfigError, InputError
-from MedTranslateLib.progress import ProgressTracker
+from MedTranslateLib.progress import ProgressTracker, signals_deferred
 from MedTranslateLib.training import card_builder, checkpoint, distributed
 from MedTranslateLib.preprocess.modality import CT_LIKE
 from MedTranslateLib.training.config import TrainConfig
@@ -346,11 +346,12 @@ class _Run:
             net.train()
         try:
             while self.step < total:
-                batch = _to_device(sampler.batch(config.batch_size), self.device)
-                _set_learning_rates(optimizers, lr_factor(config, self.step, total))
-                losses = {key: float(value) for key, value in  # one device sync per step
-                          family.training_step(train_nets, optimizers, batch, autocast, options).items()}
-                self.step += 1
+                with signals_deferred():  # a step is whole or not done: a resumed run matches an uninterrupted one
+                    batch = _to_device(sampler.batch(config.batch_size), self.device)
+                    _set_learning_rates(optimizers, lr_factor(config, self.step, total))
+                    losses = {key: float(value) for key, value in  # one device sync per step
+                              family.training_step(train_nets, optimizers, batch, autocast, options).items()}
+                    self.step += 1
                 for key, value in losses.items():
                     running.setdefault(key, []).append(value)
                 _check_finite(losses, self.step, config.lr)
@@ -367,7 +368,7 @@ class _Run:
                     self.validate()
                 if self.ctx.is_main and (self.step % config.checkpoint_interval == 0 or last):
                     save()
-        except (Cancelled, KeyboardInterrupt, SystemExit):  # cancel, Ctrl-C, SIGTERM
+        except (Cancelled, KeyboardInterrupt, SystemExit, BrokenPipeError):  # cancel, Ctrl-C, SIGTERM, closed output
             if self.ctx.is_main and self.step > first:
                 save()  # keep the progress so the run can be resumed
                 print(f"training stopped at step {self.step}; resume with --resume (checkpoint in {ckpt_dir})",
