@@ -51,6 +51,13 @@ def test_parse_worker_line():
     assert parse_worker_line("plain text").kind == "log"
     assert parse_worker_line("   ") is None
     assert parse_worker_line('{"event": "done", "output": "x"}').payload["output"] == "x"
+    # NaN / Infinity are valid to Python's json but no percent or time left: dropped, not shown or crashed on
+    odd = parse_worker_line('{"event": "progress", "fraction": NaN, "eta_seconds": Infinity}')
+    assert odd.fraction is None and odd.eta_seconds is None
+    assert parse_worker_line('{"event": "progress", "eta_seconds": -2}').eta_seconds is None
+    from MedTranslateLib.progress import format_duration
+
+    assert format_duration(float("inf")) == ""
 
 
 def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, input_node):

@@ -8,6 +8,7 @@ changes only ever happen on the caller's thread.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import signal
@@ -53,11 +54,16 @@ def parse_worker_line(line: str) -> WorkerEvent | None:
     return WorkerEvent(
         kind=kind,
         stage=str(data.get("stage") or ""),
-        fraction=min(max(float(fraction), 0.0), 1.0) if isinstance(fraction, (int, float)) else None,
-        eta_seconds=float(eta) if isinstance(eta, (int, float)) else None,
+        fraction=min(max(float(fraction), 0.0), 1.0) if _finite(fraction) else None,
+        eta_seconds=float(eta) if _finite(eta) and eta >= 0 else None,
         message=str(data.get("message") or ""),
         payload=data,
     )
+
+
+def _finite(value: object) -> bool:
+    """A real number (JSON lets NaN and Infinity through; they would break the percent and time left shown)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def looks_like_out_of_memory(text: str) -> bool:
