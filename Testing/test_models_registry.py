@@ -73,6 +73,7 @@ def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_mo
     broken = isolated_user_models / "broken"
     broken.mkdir()
     (broken / "model.json").write_text("{")
+    (isolated_user_models / "my-model.work" / "checkpoint").mkdir(parents=True)  # training with --output here
     entries = registry.list_models()
     assert [(e.id, e.source) for e in entries] == [("builtin-ct", "builtin"), ("user-model", "user")]
     assert entries[1].path == isolated_user_models / "user-model@0.3.0"

@@ -79,7 +79,7 @@ class ModelRegistry:
             is_package_dir = child.is_dir() and (child / "model.json").exists()
             is_zip = child.is_file() and child.suffix.lower() == ".zip"
             if not (is_package_dir or is_zip):
-                if child.is_dir():
+                if child.is_dir() and not child.name.endswith(".work"):  # <package>.work: a training's own folder
                     self.problems.append(f"{child}: no model.json, not a model package")
                 continue
             try:
