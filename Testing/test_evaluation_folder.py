@@ -127,6 +127,29 @@ def test_infinite_psnr_is_counted_and_reported(synthrad_folder, capsys):
     assert "psnr: 1 case(s) with an infinite value" in (root / "o" / "report.html").read_text()
 
 
+def test_a_report_is_replaced_whole_even_when_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C while the three files were written left a 2-case metrics.csv beside a 3-case json and html."""
+    import os
+    import signal
+
+    rows = [{"case": c, "mae": float(i)} for i, c in enumerate("abc")]
+    ev.write_outputs(rows, ev.aggregate(rows), tmp_path)
+    real_replace = os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        real_replace(src, dst)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ev.write_outputs(rows[:2], ev.aggregate(rows[:2]), tmp_path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["cases"]) == 2
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+    assert ">c<" not in (tmp_path / "report.html").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.json", "report.html"]
+
+
 def _args(*argv):
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)

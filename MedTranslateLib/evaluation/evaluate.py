@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError, InputError, plain_numbers
+from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
-from MedTranslateLib.io.atomic import atomic_write_text, volume_stem
+from MedTranslateLib.io.atomic import atomic_output, output_group, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 
 STATS = ("mean", "std", "median", "q1", "q3")
@@ -368,10 +368,17 @@ def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     paths = {"csv": out / "metrics.csv", "json": out / "metrics.json", "html": out / "report.html"}
-    atomic_write_text(paths["csv"], buffer.getvalue())
     document = {"cases": list(rows), "aggregates": aggregates,
                 "definitions": {k: v for k, v in DEFINITIONS.items()}}
-    atomic_write_text(paths["json"], json.dumps(_json_safe(document), indent=2))
-    atomic_write_text(paths["html"], render_report(rows, aggregates, figures, title=title,
-                                                   notes=infinite_notes(aggregates)))
+    texts = {"csv": buffer.getvalue(), "json": json.dumps(_json_safe(document), indent=2),
+             "html": render_report(rows, aggregates, figures, title=title, notes=infinite_notes(aggregates))}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with output_group():  # the three files are of one evaluation: all replaced together or none
+            for key, path in paths.items():
+                with atomic_output(path) as temp:
+                    temp.write_text(texts[key], encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"Cannot write the report into {out}: {exc.strerror or exc}.",
+                          "Choose a folder you can write to, with free space.") from exc
     return paths
