@@ -127,6 +127,15 @@ def test_infinite_psnr_is_counted_and_reported(synthrad_folder, capsys):
     assert "psnr: 1 case(s) with an infinite value" in (root / "o" / "report.html").read_text()
 
 
+def test_folder_progress_counts_cases(synthrad_folder, capsys):
+    root, pred_dir = synthrad_folder
+    assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--no-figures",
+                              "--progress", "jsonl")) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e["message"] for e in events][:1] == ["case 1/3: 1BA001"]
+    assert events[-1]["fraction"] == 1.0 and all(e["event"] == "progress" for e in events)
+
+
 def test_a_report_is_replaced_whole_even_when_interrupted(tmp_path, monkeypatch):
     """Ctrl-C while the three files were written left a 2-case metrics.csv beside a 3-case json and html."""
     import os

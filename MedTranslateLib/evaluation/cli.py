@@ -38,6 +38,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                                         "metrics (default: each image on its own 0-1000 scale)")
     parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures in the HTML report")
+    parser.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich",
+                        help="a folder's progress: a bar on a terminal (rich), JSON lines, or none")
 
 
 def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, float]]) -> None:
@@ -112,9 +114,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             failed.append(case)
             print(f"error: case {case}: {error}", file=sys.stderr)
 
-        rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout, out_dir=args.out,
-                                              target=args.target, modality=args.modality,
-                                              figures=not args.no_figures, on_failure=report, card=card)
+        from MedTranslateLib.cli.progress_display import progress_display
+        from MedTranslateLib.progress import ProgressTracker
+
+        with progress_display(args.progress, "evaluate") as callback:
+            rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout,
+                                                  out_dir=args.out, target=args.target, modality=args.modality,
+                                                  figures=not args.no_figures, on_failure=report, card=card,
+                                                  tracker=ProgressTracker(callback=callback))
     _print_table(rows, aggregates)
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics.csv'}, metrics.json and report.html")

@@ -31,6 +31,7 @@ from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_n
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
 from MedTranslateLib.io.atomic import atomic_output, output_group, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
+from MedTranslateLib.progress import ProgressTracker
 
 STATS = ("mean", "std", "median", "q1", "q3")
 
@@ -309,14 +310,18 @@ def infinite_notes(aggregates: Mapping[str, Mapping[str, float]]) -> list[str]:
 def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
                     out_dir: str | os.PathLike | None = None, target: str = "t2w", modality: str = "CT",
                     figures: bool = True, on_failure: Callable[[str, InputError], None] | None = None,
-                    card: Mapping[str, Any] | None = None,
+                    card: Mapping[str, Any] | None = None, tracker: ProgressTracker | None = None,
                     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html.
 
     A case that cannot be evaluated (InputError: a file off the reference grid, unreadable, empty) raises, or,
-    with ``on_failure(case, error)``, is reported there and left out while the others go on."""
+    with ``on_failure(case, error)``, is reported there and left out while the others go on. ``tracker``
+    reports the cases done (and cancels between cases)."""
     rows, all_figures = [], {}
-    for case in find_cases(pred_dir, ref_root, layout, target, modality, on_failure):
+    cases = find_cases(pred_dir, ref_root, layout, target, modality, on_failure)
+    for index, case in enumerate(cases):
+        if tracker is not None:
+            tracker.update(index / len(cases), f"case {index + 1}/{len(cases)}: {case.case}")
         try:
             arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
         except InputError as error:
@@ -331,6 +336,8 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
             all_figures[case.case] = case_figs
     if not rows:
         raise InputError(f"No case in {pred_dir} could be evaluated.", "See the errors above for each case.")
+    if tracker is not None:
+        tracker.update(1.0, f"{len(cases)} case(s) evaluated")
     aggregates = aggregate(rows)
     if out_dir is not None:
         write_outputs(rows, aggregates, out_dir, all_figures)
