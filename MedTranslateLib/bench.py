@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from MedTranslateLib.families import SAMPLED_FAMILIES
 from MedTranslateLib.io.atomic import atomic_write_text
+from MedTranslateLib.progress import ProgressEvent, ProgressTracker, format_duration
 
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
 SPEED_START = "<!-- speed:start -->"
@@ -76,11 +77,23 @@ def split_model_sizes(spec: str, default: list[tuple[int, int, int]]) -> tuple[s
     return spec, list(default)
 
 
+def _progress_lines(event: ProgressEvent) -> None:
+    left = format_duration(event.eta_seconds)
+    print(f"bench {event.fraction:4.0%} {event.message}" + (f" ({left} left)" if left else ""), file=sys.stderr,
+          flush=True)
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    """Benchmark each model at each size; print and splice the Markdown; optionally dump JSON."""
+    """Benchmark each model at each size; print and splice the Markdown; optionally dump JSON. Progress (stage,
+    percent, time left) goes to standard error, one line per measurement."""
     sizes = parse_sizes(args.sizes)
     models = args.model or ["mr2ct-headphantom-unet2d"]
     results: dict[str, Any] = {"machine": machine_description(args.device), "models": []}
+    n_runs = sum(len(split_model_sizes(spec, sizes)[1]) for spec in models) * max(1, args.repeats)
+    stages = [("translate", 8.0), ("network", 2.0)] + ([("training", 3.0)] if args.training else [])
+    tracker = ProgressTracker(stages + [("help", 0.2)], _progress_lines, min_interval=0.0)
+    tracker.stage("translate", "measuring the matrix-multiply peak and making the inputs")
+    done = 0
     peaks = [matmul_peak_gflops(args.device)]
     with tempfile.TemporaryDirectory(prefix="medtranslate-bench-") as tmp:
         volumes = {}
@@ -98,8 +111,12 @@ def run_bench(args: argparse.Namespace) -> int:
                 steps = [int(v) for v in args.sampling_steps.split(",")]
                 entry["sampling"] = sampling_sweep(volumes[model_sizes[0]], model, steps, args.device, Path(tmp))
             for size in model_sizes:
-                runs = [run_translate_process(volumes[size], model, Path(tmp) / "out.nii.gz", args.device)
-                        for _ in range(max(1, args.repeats))]
+                runs = []
+                for repeat in range(max(1, args.repeats)):
+                    tracker.update(done / n_runs, f"translating {'x'.join(map(str, size))} with {model} "
+                                                  f"(run {repeat + 1}/{max(1, args.repeats)})")
+                    runs.append(run_translate_process(volumes[size], model, Path(tmp) / "out.nii.gz", args.device))
+                    done += 1
                 run = summarise_runs(runs)
                 run["size"] = list(size)
                 add_flop_rates(run, entry["network"])
@@ -109,14 +126,18 @@ def run_bench(args: argparse.Namespace) -> int:
             peaks.append(matmul_peak_gflops(args.device))
     from MedTranslateLib.bench_network import layout_comparison
 
+    tracker.stage("network", "comparing network layouts side by side")
     results["network_rewrites"] = layout_comparison(args.device, peak=lambda: matmul_peak_gflops(args.device))
     peaks += [row["peak_gflops"] for row in results["network_rewrites"]]
     # the machine's speed drifts (shared cores): shares are taken of the HIGHEST peak measured in this run
     results["matmul_peak_gflops"] = max(peaks)
     results["matmul_peak_range"] = [min(peaks), max(peaks)]
     if args.training:
+        tracker.stage("training", "measuring training throughput per family")
         results["training"] = training_throughput(args.device)
+    tracker.stage("help", "timing medtranslate --help")
     results["help_seconds"] = help_latency()
+    tracker.update(1.0, "done")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     text = to_markdown(results)

@@ -97,7 +97,7 @@ def test_markdown_table_has_a_row_per_size():
 
 
 @pytest.mark.slow
-def test_tiny_bench_run_writes_benchmarks_md(tmp_path, monkeypatch):
+def test_tiny_bench_run_writes_benchmarks_md(tmp_path, monkeypatch, capsys):
     package = make_untrained_package(tmp_path / "pkg", "unet", "2d")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "BENCHMARKS.md").write_text("# B\n\n<!-- models:start -->\nmodels table\n<!-- models:end -->\n")
@@ -106,6 +106,8 @@ def test_tiny_bench_run_writes_benchmarks_md(tmp_path, monkeypatch):
     args = parser.parse_args(["--model", str(package), "--sizes", "24x24x16", "--device", "cpu",
                               "--json", str(tmp_path / "bench.json")])
     assert bench.run_bench(args) == 0
+    progress = capsys.readouterr().err  # one line per measurement, to 100 %
+    assert "translating 24x24x16 with" in progress and "bench 100% done" in progress
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "models table" in text and bench.SPEED_START in text and "| 24 x 24 x 16 |" in text
     assert "channels-last (pipeline)" in text  # the side-by-side network rewrites table
