@@ -60,6 +60,31 @@ def test_parse_worker_line():
     assert format_duration(float("inf")) == ""
 
 
+def test_run_folders_of_a_killed_slicer_are_removed(tmp_path):
+    """A Slicer killed mid-run left its temporary folder, with a copy of the patient volume, for ever."""
+    import subprocess
+
+    from MedTranslateModule.process import OWNER_FILE, make_workdir, remove_stale_workdirs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for name, owner in (("MedTranslate-dead", gone), ("MedTranslate-live", str(os.getppid())),
+                        ("MedTranslate-nomark", None), ("Other-dead", gone)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "input.nrrd").write_text("patient")
+        if owner:
+            (tmp_path / name / OWNER_FILE).write_text(owner)
+    assert remove_stale_workdirs(str(tmp_path)) == [str(tmp_path / "MedTranslate-dead")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MedTranslate-live", "MedTranslate-nomark", "Other-dead"]
+    mine = make_workdir()
+    try:
+        assert Path(mine, OWNER_FILE).read_text() == str(os.getpid()) and mine not in remove_stale_workdirs()
+    finally:
+        import shutil
+
+        shutil.rmtree(mine)
+
+
 def test_run_loads_output_with_exact_geometry_provenance_and_hierarchy(scene, input_node):
     import slicer
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBUTE, TranslationFailed,
                                       check_image_node, check_output_node, check_same_frame)
-from MedTranslateModule.process import WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory
+from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory,
+                                       make_workdir, remove_stale_workdirs)
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
@@ -165,7 +165,8 @@ class TranslationLogic:
                 raise TranslationFailed(f"The mask {request.mask_node.GetName()} has no image data: select "
                                         "another mask or none.")
             check_same_frame(request.input_node, request.mask_node, "The mask")
-        self._workdir = tempfile.mkdtemp(prefix="MedTranslate-")
+        remove_stale_workdirs()  # a Slicer killed mid-run left its input copy behind
+        self._workdir = make_workdir()
         try:
             paths = {"input": os.path.join(self._workdir, "input.nrrd"),
                      "output": os.path.join(self._workdir, "output.nrrd")}

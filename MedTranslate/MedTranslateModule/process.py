@@ -199,3 +199,52 @@ def default_python() -> str:
         if found:
             return found
     return sys.executable
+
+
+#: the temporary folders of runs (the input volume, written for the worker, is patient data)
+WORKDIR_PREFIX = "MedTranslate-"
+OWNER_FILE = "owner.pid"
+
+
+def make_workdir() -> str:
+    """A private temporary folder for one run, marked with this process's id (see :func:`remove_stale_workdirs`)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
+    with open(os.path.join(folder, OWNER_FILE), "w", encoding="utf-8") as handle:
+        handle.write(str(os.getpid()))
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or no way to tell: keep the folder
+    return True
+
+
+def remove_stale_workdirs(root: str | None = None) -> list[str]:
+    """Remove run folders whose Slicer is gone (killed or crashed mid-run, it could not clean up); returns them."""
+    import shutil
+    import tempfile
+
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = [name for name in os.listdir(root) if name.startswith(WORKDIR_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            with open(os.path.join(folder, OWNER_FILE), encoding="utf-8") as handle:
+                owner = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue  # not ours to judge
+        if owner != os.getpid() and not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
