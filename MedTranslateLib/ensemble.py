@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.families.base import InferenceOptions
+from MedTranslateLib.families.base import InferenceOptions, derive_seed
 from MedTranslateLib.pipeline import TranslationResult, Translator
 from MedTranslateLib.progress import ProgressTracker
 
@@ -43,7 +43,10 @@ class EnsembleTranslator:
         from MedTranslateLib.evaluation.uncertainty import ensemble_stats
 
         options = options or InferenceOptions()
-        results = [m.translate(image, mask, replace(options, seed=options.seed + i), tracker, uncertainty=False)
+        # each member is seeded from (seed, member index): seed + i gave member 1 of --seed 0 the noise of
+        # member 0 of --seed 1
+        results = [m.translate(image, mask, replace(options, seed=derive_seed(options.seed, i)), tracker,
+                               uncertainty=False)
                    for i, m in enumerate(self.members)]
         mean_array, std_array = ensemble_stats([sitk.GetArrayViewFromImage(r.output) for r in results])
         mean = sitk.GetImageFromArray(mean_array)

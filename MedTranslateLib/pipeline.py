@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
 from MedTranslateLib.errors import ConfigError, InputError, OutputError
-from MedTranslateLib.families.base import InferenceOptions
+from MedTranslateLib.families import SAMPLED_FAMILIES
+from MedTranslateLib.families.base import InferenceOptions, sample_count
 from MedTranslateLib.progress import CancelToken, ProgressCallback, ProgressTracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,21 +91,23 @@ class Translator:
         import SimpleITK as sitk
 
         from MedTranslateLib.evaluation.ood import check_input
-        from MedTranslateLib.families import SAMPLED_FAMILIES
         from MedTranslateLib.inference.engine import predict_volume
         from MedTranslateLib.io import validate_volume
         from MedTranslateLib.preprocess import check_modality, in_model_orientation, prepare, restore, restore_std
 
         tracker = tracker or ProgressTracker(STAGES)
         options = options or InferenceOptions()
+        card = self.card.to_dict()
+        asked = options.samples
+        if asked is None:  # the card's sampling.samples for sampled models, else one pass
+            options = replace(options, samples=sample_count(options, card) if self.card.family in SAMPLED_FAMILIES
+                              else 1)
         notes = []
         if uncertainty:
-            asked = options.samples
             options = _with_uncertainty(options, self.card.family)
-            if 1 < asked < options.samples:
+            if asked is not None and 1 < asked < options.samples:
                 notes.append(f"--samples {asked} was raised to {options.samples}: an uncertainty map needs at least "
                              f"{options.samples} samples.")
-        card = self.card.to_dict()
         seconds: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -147,9 +150,7 @@ class Translator:
 
 def _with_uncertainty(options: InferenceOptions, family: str) -> InferenceOptions:
     """Options that make the engine return a per-voxel standard deviation."""
-    from dataclasses import replace
-
-    from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES, SAMPLED_FAMILIES
+    from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES
 
     if family in SAMPLED_FAMILIES:
         return replace(options, samples=max(options.samples, 4))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from MedTranslateLib.errors import Cancelled, DeviceError, ModelError
-from MedTranslateLib.families.base import InferenceOptions
+from MedTranslateLib.families.base import InferenceOptions, gaussian_noise
 from MedTranslateLib.inference import engine
 from MedTranslateLib.inference.engine import CPU_FALLBACK_WARNING, BatchRunner, is_out_of_memory, predict_volume
 from MedTranslateLib.progress import CancelToken, ProgressTracker
@@ -45,7 +45,7 @@ class Noisy(Identity):
     stochastic = True
 
     def __call__(self, source, generator=None):
-        noise = torch.randn(source[:, :1].shape, generator=generator, device=source.device)
+        noise = gaussian_noise(generator, source[:, :1].shape, source.device)
         return source[:, source.shape[1] // 2:][:, :1] + 0.1 * noise
 
 

@@ -32,8 +32,8 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
                         "(it takes every name after it: give the inputs before the options)")
     p.add_argument("--steps", type=int, help="diffusion and bridge models: sampling steps (default: the card's, else 5 for diffusion, 10 for bridge)")
     p.add_argument("--sampler", help="diffusion models: ddim, dpm++2m or ddpm (default: the model card's, else ddim); bridge models have their own")
-    p.add_argument("--samples", type=int, default=1,
-                   help="diffusion and bridge models: samples averaged (>1 gives a std map)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="diffusion and bridge models: samples averaged (>1 gives a std map; default: the model card's, else 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
     p.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to read (default: largest series)")
     p.add_argument("--scene", metavar="OUT.mrb", help="also write a Slicer scene with the fused, linked display")

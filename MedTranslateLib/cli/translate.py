@@ -20,9 +20,10 @@ def run_translate(args: argparse.Namespace) -> int:
 
     if args.deterministic:
         _make_deterministic(args.seed)
-    if args.steps is not None and args.steps < 1 or args.samples < 1:
+    if any(value is not None and value < 1 for value in (args.steps, args.samples)):
         raise ConfigError("--steps and --samples must be at least 1.", "Use for example --steps 20 --samples 4.")
-    # the model's family validates --sampler (a diffusion sampler, or the bridge's own) before anything runs
+    # the model's family validates --sampler (a diffusion sampler, or the bridge's own) before anything runs;
+    # steps, sampler and samples left out (None) take the model card's sampling defaults
     options = InferenceOptions(steps=args.steps, sampler=args.sampler or None, samples=args.samples, seed=args.seed)
     jsonl = args.progress == "jsonl"
     many = len(args.inputs) > 1

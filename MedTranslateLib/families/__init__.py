@@ -54,18 +54,38 @@ def check_training_settings(name: str, architecture: Mapping[str, Any], options:
                                   + f"Its {setting} keys are: {', '.join(sorted(known)) or 'none'}.")
     if hasattr(family, "check_options"):  # values, e.g. a loss name
         family.check_options(options)
+    if hasattr(family, "check_architecture"):  # values, e.g. a diffusion noise schedule
+        family.check_architecture(architecture)
 
 
 def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Module"]]:
     """The package's family and its inference networks, built from the card's architecture and loaded with the
-    verified weights (ModelError when they do not fit). Run at import too, so a package that could never run is
-    refused before it is installed."""
+    verified weights (ModelError when they do not fit, or when a sampled model's card gives sampling settings it
+    cannot use). Run at import too, so a package that could never run is refused before it is installed."""
     from MedTranslateLib.families.base import unpack_state
 
     family = get_family(package.card.family)
     names = family.inference_networks()
-    built = family.build(package.card.to_dict()["architecture"], package.card.spatial_dims)
+    card = package.card.to_dict()
+    built = family.build(card["architecture"], package.card.spatial_dims)
     nets = {name: built[name] for name in names}
     state = package.load_state_dict()  # verifies the SHA256 before anything is deserialised
     unpack_state(nets, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, names)
+    if package.card.family in SAMPLED_FAMILIES:
+        check_card_sampling(family, nets, card)
     return family, nets
+
+
+def check_card_sampling(family: "Family", nets: dict[str, "nn.Module"], card: Mapping[str, Any]) -> None:
+    """Raise :class:`ModelError` when the card's ``sampling`` defaults do not fit its family (a diffusion card
+    naming the bridge sampler, steps beyond train_timesteps, eta with DPM++): the card is wrong, and without this
+    every translation would fail blaming the user's options."""
+    from MedTranslateLib.families.base import InferenceOptions
+
+    try:
+        family.make_predictor(nets, card, InferenceOptions())  # the card's defaults alone, checked as a run is
+    except ConfigError as error:
+        raise ModelError(f"The model card of {card.get('id')} {card.get('version')} has sampling settings its "
+                         f"{card.get('family')} model cannot use: {error.problem}",
+                         f"The card is wrong, not your options: fix its 'sampling' section ({error.fix}), or ask "
+                         "the model's author for a corrected package.") from None

@@ -7,9 +7,11 @@ intensities to and from [-1, 1]); layout is (N, C, H, W) for 2D/2.5D and (N, C, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,21 +27,114 @@ class InferenceOptions:
 
     steps: int | None = None          # diffusion: sampling steps (None -> card default)
     sampler: str | None = None        # diffusion: "ddim" | "dpm++2m" | "ddpm" (None -> card default)
-    samples: int = 1                  # stochastic families: samples averaged; >1 gives a std map
+    samples: int | None = None        # stochastic families: samples averaged, >1 gives a std map (None -> card)
     seed: int = 0                     # seed of the sampler noise (deterministic runs)
     tta: bool = False                 # deterministic families: flip test-time augmentation for uncertainty
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def sample_count(options: InferenceOptions, card: Mapping[str, Any]) -> int:
+    """Samples of a run: the options' ``samples``, else the card's ``sampling.samples``, else 1."""
+    if options.samples is not None:
+        return max(1, int(options.samples))
+    return max(1, int((card.get("sampling") or {}).get("samples", 1)))
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed of sample (or ensemble member) ``index`` of a run seeded with ``seed``: drawn from numpy's
+    ``SeedSequence`` of the pair, so the runs of two seeds share no sample (``seed + index`` would: seed 1's
+    samples were seed 0's shifted by one)."""
+    entropy = int(seed) % 2 ** 64  # SeedSequence takes non-negative integers
+    words = np.random.SeedSequence(entropy, spawn_key=(int(index),)).generate_state(2, np.uint32)
+    return int(words[0]) | int(words[1]) << 32
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(value: Any) -> Any:
+    """Wellons' ``lowbias32`` integer hash of 32-bit values (Python ints or int64 tensors; no int64 overflow)."""
+    value = value ^ (value >> 16)
+    value = (value * 0x21F0AAAD) & _MASK32
+    value = value ^ (value >> 15)
+    value = (value * 0x735A2D97) & _MASK32
+    return value ^ (value >> 15)
+
+
+class WindowNoise:
+    """The noise of one predictor call on a batch of slices or windows of a :class:`NoiseField`.
+
+    ``origins`` (N, L) gives each batch item's position in the volume: the last ``spatial`` entries are the
+    position of its first voxel, earlier entries are fixed (a slice's index). Each :meth:`randn` call is the
+    next draw (initial noise, then one per noisy sampling step); draw ``k`` at a voxel depends only on the
+    field's seed, ``k``, the channel and the voxel's position, so overlapping windows agree where they overlap
+    and a sample does not depend on the batch size."""
+
+    def __init__(self, key: int, origins: torch.Tensor) -> None:
+        self.key = key
+        self.origins = origins.long()
+        self.draws = 0
+
+    def randn(self, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+        """Standard normal float32 noise of ``shape`` (N, C, *spatial) on ``device``: the next draw."""
+        count, channels, *spatial = (int(n) for n in shape)
+        if count != self.origins.shape[0] or self.origins.shape[1] < len(spatial):
+            raise ValueError(f"noise of shape {tuple(shape)} for batch origins of shape {tuple(self.origins.shape)}")
+        draw_key = _mix32((self.key + self.draws * 0x9E3779B9) & _MASK32)
+        self.draws += 1
+        origins = self.origins.to(device)
+        fixed = origins.shape[1] - len(spatial)
+        hashed = _mix32(torch.arange(channels, device=device, dtype=torch.int64) ^ draw_key).expand(count, channels)
+        for column in range(fixed):  # (N, C)
+            hashed = _mix32(hashed ^ (origins[:, column:column + 1] & _MASK32))
+        for axis, size in enumerate(spatial):  # (N, C, s0, ..., s_axis)
+            position = origins[:, fixed + axis, None] + torch.arange(size, device=device, dtype=torch.int64)
+            position = (position & _MASK32).view((count,) + (1,) * (axis + 1) + (size,))
+            hashed = _mix32(hashed.unsqueeze(-1) ^ position)
+        # Box-Muller from two uniforms in (0, 1]: the hash and a second hash of it
+        radius = torch.sqrt(-2.0 * torch.log((hashed.float() + 0.5) * 2.0 ** -32))
+        angle = (_mix32(hashed ^ 0x5BD1E995).float() + 0.5) * (2.0 * math.pi * 2.0 ** -32)
+        return radius * torch.cos(angle)
+
+
+class NoiseField:
+    """Seeded Gaussian noise defined at every position of a volume, for one sample: the engine hands each
+    batch of slices or sliding windows its part (:meth:`window`), so a 3D sample is one coherent sample
+    rather than a blend of independent ones, and a slice's noise does not depend on the batch it is in."""
+
+    def __init__(self, seed: int) -> None:
+        seed = int(seed) % 2 ** 64
+        self.key = _mix32(_mix32(seed & _MASK32) ^ (seed >> 32))
+
+    def window(self, origins: torch.Tensor | np.ndarray | Sequence[Sequence[int]]) -> WindowNoise:
+        """The noise of a batch whose items start at ``origins`` (N, L) (see :class:`WindowNoise`)."""
+        return WindowNoise(self.key, torch.as_tensor(np.asarray(origins, dtype=np.int64)))
+
+
+#: what a stochastic predictor draws its noise from: the engine's positions in a :class:`NoiseField`, a torch
+#: generator (direct calls), or None (torch's global generator)
+Noise = Union[WindowNoise, torch.Generator, None]
+
+
+def gaussian_noise(noise: Noise, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Standard normal float32 noise of ``shape`` on ``device``: the next draw of ``noise`` (a torch generator
+    draws on its own device, so a seeded run gives the same noise wherever the model runs)."""
+    if isinstance(noise, WindowNoise):
+        return noise.randn(shape, device)
+    noise_device = noise.device if noise is not None else device
+    return torch.randn(tuple(shape), generator=noise, device=noise_device, dtype=torch.float32).to(device)
+
+
 class Predictor(Protocol):
     """Maps a normalised source batch to a normalised target batch.
 
-    ``stochastic`` predictors are called once per sample with a seeded generator.
+    ``stochastic`` predictors are called once per batch of every sample with that sample's :data:`Noise`, and
+    draw all their random numbers from it (:func:`gaussian_noise`).
     """
 
     stochastic: bool
 
-    def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def __call__(self, source: torch.Tensor, generator: Noise = None) -> torch.Tensor: ...
 
 
 class Family(Protocol):

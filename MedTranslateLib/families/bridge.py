@@ -16,11 +16,14 @@ and moves to the next time along the bridge through the current clean estimate,
 
     x_s = (1 - m_s) * clean + m_s * source + sqrt(delta_s) * (sqrt(1 - eta^2) * noise_estimate + eta * z),
 
-with fresh Gaussian ``z``: ``eta = 1`` (default) redraws the noise at every step (BBDM's stochastic sampling),
-``eta = 0`` keeps the first draw (deterministic after it). The last step lands on the clean estimate.
+with fresh Gaussian ``z``: ``eta = 1`` (default) replaces the noise entirely at every step, i.e. draws ``x_s``
+afresh from the bridge's marginal around the current clean estimate, keeping nothing of ``x_t`` but that estimate
+(BBDM's stochastic sampler instead draws from the posterior q(x_s | x_t, x_0), which keeps part of ``x_t``'s noise);
+``eta = 0`` keeps the noise of the first draw (deterministic after it). The last step lands on the clean estimate.
 Source and target channels must match (2D slices with one channel each), and both normalisations should map
 the images to comparable [-1, 1] ranges (the card's normalisation does).
-Card ``sampling``: ``steps`` (default 10) and ``eta``; ``samples`` > 1 averages samples and gives their spread.
+Card ``sampling``: ``steps`` (default 10), ``eta`` and ``samples`` (> 1 averages samples and gives their spread);
+``sampler``, when given, must be "bridge".
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from MedTranslateLib.errors import ConfigError
-from MedTranslateLib.families.base import Batch, InferenceOptions
+from MedTranslateLib.families.base import Batch, InferenceOptions, Noise, gaussian_noise
 from MedTranslateLib.families.diffusion import (ConditionalDenoiser, ConditionalDiffusionFamily, SamplingPredictor,
                                                 _pad_amounts, masked_mse)
 from MedTranslateLib.families.samplers import StepCallback
@@ -72,15 +75,12 @@ def bridge_timesteps(steps: int, train_timesteps: int) -> list[int]:
 
 @torch.no_grad()
 def bridge_sample(denoise: Any, source: torch.Tensor, steps: int, train_timesteps: int, variance: float,
-                  eta: float, generator: torch.Generator | None,
-                  step_callback: StepCallback | None = None) -> torch.Tensor:
+                  eta: float, generator: Noise, step_callback: StepCallback | None = None) -> torch.Tensor:
     """Run the bridge from ``source`` (t = T) to the target (t = 0); ``denoise(x_t, timesteps)`` predicts
-    ``x_t - target``. Deterministic for a given ``generator``."""
-    noise_device = generator.device if generator is not None else source.device
+    ``x_t - target``. Deterministic for a given noise source ``generator``."""
 
     def gaussian() -> torch.Tensor:
-        return torch.randn(source.shape, generator=generator, device=noise_device,
-                           dtype=torch.float32).to(source.device)
+        return gaussian_noise(generator, source.shape, source.device)
 
     times = bridge_timesteps(steps, train_timesteps)
     x = source
@@ -119,7 +119,7 @@ class BridgePredictor(SamplingPredictor):
         self.net, self.steps, self.eta = net, int(steps), float(eta)
         self.step_callback = step_callback
 
-    def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, source: torch.Tensor, generator: Noise = None) -> torch.Tensor:
         self.net.eval()
         source = source.float()
         shape = tuple(source.shape[2:])
@@ -181,6 +181,9 @@ class BridgeFamily(ConditionalDiffusionFamily):
             raise ConfigError(f"Bridge models have their own sampler ('{SAMPLER}'); --sampler {sampler} does not apply.",
                               "Leave out --sampler (choose --steps and --samples only).")
         card_sampling = card_sampling or {}
+        if str(card_sampling.get("sampler", SAMPLER)).lower() != SAMPLER:
+            raise ConfigError(f"sampling.sampler is '{card_sampling['sampler']}', but a bridge model has its own "
+                              f"sampler ('{SAMPLER}').", f"Set it to '{SAMPLER}' or leave it out.")
         count = int(steps) if steps is not None else int(card_sampling.get("steps", DEFAULT_STEPS))
         return SAMPLER, count, float(card_sampling.get("eta", DEFAULT_ETA))
 

@@ -10,9 +10,11 @@ channels), ``channels``, ``attention_levels``, ``num_res_blocks``, ``num_head_ch
 the diffusion settings
 ``train_timesteps`` (default 1000), ``prediction_type`` ("epsilon" | "v_prediction") and ``schedule``
 (MONAI beta schedule, default "linear_beta"). The card's ``sampling`` gives ``sampler`` ("ddim" (default) |
-"dpm++2m" | "ddpm"), ``steps`` (default 5) and ``eta`` (DDIM only, default 0); a run's ``InferenceOptions`` can
-choose another sampler and step count. Training option ``masked_loss`` (default False) restricts
-the MSE to the body mask.
+"dpm++2m" | "ddpm"), ``steps`` (default 5), ``eta`` (DDIM only, default 0) and ``samples`` (default 1); a run's
+``InferenceOptions`` can choose another sampler, step count and number of samples. The card's settings are checked
+when the package loads (``families.load_networks``). Training option ``masked_loss`` (default False) restricts
+the MSE to the body mask; a ``schedule`` whose last timestep keeps more than alpha_bar = 0.01 of the image (too
+few ``train_timesteps``) is refused before training.
 
 Also defines the shared machinery (:class:`ConditionalDenoiser`, :class:`DiffusionPredictor`,
 :class:`ConditionalDiffusionFamily`) that the ``contourdiff`` family reuses with a different condition.
@@ -28,7 +30,7 @@ from torch import nn
 
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families import samplers
-from MedTranslateLib.families.base import Batch, InferenceOptions
+from MedTranslateLib.families.base import Batch, InferenceOptions, Noise
 
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "channels": (64, 128, 256), "attention_levels": (False, False, True), "num_res_blocks": 2,
@@ -121,7 +123,7 @@ class DiffusionPredictor(SamplingPredictor):
         """Network evaluations per sample."""
         return self.schedule.steps
 
-    def __call__(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, source: torch.Tensor, generator: Noise = None) -> torch.Tensor:
         self.net.eval()
         source = source.float()
         shape = tuple(source.shape[2:])
@@ -166,6 +168,12 @@ class ConditionalDiffusionFamily:
         return source
 
     # -- Family protocol ---------------------------------------------------------------------------------
+    def check_architecture(self, architecture: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` for a noise schedule sampling cannot start from (too few timesteps)."""
+        if "schedule" in self.architecture_keys:  # not the bridge: its noise vanishes at both ends by design
+            arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
+            samplers.check_noise_schedule(int(arch["train_timesteps"]), str(arch["schedule"]))
+
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         for key in ("in_channels", "out_channels"):
             if key not in architecture:

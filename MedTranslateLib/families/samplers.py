@@ -17,9 +17,10 @@ leaves each step at another noise level than the next step assumes, and some noi
 network is evaluated at ``steps`` timesteps from ``T - 1`` to 0, evenly spaced in log signal-to-noise ratio, each
 step goes exactly to the next evaluated timestep, and the last one lands on the clean image.
 
-The loop is deterministic for a given ``torch.Generator`` (initial noise and, for DDPM or DDIM with ``eta > 0``,
-the per-step noise are all drawn from it) and calls ``step_callback(i, n)`` after every step, so the engine can
-report progress and check for cancellation between steps.
+The loop is deterministic for a given noise source (:data:`~MedTranslateLib.families.base.Noise`: the initial
+noise and, for DDPM or DDIM with ``eta > 0``, the per-step noise are all drawn from it) and calls
+``step_callback(i, n)`` after every step, so the engine can report progress and check for cancellation between
+steps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.families.base import Noise, gaussian_noise
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "dpm++2m", "ddpm")
@@ -38,6 +40,16 @@ SAMPLERS = ("ddim", "dpm++2m", "ddpm")
 # (BENCHMARKS.md, "Diffusion sampling"); DPM++ 2M in 10-20 steps gives the samplers' converged answer.
 DEFAULT_SAMPLER = "ddim"
 DEFAULT_STEPS = 5
+#: MONAI's beta schedules
+SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+#: the most signal the last training timestep may keep: sampling starts from pure noise, so a schedule that
+#: ends at alpha_bar 0.36 (linear_beta with 100 timesteps) samples from the wrong starting distribution
+MAX_FINAL_ALPHA_BAR = 1e-2
+#: log signal-to-noise ratio below which a noisy image is pure noise for sampling (alpha_bar < 1e-5: the signal
+#: is 0.3 % of the noise): the timestep spacing ignores the range below it (the cosine schedule plunges to -20)
+LOG_SNR_FLOOR = -11.5
+#: DPM-Solver++(2M) extrapolates only when a step is at most this many times longer than the one before
+MAX_STEP_GROWTH = 3.0
 
 #: ``denoise(noisy_sample, timesteps) -> model output`` (the condition is bound by the caller)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,6 +94,19 @@ def make_train_scheduler(train_timesteps: int = 1000, prediction_type: str = "ep
                          prediction_type=check_prediction_type(prediction_type), clip_sample=True)
 
 
+def check_noise_schedule(train_timesteps: int, schedule: str) -> None:
+    """Raise :class:`ConfigError` for an unknown schedule, or one whose last timestep keeps a visible part of the
+    image (sampling starts from pure noise, so such a model samples from the wrong start)."""
+    if str(schedule) not in SCHEDULES:
+        raise ConfigError(f"Unknown diffusion noise schedule {schedule!r}.", f"Use one of: {', '.join(SCHEDULES)}.")
+    final = float(make_train_scheduler(train_timesteps, "epsilon", schedule).alphas_cumprod[-1])
+    if final > MAX_FINAL_ALPHA_BAR:
+        raise ConfigError(f"With train_timesteps={train_timesteps} the {schedule} noise schedule ends at alpha_bar "
+                          f"{final:.3g}: its last timestep keeps the image at {100 * final ** 0.5:.0f} % of its amplitude, but "
+                          "sampling starts from pure noise.",
+                          "Use more train_timesteps (1000, the default) or the 'cosine' schedule.")
+
+
 @dataclass(frozen=True)
 class SamplingSchedule:
     """What the sampling loop needs: the sampler, the timesteps where the network is evaluated (descending) and
@@ -102,19 +127,22 @@ class SamplingSchedule:
 def sampling_timesteps(steps: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """``steps`` distinct timesteps from ``T - 1`` down to 0, evenly spaced in log signal-to-noise ratio (the
     spacing DPM-Solver recommends for few steps: equal steps in the solver's variable, and the last evaluation at
-    t = 0, so the final jump to the clean image is negligible). Near t = 0, where the log-SNR changes fastest,
-    neighbours that round to the same timestep are pushed apart; where that cannot give distinct timesteps (a
-    schedule whose log-SNR plunges near t = T, such as the cosine one, or very many steps), they are evenly spaced
-    in t."""
+    t = 0, so the final jump to the clean image is negligible). The spacing starts at :data:`LOG_SNR_FLOOR` when
+    the schedule goes below it (the cosine schedule's log-SNR plunges from -11.5 to -20 in its last two
+    timesteps: spaced over that, half the steps went to pure noise, and with the old fallback to even spacing in
+    t the last step jumped 2.7 in log-SNR and DPM++ overshot); the first evaluation is always at ``T - 1``, where
+    sampling starts. Where the log-SNR changes faster than one timestep per step, neighbours that round to the same
+    timestep are pushed apart, one timestep apart at the least."""
     n, total = int(steps), len(alphas_cumprod)
     log_snr = torch.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t
-    targets = torch.linspace(float(log_snr[-1]), float(log_snr[0]), n, dtype=torch.float64)
+    start = max(float(log_snr[-1]), LOG_SNR_FLOOR)
+    targets = torch.linspace(start, float(log_snr[0]), n, dtype=torch.float64)
     chosen = [int(torch.searchsorted(-log_snr, -value).clamp(max=total - 1)) for value in targets]
+    chosen[0] = total - 1
     for index in range(n - 2, -1, -1):  # strictly decreasing
         chosen[index] = max(chosen[index], chosen[index + 1] + 1)
-    if chosen[0] > total - 1:
-        chosen = [round((total - 1) * (n - 1 - i) / max(1, n - 1)) for i in range(n)]
-    return torch.tensor(chosen, dtype=torch.long)
+    # within [0, T - 1]: no later than T - 1 - i (still strictly decreasing, and ending at 0 as n <= T)
+    return torch.tensor([min(t, total - 1 - i) for i, t in enumerate(chosen)], dtype=torch.long)
 
 
 def make_sampling_schedule(sampler: str, steps: int, train_timesteps: int = 1000,
@@ -157,14 +185,13 @@ def _clean_and_noise(output: torch.Tensor, sample: torch.Tensor, alpha: float, s
 
 
 @torch.no_grad()
-def sample(denoise: Denoiser, shape: tuple[int, ...], schedule: SamplingSchedule, generator: torch.Generator | None,
+def sample(denoise: Denoiser, shape: tuple[int, ...], schedule: SamplingSchedule, generator: Noise,
            device: torch.device | str, step_callback: StepCallback | None = None) -> torch.Tensor:
     """Run the reverse diffusion of ``schedule`` from seeded Gaussian noise of ``shape``; returns the clean sample."""
     device = torch.device(device)
-    noise_device = generator.device if generator is not None else device
 
     def gaussian() -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32).to(device)
+        return gaussian_noise(generator, shape, device)
 
     x = gaussian()
     levels = [float(v) for v in schedule.alphas_cumprod]
@@ -182,7 +209,8 @@ def sample(denoise: Denoiser, shape: tuple[int, ...], schedule: SamplingSchedule
         elif schedule.sampler == "dpm++2m":
             h = math.log(next_alpha / next_sigma) - math.log(alpha / sigma)  # step in log signal-to-noise
             estimate = clean
-            if previous_clean is not None:  # second order: extrapolate the clean estimate along the last step
+            if previous_clean is not None and h <= MAX_STEP_GROWTH * previous_h:
+                # second order: extrapolate the clean estimate along the last step (not past a much shorter one)
                 half_inverse_ratio = 0.5 * h / previous_h
                 estimate = (1.0 + half_inverse_ratio) * clean - half_inverse_ratio * previous_clean
             x = (next_sigma / sigma) * x - next_alpha * math.expm1(-h) * estimate

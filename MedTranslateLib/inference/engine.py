@@ -3,7 +3,10 @@
 2D / 2.5D models see slices along the card's ``slice_axis`` (batched; slices without body voxels are
 skipped and get the background value -1; 2.5D adds ``context_slices`` neighbours each side as channels,
 edge slices replicated). 3D models run through MONAI's Gaussian-weighted ``sliding_window_inference``.
-Several passes (stochastic samples, or flip test-time augmentation) give a mean and a standard deviation.
+Several passes (stochastic samples, or flip test-time augmentation) give a mean and a population standard
+deviation (divided by the number of passes). Each sample draws its noise from a :class:`NoiseField` over the whole
+volume (seeded from the run's seed and the sample's index): every slice or window gets its part of it, so a 3D
+sample is one coherent sample across overlapping windows, and no sample depends on the batch size.
 On CUDA the engine uses mixed precision and channels-last; when the GPU runs out of memory it halves the
 batch, and at batch 1 moves the predictor to the CPU and says so in ``Prediction.warnings``.
 """
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from MedTranslateLib.errors import DeviceError, ModelError
-from MedTranslateLib.families.base import InferenceOptions, Predictor
+from MedTranslateLib.families.base import InferenceOptions, NoiseField, Predictor, derive_seed, sample_count
 from MedTranslateLib.inference.device import autocast_for
 from MedTranslateLib.inference.optimize import uses_channels_last
 from MedTranslateLib.progress import ProgressTracker
@@ -86,7 +89,7 @@ def forward_context(device: torch.device) -> Any:
 class BatchRunner:
     """Feeds batches to a predictor on a device with mixed precision; when the device runs out of memory it
     retries with half the batch, and on CUDA at batch size 1 falls back to the CPU (when the predictor has a
-    ``to`` method)."""
+    ``to`` method). In a stochastic pass each chunk gets its part of the pass's :class:`NoiseField`."""
 
     def __init__(self, predictor: Predictor, device: torch.device, batch_size: int) -> None:
         self.predictor = predictor
@@ -94,25 +97,17 @@ class BatchRunner:
         self.batch_size = max(1, int(batch_size))
         self.warnings: list[str] = []
         self.fell_back = False
-        self._seed: int | None = None
-        self.generator: torch.Generator | None = None
+        self.noise: NoiseField | None = None
 
     def start_pass(self, seed: int | None) -> None:
-        """Begin a pass; a stochastic pass gets a fresh generator seeded with ``seed``."""
-        self._seed = seed
-        self.generator = self._new_generator()
+        """Begin a pass; a stochastic pass (a ``seed``) draws its noise from a field seeded with it."""
+        self.noise = NoiseField(seed) if seed is not None else None
 
-    def _new_generator(self) -> torch.Generator | None:
-        if self._seed is None:
-            return None
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(self._seed))
-        return generator
-
-    def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _forward(self, chunk: torch.Tensor, origins: np.ndarray) -> torch.Tensor:
         inputs = to_device_layout(chunk, self.device, predictor_channels_last(self.predictor))
+        noise = self.noise.window(origins) if self.noise is not None else None
         with forward_context(self.device):
-            out = self.predictor(inputs, self.generator)
+            out = self.predictor(inputs, noise)
         return out.float()
 
     def _recover_from_oom(self) -> None:
@@ -130,18 +125,23 @@ class BatchRunner:
                               "Use --device cpu, close other GPU programs, or use a smaller model.")
         move(torch.device("cpu"))
         self.device = torch.device("cpu")
-        self.generator = self._new_generator()
         self.fell_back = True
         self.warnings.append(CPU_FALLBACK_WARNING)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Predict ``batch`` (N, C, *spatial) in chunks of ``batch_size``; float32 on ``batch``'s device."""
+    def __call__(self, batch: torch.Tensor, origins: np.ndarray | None = None) -> torch.Tensor:
+        """Predict ``batch`` (N, C, *spatial) in chunks of ``batch_size``; float32 on ``batch``'s device.
+
+        ``origins`` (N, 3): where each item lies in the volume, (slice index, 0, 0) for a slice or the (z, y, x)
+        of a window's first voxel (default: the item's index), which fixes its noise in a stochastic pass."""
+        if origins is None:
+            origins = np.zeros((batch.shape[0], 3), dtype=np.int64)
+            origins[:, 0] = np.arange(batch.shape[0])
         outputs: list[torch.Tensor] = []
         start = 0
         while start < batch.shape[0]:
             size = min(self.batch_size, batch.shape[0] - start)
             try:
-                out = self._forward(batch[start:start + size])
+                out = self._forward(batch[start:start + size], origins[start:start + size])
             except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
                 if not is_out_of_memory(error):
                     raise
@@ -166,7 +166,9 @@ def _predict_slices(array: np.ndarray, mask: np.ndarray, axis: int, context: int
         group = indices[start:start + chunk]
         neighbours = np.clip(group[:, None] + offsets[None, :], 0, count - 1)
         batch = np.asarray(volume[neighbours], dtype=np.float32)  # (B, C, H, W)
-        prediction = runner(torch.from_numpy(batch))
+        origins = np.zeros((len(group), 3), dtype=np.int64)
+        origins[:, 0] = group
+        prediction = runner(torch.from_numpy(batch), origins)
         out_view[group] = prediction[:, 0].numpy()
         advance(len(group))
     return result
@@ -196,7 +198,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 
 def _predict_windows(array: np.ndarray, mask: np.ndarray, roi: tuple[int, ...], overlap: float,
                      runner: BatchRunner, sw_device: torch.device, advance: Callable[[int], None]) -> np.ndarray:
-    """One 3D pass: Gaussian-weighted sliding window over the mask's bounding box (stitched on the CPU)."""
+    """One 3D pass: Gaussian-weighted sliding window over the mask's bounding box (stitched on the CPU). Each
+    window is predicted with its position, so in a stochastic pass overlapping windows see the same noise."""
     from monai.inferers import sliding_window_inference
 
     result = np.full(array.shape, BACKGROUND, dtype=np.float32)
@@ -205,23 +208,26 @@ def _predict_windows(array: np.ndarray, mask: np.ndarray, roi: tuple[int, ...], 
         return result
     crop = torch.from_numpy(np.ascontiguousarray(array[box], dtype=np.float32))[None, None]
 
-    def window_fn(windows: torch.Tensor) -> torch.Tensor:
-        out = runner(windows)
+    def window_fn(windows: torch.Tensor, slices: list[list[slice]]) -> torch.Tensor:
+        # MONAI's window slices: [batch, channel, z, y, x] in the (padded) crop
+        origins = np.array([[int(part.start or 0) for part in window[2:]] for window in slices], dtype=np.int64)
+        out = runner(windows, origins)
         advance(windows.shape[0])
         return out
 
     stitched = sliding_window_inference(crop, roi, runner.batch_size, window_fn, overlap=overlap, mode="gaussian",
-                                        sw_device=sw_device, device=torch.device("cpu"), progress=False)
+                                        sw_device=sw_device, device=torch.device("cpu"), progress=False,
+                                        with_coord=True)
     result[box] = torch.as_tensor(stitched)[0, 0].numpy()
     return result
 
 
-def _passes(predictor: Predictor, options: InferenceOptions, flip_axes: tuple[int, int]
+def _passes(predictor: Predictor, options: InferenceOptions, card: Mapping[str, Any], flip_axes: tuple[int, int]
             ) -> list[tuple[int | None, tuple[int, ...]]]:
-    """(seed, flipped axes) per pass: stochastic samples, flip TTA, or a single deterministic pass."""
+    """(seed, flipped axes) per pass: stochastic samples (each seeded from the run's seed and its index, so two
+    seeds share no sample), flip TTA, or a single deterministic pass."""
     if getattr(predictor, "stochastic", False):
-        count = max(1, int(options.samples))
-        return [(int(options.seed) + i, ()) for i in range(count)]
+        return [(derive_seed(options.seed, i), ()) for i in range(sample_count(options, card))]
     if options.tta:
         a, b = flip_axes
         return [(None, ()), (None, (a,)), (None, (b,)), (None, (a, b))]
@@ -229,7 +235,7 @@ def _passes(predictor: Predictor, options: InferenceOptions, flip_axes: tuple[in
 
 
 class _RunningStats:
-    """Mean and population std over passes (Welford), updated slab by slab in float32."""
+    """Mean and population std (divided by the number of passes) over passes (Welford), slab by slab in float32."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -328,7 +334,7 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
                          "Give a mask on the same grid as the input volume.")
     device = torch.device(device)
     plan = _plan(card, options, device)
-    passes = _passes(predictor, options, tuple(a for a in range(3) if a != plan.axis))
+    passes = _passes(predictor, options, card, tuple(a for a in range(3) if a != plan.axis))
     units = plan.units(body)
     total = max(1, units) * len(passes)
     unit_name = "windows" if plan.dimensionality == "3d" else "slices"
