@@ -160,6 +160,17 @@ def test_batch_translation_into_a_folder(tmp_path, mr_input):
     assert sorted(p.name for p in out_dir.iterdir()) == ["a_synthetic.nii.gz", "b_synthetic.nii.gz"]
 
 
+def test_batch_progress_says_which_input_of_how_many(tmp_path, mr_input, capsys):
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    inputs = [tmp_path / f"{name}.nii.gz" for name in ("a", "b")]
+    for path in inputs:
+        write_volume(mr_input, path, modality="MR")
+    assert main(["translate", *map(str, inputs), "-m", str(package), "-o", str(tmp_path / "out"),
+                 "--progress", "rich"]) == 0
+    shown = capsys.readouterr().err
+    assert "1/2 a.nii.gz" in shown and "2/2 b.nii.gz" in shown
+
+
 def test_batch_reads_the_next_input_while_translating_and_matches_single_runs(tmp_path, mr_input, monkeypatch):
     import threading
 

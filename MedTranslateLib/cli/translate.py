@@ -49,7 +49,9 @@ def run_translate(args: argparse.Namespace) -> int:
         if made_folder:
             output.rmdir()
         raise
-    items = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, Path(path).name),
+    labels = {str(path): (f"{k}/{len(jobs)} " if many else "") + Path(path).name
+              for k, (path, _) in enumerate(jobs, start=1)}  # a batch's bar says which input of how many
+    items = translate_batch(jobs, translator, progress_for=lambda path: progress_display(args.progress, labels[str(path)]),
                             first=first, mask_path=args.mask, uncertainty_path=args.uncertainty, options=options,
                             series_uid=args.series_uid, output_type=args.output_type)
     failed = []
