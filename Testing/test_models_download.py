@@ -116,3 +116,17 @@ def test_sha256_of_downloaded_file_checked_again_on_load(tmp_path, server):
     with pytest.raises(ModelError, match="SHA256"):
         open_package(folder).load_state_dict()
     assert hashlib.sha256(path.read_bytes()).hexdigest() != hashlib.sha256(weights).hexdigest()
+
+
+def test_translate_shows_the_download_of_missing_weights(tmp_path, server, isolated_user_models, capsys):
+    """The first use of a model with remote weights was silent for the whole download (Slicer: 'Starting')."""
+    from MedTranslateLib.cli.translate import _download_weights
+
+    folder, weights = _remote_package(tmp_path, server, "/shown.safetensors")
+    ROUTES["/shown.safetensors"] = (200, weights, len(weights))
+    _download_weights(open_package(folder), "jsonl")
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["stage"] for e in events} == {"download"} and events[-1]["fraction"] == 1.0
+    assert "downloading the weights of test-mr-to-ct" in events[-1]["message"]
+    _download_weights(open_package(folder), "jsonl")  # cached now: nothing to show
+    assert capsys.readouterr().out == ""

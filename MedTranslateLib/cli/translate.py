@@ -80,12 +80,15 @@ def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jso
     from MedTranslateLib.models.registry import ModelRegistry
     from MedTranslateLib.pipeline import Translator
 
+    registry = ModelRegistry()
+    for name in [args.model, *(args.ensemble or [])]:
+        _download_weights(registry.resolve(name), args.progress)
     if args.ensemble:
         from MedTranslateLib.ensemble import EnsembleTranslator
 
         translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
     else:
-        translator = Translator(ModelRegistry().resolve(args.model), device=args.device)
+        translator = Translator(registry.resolve(args.model), device=args.device)
     if translator.device.type == "cpu" and args.device != "cpu":
         _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
     if args.output_type == "float32" and translator.card.target_modality.upper() == "CT" and \
@@ -93,6 +96,22 @@ def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jso
         _warn("A DICOM CT series stores whole Hounsfield units: --output-type float32 applies to file outputs only.",
               jsonl)
     return translator
+
+
+def _download_weights(package: Any, mode: str) -> None:
+    """Weights the package lacks, downloaded first on a progress display of their own (the first use of a model
+    whose card gives ``weights.url``; later runs read the cached copy)."""
+    from MedTranslateLib.progress import ProgressTracker
+
+    inside_zip = package.zip is not None and package.card.weights_file in package.zip.members
+    if inside_zip or package.weights_path() is not None or not package.card.weights_url:
+        return
+    with progress_display(mode, "download") as callback:
+        tracker = ProgressTracker([("download", 1.0)], callback)
+        tracker.stage("download", f"downloading the weights of {package.card.id}")
+        package.ensure_weights(progress=lambda received, total: tracker.update(
+            received / total if total else 0.0, f"downloading the weights of {package.card.id}: "
+                                                f"{received / 2**20:.1f} MB"))
 
 
 def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bool) -> None:
