@@ -63,25 +63,36 @@ _deferring = threading.local()
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold the stop signals during a block that must not stop half-way (moving outputs into place, one training
-    step); a signal that arrived meanwhile is delivered when the block ends. Nested blocks hold until the
-    outermost ends; outside the main thread (where Python runs signal handlers) this does nothing."""
+    step); the first signal that arrived meanwhile is delivered when the block ends, a second one at once (the
+    user insists). Nested blocks hold until the outermost ends; outside the main thread (where Python runs signal
+    handlers) this does nothing."""
     if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
         yield
         return
     caught: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     previous = {sig: handler for sig, handler in previous.items() if handler is not None}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+        if len(caught) > 1:  # asked twice: stop now, as the user insists
+            restore()
+            signal.raise_signal(signum)
+
     _deferring.active = True
     try:
+        for sig in previous:
+            signal.signal(sig, hold)
         yield
     finally:
         _deferring.active = False
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(caught):
-            signal.raise_signal(sig)
+        restore()
+        if len(caught) == 1:  # (a second one was delivered at once)
+            signal.raise_signal(caught[0])
 
 
 class CancelToken:

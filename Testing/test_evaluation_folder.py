@@ -143,11 +143,13 @@ def test_a_report_is_replaced_whole_even_when_interrupted(tmp_path, monkeypatch)
 
     rows = [{"case": c, "mae": float(i)} for i, c in enumerate("abc")]
     ev.write_outputs(rows, ev.aggregate(rows), tmp_path)
-    real_replace = os.replace
+    real_replace, pressed = os.replace, []
 
-    def replace_then_ctrl_c(src, dst):
+    def replace_then_ctrl_c(src, dst):  # one Ctrl-C, right after the first file is in place
         real_replace(src, dst)
-        signal.raise_signal(signal.SIGINT)
+        if not pressed:
+            pressed.append(1)
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):

@@ -45,6 +45,12 @@ def test_a_deferred_signal_arrives_when_the_block_ends():
             reached.append("outer")
     assert reached == ["inner", "outer"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            reached.append("after the second")
+    assert reached == ["inner", "outer"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_while_outputs_move_into_place_finishes_the_pair(tmp_path, monkeypatch):
@@ -54,11 +60,13 @@ def test_ctrl_c_while_outputs_move_into_place_finishes_the_pair(tmp_path, monkey
     series.mkdir()
     (series / "IMG00001.dcm").write_text("old")
     std.write_text("old")
-    real_replace = os.replace
+    real_replace, pressed = os.replace, []
 
-    def replace_then_ctrl_c(src, dst):
+    def replace_then_ctrl_c(src, dst):  # one Ctrl-C, right after the first move
         real_replace(src, dst)
-        signal.raise_signal(signal.SIGINT)
+        if not pressed:
+            pressed.append(1)
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
@@ -94,6 +102,29 @@ def test_sighup_while_writing_leaves_nothing(tmp_path, package, source, monkeypa
     assert list(out_dir.iterdir()) == []
 
 
+def test_an_ignored_hang_up_stays_ignored(tmp_path, package, source, monkeypatch):
+    """`nohup medtranslate ... &`: a closed terminal must not stop the run."""
+    import pydicom
+
+    from MedTranslateLib.cli.main import main
+
+    real_save = pydicom.dataset.Dataset.save_as
+
+    def save_then_hang_up(self, filename, *args, **kwargs):
+        real_save(self, filename, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_then_hang_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["translate", str(source), "-m", str(package), "-o", str(tmp_path / "series"), "--device", "cpu",
+                     "--progress", "none"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert len(list((tmp_path / "series").iterdir())) == 24
+
+
 def test_a_closed_standard_output_is_no_success(tmp_path, package, source):
     """`translate ... --progress jsonl | head -n 1` (or a Slicer that died) exited 0 with nothing written."""
     out = tmp_path / "out" / "sct.nii.gz"
@@ -117,7 +148,8 @@ def test_ctrl_c_in_the_middle_of_a_training_step_resumes_exactly(tmp_path, monke
     from MedTranslateLib.families.unet import UNetFamily
     from MedTranslateLib.training.loop import train
 
-    settings = dict(steps=6, val_fraction=0.0, test_fraction=0.0, checkpoint_interval=3)
+    # validation due at step 5, the step the Ctrl-C comes in: the resumed run must still validate there
+    settings = dict(steps=6, val_fraction=0.34, test_fraction=0.0, checkpoint_interval=3, val_interval=5)
     straight = train(_config(tmp_path / "a", **settings))
     real_step, calls = UNetFamily.training_step, []
 
@@ -138,3 +170,29 @@ def test_ctrl_c_in_the_middle_of_a_training_step_resumes_exactly(tmp_path, monke
     b = load_file(str(resumed.package / "weights.safetensors"))
     for key in a:
         assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+    logs = [(_config(tmp_path / run).work_path / "validation_log.csv").read_text() for run in ("a", "b")]
+    assert logs[0] == logs[1] and [line.split(",")[0] for line in logs[0].splitlines()[1:]] == ["5", "6"]
+
+
+def test_two_processes_swapping_one_output_get_an_output_error(tmp_path, monkeypatch):
+    """Another process put its series in place between our two moves: an OutputError (was a raw OSError) that
+    says where the earlier output is kept."""
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.io.atomic import swap_into_place
+
+    target, staging = tmp_path / "series", tmp_path / ".series.partial"
+    for folder, text in ((target, "old"), (staging, "ours")):
+        folder.mkdir()
+        (folder / "IMG00001.dcm").write_text(text)
+    real_replace = os.replace
+
+    def other_process_first(src, dst):
+        if Path(src) == staging:  # the other process's series lands first
+            Path(dst).mkdir()
+            (Path(dst) / "IMG00001.dcm").write_text("theirs")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", other_process_first)
+    with pytest.raises(OutputError, match="earlier output is kept in") as info:
+        swap_into_place(staging, target)
+    assert info.value.fix and (target / "IMG00001.dcm").read_text() == "theirs"

@@ -130,6 +130,23 @@ def _report(args: argparse.Namespace, message: str, exit_code: int) -> None:
         print(f"error: {message}", file=sys.stderr)
 
 
+def _output_closed() -> int:
+    """The exit of a run whose standard output was closed (``| head``, a Slicer that is gone)."""
+    import os
+
+    try:  # no second error when Python flushes the closed stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (captured output)
+        pass
+    try:
+        print("stopped: the standard output was closed; nothing half-written is left.", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return OUTPUT_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
     import signal
@@ -140,33 +157,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     hooked = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
-    previous = {sig: signal.signal(sig, _terminate) for sig in hooked} if in_main_thread else {}
+    # a signal set to be ignored stays ignored (`nohup medtranslate train ... &` survives a closed terminal)
+    hooked = [sig for sig in hooked if in_main_thread and signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, _terminate) for sig in hooked}
     try:
-        return int(args.handler(args) or 0)
-    except MedTranslateError as error:
-        _report(args, error.message, error.exit_code)
-        return error.exit_code
-    except BrokenPipeError:  # `... | head`, or the Slicer that read the progress is gone: stop, do not claim success
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         try:
-            print("stopped: the standard output was closed; nothing half-written is left.", file=sys.stderr)
-        except OSError:
-            pass
-        return OUTPUT_CLOSED
-    except (KeyboardInterrupt, Terminated) as stop:
-        code = 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code)
-        _report(args, f"{'interrupted' if code == 130 else 'terminated'}; nothing half-written is left.", code)
-        return code
-    except Exception as error:  # a bug: the worker protocol still gets its one error event, then the traceback
-        if getattr(args, "progress", None) == "jsonl":
-            _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the traceback "
-                          "on standard error.", 1)
-        raise
+            return int(args.handler(args) or 0)
+        except MedTranslateError as error:
+            _report(args, error.message, error.exit_code)
+            return error.exit_code
+        except (KeyboardInterrupt, Terminated) as stop:
+            code = 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code)
+            _report(args, f"{'interrupted' if code == 130 else 'terminated'}; nothing half-written is left.", code)
+            return code
+        except BrokenPipeError:
+            raise
+        except Exception as error:  # a bug: the worker protocol still gets its one error event, then the traceback
+            if getattr(args, "progress", None) == "jsonl":
+                _report(args, f"internal error ({type(error).__name__}: {error}); please report it with the "
+                              "traceback on standard error.", 1)
+            raise
+    except BrokenPipeError:  # also from reporting an error on a closed output: stop, do not claim success
+        return _output_closed()
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, cannot be put back from here
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

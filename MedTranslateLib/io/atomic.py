@@ -259,6 +259,7 @@ def _replace_folder(staging: Path, target: Path) -> None:
 def swap_into_place(staging: Path, target: Path) -> None:
     """Atomically move ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted
     only once the new one is in place (restored if the move fails). Stop signals wait until it is done."""
+    clash = "Run one process per output path, and check that the folder is writable."
     with signals_deferred():
         try:
             if not target.exists():
@@ -267,14 +268,19 @@ def swap_into_place(staging: Path, target: Path) -> None:
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             backup.rmdir()
             os.replace(target, backup)
-        except FileNotFoundError as exc:  # another process replaced or removed the target meanwhile
-            raise OutputError(f"Cannot put the output in place at '{target}': another process is writing it "
-                              "at the same time.", "Run one process per output path.") from exc
+        except OSError as exc:  # e.g. another process replaced or removed the target meanwhile
+            raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc} (is another "
+                              "process writing it at the same time?).", clash) from exc
         try:
             os.replace(staging, target)
-        except BaseException:
-            os.replace(backup, target)
-            raise
+        except OSError as exc:
+            try:
+                os.replace(backup, target)
+            except OSError:
+                raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc}; the "
+                                  f"earlier output is kept in '{backup}'.", clash) from exc
+            raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc}; the earlier "
+                              "output is unchanged.", clash) from exc
         if backup.is_dir():
             shutil.rmtree(backup, ignore_errors=True)
         else:

@@ -342,28 +342,31 @@ class _Run:
                                               "seconds": self.seconds}, sampler.generators)
         running: dict[str, list[float]] = {}
         first = self.step
+        if config.resume and self.ctx.is_main and self.data.val and self._validation_missed(total):
+            self.validate()  # the run stopped between a step and the validation due after it
         for net in self.nets.values():
             net.train()
         try:
             while self.step < total:
-                with signals_deferred():  # a step is whole or not done: a resumed run matches an uninterrupted one
+                # a step and its log are whole or not done: a resumed run matches an uninterrupted one
+                with signals_deferred():
                     batch = _to_device(sampler.batch(config.batch_size), self.device)
                     _set_learning_rates(optimizers, lr_factor(config, self.step, total))
                     losses = {key: float(value) for key, value in  # one device sync per step
                               family.training_step(train_nets, optimizers, batch, autocast, options).items()}
                     self.step += 1
-                for key, value in losses.items():
-                    running.setdefault(key, []).append(value)
-                _check_finite(losses, self.step, config.lr)
-                last = self.step == total
-                if self.step % config.log_interval == 0 or last:
-                    row = {"step": self.step, "seconds": round(self.seconds, 2),
-                           **{k: float(np.mean(v)) for k, v in running.items()}}
-                    self.history.append(row)
-                    self.logger.write("train_log", row)
-                    running = {}
-                message = f"step {self.step}/{total} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                self.tracker.update((self.step - first) / max(1, total - first), message)
+                    for key, value in losses.items():
+                        running.setdefault(key, []).append(value)
+                    _check_finite(losses, self.step, config.lr)
+                    last = self.step == total
+                    if self.step % config.log_interval == 0 or last:
+                        row = {"step": self.step, "seconds": round(self.seconds, 2),
+                               **{k: float(np.mean(v)) for k, v in running.items()}}
+                        self.history.append(row)
+                        self.logger.write("train_log", row)
+                        running = {}
+                    message = f"step {self.step}/{total} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                    self.tracker.update((self.step - first) / max(1, total - first), message)
                 if self.ctx.is_main and self.data.val and (self.step % config.val_interval == 0 or last):
                     self.validate()
                 if self.ctx.is_main and (self.step % config.checkpoint_interval == 0 or last):
@@ -388,6 +391,11 @@ class _Run:
                               "a GPU), then run again with --resume.") from None
         if self.best_state is None:  # no validation data: the last weights are the result
             self.best_state = pack_state(self.nets, self.inference_names)
+
+    def _validation_missed(self, total: int) -> bool:
+        """True when the checkpoint's step was due a validation that its history does not hold."""
+        due = self.step > 0 and (self.step % self.config.val_interval == 0 or self.step == total)
+        return due and not any(row.get("validation") and row.get("step") == self.step for row in self.history)
 
     def validate(self) -> None:
         """Validation metrics in physical units; keeps the weights with the lowest MAE."""
