@@ -68,17 +68,22 @@ def test_run_folders_of_a_killed_slicer_are_removed(tmp_path):
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    for name, owner in (("MedTranslate-dead", gone), ("MedTranslate-live", str(os.getppid())),
-                        ("MedTranslate-nomark", None), ("Other-dead", gone)):
+    import socket
+
+    host = socket.gethostname()
+    for name, owner in (("MedTranslate-dead", f"{gone} {host}"), ("MedTranslate-live", f"{os.getppid()} {host}"),
+                        ("MedTranslate-elsewhere", f"{gone} another-host"), ("MedTranslate-nomark", None),
+                        ("Other-dead", f"{gone} {host}")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "input.nrrd").write_text("patient")
         if owner:
             (tmp_path / name / OWNER_FILE).write_text(owner)
     assert remove_stale_workdirs(str(tmp_path)) == [str(tmp_path / "MedTranslate-dead")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["MedTranslate-live", "MedTranslate-nomark", "Other-dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MedTranslate-elsewhere", "MedTranslate-live",
+                                                          "MedTranslate-nomark", "Other-dead"]
     mine = make_workdir()
     try:
-        assert Path(mine, OWNER_FILE).read_text() == str(os.getpid()) and mine not in remove_stale_workdirs()
+        assert Path(mine, OWNER_FILE).read_text() == f"{os.getpid()} {host}" and mine not in remove_stale_workdirs()
     finally:
         import shutil
 

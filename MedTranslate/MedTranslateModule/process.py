@@ -212,11 +212,19 @@ def make_workdir() -> str:
 
     folder = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
     with open(os.path.join(folder, OWNER_FILE), "w", encoding="utf-8") as handle:
-        handle.write(str(os.getpid()))
+        handle.write(f"{os.getpid()} {_host()}")
     return folder
 
 
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) sends a Ctrl+C there: no safe check, keep the folder
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -227,7 +235,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_workdirs(root: str | None = None) -> list[str]:
-    """Remove run folders whose Slicer is gone (killed or crashed mid-run, it could not clean up); returns them."""
+    """Remove run folders whose Slicer, on this host, is gone (killed or crashed mid-run, it could not clean up);
+    returns them. On Windows nothing is removed (no safe way to ask whether a process lives)."""
     import shutil
     import tempfile
 
@@ -241,10 +250,11 @@ def remove_stale_workdirs(root: str | None = None) -> list[str]:
         folder = os.path.join(root, name)
         try:
             with open(os.path.join(folder, OWNER_FILE), encoding="utf-8") as handle:
-                owner = int(handle.read().strip())
+                pid, host = handle.read().split()
+            owner = int(pid)
         except (OSError, ValueError):
             continue  # not ours to judge
-        if owner != os.getpid() and not _alive(owner):
+        if host == _host() and owner != os.getpid() and not _alive(owner):  # a shared /tmp: only this host's
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
