@@ -182,19 +182,33 @@ def _dicom_series(folder: Path) -> dict[str, list[str]]:
 
 
 def _dicom_header(file_name: str) -> Any:
-    """The file's data set with large values (the pixels) not read, but their place in the file recorded."""
+    """The file's data set without the pixels."""
     import pydicom
 
-    return pydicom.dcmread(file_name, defer_size=4096, force=True)
+    return pydicom.dcmread(file_name, stop_before_pixels=True, force=True)
 
 
-def _pixels_cut_off(header: Any, file_name: str) -> bool:
-    """True when the pixel data runs past the end of the file (older GDCM reads such a file without error)."""
-    raw = header.get_item(0x7FE00010)
-    length = getattr(raw, "length", None)
-    if raw is None or length is None or length == 0xFFFFFFFF:  # none, or encapsulated of undefined length
-        return False
-    return raw.value_tell + length > os.path.getsize(file_name)
+def _checked_dicom_header(file_name: str) -> Any:
+    """:func:`_dicom_header`, refusing a file whose pixel data runs past its end (older GDCM reads such a file
+    without error): pydicom stops at the pixel data element's start, whose tag and length are read here."""
+    import struct
+
+    import pydicom
+
+    with open(file_name, "rb") as handle:
+        header = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+        start = handle.tell()
+        element = handle.read(12)
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if not syntax or syntax == "1.2.840.10008.1.2.2" or len(element) < 12 \
+            or struct.unpack("<HH", element[:4]) != (0x7FE0, 0x0010):
+        return header  # no pixel data here, or an encoding not checked (big endian, no file meta): nothing to say
+    implicit = syntax == "1.2.840.10008.1.2"
+    length_bytes, header_size = (element[4:8], 8) if implicit else (element[8:12], 12)
+    length = struct.unpack("<I", length_bytes)[0]
+    if length != 0xFFFFFFFF and start + header_size + length > os.path.getsize(file_name):
+        raise _unreadable(Path(file_name), detail="the file ends before its pixel data does")
+    return header
 
 
 def _series_label(uid: str, files: list[str]) -> str:
@@ -260,11 +274,11 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
     headers = []
     for name in files:
         try:
-            headers.append(_dicom_header(name))
+            headers.append(_checked_dicom_header(name))
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
             raise _unreadable(Path(name), detail=str(exc)[:200]) from None
-        if _pixels_cut_off(headers[-1], name):
-            raise _unreadable(Path(name), detail="the file ends before its pixel data does")
     _check_slice_positions(headers, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
