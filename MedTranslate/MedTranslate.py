@@ -263,7 +263,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 # families without an uncertainty map (the backend refuses one) translate without it
                 uncertainty=node.uncertainty and not (model and model.family in NO_UNCERTAINTY_FAMILIES),
                 steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
-                samples=node.samples if node.samples > 1 and model and model.family in SAMPLED_FAMILIES else None)
+                # the panel's sample count is the one used (1 too; the CLI's default is the card's)
+                samples=node.samples if model and model.family in SAMPLED_FAMILIES else None)
             translation.start(request)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0

@@ -29,7 +29,7 @@ TORCH_REQUIREMENT = ">=2.4"
 
 def _unsatisfied(requirement: str) -> bool:
     """True when the installed distribution's version does not meet ``requirement`` (a module without package
-    metadata, as Slicer's built-in SimpleITK, counts as meeting it)."""
+    metadata, as a package built into the application, counts as meeting it)."""
     try:
         from packaging.requirements import Requirement
     except ImportError:

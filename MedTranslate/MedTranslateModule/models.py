@@ -114,11 +114,12 @@ def parse_model_list(text: str) -> list[ModelInfo]:
 
 
 def model_of_node(models: Sequence[ModelInfo], node: Any) -> ModelInfo | None:
-    """The listed model that made a synthetic volume node (its provenance attributes: id, then version)."""
+    """The listed model that made a synthetic volume node (its provenance attributes: id, then version; another
+    version of the id, the last listed, when that version is gone)."""
     model_id = node.GetAttribute("MedTranslate.model_id") if node is not None else None
     matches = [model for model in models if model_id and model.id == model_id]
     version = node.GetAttribute("MedTranslate.model_version") if matches else None
-    return next((model for model in matches if model.version == version), matches[0] if matches else None)
+    return next((model for model in matches if model.version == version), matches[-1] if matches else None)
 
 
 def filter_models(models: Sequence[ModelInfo], query: str = "") -> list[ModelInfo]:

@@ -103,8 +103,7 @@ def _download_weights(package: Any, mode: str) -> None:
     whose card gives ``weights.url``; later runs read the cached copy)."""
     from MedTranslateLib.progress import ProgressTracker
 
-    inside_zip = package.zip is not None and package.card.weights_file in package.zip.members
-    if inside_zip or package.weights_path() is not None or not package.card.weights_url:
+    if package.has_weights() or not package.card.weights_url:
         return
     with progress_display(mode, "download") as callback:
         tracker = ProgressTracker([("download", 1.0)], callback)

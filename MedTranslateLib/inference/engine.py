@@ -131,8 +131,9 @@ class BatchRunner:
     def __call__(self, batch: torch.Tensor, origins: np.ndarray | None = None) -> torch.Tensor:
         """Predict ``batch`` (N, C, *spatial) in chunks of ``batch_size``; float32 on ``batch``'s device.
 
-        ``origins`` (N, 3): where each item lies in the volume, (slice index, 0, 0) for a slice or the (z, y, x)
-        of a window's first voxel (default: the item's index), which fixes its noise in a stochastic pass."""
+        ``origins`` (N, 3): where each item lies, (slice index, 0, 0) for a slice or the (z, y, x) of a window's
+        first voxel in the padded crop the sliding window runs over (default: the item's index); it fixes the
+        item's noise in a stochastic pass."""
         if origins is None:
             origins = np.zeros((batch.shape[0], 3), dtype=np.int64)
             origins[:, 0] = np.arange(batch.shape[0])
