@@ -1,9 +1,11 @@
 """Shared fixtures: small synthetic volumes, the real-data folder, an isolated user model folder, and a
-slicer-core scene with an input volume."""
+slicer-core scene with an input volume, and a Ctrl-C pressed while outputs move into place."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,34 @@ def input_node(scene):
     study = hierarchy.CreateStudyItem(patient, "Study")
     hierarchy.CreateItem(study, node)
     return node
+
+
+class _CtrlCAfterFirstMove:
+    """``os.replace`` that presses Ctrl-C (SIGINT) once, right after the first move it makes."""
+
+    def __init__(self) -> None:
+        self.real = os.replace
+        self.pressed = False
+        self.active = True
+
+    def __call__(self, src, dst) -> None:
+        self.real(src, dst)
+        if self.active and not self.pressed:
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
+
+
+@pytest.fixture
+def ctrl_c_after_first_move(monkeypatch):
+    """One Ctrl-C in the middle of moving outputs into place (the moment an interruption did most harm)."""
+    replace = _CtrlCAfterFirstMove()
+    monkeypatch.setattr(os, "replace", replace)
+    return replace

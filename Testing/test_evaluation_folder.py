@@ -136,25 +136,13 @@ def test_folder_progress_counts_cases(synthrad_folder, capsys):
     assert events[-1]["fraction"] == 1.0 and all(e["event"] == "progress" for e in events)
 
 
-def test_a_report_is_replaced_whole_even_when_interrupted(tmp_path, monkeypatch):
+def test_a_report_is_replaced_whole_even_when_interrupted(tmp_path, ctrl_c_after_first_move):
     """Ctrl-C while the three files were written left a 2-case metrics.csv beside a 3-case json and html."""
-    import os
-    import signal
-
     rows = [{"case": c, "mae": float(i)} for i, c in enumerate("abc")]
-    ev.write_outputs(rows, ev.aggregate(rows), tmp_path)
-    real_replace, pressed = os.replace, []
-
-    def replace_then_ctrl_c(src, dst):  # one Ctrl-C, right after the first file is in place
-        real_replace(src, dst)
-        if not pressed:
-            pressed.append(1)
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with ctrl_c_after_first_move.paused():
+        ev.write_outputs(rows, ev.aggregate(rows), tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ev.write_outputs(rows[:2], ev.aggregate(rows[:2]), tmp_path)
-    monkeypatch.setattr(os, "replace", real_replace)
     assert len(json.loads((tmp_path / "metrics.json").read_text())["cases"]) == 2
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
     assert ">c<" not in (tmp_path / "report.html").read_text()

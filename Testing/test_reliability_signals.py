@@ -12,27 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from conftest import make_image
-from packages import make_untrained_package
+from test_reliability_killsafety import package, source  # noqa: F401 (the same small model and input)
 
 from MedTranslateLib.io.atomic import atomic_output, output_group
 from MedTranslateLib.progress import signals_deferred
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    return make_untrained_package(tmp_path_factory.mktemp("sig_pkg") / "pkg", "unet", "3d")
-
-
-@pytest.fixture
-def source(tmp_path) -> Path:
-    path = tmp_path / "inputs" / "mr.nrrd"
-    path.parent.mkdir()
-    sitk.WriteImage(make_image((24, 40, 40), spacing=(2.0, 1.0, 1.0), seed=5), str(path))
-    return path
 
 
 def test_a_deferred_signal_arrives_when_the_block_ends():
@@ -53,22 +38,13 @@ def test_a_deferred_signal_arrives_when_the_block_ends():
     assert reached == ["inner", "outer"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_while_outputs_move_into_place_finishes_the_pair(tmp_path, monkeypatch):
+def test_ctrl_c_while_outputs_move_into_place_finishes_the_pair(tmp_path, ctrl_c_after_first_move):
     """A Ctrl-C between the moves left a new series beside the old uncertainty map, and the old series half-deleted
     in a hidden folder, with the message 'nothing half-written'."""
     series, std = tmp_path / "sct", tmp_path / "std.nii.gz"
     series.mkdir()
     (series / "IMG00001.dcm").write_text("old")
     std.write_text("old")
-    real_replace, pressed = os.replace, []
-
-    def replace_then_ctrl_c(src, dst):  # one Ctrl-C, right after the first move
-        real_replace(src, dst)
-        if not pressed:
-            pressed.append(1)
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         with output_group():
             with atomic_output(series, folder=True) as staging:
