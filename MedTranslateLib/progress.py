@@ -2,18 +2,22 @@
 
 Long work takes a :class:`ProgressTracker` and calls ``tracker.update(fraction)`` inside a stage and
 ``tracker.check()`` between batches; the tracker raises :class:`~MedTranslateLib.errors.Cancelled`
-when its :class:`CancelToken` is set. Listeners receive :class:`ProgressEvent` objects.
+when its :class:`CancelToken` is set. Listeners receive :class:`ProgressEvent` objects; :func:`progress_display`
+shows them (a rich bar, or JSON lines of the worker protocol). :func:`signals_deferred` holds the stop signals
+during work that must not stop half-way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from MedTranslateLib.errors import Cancelled
 
@@ -191,3 +195,43 @@ class ProgressTracker:
     def check(self) -> None:
         """Raise :class:`Cancelled` if cancellation was requested."""
         self.cancel_token.raise_if_cancelled()
+
+
+# ------------------------------------------------------------------ displays (command line, worker protocol)
+
+def emit_json(event: str, **fields: Any) -> None:
+    """One line of the worker protocol on stdout."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _jsonl_callback(event: ProgressEvent) -> None:
+    emit_json("progress", stage=event.stage, fraction=round(event.fraction, 4),
+              eta_seconds=None if event.eta_seconds is None else round(event.eta_seconds, 1),
+              message=event.message)
+
+
+@contextlib.contextmanager
+def progress_display(mode: str, description: str = "") -> Iterator[ProgressCallback | None]:
+    """Yield a progress callback for ``mode`` (``rich``, ``jsonl`` or ``none``)."""
+    if mode == "jsonl":
+        yield _jsonl_callback
+        return
+    if mode == "none" or not sys.stderr.isatty() and mode != "rich":
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    # the time left is the tracker's (the current stage's pace), the same figure the Slicer panel shows
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=console,
+                  transient=False) as bar:
+        task = bar.add_task(description or "working", total=1.0, left="")
+
+        def callback(event: ProgressEvent) -> None:
+            label = f"{description} {event.stage}" if description else event.stage
+            left = format_duration(event.eta_seconds)
+            bar.update(task, completed=event.fraction, description=label, left=f"{left} left" if left else "")
+
+        yield callback

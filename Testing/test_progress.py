@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from MedTranslateLib.errors import Cancelled
-from MedTranslateLib.cli.progress_display import progress_display
+from MedTranslateLib.progress import progress_display
 from MedTranslateLib.progress import CancelToken, ProgressEvent, ProgressTracker, format_duration
 
 

@@ -23,7 +23,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """``medtranslate demo``: translate the built-in phantom and report its metrics; returns the exit code."""
     import SimpleITK as sitk
 
-    from MedTranslateLib.cli.progress_display import progress_display
+    from MedTranslateLib.progress import progress_display
     from MedTranslateLib.evaluation.metrics import compute_metrics
     from MedTranslateLib.io import write_volume
     from MedTranslateLib.phantom import make_head_phantom

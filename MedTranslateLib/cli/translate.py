@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from MedTranslateLib.cli.progress_display import emit_json, progress_display
+from MedTranslateLib.progress import emit_json, progress_display
 from MedTranslateLib.errors import ConfigError, OutputError
 
 

@@ -114,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             failed.append(case)
             print(f"error: case {case}: {error}", file=sys.stderr)
 
-        from MedTranslateLib.cli.progress_display import progress_display
+        from MedTranslateLib.progress import progress_display
         from MedTranslateLib.progress import ProgressTracker
 
         with progress_display(args.progress, "evaluate") as callback:

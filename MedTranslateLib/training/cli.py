@@ -60,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
     as :class:`~MedTranslateLib.errors.MedTranslateError` (the CLI prints them and exits with their code)."""
     import sys
 
-    from MedTranslateLib.cli.progress_display import emit_json, progress_display
+    from MedTranslateLib.progress import emit_json, progress_display
     from MedTranslateLib.progress import ProgressTracker
     from MedTranslateLib.training.loop import STAGES, train
 
