@@ -14,15 +14,20 @@ from MedTranslateLib.progress import ProgressTracker
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
 
+    from MedTranslateLib.models.package import ModelPackage
+
 
 class EnsembleTranslator:
     """Several :class:`Translator` objects of the same source and target modality."""
 
-    def __init__(self, models: Sequence[str], device: str = "auto") -> None:
+    def __init__(self, models: Sequence["str | ModelPackage"], device: str = "auto") -> None:
+        """``models``: ids, id@version, package paths, or packages already resolved."""
+        from MedTranslateLib.models.package import ModelPackage
         from MedTranslateLib.models.registry import ModelRegistry
 
         registry = ModelRegistry()
-        self.members = [Translator(registry.resolve(str(m)), device=device) for m in models]
+        self.members = [Translator(m if isinstance(m, ModelPackage) else registry.resolve(str(m)), device=device)
+                        for m in models]
         first = self.members[0].card
         for member in self.members[1:]:
             if (member.card.source_modality, member.card.target_modality) != (first.source_modality, first.target_modality):

@@ -81,14 +81,15 @@ def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jso
     from MedTranslateLib.pipeline import Translator
 
     registry = ModelRegistry()
-    for name in [args.model, *(args.ensemble or [])]:
-        _download_weights(registry.resolve(name), args.progress)
+    packages = [registry.resolve(name) for name in [args.model, *(args.ensemble or [])]]
+    for package in packages:
+        _download_weights(package, args.progress)
     if args.ensemble:
         from MedTranslateLib.ensemble import EnsembleTranslator
 
-        translator = EnsembleTranslator([args.model, *args.ensemble], device=args.device)
+        translator = EnsembleTranslator(packages, device=args.device)
     else:
-        translator = Translator(registry.resolve(args.model), device=args.device)
+        translator = Translator(packages[0], device=args.device)
     if translator.device.type == "cpu" and args.device != "cpu":
         _warn("Running on the CPU (no CUDA GPU found): this is slower.", jsonl)
     if args.output_type == "float32" and translator.card.target_modality.upper() == "CT" and \
