@@ -53,6 +53,36 @@ def test_tensor_forest_equals_sklearn(dimensionality):
     np.testing.assert_allclose(forward, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra_trees", [False, True])
+def test_fit_grows_trees_with_progress_and_equals_one_fit(extra_trees):
+    """Trees grown a few at a time (to report progress) give the forest of one scikit-learn fit."""
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
+    options = {**OPTIONS, "dimensionality": "3d", "extra_trees": extra_trees}
+    pairs = [make_pair(0), make_pair(1)]
+    heard: list[tuple[float, str]] = []
+    model = FAMILY.fit_estimator(pairs, options, lambda fraction, message: heard.append((fraction, message)))
+    assert [round(f, 2) for f, _ in heard] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert heard[-1][1] == "5/5 trees"
+    kind = ExtraTreesRegressor if extra_trees else RandomForestRegressor
+    features, targets = sample_training_voxels(pairs, options)
+    once = kind(n_estimators=5, max_depth=8, min_samples_leaf=5, max_features=1.0, random_state=0).fit(
+        features, targets)
+    np.testing.assert_array_equal(model.predict(features), once.predict(features))
+
+
+def test_fit_stops_when_progress_raises():
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(fraction, message):
+        if fraction >= 0.4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        FAMILY.fit([make_pair(0)], {**OPTIONS, "dimensionality": "3d"}, stop_after_two)
+
+
 def test_fit_beats_constant_predictor_and_predictor_runs():
     options = {**OPTIONS, "dimensionality": "3d"}
     tensors = FAMILY.fit([make_pair(0), make_pair(1)], options)

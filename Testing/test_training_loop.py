@@ -85,10 +85,12 @@ def test_train_lowers_loss_and_exports_valid_package(tmp_path):
     key = next(k for k in first if k not in ("step", "seconds"))
     assert last[key] < 0.8 * first[key], (first, last)
     # progress: losses in messages, fractions never go down, time left reported
-    train_events = [e for e in events if e.stage == "train" and e.message.startswith("step")]
+    train_events = [e for e in events if e.stage == "train" and e.message.startswith("step") and ": " not in e.message]
     assert train_events and key in train_events[-1].message
     assert all(b.fraction >= a.fraction for a, b in zip(events, events[1:]))
     assert any(e.eta_seconds is not None for e in train_events)
+    validating = [e for e in events if e.stage == "train" and "validation case 1/1" in e.message]
+    assert {e.message.split(":")[0] for e in validating} == {"step 12/24", "step 24/24"}
     held_out = [e for e in events if e.stage == "evaluate" and e.message.startswith("held-out case 1/1")]
     assert any(e.message.endswith("slices") for e in held_out) and held_out[-1].stage_fraction == 1.0
     # package: valid card with held-out TEST metrics and the split recorded by subject
@@ -260,15 +262,38 @@ def test_only_paired_families_train_on_pairs_of_paired_data(tmp_path, monkeypatc
 
 
 def test_random_forest_is_fitted_not_stepped(tmp_path):
-    from MedTranslateLib.training.loop import train
+    from MedTranslateLib.progress import ProgressTracker
+    from MedTranslateLib.training.loop import STAGES, train
 
     config = _config(tmp_path, family="random_forest", architecture={}, val_fraction=0.0, test_fraction=0.34,
                      family_options={"n_trees": 3, "max_depth": 6, "n_samples": 3000})
-    result = train(config)
+    events = []
+    result = train(config, ProgressTracker(STAGES, events.append, min_interval=0.0))
     card = json.loads((result.package / "model.json").read_text())
     jsonschema.validate(card, _schema())
     assert card["architecture"]["n_trees"] == 3 and result.steps == 0
+    assert [e.message for e in events if e.stage == "train" and "trees" in e.message] == [
+        "1/3 trees", "2/3 trees", "3/3 trees"]
     assert result.metrics_on == "test" and result.best_metrics["mae"] < 100  # HU; the mean as a constant guess gives ~500
+
+
+def test_random_forest_fit_can_be_cancelled_between_trees(tmp_path):
+    from MedTranslateLib.errors import Cancelled
+    from MedTranslateLib.progress import CancelToken, ProgressTracker
+    from MedTranslateLib.training.loop import STAGES, train
+
+    config = _config(tmp_path, family="random_forest", architecture={}, val_fraction=0.0, test_fraction=0.34,
+                     family_options={"n_trees": 20, "max_depth": 6, "n_samples": 3000})
+    token, heard = CancelToken(), []
+
+    def cancel_after_two_trees(event):
+        heard.append(event.message)
+        if event.message == "2/20 trees":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(config, ProgressTracker(STAGES, cancel_after_two_trees, token, min_interval=0.0))
+    assert heard[-1] == "2/20 trees" and not (tmp_path / "pkg").exists()
 
 
 def test_cli_entry_point(tmp_path):

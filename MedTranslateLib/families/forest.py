@@ -12,6 +12,7 @@ level-by-level traversal of all trees with ``gather``. Dimensionality "3d" (3D f
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from MedTranslateLib.families.base import Batch, InferenceOptions
 from MedTranslateLib.families.features import feature_count, feature_spec, iter_feature_maps, voxel_features
 
 _CHUNK_VOXELS = 262_144  # voxels traversed at once (bounds the (trees, voxels) index tensors)
+#: ``progress(fraction, message)`` during a fit; it may raise to stop the fit (cancel)
+FitProgress = Callable[[float, str], None]
 
 
 class ForestModule(nn.Module):
@@ -195,26 +198,35 @@ class RandomForestFamily:
                           "families with gradient_trained = False).")
 
     def fit_estimator(self, samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-                      options: Mapping[str, Any]) -> Any:
-        """The fitted scikit-learn forest (see :meth:`fit` for the options)."""
+                      options: Mapping[str, Any], progress: FitProgress | None = None) -> Any:
+        """The fitted scikit-learn forest (see :meth:`fit` for the options). The trees grow a few at a time
+        (``warm_start``: the same forest as one fit) so that ``progress(fraction, message)`` hears about them and
+        can stop the fit by raising."""
         from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
+        report = progress or (lambda fraction, message: None)
+        report(0.0, "sampling training voxels")
         features, targets = sample_training_voxels(samples, options)
         kind = ExtraTreesRegressor if bool(options.get("extra_trees", False)) else RandomForestRegressor
-        model = kind(n_estimators=int(options.get("n_trees", 20)), max_depth=int(options.get("max_depth", 12)),
+        n_trees, n_jobs = int(options.get("n_trees", 20)), int(options.get("n_jobs", 1))
+        model = kind(n_estimators=0, max_depth=int(options.get("max_depth", 12)),
                      min_samples_leaf=int(options.get("min_samples_leaf", 5)),
-                     max_features=options.get("max_features", 1.0),
-                     random_state=int(options.get("seed", 0)), n_jobs=int(options.get("n_jobs", 1)))
-        model.fit(features, targets)
+                     max_features=options.get("max_features", 1.0), warm_start=True,
+                     random_state=int(options.get("seed", 0)), n_jobs=n_jobs)
+        per_round = max(1, os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
+        while model.n_estimators < n_trees:
+            model.n_estimators = min(n_trees, model.n_estimators + per_round)
+            model.fit(features, targets)
+            report(model.n_estimators / n_trees, f"{model.n_estimators}/{n_trees} trees")
         return model
 
     def fit(self, samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-            options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+            options: Mapping[str, Any], progress: FitProgress | None = None) -> dict[str, torch.Tensor]:
         """Fit on (source, target, mask) normalised (z, y, x) arrays; returns the forest tensors (the
         ``forest`` network's state dict). Options: ``dimensionality`` ("3d"), ``features``, ``n_samples``
         (50000), ``mask_weight`` (9), ``n_trees`` (20), ``max_depth`` (12), ``min_samples_leaf`` (5),
         ``max_features`` (1.0), ``extra_trees`` (False), ``seed`` (0), ``n_jobs`` (1)."""
-        return export_trees(self.fit_estimator(samples, options).estimators_)
+        return export_trees(self.fit_estimator(samples, options, progress).estimators_)
 
     def architecture(self, tensors: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> dict[str, Any]:
         """The card ``architecture`` matching tensors from :meth:`fit` (so ``build`` can load them)."""

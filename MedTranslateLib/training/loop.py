@@ -100,11 +100,11 @@ def _metric_modality(target_modality: str) -> str:
 
 def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, Any],
                       cases: Sequence[PreparedCase], device: Any, tracker: ProgressTracker | None = None,
-                      report_progress: bool = False) -> list[dict[str, float]]:
+                      report: Callable[[float, str], None] | None = None) -> list[dict[str, float]]:
     """Predict each case through the inference engine, de-normalise, and compute metrics in physical units.
 
-    ``tracker`` gives the cancel token; with ``report_progress`` the cases' progress is also reported as the
-    tracker's current stage (the held-out evaluation of a diffusion model can take minutes)."""
+    ``tracker`` gives the cancel token; ``report(fraction, message)``, when given, hears the cases' progress
+    (the evaluation of a diffusion model can take minutes)."""
     from MedTranslateLib.evaluation.metrics import compute_metrics, mae
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.inference.engine import predict_volume
@@ -123,8 +123,9 @@ def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, A
             if case.source is None or case.target is None:
                 continue
             def forward(event: Any, i: int = index) -> None:
-                tracker.update((i + event.fraction) / count, f"held-out case {i + 1}/{count}: {event.message}")
-            sub = ProgressTracker(callback=forward if tracker is not None and report_progress else None,
+                assert report is not None
+                report((i + event.fraction) / count, f"case {i + 1}/{count}: {event.message}")
+            sub = ProgressTracker(callback=forward if report is not None else None,
                                   cancel=tracker.cancel_token if tracker else None)
             prediction = predict_volume(case.source, case.mask, card, predictor, options, device, sub)
             pred = np.asarray(denormalize(np.asarray(prediction.mean, dtype=np.float32), spec), dtype=np.float32)
@@ -255,6 +256,7 @@ class _Run:
         self.best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
         self.best_state: dict[str, Any] | None = None
         self.step, self.earlier_seconds = 0, 0.0
+        self.first_step = self.total_steps = 0  # this process's first step, and the run's last
 
     @property
     def seconds(self) -> float:
@@ -273,7 +275,7 @@ class _Run:
         options = {"dimensionality": self.config.dimensionality, "seed": self.config.seed,
                    **self.config.family_options}
         samples = [(c.source, c.target, c.mask) for c in self.data.train]
-        state = self.family.fit(samples, options)
+        state = self.family.fit(samples, options, progress=self.tracker.update)
         if hasattr(self.family, "architecture"):
             self.card["architecture"] = {**self.card["architecture"], **self.family.architecture(state, options)}
         self.nets = self._build(self.card["architecture"])
@@ -323,7 +325,7 @@ class _Run:
 
         config, family = self.config, self.family
         sampler = self._sampler()
-        total = self._total_steps(sampler)
+        total = self.total_steps = self._total_steps(sampler)
         optimizers = family.configure_optimizers(self.nets, config.lr)
         ckpt_dir = self.work / "checkpoint"
         if config.resume:
@@ -341,7 +343,7 @@ class _Run:
             ckpt_dir, self.nets, optimizers, {"step": self.step, "best": self.best, "history": self.history,
                                               "seconds": self.seconds}, sampler.generators)
         running: dict[str, list[float]] = {}
-        first = self.step
+        first = self.first_step = self.step
         if config.resume and self.ctx.is_main and self.data.val and self._validation_missed(total):
             self.validate()  # the run stopped between a step and the validation due after it
         for net in self.nets.values():
@@ -403,7 +405,13 @@ class _Run:
 
         from MedTranslateLib.families.base import pack_state
 
-        per_case = evaluate_prepared(self.family, self.nets, self.card, self.data.val, self.device, self.tracker)
+        done, total, first = self.step, self.total_steps, self.first_step
+
+        def report(fraction: float, message: str) -> None:  # the train stage stays at the step's progress
+            self.tracker.update((done - first) / max(1, total - first), f"step {done}/{total}: validation {message}")
+
+        per_case = evaluate_prepared(self.family, self.nets, self.card, self.data.val, self.device, self.tracker,
+                                     report)
         metrics = card_builder.aggregate_metrics(per_case)
         self.history.append({"validation": True, "step": self.step, **metrics})
         self.logger.write("validation_log", {"step": self.step, **metrics})
@@ -422,7 +430,7 @@ class _Run:
         unpack_state(self.nets, self.best_state, self.inference_names)
         held_cases, metrics_on = (self.data.test, "test") if self.data.test else (self.data.val, "validation")
         per_case = evaluate_prepared(self.family, self.nets, self.card, held_cases, self.device, self.tracker,
-                                     report_progress=True)
+                                     lambda fraction, message: self.tracker.update(fraction, f"held-out {message}"))
         held_out = card_builder.aggregate_metrics(per_case)
         if not per_case:
             metrics_on = "none"
