@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ from MedTranslateLib.families.base import InferenceOptions, sample_count
 from MedTranslateLib.progress import CancelToken, ProgressCallback, ProgressTracker
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
     import SimpleITK as sitk
 
     from MedTranslateLib.models.package import ModelPackage
@@ -319,6 +322,24 @@ class BatchItem:
     error: InputError | OutputError | None = None
 
 
+def _in_background(function: Callable[..., Any], *args: Any) -> "Future[Any]":
+    """``function(*args)`` in a daemon thread: a stop (Ctrl-C, Cancel) does not wait for a read-ahead to finish
+    (a pool's worker thread would be joined at exit, seconds for a large volume)."""
+    from concurrent.futures import Future
+
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # handed to whoever waits for the result
+                future.set_exception(error)
+
+    threading.Thread(target=run, name="medtranslate-read", daemon=True).start()
+    return future
+
+
 def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: Translator, *,
                     progress_for: Callable[[str | Path], ContextManager[ProgressCallback | None]] | None = None,
                     first: LoadedInput | None = None, **kwargs: Any) -> Iterator[BatchItem]:
@@ -326,33 +347,35 @@ def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: T
     is translated (overlapped I/O: a GPU, or the second CPU core, is not left waiting for the disk).
 
     ``progress_for(path)`` (optional) gives a context manager yielding the progress callback of one input;
-    ``first``: the first input, already read by :func:`read_inputs`; ``kwargs`` go to :func:`translate_file`. Yields a :class:`BatchItem` per input, in order, once it is written
-    or has failed: a bad input or an unwritable output (InputError, OutputError) is reported in its item and the
-    batch goes on; any other error (a model or device failure, cancel) stops it. Outputs already written stay;
+    ``first``: the first input, already read by :func:`read_inputs`; ``kwargs`` go to :func:`translate_file`.
+    Yields a :class:`BatchItem` per input, in order, once it is written or has failed: a bad input or an
+    unwritable output (InputError, OutputError) is reported in its item and the batch goes on; any other error (a
+    model or device failure, cancel) stops it, without waiting for the read-ahead. Outputs already written stay;
     nothing half-written is left."""
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
     mask_path, series_uid = kwargs.get("mask_path"), kwargs.get("series_uid")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtranslate-read") as reader:
-        if first is not None:
-            upcoming = Future()
-            upcoming.set_result(first)
-        else:
-            upcoming = reader.submit(read_inputs, jobs[0][0], mask_path, series_uid) if jobs else None
-        for index, (input_path, output_path) in enumerate(jobs):
-            item = BatchItem(Path(input_path), Path(output_path))
+    upcoming: Future[LoadedInput] | None = None
+    if first is not None:
+        upcoming = Future()
+        upcoming.set_result(first)
+    elif jobs:
+        upcoming = _in_background(read_inputs, jobs[0][0], mask_path, series_uid)
+    for index, (input_path, output_path) in enumerate(jobs):
+        item = BatchItem(Path(input_path), Path(output_path))
+        assert upcoming is not None
+        try:
+            loaded = upcoming.result()
+        except (InputError, OutputError) as error:
+            loaded, item.error = None, error
+        upcoming = (_in_background(read_inputs, jobs[index + 1][0], mask_path, series_uid)
+                    if index + 1 < len(jobs) else None)
+        if loaded is not None:
+            context = progress_for(input_path) if progress_for else contextlib.nullcontext(None)
             try:
-                loaded = upcoming.result()
+                with context as callback:
+                    item.result = translate_file(input_path, None, output_path, translator=translator,
+                                                 progress=callback, loaded=loaded, **kwargs)
             except (InputError, OutputError) as error:
-                loaded, item.error = None, error
-            upcoming = (reader.submit(read_inputs, jobs[index + 1][0], mask_path, series_uid)
-                        if index + 1 < len(jobs) else None)
-            if loaded is not None:
-                context = progress_for(input_path) if progress_for else contextlib.nullcontext(None)
-                try:
-                    with context as callback:
-                        item.result = translate_file(input_path, None, output_path, translator=translator,
-                                                     progress=callback, loaded=loaded, **kwargs)
-                except (InputError, OutputError) as error:
-                    item.error = error
-            yield item
+                item.error = error
+        yield item

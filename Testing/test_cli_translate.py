@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -211,6 +212,44 @@ def test_batch_reads_the_next_input_while_translating_and_matches_single_runs(tm
                                      output_type="float32")
     batched = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[1])))
     np.testing.assert_array_equal(batched, sitk.GetArrayFromImage(single.output))
+
+
+def test_a_stopped_batch_does_not_wait_for_the_read_ahead(tmp_path, mr_input, monkeypatch):
+    """Ctrl-C during a translation stops the batch at once, even while the next input is still being read."""
+    import threading
+
+    from MedTranslateLib import pipeline
+    from MedTranslateLib.models.package import open_package
+
+    package = make_untrained_package(tmp_path / "model", "unet", "2d")
+    inputs = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    for path in inputs:
+        write_volume(mr_input, path, modality="MR")
+    translator = pipeline.Translator(open_package(package), device="cpu")
+    reading, release = threading.Event(), threading.Event()
+    read_inputs = pipeline.read_inputs
+
+    def slow_second_read(path, *args):
+        if path == inputs[1]:
+            reading.set()
+            release.wait(60)  # a large volume still being read
+        return read_inputs(path, *args)
+
+    def interrupted(*args, **kwargs):
+        assert reading.wait(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "read_inputs", slow_second_read)
+    monkeypatch.setattr(translator, "translate", interrupted)
+    jobs = [(p, tmp_path / f"out_{p.name}") for p in inputs]
+    start = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(pipeline.translate_batch(jobs, translator, output_type="float32"))
+        assert time.perf_counter() - start < 5
+    finally:
+        release.set()
+    assert not any(out.exists() for _, out in jobs)
 
 
 def test_batch_goes_on_past_a_bad_input_and_reports_it(tmp_path, mr_input, capsys):
