@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,16 @@ def test_missing_or_mismatched_checkpoint(tmp_path):
     other = {"g": nn.Linear(3, 1), "d": nn.Linear(2, 1)}
     with pytest.raises(ConfigError, match="does not fit"):
         load_checkpoint(tmp_path / "ck", other, {})
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_a_loaded_checkpoint_keeps_no_file_mapped(tmp_path):
+    """Windows cannot replace a folder holding a mapped file: the next checkpoint of a resumed run would fail."""
+    nets, opts = _setup()
+    _steps(nets, opts, np.random.default_rng(1), 2)
+    save_checkpoint(tmp_path / "ckpt", nets, opts, {"step": 2, "best": {}})
+    nets_c, opts_c = _setup(seed=5)
+    load_checkpoint(tmp_path / "ckpt", nets_c, opts_c)
+    _steps(nets_c, opts_c, np.random.default_rng(2), 1)
+    assert str(tmp_path / "ckpt") not in Path("/proc/self/maps").read_text()
+    save_checkpoint(tmp_path / "ckpt", nets_c, opts_c, {"step": 3, "best": {}})

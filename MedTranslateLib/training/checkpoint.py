@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import pack_state, unpack_state
@@ -67,12 +67,18 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         payload = {"format": "medtranslate-checkpoint-1", "state": dict(state), "optimizers": opt_meta,
                    "numpy_rng": [g.bit_generator.state for g in rngs] or None}
-        (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=float))
+        (tmp / "state.json").write_text(json.dumps(payload, indent=1, default=float), encoding="utf-8")
         swap_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, read into memory: ``load_file`` maps the file, and Windows cannot
+    replace a folder holding a mapped file (the next checkpoint of a resumed run)."""
+    return load(Path(path).read_bytes())
 
 
 def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
@@ -82,14 +88,14 @@ def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         raise ConfigError(f"No checkpoint in {folder}.", "Start without resume, or point work_dir at a previous run.")
-    payload = json.loads((folder / "state.json").read_text())
-    weights = load_file(str(folder / "weights.safetensors"))
+    payload = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    weights = read_tensors(folder / "weights.safetensors")
     try:
         unpack_state(nets, weights, tuple(nets))
     except (RuntimeError, ModelError) as exc:
         raise ConfigError(f"The checkpoint in {folder} does not fit the configured networks ({exc}).",
                           "Resume with the same family and architecture, or start a new run.") from None
-    opt_tensors = load_file(str(folder / "optimizer.safetensors"))
+    opt_tensors = read_tensors(folder / "optimizer.safetensors")
     for name, optimizer in optimizers.items():
         device_state = _join_optimizer(name, opt_tensors, payload["optimizers"][name])
         optimizer.load_state_dict(device_state)

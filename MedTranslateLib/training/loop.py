@@ -318,8 +318,6 @@ class _Run:
     def gradient_train(self) -> None:
         """Optimisation steps with logging, periodic validation, best-model selection and checkpoints."""
         import torch
-        from safetensors.torch import load_file
-
         from MedTranslateLib.errors import Cancelled, DeviceError
         from MedTranslateLib.families.base import pack_state
 
@@ -334,7 +332,7 @@ class _Run:
             self.history = list(saved.get("history", []))
             self.earlier_seconds = float(saved.get("seconds", 0.0))
             if (self.work / "best.safetensors").is_file():
-                self.best_state = load_file(str(self.work / "best.safetensors"))
+                self.best_state = checkpoint.read_tensors(self.work / "best.safetensors")
         train_nets = distributed.wrap_networks(self.nets, self.ctx, self.device)
         autocast = _autocast_factory(self.device, config.amp)
         options = dict(config.family_options)
