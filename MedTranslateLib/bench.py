@@ -139,7 +139,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results["help_seconds"] = help_latency()
     tracker.update(1.0, "done")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     text = to_markdown(results)
     print(text)
     if args.output and args.output != "-":
@@ -165,7 +165,7 @@ def machine_description(device: str) -> dict[str, Any]:
 
 def _cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -222,11 +222,11 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[
             wall = time.perf_counter() - start
         peak_mib, cpu = float("nan"), float("nan")
         if usage_file.exists():
-            usage = json.loads(usage_file.read_text())
+            usage = json.loads(usage_file.read_text(encoding="utf-8"))
             peak_mib = usage["maxrss"] / (1024 * 1024 if sys.platform == "darwin" else 1024)
             cpu = usage["cpu"]
         return {"returncode": code, "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mib": peak_mib,
-                "stdout": out_file.read_text(errors="replace"), "stderr": err_file.read_text(errors="replace")}
+                "stdout": out_file.read_text(encoding="utf-8", errors="replace"), "stderr": err_file.read_text(encoding="utf-8", errors="replace")}
 
 
 def run_translate_process(volume: Path, model: str, output: Path, device: str,

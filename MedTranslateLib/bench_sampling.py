@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose sampling section is replaced")
     args = parser.parse_args(argv)
-    rows = [row for f in args.results for row in json.loads(Path(f).read_text())]
+    rows = [row for f in args.results for row in json.loads(Path(f).read_text(encoding="utf-8"))]
     if args.package is not None:
         data_root = args.data or default_data_dir()
         if not data_root.is_dir():
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         parser.error("give a PACKAGE to sweep or --results to render")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=float))
+        args.json.write_text(json.dumps(rows, indent=1, default=float), encoding="utf-8")
     table = render(rows)
     print(table)
     if args.write:

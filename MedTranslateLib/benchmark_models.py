@@ -136,15 +136,15 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     from MedTranslateLib.models.card import validate_card
 
     card_path = Path(path) / "model.json"
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     card.setdefault("performance", {}).update({
         "cpu_seconds": round(result["cpu_seconds"], 2), "wall_seconds": round(result["wall_seconds"], 2),
         "cpu_seconds_note": (f"process CPU time to translate one whole held-out volume ({', '.join(result['cases'])}; "
                              f"{result['voxels']:,} voxels) with {result['torch_threads']} torch thread(s) on a shared "
                              f"2-core CPU; wall time under load is higher (benchmark_models)")})
     described = validate_card(card).describe()
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    (Path(path) / "README.md").write_text(described)
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (Path(path) / "README.md").write_text(described, encoding="utf-8")
 
 
 def _evaluate_with_threads(path: Path, data_root: Path, steps: int | None, samples: int, sampler: str | None,
@@ -207,7 +207,7 @@ def train_all(data_root: Path, work: Path, only: Sequence[str] = (), jobs: int =
         command += ["--resume"] if resume else []
         print(f"{'resuming' if resume else 'training'} {model_id} ({threads} thread(s)); "
               f"log: {logs / (model_id + '.log')}", flush=True)
-        with open(logs / f"{model_id}.log", "a" if resume else "w") as log:
+        with open(logs / f"{model_id}.log", "a" if resume else "w", encoding="utf-8") as log:
             done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise RuntimeError(f"training {model_id} failed (exit {done.returncode}); see {logs / (model_id + '.log')}")
@@ -368,10 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from MedTranslateLib.models.registry import BUILTIN_DIR
 
-    results = [r for f in args.results for r in json.loads(Path(f).read_text())]
+    results = [r for f in args.results for r in json.loads(Path(f).read_text(encoding="utf-8"))]
     folder = train_all(data_root, args.work.resolve(), args.only, args.jobs) if args.train else (args.models or BUILTIN_DIR)
     paths = [] if args.results else sorted(p for p in Path(folder).iterdir() if (p / "model.json").is_file())
-    ids = {path: json.loads((path / "model.json").read_text()).get("id", "") for path in paths}
+    ids = {path: json.loads((path / "model.json").read_text(encoding="utf-8")).get("id", "") for path in paths}
     chosen = [path for path in paths if task_of(ids[path]) and (not args.only or ids[path] in args.only)]
     for path, result in zip(chosen, evaluate_all(chosen, data_root, args.steps, args.jobs, args.samples, args.sampler)):
         results.append(result)
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = header(trained, results) + render_table(results)
     print(body)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=float))
+        args.json.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
     if args.write:
         write_section(args.write, body)
     return 0

@@ -198,3 +198,14 @@ def test_bundled_configs_load_by_name(tmp_path, monkeypatch):
         load_config("no-such-config")
     with pytest.raises(ConfigError):
         load_config("sub/mr2ct-phantom-unet2d")  # a path is a path
+
+
+def test_configs_are_utf8_wherever_they_are_read(tmp_path):
+    """TOML and JSON are UTF-8 (Windows would read them as cp1252): a path with accents survives, a byte-order
+    mark is dropped, and a file in another encoding is one clear error."""
+    path = tmp_path / "cfg.toml"
+    path.write_bytes('\ufeffdata = "/data/José/Łódź"\n'.encode("utf-8"))
+    assert load_config(path).data == "/data/José/Łódź"
+    path.write_bytes('data = "/data/José"\n'.encode("cp1252"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)

@@ -90,6 +90,21 @@ def test_ixi_csv_paired_and_unpaired(tmp_path):
     assert sum(c.target_path is not None for c in cases) == 2
 
 
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_a_csv_from_a_spreadsheet(tmp_path, separator):
+    """'CSV UTF-8' from a spreadsheet: a byte-order mark, ';' in many locales, spaces, accents, empty cells."""
+    rows = ["subject, source, target, mask", "José 1, a/t1.nii.gz, a/flair.nii.gz, ", "p2,b/t1.nii.gz,b/fl.nii.gz,"]
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_bytes(("\ufeff" + "\r\n".join(r.replace(",", separator) for r in rows) + "\r\n").encode("utf-8"))
+    cases = load_cases(csv_path)
+    assert [c.subject_id for c in cases] == ["José 1", "p2"]
+    assert cases[0].source_path == tmp_path / "a" / "t1.nii.gz" and cases[0].mask_path is None
+    assert cases[1].target_path == tmp_path / "b" / "fl.nii.gz"
+    csv_path.write_bytes("subject,source,target\nJosé,a.nii.gz,b.nii.gz\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_cases(csv_path)
+
+
 def test_unknown_layout_and_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="layout"):

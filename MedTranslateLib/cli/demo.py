@@ -49,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
     reference = sitk.GetArrayFromImage(phantom.ct)
     mask = sitk.GetArrayFromImage(phantom.mask) > 0
     metrics = compute_metrics(synthetic, reference, mask, modality="CT")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     png = out / "demo.png"
     save_side_by_side(sitk.GetArrayFromImage(phantom.t1), synthetic, reference, png, phantom.t1.GetSpacing())
     print(f"synthetic CT: {sct_path}")

@@ -289,8 +289,11 @@ def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
     if path:
         path = find_config(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")  # TOML and JSON are UTF-8 (a byte-order mark is dropped)
             values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                              "Save it with the UTF-8 encoding (TOML and JSON files are UTF-8).") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"Cannot parse {path}: {exc}.", "Fix the syntax (TOML for .toml, else JSON).") from None
         config = config_from_dict(values, config)

@@ -8,6 +8,7 @@ a target path (sources and targets come from different subjects).
 from __future__ import annotations
 
 import csv
+import io
 import random
 import re
 from dataclasses import dataclass, field
@@ -117,24 +118,34 @@ def read_ixi(root: Path, source: str = "T2", target: str = "PD",
 
 
 def read_csv(path: Path) -> list[Case]:
-    """A CSV with columns ``subject,source,target[,mask]``; relative paths are relative to the CSV's folder."""
+    """A CSV with columns ``subject,source,target[,mask]``; relative paths are relative to the CSV's folder.
+    UTF-8 (with or without the byte-order mark spreadsheets write), separated by commas, semicolons or tabs."""
     path = Path(path)
     base = path.parent
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"subject", "source", "target"} - set(reader.fieldnames or [])
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                          "Save the CSV with the UTF-8 encoding (in a spreadsheet: 'CSV UTF-8').") from None
+    header = text.splitlines()[0] if text.strip() else ""
+    delimiter = max(",;\t", key=header.count)  # spreadsheets in many locales separate with ';'
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        missing = {"subject", "source", "target"} - set(reader.fieldnames)
         if missing:
             raise ConfigError(f"{path} lacks the column(s) {sorted(missing)}.",
                               "Write a header line 'subject,source,target[,mask]'.")
         cases = []
         for row in reader:
             def resolve(value: str | None) -> Path | None:
-                if not value:
+                if not value or not value.strip():
                     return None
-                p = Path(value)
+                p = Path(value.strip())
                 return p if p.is_absolute() else base / p
-            cases.append(Case(row["subject"], resolve(row["source"]), resolve(row["target"]),
-                              resolve(row.get("mask")), row.get("case") or row["subject"]))
+            subject = (row["subject"] or "").strip()
+            cases.append(Case(subject, resolve(row["source"]), resolve(row["target"]),
+                              resolve(row.get("mask")), (row.get("case") or "").strip() or subject))
     return cases
 
 

@@ -160,7 +160,7 @@ class _Logger:
             return
         path = self.folder / f"{name}.csv"
         new = not path.exists()
-        with path.open("a", newline="") as handle:
+        with path.open("a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
             if new:
                 writer.writeheader()
