@@ -225,17 +225,20 @@ def check_outputs(input_paths: Sequence[str | Path], output_paths: Sequence[str 
     from MedTranslateLib.io.atomic import companion_files, dicom_output_folder, is_dicom_output
 
     protected = [Path(p) for p in input_paths] + ([Path(mask_path)] if mask_path else [])
-    seen: set[Path] = set()
+    seen: dict[str, Path] = {}
     for out in map(Path, output_paths):
         check_writable(out)
         ensure_not_input(out, protected)
         target = dicom_output_folder(out) if is_dicom_output(out) else out
         for written in [target] + ([] if is_dicom_output(out) else companion_files(target)):
-            key = written.resolve()
+            key = str(written.resolve()).casefold()  # macOS and Windows file names ignore letter case
             if key in seen:
-                raise OutputError(f"Two outputs would be written to the same file '{written}'.",
+                same = seen[key].resolve() == written.resolve()
+                raise OutputError(f"Two outputs would be written to the same file '{written}'"
+                                  + ("." if same else f" ('{seen[key]}' differs only in letter case, which "
+                                                      "macOS and Windows ignore)."),
                                   "Give each output (and the uncertainty map) its own file name.")
-            seen.add(key)
+            seen[key] = written
 
 
 def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str, Any], output_path: str | Path,

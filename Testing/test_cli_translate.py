@@ -309,6 +309,18 @@ def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
         "a_mr_x_nii_gz_synthetic.nii.gz", "a_mr_y_synthetic.nii.gz", "a_mr_x_nii_gz_2_synthetic.nii.gz"]
 
 
+def test_outputs_that_differ_only_in_letter_case_are_kept_apart(tmp_path):
+    """macOS and Windows ignore letter case in file names: T1 and t1 would be one output there."""
+    from MedTranslateLib.cli.translate import batch_outputs
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.pipeline import check_outputs
+
+    inputs = [str(tmp_path / "A" / "T1.nii.gz"), str(tmp_path / "B" / "t1.nii.gz")]
+    assert [p.name for p in batch_outputs(inputs, tmp_path)] == ["A_T1_synthetic.nii.gz", "B_t1_synthetic.nii.gz"]
+    with pytest.raises(OutputError, match="differs only in letter case"):
+        check_outputs([tmp_path / "in.nii.gz"], [tmp_path / "sct.nii.gz", tmp_path / "SCT.nii.gz"])
+
+
 def test_batch_refuses_outputs_that_clash_before_loading_the_model(tmp_path, mr_input):
     good = tmp_path / "in" / "a.nii.gz"
     good.parent.mkdir()

@@ -152,7 +152,7 @@ def batch_outputs(inputs: list[str], folder: Path) -> list[Path]:
     def clashes() -> list[list[int]]:
         groups: dict[str, list[int]] = defaultdict(list)
         for index, name in enumerate(names):
-            groups[name].append(index)
+            groups[name.casefold()].append(index)  # T1 and t1 are one file name on macOS and Windows
         return [group for group in groups.values() if len(group) > 1]
 
     for level in range(max(len(p.parents) for p in paths)):
