@@ -20,7 +20,8 @@ def write_sample(sample: str, folder: str | Path) -> Path:
     """Render ``sample`` into ``folder`` (atomically) and return the file path."""
     import SimpleITK as sitk
 
-    from MedTranslateLib.errors import ConfigError
+    from MedTranslateLib.errors import ConfigError, OutputError
+    from MedTranslateLib.io.itk_paths import itk_path
     from MedTranslateLib.phantom import make_head_phantom
 
     if sample not in SAMPLES:
@@ -32,7 +33,7 @@ def write_sample(sample: str, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     tmp = folder / f".{name}.tmp.nrrd"
-    sitk.WriteImage(rounded, str(tmp), False)
+    sitk.WriteImage(rounded, itk_path(tmp, OutputError), False)
     tmp.replace(path)
     return path
 

@@ -259,10 +259,11 @@ def _slicer_readable(path: str | os.PathLike, work: str, series_uid: str | None 
     import SimpleITK as sitk
 
     from MedTranslateLib.io import read_volume
+    from MedTranslateLib.io.itk_paths import itk_path
 
     image, _ = read_volume(path, series_uid=series_uid)
     converted = Path(tempfile.mkdtemp(prefix="dicom-", dir=work)) / f"{path.name or 'series'}.nrrd"
-    sitk.WriteImage(image, str(converted))
+    sitk.WriteImage(image, itk_path(converted, OutputError))
     return converted
 
 

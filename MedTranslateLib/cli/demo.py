@@ -26,6 +26,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from MedTranslateLib.progress import progress_display
     from MedTranslateLib.evaluation.metrics import compute_metrics
     from MedTranslateLib.io import write_volume
+    from MedTranslateLib.io.itk_paths import itk_path
     from MedTranslateLib.phantom import make_head_phantom
     from MedTranslateLib.pipeline import translate_file
 
@@ -45,7 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
 
-    synthetic = sitk.GetArrayFromImage(sitk.ReadImage(str(sct_path), sitk.sitkFloat32))
+    synthetic = sitk.GetArrayFromImage(sitk.ReadImage(itk_path(sct_path), sitk.sitkFloat32))
     reference = sitk.GetArrayFromImage(phantom.ct)
     mask = sitk.GetArrayFromImage(phantom.mask) > 0
     metrics = compute_metrics(synthetic, reference, mask, modality="CT")

@@ -21,6 +21,7 @@ from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output, volume_stem,
 )
 from MedTranslateLib.io.data_size import check_declared_bytes, check_written, non_finite_counts, read_nifti_float
+from MedTranslateLib.io.itk_paths import itk_path
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -142,7 +143,7 @@ def _read_file(path: Path, max_voxels: int, what: str) -> tuple[sitk.Image, int]
     if path.stat().st_size == 0:
         raise InputError(f"Cannot read '{path}': the file is empty (0 bytes).", "Re-export or re-download the volume.")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(itk_path(path))
     if full_suffix(path) in _IMAGE_IO:
         reader.SetImageIO(_IMAGE_IO[full_suffix(path)])
     try:
@@ -174,11 +175,12 @@ def _read_file(path: Path, max_voxels: int, what: str) -> tuple[sitk.Image, int]
 def _dicom_series(folder: Path) -> dict[str, list[str]]:
     """Series UID -> file names (sorted by slice position) of every DICOM series in ``folder``."""
     try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        name = itk_path(folder)
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(name)
     except RuntimeError as exc:
         raise InputError(f"Cannot scan '{folder}' for DICOM files ({_itk_reason(exc)}).",
                          "Check that the folder is readable.") from None
-    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(name, uid)) for uid in uids}
 
 
 def _dicom_header(file_name: str) -> Any:
@@ -442,7 +444,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
         # ITK picks the writer from a lower-case suffix only ("x.NII.GZ" fails): write that, then rename
         lower = temp.with_name(volume_stem(temp.name) + full_suffix(temp))
         try:
-            sitk.WriteImage(output, str(lower), compress)
+            sitk.WriteImage(output, itk_path(lower, OutputError), compress)
             if lower != temp:
                 os.replace(lower, temp)
         except RuntimeError as exc:
