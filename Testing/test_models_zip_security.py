@@ -43,7 +43,7 @@ def test_zip_made_by_a_file_manager_opens(tmp_path, good_members):
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "pkg/../../evil.txt", "/etc/evil.txt", "C:/evil.txt",
-                                  "dir\\evil.txt", "sub/dir/README.md"])
+                                  "dir\\evil.txt", "sub/dir/README.md", "NUL.txt", "con.md", "LICENSE.", "NOTES.txt "])
 def test_unsafe_member_names_refused(tmp_path, good_members, name):
     path = write_zip(tmp_path / "bad.zip", {**good_members, name: b"x"})
     _refused(path, "Refusing the package")

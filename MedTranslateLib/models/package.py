@@ -30,7 +30,8 @@ RATIO_CHECK_BYTES = 1024 * 1024
 #: Extra files a package may carry besides model.json, the weights and README.md.
 EXTRA_SUFFIXES = (".md", ".txt", ".json", ".png", ".jpg", ".jpeg", ".cff", ".bib")
 EXTRA_NAMES = ("LICENSE", "LICENCE", "NOTICE", "CITATION")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*(?<![. ])$")  # Windows drops a trailing dot or space
+_WINDOWS_DEVICE = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)  # NUL.txt is NUL there
 _CHUNK = 1024 * 1024
 
 
@@ -47,7 +48,7 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ":" in name:
         raise _unsafe(zip_path, name, "is an absolute path or names a drive")
     parts = tuple(p for p in PurePosixPath(name).parts)
-    if not parts or any(p in ("..", ".") or not _SAFE_NAME.match(p) for p in parts):
+    if not parts or any(p in ("..", ".") or not _SAFE_NAME.match(p) or _WINDOWS_DEVICE.match(p) for p in parts):
         raise _unsafe(zip_path, name, "has a '..' component or an unsafe name")
     file_type = stat.S_IFMT(info.external_attr >> 16)  # Unix type bits; 0 when the zip does not record them
     if file_type == stat.S_IFLNK:
