@@ -151,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
     import signal
 
+    for stream in (sys.stdout, sys.stderr):  # a Windows pipe (cp1252) cannot encode every name: never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     parser = build_parser()
     args = parser.parse_args(argv)
     import threading

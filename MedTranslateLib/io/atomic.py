@@ -11,6 +11,7 @@ import contextvars
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -228,7 +229,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
             def commit() -> None:
                 companions = [p for p in staging.iterdir() if p != temp_path]
                 for item in companions + [temp_path]:
-                    os.replace(item, parent / item.name)
+                    replace_file(item, parent / item.name)
                 staging.rmdir()
         pending = _PENDING.get()
         if pending is None:
@@ -239,6 +240,22 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
     except BaseException:
         discard()
         raise
+
+
+#: Windows: a virus scanner, the search indexer or a sync client may hold a new file for a moment
+RETRY_HELD_FILES = os.name == "nt"
+
+
+def replace_file(source: str | os.PathLike, target: str | os.PathLike, tries: int = 10, pause: float = 0.1) -> None:
+    """``os.replace``, retried for up to a second on Windows while another program briefly holds the file."""
+    for attempt in range(tries):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if not RETRY_HELD_FILES or attempt == tries - 1:
+                raise
+            time.sleep(pause)
 
 
 def chmod_like_new(path: Path) -> None:
@@ -263,19 +280,19 @@ def swap_into_place(staging: Path, target: Path) -> None:
     with signals_deferred():
         try:
             if not target.exists():
-                os.replace(staging, target)
+                replace_file(staging, target)
                 return
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             backup.rmdir()
-            os.replace(target, backup)
+            replace_file(target, backup)
         except OSError as exc:  # e.g. another process replaced or removed the target meanwhile
             raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc} (is another "
                               "process writing it at the same time?).", clash) from exc
         try:
-            os.replace(staging, target)
+            replace_file(staging, target)
         except OSError as exc:
             try:
-                os.replace(backup, target)
+                replace_file(backup, target)
             except OSError:
                 raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc}; the "
                                   f"earlier output is kept in '{backup}'.", clash) from exc
@@ -297,7 +314,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
             chmod_like_new(Path(tmp))
-            os.replace(tmp, path)
+            replace_file(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from MedTranslateLib.errors import ModelError
+from MedTranslateLib.io.atomic import replace_file
 from MedTranslateLib.models.paths import MAX_WEIGHTS_BYTES
 
 #: Seconds without data before a download is abandoned.
@@ -68,7 +69,7 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
             raise ModelError(f"The download {url} does not match the card's SHA256 (expected {sha256}, "
                              f"got {digest.hexdigest()}).",
                              "The server sent a different file: check the URL, or re-download the package.")
-        os.replace(temp, target)
+        replace_file(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     return target
