@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBUTE, TranslationFailed,
                                       check_image_node, check_output_node, check_same_frame)
 from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory,
-                                       make_workdir, remove_stale_workdirs)
+                                       make_workdir, remove_folder, remove_stale_workdirs)
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
@@ -76,7 +76,7 @@ def nvidia_driver_present() -> bool:
 
 
 def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the worker: unbuffered output, the backend importable, no GPU for a CPU run.
+    """Environment of the worker: unbuffered UTF-8 output, the backend importable, no GPU for a CPU run.
 
     Slicer adds extension folders to its own ``sys.path`` at run time only, so the folder holding
     ``MedTranslateLib`` is put on the child's ``PYTHONPATH``.
@@ -85,6 +85,8 @@ def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[
 
     env = dict(os.environ if base is None else base)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # the module reads it as UTF-8 (Windows would write the ANSI code page)
+    env.setdefault("PYTHONUTF8", "1")  # UTF-8 files by default too, unless the user chose otherwise
     spec = importlib.util.find_spec("MedTranslateLib")
     if spec is not None and spec.origin:
         root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
@@ -418,7 +420,7 @@ class TranslationLogic:
             self.on_status(status)
 
     def _cleanup(self) -> None:
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._workdir and not remove_folder(self._workdir):
+            logging.warning("MedTranslate: could not remove the temporary folder %s", self._workdir)
         self._workdir = None
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from MedTranslateModule.process import kill_process_tree, popen_options
+
 #: Card fields a search looks in.
 SEARCH_FIELDS = ("id", "title", "source_modality", "target_modality", "anatomy", "field_of_view", "family")
 
@@ -137,20 +139,29 @@ def _words(text: str) -> list[str]:
 def run_models_command(worker_command: Sequence[str], arguments: Sequence[str], timeout: float = 120.0,
                        env: dict[str, str] | None = None) -> str:
     """Run ``<worker> models <arguments>`` and return its standard output; a failure raises RuntimeError with
-    the worker's own message (the last line it wrote to standard error)."""
+    the worker's own message (the last line it wrote to standard error). A worker that does not answer in time
+    is killed with all its children (``PythonSlicer`` is a launcher: the real Python is its child)."""
     try:
-        done = subprocess.run([*worker_command, "models", *arguments], capture_output=True, text=True,
-                              timeout=timeout, check=False, env=env)
+        process = subprocess.Popen([*worker_command, "models", *arguments], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True,
+                                   encoding="utf-8", errors="replace", **popen_options(own_group=True))
     except FileNotFoundError as error:
         raise RuntimeError(f"Could not start the MedTranslate backend ({worker_command[0]}): {error.strerror}. "
                            "Reinstall the MedTranslate extension.") from error
+    try:
+        output, errors = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as error:
+        kill_process_tree(process)
+        try:
+            process.communicate(timeout=5)  # collect the killed tree's output; never block the panel for long
+        except subprocess.TimeoutExpired:
+            pass
         raise RuntimeError(f"The MedTranslate backend did not answer within {timeout:.0f} s: try again, or "
                            "restart Slicer if it keeps happening.") from error
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
+    if process.returncode != 0:
+        lines = [line for line in errors.strip().splitlines() if line.strip()] or ["no output"]
         raise RuntimeError(lines[-1].removeprefix("error: "))
-    return done.stdout
+    return output
 
 
 def list_models(worker_command: Sequence[str], timeout: float = 60.0,

@@ -23,6 +23,13 @@ from typing import Any, Sequence
 #: How many trailing stderr / non-JSON lines are kept to explain a crash.
 LOG_TAIL_LINES = 40
 OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda error: out of memory", "memoryerror")
+#: Windows process creation flags (the ``subprocess`` constants exist only there)
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+#: Windows API values to ask whether a process runs (:func:`_alive_windows`)
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+ERROR_INVALID_PARAMETER = 87
+STILL_ACTIVE = 259
 
 
 @dataclass
@@ -72,6 +79,37 @@ def looks_like_out_of_memory(text: str) -> bool:
     return any(marker in lowered for marker in OOM_MARKERS)
 
 
+def popen_options(own_group: bool = False) -> dict[str, Any]:
+    """``subprocess`` keyword arguments for a child of Slicer: on Windows no console window (Slicer is a GUI
+    program, the worker and ``taskkill`` console ones); with ``own_group`` a new process group / session, so
+    :func:`kill_process_tree` reaches all its children."""
+    if os.name == "nt":
+        return {"creationflags": CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if own_group else 0)}
+    return {"start_new_session": True} if own_group else {}
+
+
+def kill_process_tree(process: subprocess.Popen, grace_seconds: float = 0.0) -> None:
+    """Kill a process started with ``popen_options(own_group=True)`` and all its children: on Windows
+    ``taskkill /T /F``; elsewhere SIGTERM to its group, then SIGKILL after ``grace_seconds`` (at once when 0)."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
+                       **popen_options())
+        return
+    if grace_seconds > 0:
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class WorkerProcess:
     """A worker command in its own process group, with line-wise stdout parsing on a thread."""
 
@@ -91,14 +129,10 @@ class WorkerProcess:
 
     def start(self) -> None:
         """Start the process (new session / process group, so cancel can kill all its children)."""
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True
         self._process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **popen_options(own_group=True))
         self._threads = [
             threading.Thread(target=self._read_stdout, name="medtranslate-stdout", daemon=True),
             threading.Thread(target=self._read_stderr, name="medtranslate-stderr", daemon=True),
@@ -147,7 +181,8 @@ class WorkerProcess:
         if self._process is None or self._process.poll() is None:
             return False
         if any(thread.is_alive() for thread in self._threads) and os.name != "nt":
-            self._signal_group(signal.SIGKILL)  # the group outlives its leader only through leftover children
+            # the group outlives its leader only through leftover children
+            _signal_group(self._process.pid, signal.SIGKILL)
             for thread in self._threads:
                 thread.join(timeout=0.5)
         return not any(thread.is_alive() for thread in self._threads)
@@ -169,24 +204,10 @@ class WorkerProcess:
         self.cancelled = True
         if self._process is None or self._process.poll() is not None:
             return
-        if os.name == "nt":  # pragma: no cover - Windows only
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._process.pid)], capture_output=True, check=False)
-        else:
-            self._signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + grace_seconds
-            while self._process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self._signal_group(signal.SIGKILL)
+        kill_process_tree(self._process, grace_seconds)
         try:
             self.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-            pass
-
-    def _signal_group(self, sig: int) -> None:
-        assert self._process is not None
-        try:
-            os.killpg(self._process.pid, sig)
-        except (ProcessLookupError, PermissionError):
             pass
 
 
@@ -222,9 +243,27 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def remove_folder(folder: str, tries: int = 10, pause: float = 0.2) -> bool:
+    """Remove a run folder, retrying ``tries`` times ``pause`` s apart while it stays (on Windows a just-killed
+    worker's files can be open for a moment, and open files cannot be deleted there); True when it is gone."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for _ in range(tries):
+        if not os.path.exists(folder):
+            return True
+        time.sleep(pause)
+        shutil.rmtree(folder, ignore_errors=True)
+    return not os.path.exists(folder)
+
+
 def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) sends a Ctrl+C there: no safe check, keep the folder
-        return True
+    """False only when process ``pid`` surely no longer runs (in doubt its folder is kept)."""
+    if os.name == "nt":  # os.kill(pid, 0) sends a Ctrl+C there
+        try:
+            return _alive_windows(pid)
+        except Exception:
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -234,9 +273,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _alive_windows(pid: int) -> bool:
+    """``OpenProcess`` then ``GetExitCodeProcess``: no such process (ERROR_INVALID_PARAMETER) or an exit code
+    other than STILL_ACTIVE means gone; any other failure (e.g. access denied) means alive."""
+    import ctypes
+
+    handle_type, dword, boolean = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.argtypes = (dword, boolean, dword)
+    kernel32.OpenProcess.restype = handle_type
+    kernel32.GetExitCodeProcess.argtypes = (handle_type, ctypes.POINTER(dword))
+    kernel32.GetExitCodeProcess.restype = boolean
+    kernel32.CloseHandle.argtypes = (handle_type,)
+    kernel32.CloseHandle.restype = boolean
+    handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return ctypes.get_last_error() != ERROR_INVALID_PARAMETER
+    try:
+        code = dword()
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
 def remove_stale_workdirs(root: str | None = None) -> list[str]:
     """Remove run folders whose Slicer, on this host, is gone (killed or crashed mid-run, it could not clean up);
-    returns them. On Windows nothing is removed (no safe way to ask whether a process lives)."""
+    returns them. A folder whose owner may still run (or cannot be checked) is kept."""
     import shutil
     import tempfile
 
