@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from MedTranslateLib.families import SAMPLED_FAMILIES
+from MedTranslateLib.errors import OutputError
 from MedTranslateLib.io.atomic import atomic_write_text
+from MedTranslateLib.io.itk_paths import itk_path
 from MedTranslateLib.progress import ProgressEvent, ProgressTracker, format_duration
 
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
@@ -185,7 +187,7 @@ def make_bench_volume(size_xyz: Sequence[int], path: Path) -> None:
     origin = [o - s0 / 2 + s / 2 for o, s0, s in zip(t1.GetOrigin(), t1.GetSpacing(), spacing)]
     out = sitk.Resample(t1, [int(n) for n in size_xyz], sitk.Transform(), sitk.sitkLinear, origin, spacing,
                         t1.GetDirection(), 0.0, sitk.sitkFloat32)
-    sitk.WriteImage(out, str(path))
+    sitk.WriteImage(out, itk_path(path, OutputError))
 
 
 #: Runs in a small interpreter between the benchmark and the measured command. On Linux a forked child
@@ -264,9 +266,9 @@ def sampling_sweep(volume: Path, model: str, steps: Sequence[int], device: str, 
         run = run_translate_process(volume, model, outputs[n], device, extra=["--steps", str(n), "--seed", "0"])
         rows.append({"steps": n, "wall_seconds": run["wall_seconds"],
                      "inference_seconds": run["seconds"].get("inference")})
-    best = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[max(steps)]), sitk.sitkFloat32))
+    best = sitk.GetArrayFromImage(sitk.ReadImage(itk_path(outputs[max(steps)]), sitk.sitkFloat32))
     for row in rows:
-        other = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[row["steps"]]), sitk.sitkFloat32))
+        other = sitk.GetArrayFromImage(sitk.ReadImage(itk_path(outputs[row["steps"]]), sitk.sitkFloat32))
         row["mean_abs_difference_to_max_steps"] = float(np.mean(np.abs(other - best)))
         print(json.dumps(row), flush=True)
     return rows

@@ -181,14 +181,16 @@ def write_phantom_dataset(root: str, seeds: range, **kwargs: Any) -> list[str]:
 
     import SimpleITK as sitk
 
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.io.itk_paths import itk_path
+
     cases = []
     for seed in seeds:
         phantom = make_head_phantom(seed=seed, **kwargs)
         case = os.path.join(root, f"phantom_{seed:04d}")
         os.makedirs(case, exist_ok=True)
-        for name in ("t1", "t2", "ct"):
-            sitk.WriteImage(getattr(phantom, name), os.path.join(case, f"{name}.nii.gz"))
-        sitk.WriteImage(phantom.mask, os.path.join(case, "mask.nii.gz"))
+        for name in ("t1", "t2", "ct", "mask"):
+            sitk.WriteImage(getattr(phantom, name), itk_path(os.path.join(case, f"{name}.nii.gz"), OutputError))
         cases.append(case)
     return cases
 

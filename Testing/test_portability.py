@@ -156,3 +156,17 @@ def test_an_output_held_for_a_moment_by_another_program_is_still_put_in_place(tm
     with pytest.raises(OutputError):
         atomic.atomic_write_text(tmp_path / "other.json", "{}")
     assert len(calls) == 1 and not (tmp_path / "other.json").exists()
+
+
+def test_every_path_handed_to_simpleitk_goes_through_itk_path():
+    """``sitk.ReadImage(str(path))`` would fail for C:\\Users\\José on Windows: paths go through ``itk_path``."""
+    path_argument = {"ReadImage": 0, "WriteImage": 1, "SetFileName": 0, "GetGDCMSeriesIDs": 0}
+    raw = []
+    for path in sorted((REPO / "MedTranslateLib").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in path_argument and len(node.args) > path_argument[node.func.attr]:
+                argument = node.args[path_argument[node.func.attr]]
+                if isinstance(argument, ast.Call) and ast.unparse(argument.func) in ("str", "os.path.join", "os.fspath"):
+                    raw.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:90]}")
+    assert not raw, "paths given to SimpleITK without itk_path:\n" + "\n".join(raw)
