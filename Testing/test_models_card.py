@@ -126,3 +126,48 @@ def test_a_z_slab_split_reads_as_slice_ranges():
 
     text = _split_text({"method": "z-slab", "gap": 4, "train": [0, 60], "val": None, "test": [64, 86]})
     assert "train slices 0-59" in text and "test slices 64-85" in text and " x " not in text and "val" not in text
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("residual", "false", r"architecture.residual must be true or false \(without quotes\), not 'false'"),
+    ("features", "8,16,32,64", r"architecture.features must be a list of positive whole numbers"),
+    ("features", [[8], 16], r"architecture.features must be a list"),
+    ("dropout", "none", r"architecture.dropout must be a number from 0 to below 1"),
+    ("output_activation", 1, r"architecture.output_activation must be a text, not 1"),
+])
+def test_an_architecture_value_of_the_wrong_type_is_refused_with_the_card(key, value, message):
+    """A string "false" counted as true built another network than the weights were trained as, silently."""
+    with pytest.raises(ModelError, match=message):
+        validate_card(make_test_card(architecture={key: value}))
+
+
+def test_a_card_from_a_windows_editor_or_powershell_reads(tmp_path):
+    card = make_test_card()
+    card["weights"]["sha256"] = card["weights"]["sha256"].upper()  # Get-FileHash prints upper case
+    path = tmp_path / "model.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(card).encode("utf-8"))  # Notepad's byte-order mark
+    assert load_card(path).weights_sha256 == card["weights"]["sha256"].lower()
+
+
+def test_non_finite_numbers_and_newer_card_formats_are_one_clear_error(tmp_path):
+    path = tmp_path / "model.json"
+    text = json.dumps(make_test_card())
+    path.write_text(text.replace('"spacing": null', '"spacing": [NaN, 1, 1]').replace(
+        '"schema_version": 1', '"schema_version": 1, "x": Infinity'), encoding="utf-8")
+    with pytest.raises(ModelError, match="holds (NaN|Infinity), which is not a number"):
+        load_card(path)
+    with pytest.raises(ModelError, match=r"made by a newer MedTranslate \(card format 2; this version reads format 1"):
+        validate_card({**make_test_card(), "schema_version": 2, "provenance": {}})
+
+
+def test_a_card_whose_network_cannot_be_built_is_a_model_error(tmp_path):
+    from MedTranslateLib.families import load_networks
+    from MedTranslateLib.models.package import open_package
+    from packages import make_untrained_package
+
+    package = make_untrained_package(tmp_path / "pkg", "diffusion", "2d")
+    card = json.loads((package / "model.json").read_text(encoding="utf-8"))
+    card["architecture"]["norm_num_groups"] = 7  # channels not divisible: the network cannot be built
+    (package / "model.json").write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(ModelError, match="does not describe a diffusion network that can be built"):
+        load_networks(open_package(package))

@@ -209,3 +209,8 @@ def test_configs_are_utf8_wherever_they_are_read(tmp_path):
     path.write_bytes('data = "/data/José"\n'.encode("cp1252"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+def test_an_architecture_value_of_the_wrong_type_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"architecture.residual must be true or false \(without quotes\)"):
+        load_config(None, ['architecture={"residual": "false"}', "data=/x"]).validate()

@@ -43,7 +43,13 @@ def check_training_settings(name: str, architecture: Mapping[str, Any], options:
         close = difflib.get_close_matches(str(name), FAMILY_NAMES, n=1)
         raise ConfigError(f"Unknown family {name!r}.", (f"Did you mean {close[0]!r}? " if close else "")
                           + f"Use one of: {', '.join(FAMILY_NAMES)}.")
+    from MedTranslateLib.families.architecture import architecture_problems
+
     family = get_family(name)
+    problems = architecture_problems(name, architecture)
+    if problems:
+        raise ConfigError(f"{'; '.join(problems)}.", "Fix the architecture setting (JSON types: numbers and true/false "
+                                                    "without quotes, lists in [ ]).")
     for setting, given, known in (("architecture", architecture, family.architecture_keys),
                                   ("family_options", options, family.option_keys)):
         for key in given:
@@ -67,7 +73,14 @@ def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Modu
     family = get_family(package.card.family)
     names = family.inference_networks()
     card = package.card.to_dict()
-    built = family.build(card["architecture"], package.card.spatial_dims)
+    try:
+        built = family.build(card["architecture"], package.card.spatial_dims)
+    except (ConfigError, ValueError, TypeError, KeyError, IndexError) as error:
+        detail = error.problem if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+        raise ModelError(f"The model card of {package.card.id} {package.card.version} does not describe a "
+                         f"{package.card.family} network that can be built: {detail}",
+                         "Fix the architecture in its model.json (it must describe the network the weights were "
+                         "trained as), or re-export the package.") from None
     nets = {name: built[name] for name in names}
     state = package.load_state_dict()  # verifies the SHA256 before anything is deserialised
     unpack_state(nets, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, names)

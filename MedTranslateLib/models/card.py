@@ -18,6 +18,8 @@ from MedTranslateLib.errors import ModelError
 SCHEMA_PATH = Path(__file__).with_name("model.schema.json")
 #: model.json larger than this is refused before it is parsed.
 MAX_CARD_BYTES = 1024 * 1024
+#: the card format (``schema_version``) this version reads
+CARD_FORMAT = 1
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +62,11 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > CARD_FORMAT:
+        raise ModelError(f"The model card {source} was made by a newer MedTranslate (card format {version}; this "
+                         f"version reads format {CARD_FORMAT}).",
+                         "Update MedTranslate to use this model, or ask its author for a package in the older format.")
     validator = Draft202012Validator(card_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
@@ -71,8 +78,15 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
             f"Fix the field(s) named above (see {SCHEMA_PATH}), "
             "or re-export the package with 'medtranslate train' / export_package().",
         )
+    from MedTranslateLib.families.architecture import architecture_problems
     from MedTranslateLib.preprocess.body_mask import check_settings as check_body_mask
     from MedTranslateLib.preprocess.normalization import check_spec
+
+    problems = architecture_problems(data["family"], data["architecture"])
+    if problems:
+        raise ModelError(f"The model card {source} is invalid: {'; '.join(problems)}.",
+                         "Fix the architecture in model.json (it must describe the network the weights were "
+                         "trained as), or re-export the package.")
 
     checks = [(f"normalization.{role}", check_spec, data["normalization"][role], role) for role in ("input", "output")]
     checks.append(("body_mask", check_body_mask, data.get("body_mask"), data["source_modality"]))
@@ -94,15 +108,25 @@ def parse_card_bytes(raw: bytes, source: str = "model.json") -> "ModelCard":
     """Parse and validate the bytes of a ``model.json`` (size-capped, UTF-8 JSON)."""
     if len(raw) > MAX_CARD_BYTES:
         raise card_too_large(len(raw), source)
-    try:
-        data = json.loads(raw.decode("utf-8"))
+    try:  # a byte-order mark (Windows editors) is dropped; NaN / Infinity are not numbers a card can use
+        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_non_finite)
     except UnicodeDecodeError as exc:
         raise ModelError(f"The model card {source} is not UTF-8 text ({exc.reason}).",
                          "Re-export the package; model.json must be UTF-8 JSON.") from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"The model card {source} is not valid JSON: {exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno}.", "Fix the JSON syntax or re-export the package.") from None
+    except ValueError as exc:  # from _refuse_non_finite
+        raise ModelError(f"The model card {source} holds {exc}, which is not a number a card can use.",
+                         "Give finite numbers (NaN and Infinity are not JSON), or re-export the package.") from None
+    weights = data.get("weights") if isinstance(data, dict) else None
+    if isinstance(weights, dict) and isinstance(weights.get("sha256"), str):
+        weights["sha256"] = weights["sha256"].lower()  # e.g. PowerShell's Get-FileHash prints upper case
     return validate_card(data, source=source)
+
+
+def _refuse_non_finite(token: str) -> Any:
+    raise ValueError(token)
 
 
 def load_card(path: str | Path) -> "ModelCard":
