@@ -12,7 +12,7 @@ import torch
 
 from MedTranslateLib.cli.main import main
 from MedTranslateLib.errors import ConfigError
-from MedTranslateLib.families import SAMPLED_FAMILIES, get_family
+from MedTranslateLib.families import SAMPLED_FAMILIES, check_training_settings, get_family
 from MedTranslateLib.families.base import InferenceOptions
 from MedTranslateLib.families.bridge import (DEFAULT_ETA, DEFAULT_STEPS, FAMILY, bridge_sample, bridge_state,
                                              bridge_timesteps)
@@ -125,6 +125,16 @@ def test_settings_are_validated_with_one_clear_error():
         FAMILY.make_predictor(nets, card, InferenceOptions())
     with pytest.raises(ConfigError, match="steps must be between"):
         FAMILY.make_predictor(nets, {}, InferenceOptions(steps=0))
+
+
+def test_architecture_is_checked_before_the_data_is_read():
+    """check_training_settings runs when the training config is validated: attention heads that do not fit
+    (MONAI's traceback after loading the data before) and a bridge_variance <= 0 (refused only when building)."""
+    with pytest.raises(ConfigError, match=r"channels\[2\] = 200 is not a multiple of it.*num_head_channels = 25"):
+        check_training_settings("bridge", {"channels": [64, 128, 200], "norm_num_groups": 8}, {})
+    with pytest.raises(ConfigError, match="bridge_variance must be positive"):
+        check_training_settings("bridge", {"bridge_variance": -1.0}, {})
+    check_training_settings("bridge", {"channels": [64, 128, 224], "norm_num_groups": 8, "bridge_variance": 2.0}, {})
 
 
 def test_translate_from_the_command_line(tmp_path, capsys):

@@ -95,6 +95,32 @@ def test_bad_settings_raise_clear_errors():
         FAMILY.build({**TINY, "norm_num_groups": 3}, 2)
 
 
+def test_attention_heads_that_do_not_fit_are_refused_before_the_data_is_read(tmp_path, capsys):
+    """MONAI's middle block always has attention: a last channels entry that is not a multiple of num_head_channels
+    (default 32) crashed the run with MONAI's "num_channels must be divisible by num_head_channels" traceback after
+    the data was loaded."""
+    from MedTranslateLib.cli.main import main
+
+    arch = '{"channels": [64, 128, 200], "norm_num_groups": 8}'
+    code = main(["train", "--data", str(tmp_path / "not-read"), "--family", "diffusion", "--output",
+                 str(tmp_path / "out"), "--set", f"architecture={arch}", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == ConfigError.exit_code and "not-read" not in err
+    assert "channels[2] = 200 is not a multiple" in err and "num_head_channels = 32" in err
+    assert "channels = [64, 128, 224], or num_head_channels = 25" in err
+    # levels of attention_levels count too; the suggestions build
+    with pytest.raises(ConfigError, match=r"channels\[0\] = 12 is not a multiple.*channels = \[16, 16\], or "
+                                          r"num_head_channels = 4"):
+        FAMILY.build({**TINY, "channels": [12, 16], "attention_levels": [True, False]}, 2)
+    with pytest.raises(ConfigError, match=r"channels\[1\] = 12 .*channels = \[8, 16\], or num_head_channels = 6"):
+        FAMILY.check_architecture({**TINY, "channels": [8, 12]})
+    for fixed in ({"channels": [8, 16]}, {"num_head_channels": 6}):
+        FAMILY.build({**TINY, "channels": [8, 12], **fixed}, 2)
+    for family in ("contourdiff", "bridge"):
+        with pytest.raises(ConfigError, match="num_head_channels"):
+            get_family(family).check_architecture({"channels": [64, 128, 200], "norm_num_groups": 8})
+
+
 def test_weights_round_trip_gives_identical_samples():
     nets = FAMILY.build(TINY, 2)
     state = pack_state(nets)

@@ -168,7 +168,8 @@ def test_every_shipped_config_uses_only_keys_its_family_reads():
     for path in configs:
         assert load_config(path, data="/nonexistent").validate()
     # every family accepts the keys its own networks read (and the bridge the diffusion ones)
-    assert load_config(None, ["family=bridge", 'architecture={"channels": [8, 16], "bridge_variance": 0.5}',
+    assert load_config(None, ["family=bridge", 'architecture={"channels": [32, 64], "attention_levels": [false, false], '
+                              '"bridge_variance": 0.5}',
                               'family_options={"masked_loss": true}', "data=d"]).validate()
 
 

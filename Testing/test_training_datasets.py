@@ -201,3 +201,118 @@ def test_split_holds_out_only_paired_subjects():
     assert {c.subject_id for c in unpaired} <= set(split.subjects("train"))
     with pytest.raises(ConfigError, match="no source/target pair"):
         split_by_subject(mixed, val_subjects=["mr0"])
+
+
+def test_incomplete_case_folders_are_skipped_with_one_warning(tmp_path):
+    """Case folders without the source or the target used to be dropped without a word."""
+    root = tmp_path / "Task1"
+    for case in ("1PA001", "1PA003"):
+        for name in ("mr", "ct", "mask"):
+            touch(root / "pelvis" / case / f"{name}.nii.gz")
+    touch(root / "pelvis" / "1PA001b" / "mr.nii")  # SynthRAD 2023 sources must be .nii.gz
+    touch(root / "pelvis" / "1PA001b" / "ct.nii.gz")
+    touch(root / "pelvis" / "1PA003b" / "mr.nii.gz")
+    messages: list[str] = []
+    cases = load_cases(root, warn=messages.append)
+    assert [c.subject_id for c in cases] == ["1PA001", "1PA003"]
+    assert messages == [f"2 of 4 case folders in {root} skipped: pelvis/1PA001b (has mr.nii, not mr.nii.gz), "
+                        "pelvis/1PA003b (no ct)."]
+    assert load_cases(root) == cases  # without warn: the same cases, nothing raised
+    # paired_folder: any volume suffix, near misses named
+    for case, files in {"a": ("t2.nii.gz", "ct.nrrd"), "b": ("t2.txt", "ct.nii.gz"), "c": ("T2.mha", "ct.mha")}.items():
+        for name in files:
+            touch(tmp_path / "pf" / case / name)
+    messages.clear()
+    cases = load_cases(tmp_path / "pf", "paired_folder", source_name="t2", target="CT", warn=messages.append)
+    assert [c.name for c in cases] == ["a"] and len(messages) == 1
+    assert "2 of 3 case folders" in messages[0] and "b (has t2.txt, not t2.nii.gz/.nii/" in messages[0]
+    assert "c (has T2.mha, not t2.nii.gz/" in messages[0]
+    # nothing complete: the error says why
+    touch(tmp_path / "none" / "x" / "mr.nii")
+    with pytest.raises(ConfigError, match=r"No MR -> CT cases .* x \(has mr.nii, not mr.nii.gz; no ct\)"):
+        load_cases(tmp_path / "none", "synthrad2023", warn=messages.append)
+
+
+def test_brats_and_ixi_say_which_cases_they_skip(tmp_path):
+    for case, contrasts in {"BraTS-GLI-00001-000": ("t1n", "t2f"), "BraTS-GLI-00002-000": ("t1n",),
+                            "BraTS-GLI-00003-000": ("t2f", "t2w")}.items():
+        for contrast in contrasts:
+            touch(tmp_path / "brats" / case / f"{case}-{contrast}.nii.gz")
+    touch(tmp_path / "brats" / "BraTS-GLI-00004-000" / "BraTS-GLI-00004-000-t1n.nii")
+    touch(tmp_path / "brats" / "BraTS-GLI-00004-000" / "BraTS-GLI-00004-000-t2f.nii.gz")
+    messages: list[str] = []
+    cases = load_cases(tmp_path / "brats", source="T1", target="FLAIR", warn=messages.append)
+    assert [c.name for c in cases] == ["BraTS-GLI-00001-000"]
+    assert messages == [f"3 of 4 cases in {tmp_path / 'brats'} skipped: BraTS-GLI-00002-000 (no t2f), "
+                        "BraTS-GLI-00003-000 (no t1n), BraTS-GLI-00004-000 (has BraTS-GLI-00004-000-t1n.nii, "
+                        "not BraTS-GLI-00004-000-t1n.nii.gz)."]
+    for name in ("IXI002-Guys-0828-T2", "IXI002-Guys-0828-PD", "IXI012-HH-1211-T2", "IXI013-HH-1212-PD",
+                 "IXI014-HH-1213-MRA"):
+        touch(tmp_path / "ixi" / f"{name}.nii.gz")
+    messages.clear()
+    cases = load_cases(tmp_path / "ixi", source="T2", target="PD", warn=messages.append)
+    assert [c.subject_id for c in cases] == ["IXI002"]
+    assert messages == [f"2 of 3 subjects in {tmp_path / 'ixi'} skipped: IXI012 (no PD), IXI013 (no T2)."]
+
+
+def test_the_same_file_as_source_and_target_is_refused(tmp_path):
+    """An identity model trained silently: CSV rows with source == target, or two modalities meaning one file."""
+    touch(tmp_path / "a" / "mr.nii.gz")
+    touch(tmp_path / "b.nii.gz")
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "a" / "mr.nii.gz")
+    csv_path = tmp_path / "list.csv"
+    for row in ("s1,a/mr.nii.gz,a/mr.nii.gz", "s1,a/mr.nii.gz,./a/../a/mr.nii.gz", "s1,link.nii.gz,a/mr.nii.gz"):
+        csv_path.write_text(f"subject,source,target\ns0,b.nii.gz,a/mr.nii.gz\n{row}\n")
+        with pytest.raises(ConfigError, match=f"Subject s1 has the same file as source and target, .*nii.gz.*"
+                                              f"its row in {csv_path}"):
+            load_cases(csv_path)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'link.nii.gz'} and {tmp_path / 'a' / 'mr.nii.gz'} "
+                                          r"\(one file\)"):
+        load_cases(csv_path)
+    for case in ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000"):
+        for contrast in ("t1n", "t2f"):
+            touch(tmp_path / "brats" / case / f"{case}-{contrast}.nii.gz")
+    for source, target in (("T1", "T1"), ("MR", "T1")):
+        with pytest.raises(ConfigError, match=f"Subject BraTS-GLI-00001 \\(case BraTS-GLI-00001-000\\) has the same "
+                                              f"file .*-t1n.nii.gz.*{source} and {target} both mean"):
+            load_cases(tmp_path / "brats", source=source, target=target)
+    touch(tmp_path / "un" / "mr" / "a.nii.gz")
+    with pytest.raises(ConfigError, match="source and target folders are one"):
+        load_cases(tmp_path / "un", "unpaired", source="MR", target="T1", source_name="mr", target_name="mr")
+
+
+def test_csv_rows_need_a_subject_and_a_volume(tmp_path):
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("subject,source,target\np1,a.nii.gz,b.nii.gz\n,c.nii.gz,d.nii.gz\n , e.nii.gz,f.nii.gz\n")
+    with pytest.raises(ConfigError, match=f"row 3 of {csv_path}: empty subject"):
+        load_cases(csv_path)
+    csv_path.write_text("subject,source,target\np1,a.nii.gz,b.nii.gz\np2,,\n")
+    with pytest.raises(ConfigError, match=f"row 3 of {csv_path}: neither a source nor a target"):
+        load_cases(csv_path)
+
+
+def test_case_folders_of_one_name_are_refused(tmp_path):
+    """siteA/case1 and siteB/case1 used to become one subject 'case1' without a word."""
+    for site in ("siteA", "siteB"):
+        touch(tmp_path / "pf" / site / "case1" / "t1.nii.gz")
+        touch(tmp_path / "pf" / site / "case1" / "flair.nii.gz")
+    touch(tmp_path / "pf" / "siteB" / "case2" / "t1.nii.gz")
+    touch(tmp_path / "pf" / "siteB" / "case2" / "flair.nii.gz")
+    with pytest.raises(ConfigError, match="Two case folders .* same name, 'case1'.*siteA/case1 and .*siteB/case1"):
+        load_cases(tmp_path / "pf", "paired_folder", source="T1", target="FLAIR")
+    # a folder of that name that is skipped (no target) does not count
+    (tmp_path / "pf" / "siteB" / "case1" / "flair.nii.gz").unlink()
+    assert [c.name for c in load_cases(tmp_path / "pf", "paired_folder", source="T1", target="FLAIR")] == [
+        "case1", "case2"]
+
+
+@pytest.mark.parametrize("layout", ["auto", "unpaired"])
+def test_an_empty_unpaired_folder_is_named(tmp_path, layout):
+    """An empty ct/ gave "Cannot recognise the dataset layout" or, later, "Training needs cases with a source and
+    cases with a target"."""
+    touch(tmp_path / "mr" / "a.nii.gz")
+    touch(tmp_path / "ct" / "scan" / "IM0001.dcm")
+    touch(tmp_path / "ct" / "notes.txt")
+    with pytest.raises(ConfigError, match=f"unpaired target folder {tmp_path / 'ct'} holds no volumes "
+                                          r"\(it holds notes.txt, scan/\)"):
+        load_cases(tmp_path, layout, source="MR", target="CT")

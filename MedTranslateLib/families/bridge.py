@@ -107,6 +107,15 @@ def bridge_sample(denoise: Any, source: torch.Tensor, steps: int, train_timestep
     return x
 
 
+def _variance(architecture: Mapping[str, Any]) -> float:
+    """The architecture's bridge_variance; raises :class:`ConfigError` unless it is positive."""
+    variance = float(architecture.get("bridge_variance", DEFAULT_VARIANCE))
+    if not variance > 0:
+        raise ConfigError(f"architecture.bridge_variance must be positive; got {variance}.",
+                          f"Use e.g. {DEFAULT_VARIANCE} (BBDM's value).")
+    return variance
+
+
 class BridgePredictor(SamplingPredictor):
     """Draws one sample of the target for a normalised source batch, starting from the source."""
 
@@ -139,6 +148,12 @@ class BridgeFamily(ConditionalDiffusionFamily):
     architecture_keys = ((ConditionalDiffusionFamily.architecture_keys - {"prediction_type", "schedule"})
                          | {"bridge_variance"})
 
+    def check_architecture(self, architecture: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` for a denoiser MONAI cannot build or a bridge_variance that is not positive
+        (before any data is read)."""
+        super().check_architecture(architecture)
+        _variance(architecture)
+
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         nets = super().build(architecture, spatial_dims)
         if int(architecture["in_channels"]) != int(architecture["out_channels"]):
@@ -146,11 +161,7 @@ class BridgeFamily(ConditionalDiffusionFamily):
                               f"source image); got in_channels={architecture['in_channels']}, "
                               f"out_channels={architecture['out_channels']}.",
                               "Use dimensionality '2d' or '3d' (not '2.5d') with one source and one target channel.")
-        variance = float(architecture.get("bridge_variance", DEFAULT_VARIANCE))
-        if not variance > 0:
-            raise ConfigError(f"architecture.bridge_variance must be positive; got {variance}.",
-                              f"Use e.g. {DEFAULT_VARIANCE} (BBDM's value).")
-        nets[self.network_name].variance = variance
+        nets[self.network_name].variance = _variance(architecture)
         return nets
 
     def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],

@@ -14,7 +14,8 @@ the diffusion settings
 ``InferenceOptions`` can choose another sampler, step count and number of samples. The card's settings are checked
 when the package loads (``families.load_networks``). Training option ``masked_loss`` (default False) restricts
 the MSE to the body mask; a ``schedule`` whose last timestep keeps more than alpha_bar = 0.01 of the image (too
-few ``train_timesteps``) is refused before training.
+few ``train_timesteps``), or channels MONAI cannot build (:func:`check_denoiser_architecture`), are refused before
+training.
 
 Also defines the shared machinery (:class:`ConditionalDenoiser`, :class:`DiffusionPredictor`,
 :class:`ConditionalDiffusionFamily`) that the ``contourdiff`` family reuses with a different condition.
@@ -22,6 +23,7 @@ Also defines the shared machinery (:class:`ConditionalDenoiser`, :class:`Diffusi
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import torch
@@ -39,6 +41,44 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
 }
 
 
+def _check_attention_heads(channels: list[int], attention: list[bool], heads: int, groups: int) -> None:
+    """Every level with attention, and the last (MONAI's middle block always has attention), splits its channels
+    into heads of ``heads`` channels: raise :class:`ConfigError` naming a valid choice when one does not."""
+    attended = [i for i in range(len(channels)) if attention[i] or i == len(channels) - 1]
+    bad = [i for i in attended if channels[i] % heads]
+    if not bad:
+        return
+    step = math.lcm(heads, groups)  # keeps the channels divisible by norm_num_groups too
+    fitted = [-(-c // step) * step if i in attended else c for i, c in enumerate(channels)]
+    common = math.gcd(*(channels[i] for i in attended))
+    divisor = max(d for d in range(1, heads + 1) if common % d == 0)
+    levels = ", ".join(f"channels[{i}] = {channels[i]}" for i in bad)
+    raise ConfigError(f"architecture.channels {channels} does not fit num_head_channels = {heads}: {levels} "
+                      f"{'is not a multiple' if len(bad) == 1 else 'are not multiples'} of it, but every level with "
+                      "attention (those of attention_levels, and always the last level: MONAI's middle block) "
+                      "splits its channels into heads of num_head_channels.",
+                      f"Use e.g. channels = {fitted}, or num_head_channels = {divisor}.")
+
+
+def check_denoiser_architecture(architecture: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for a denoiser MONAI's ``DiffusionModelUNet`` cannot build: attention_levels of
+    another length than channels, channels not divisible by norm_num_groups, or attention heads that do not fit."""
+    arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
+    channels = [int(c) for c in arch["channels"]]
+    attention = [bool(a) for a in arch["attention_levels"]]
+    if len(attention) != len(channels):
+        raise ConfigError("architecture.attention_levels must have one entry per channels level.",
+                          f"Give {len(channels)} booleans.")
+    groups, heads = int(arch["norm_num_groups"]), int(arch["num_head_channels"])
+    if groups < 1 or heads < 1:
+        raise ConfigError(f"architecture.norm_num_groups ({groups}) and num_head_channels ({heads}) must be "
+                          "positive.", "For example 32 and 32 (the defaults).")
+    if any(c % groups for c in channels):
+        raise ConfigError(f"Every entry of architecture.channels must be divisible by norm_num_groups ({groups}).",
+                          "Change channels or norm_num_groups.")
+    _check_attention_heads(channels, attention, heads, groups)
+
+
 class ConditionalDenoiser(nn.Module):
     """``DiffusionModelUNet`` predicting noise (or velocity) of the target from [noisy target, condition]."""
 
@@ -50,15 +90,10 @@ class ConditionalDenoiser(nn.Module):
         if spatial_dims not in (2, 3):
             raise ConfigError(f"Diffusion models work in 2D or 3D, not {spatial_dims}D.",
                               "Set dimensionality to '2d', '2.5d' or '3d'.")
+        check_denoiser_architecture(arch)
         channels = tuple(int(c) for c in arch["channels"])
         attention = tuple(bool(a) for a in arch["attention_levels"])
-        if len(attention) != len(channels):
-            raise ConfigError("architecture.attention_levels must have one entry per channels level.",
-                              f"Give {len(channels)} booleans.")
         groups = int(arch["norm_num_groups"])
-        if any(c % groups for c in channels):
-            raise ConfigError(f"Every entry of architecture.channels must be divisible by norm_num_groups ({groups}).",
-                              "Change channels or norm_num_groups.")
         self.target_channels = int(arch["out_channels"])
         self.condition_channels = int(condition_channels)
         self.train_timesteps = int(arch["train_timesteps"])
@@ -169,7 +204,9 @@ class ConditionalDiffusionFamily:
 
     # -- Family protocol ---------------------------------------------------------------------------------
     def check_architecture(self, architecture: Mapping[str, Any]) -> None:
-        """Raise :class:`ConfigError` for a noise schedule sampling cannot start from (too few timesteps)."""
+        """Raise :class:`ConfigError` for a denoiser MONAI cannot build or a noise schedule sampling cannot start
+        from (too few timesteps); run by the training config's validation, before any data is read."""
+        check_denoiser_architecture(architecture)
         if "schedule" in self.architecture_keys:  # not the bridge: its noise vanishes at both ends by design
             arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
             samplers.check_noise_schedule(int(arch["train_timesteps"]), str(arch["schedule"]))

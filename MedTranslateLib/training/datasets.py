@@ -2,7 +2,8 @@
 layout detection, and splits BY SUBJECT (never by slice) or a z-slab hold-out of a single volume.
 
 Every reader returns a list of :class:`Case`. Unpaired layouts return cases with only a source or only
-a target path (sources and targets come from different subjects).
+a target path (sources and targets come from different subjects). Readers that skip incomplete cases tell their
+``warn`` callable which ones and why, in one message.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
-from MedTranslateLib.io.atomic import find_volume as _find_volume
 from MedTranslateLib.io.atomic import volume_stem
 
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
@@ -27,6 +27,11 @@ SYNTHRAD_NAMES = {"MR": "mr", "T1": "mr", "CT": "ct", "CBCT": "cbct"}
 BRATS2021_NAMES = {"T1": "t1", "T1C": "t1ce", "T2": "t2", "FLAIR": "flair", "MR": "t1"}
 BRATS2023_NAMES = {"T1": "t1n", "T1C": "t1c", "T2": "t2w", "FLAIR": "t2f", "MR": "t1n"}
 IXI_NAMES = {"T1": "T1", "T2": "T2", "PD": "PD", "MR": "T1", "MRA": "MRA"}
+
+#: receives one message per reader that skipped cases (the training loop prints it and records it in the card)
+Warn = Callable[[str], None]
+#: skipped cases named in a warning (the rest are counted)
+MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -63,65 +68,125 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _find(folder: Path, stem: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> Path | None:
+    """``folder/<stem><suffix>`` for the first of ``suffixes`` that exists, else None."""
+    return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()), None)
+
+
+def _missing(folder: Path, stem: str, suffixes: Sequence[str], label: str = "") -> str:
+    """Why ``folder`` lacks ``<stem><suffix>``: "no mr", or a near miss ("has mr.nii, not mr.nii.gz")."""
+    near = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().startswith(f"{stem.lower()}."))
+    if not near:
+        return f"no {label or stem}"
+    return f"has {', '.join(near)}, not {stem}{'/'.join(suffixes)}"
+
+
+def _report_skipped(warn: Warn | None, skipped: Sequence[str], total: int, what: str, root: Path) -> None:
+    """One message to ``warn`` naming the skipped ``what`` (e.g. "case folders") of ``root`` and why."""
+    if warn is None or not skipped:
+        return
+    more = f" and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
+    warn(f"{len(skipped)} of {total} {what} in {root} skipped: {', '.join(skipped[:MAX_LISTED])}{more}.")
+
+
+def _case_folders(root: Path, stems: Sequence[str]) -> list[Path]:
+    """Folders below ``root`` (not hidden) holding a file named ``<stem>.*`` (any case) for one of ``stems``."""
+    prefixes = tuple(f"{stem.lower()}." for stem in stems)
+    return sorted({p.parent for p in root.rglob("*")
+                   if p.name.lower().startswith(prefixes) and p.is_file() and not _hidden(p, root)})
+
+
+def _refuse_duplicate_names(folders: Sequence[Path], root: Path) -> None:
+    """Case folder names are subject ids: two folders of one name would silently become one subject."""
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        if folder.name in seen:
+            raise ConfigError(f"Two case folders in {root} have the same name, {folder.name!r}, and the folder name "
+                              f"is the subject id: {seen[folder.name]} and {folder}.",
+                              "Rename one if they hold different people; if they are the same person, list the "
+                              "cases in a CSV (layout csv, header subject,source,target) with one subject.")
+        seen[folder.name] = folder
+
+
 def read_case_folders(root: Path, source_name: str, target_name: str, mask_name: str = "mask",
-                      suffixes: Sequence[str] = VOLUME_SUFFIXES) -> list[Case]:
-    """Folders (at any depth) holding ``<source_name>.<ext>`` and ``<target_name>.<ext>`` (SynthRAD, generic)."""
-    cases = []
+                      suffixes: Sequence[str] = VOLUME_SUFFIXES, warn: Warn | None = None) -> list[Case]:
+    """Folders (at any depth) holding ``<source_name>.<ext>`` and ``<target_name>.<ext>`` (SynthRAD, generic); the
+    source must have one of ``suffixes``. Folders with only one of them are skipped, and ``warn`` told which."""
     root = Path(root)
-    for folder in sorted({p.parent for p in root.rglob(f"{target_name}.*") if not _hidden(p, root)}):
-        source = _find_volume(folder, source_name)
-        target = _find_volume(folder, target_name)
-        if source is None or target is None or not source.name.endswith(tuple(suffixes)):
+    cases, used, skipped = [], [], []
+    folders = _case_folders(root, (source_name, target_name))
+    for folder in folders:
+        source, target = _find(folder, source_name, suffixes), _find(folder, target_name)
+        if source is None or target is None:
+            why = [_missing(folder, name, wanted) for name, wanted, found
+                   in ((source_name, suffixes, source), (target_name, VOLUME_SUFFIXES, target)) if found is None]
+            skipped.append(f"{folder.relative_to(root).as_posix()} ({'; '.join(why)})")
             continue
-        cases.append(Case(folder.name, source, target, _find_volume(folder, mask_name), folder.name))
+        cases.append(Case(folder.name, source, target, _find(folder, mask_name), folder.name))
+        used.append(folder)
+    _refuse_duplicate_names(used, root)
+    _report_skipped(warn, skipped, len(folders), "case folders", root)
     return cases
 
 
 def read_synthrad(root: Path, source: str = "MR", target: str = "CT", version: int = 2023,
-                  source_name: str | None = None, target_name: str | None = None) -> list[Case]:
+                  source_name: str | None = None, target_name: str | None = None,
+                  warn: Warn | None = None) -> list[Case]:
     """SynthRAD2023 (``Task1/brain/1BA001/{mr,ct,mask}.nii.gz``) or 2025 (``.mha``)."""
     suffixes = (".nii.gz",) if version == 2023 else (".mha",)
     return read_case_folders(root, _name_for(source, SYNTHRAD_NAMES, source_name),
-                             _name_for(target, SYNTHRAD_NAMES, target_name), suffixes=suffixes)
+                             _name_for(target, SYNTHRAD_NAMES, target_name), suffixes=suffixes, warn=warn)
 
 
 def read_brats(root: Path, source: str = "T1", target: str = "T2", version: int = 2023,
-               source_name: str | None = None, target_name: str | None = None) -> list[Case]:
-    """BraTS 2021 (``<case>/<case>_t1.nii.gz``) or 2023 (``<case>/<case>-t1n.nii.gz``). No mask (skull-stripped)."""
+               source_name: str | None = None, target_name: str | None = None,
+               warn: Warn | None = None) -> list[Case]:
+    """BraTS 2021 (``<case>/<case>_t1.nii.gz``) or 2023 (``<case>/<case>-t1n.nii.gz``). No mask (skull-stripped).
+    Cases with only one of the two contrasts are skipped, and ``warn`` told which."""
     table, sep = (BRATS2023_NAMES, "-") if version == 2023 else (BRATS2021_NAMES, "_")
     src, tgt = _name_for(source, table, source_name), _name_for(target, table, target_name)
-    cases = []
-    for target_path in sorted(Path(root).rglob(f"*{sep}{tgt}.nii.gz")):
-        case_id = target_path.name[: -len(f"{sep}{tgt}.nii.gz")]
-        source_path = target_path.parent / f"{case_id}{sep}{src}.nii.gz"
-        if source_path.is_file():
-            # BraTS 2023 ids end in a time point (-000, -001): the same patient is one subject.
-            subject = re.sub(r"-\d{3}$", "", case_id) if version == 2023 else case_id
-            cases.append(Case(subject, source_path, target_path, None, case_id))
+    found = sorted({(p.parent, p.name[: p.name.rindex(f"{sep}{stem}.")])
+                    for stem in (src, tgt) for p in Path(root).rglob(f"*{sep}{stem}.*") if p.is_file()})
+    cases, skipped = [], []
+    for folder, case_id in found:
+        source_path, target_path = (folder / f"{case_id}{sep}{stem}.nii.gz" for stem in (src, tgt))
+        if not (source_path.is_file() and target_path.is_file()):
+            why = [_missing(folder, f"{case_id}{sep}{stem}", (".nii.gz",), stem)
+                   for stem, path in ((src, source_path), (tgt, target_path)) if not path.is_file()]
+            skipped.append(f"{case_id} ({'; '.join(why)})")
+            continue
+        # BraTS 2023 ids end in a time point (-000, -001): the same patient is one subject.
+        subject = re.sub(r"-\d{3}$", "", case_id) if version == 2023 else case_id
+        cases.append(Case(subject, source_path, target_path, None, case_id))
+    _report_skipped(warn, skipped, len(found), "cases", Path(root))
     return cases
 
 
 _IXI = re.compile(r"^(IXI\d+)-(.+)-(\d+)-(T1|T2|PD|MRA)\.nii(\.gz)?$")
 
 
-def read_ixi(root: Path, source: str = "T2", target: str = "PD",
-             source_name: str | None = None, target_name: str | None = None) -> list[Case]:
-    """IXI: flat files ``IXI002-Guys-0828-T1.nii.gz``; the subject is ``IXI002``."""
+def read_ixi(root: Path, source: str = "T2", target: str = "PD", source_name: str | None = None,
+             target_name: str | None = None, warn: Warn | None = None) -> list[Case]:
+    """IXI: flat files ``IXI002-Guys-0828-T1.nii.gz``; the subject is ``IXI002``. Subjects with only one of the
+    two contrasts are skipped, and ``warn`` told which."""
     src, tgt = _name_for(source, IXI_NAMES, source_name), _name_for(target, IXI_NAMES, target_name)
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(Path(root).rglob("IXI*")):
         match = _IXI.match(path.name)
         if match:
             found.setdefault(match.group(1), {})[match.group(4)] = path
+    relevant = {subject: files for subject, files in sorted(found.items()) if src in files or tgt in files}
+    skipped = [f"{subject} (no {src if src not in files else tgt})" for subject, files in relevant.items()
+               if src not in files or tgt not in files]
+    _report_skipped(warn, skipped, len(relevant), "subjects", Path(root))
     return [Case(subject, files[src], files[tgt], None, subject)
-            for subject, files in sorted(found.items()) if src in files and tgt in files]
+            for subject, files in relevant.items() if src in files and tgt in files]
 
 
 def read_csv(path: Path) -> list[Case]:
     """A CSV with columns ``subject,source,target[,mask]``; relative paths are relative to the CSV's folder.
     UTF-8 (with or without the byte-order mark spreadsheets write), separated by commas, semicolons or tabs."""
     path = Path(path)
-    base = path.parent
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -136,38 +201,61 @@ def read_csv(path: Path) -> list[Case]:
         if missing:
             raise ConfigError(f"{path} lacks the column(s) {sorted(missing)}.",
                               "Write a header line 'subject,source,target[,mask]'.")
-        cases = []
-        for row in reader:
-            def resolve(value: str | None) -> Path | None:
-                if not value or not value.strip():
-                    return None
-                p = Path(value.strip())
-                return p if p.is_absolute() else base / p
-            subject = (row["subject"] or "").strip()
-            cases.append(Case(subject, resolve(row["source"]), resolve(row["target"]),
-                              resolve(row.get("mask")), (row.get("case") or "").strip() or subject))
-    return cases
+        return [_csv_case(row, f"row {reader.line_num} of {path}", path.parent) for row in reader]
+
+
+def _csv_path(value: str | None, base: Path) -> Path | None:
+    """A CSV cell's path (relative to ``base``), or None for an empty cell."""
+    if not value or not value.strip():
+        return None
+    path = Path(value.strip())
+    return path if path.is_absolute() else base / path
+
+
+def _csv_case(row: dict[str, str | None], where: str, base: Path) -> Case:
+    """The case of one CSV row (``where`` names it in errors): a subject and a source, a target or both."""
+    subject = (row["subject"] or "").strip()
+    if not subject:
+        raise ConfigError(f"{where}: empty subject.",
+                          "Give every row a subject (the person scanned; rows of one person share it).")
+    source, target = _csv_path(row["source"], base), _csv_path(row["target"], base)
+    if source is None and target is None:
+        raise ConfigError(f"{where}: neither a source nor a target.",
+                          "Give the row a source and a target path (one of them for unpaired data), or delete it.")
+    return Case(subject, source, target, _csv_path(row.get("mask"), base), (row.get("case") or "").strip() or subject)
+
+
+def _unpaired_folder(root: Path, name: str, role: str) -> list[Path]:
+    """The volumes directly in ``root/name``; raises :class:`ConfigError` when the folder is missing or has none."""
+    folder = root / name
+    if not folder.is_dir():
+        raise ConfigError(f"Unpaired data needs the {role} folder {folder}.",
+                          f"Put the {role} volumes in {folder}, or set {role}_name to the folder's name.")
+    volumes = sorted(p for p in folder.iterdir() if _is_volume(p))
+    if not volumes:
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        held = f"it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}" if others else "it is empty"
+        raise ConfigError(f"The unpaired {role} folder {folder} holds no volumes ({held}).",
+                          f"Put the {role} volumes there, one file each ({' '.join(VOLUME_SUFFIXES)}).")
+    return volumes
 
 
 def read_unpaired(root: Path, source_name: str, target_name: str) -> list[Case]:
     """Unpaired folders ``<root>/<source_name>/*`` and ``<root>/<target_name>/*`` (different subjects)."""
     root = Path(root)
-    cases: list[Case] = []
-    for folder_name, is_source in ((source_name, True), (target_name, False)):
-        folder = root / folder_name
-        if not folder.is_dir():
-            raise ConfigError(f"Unpaired data needs the folder {folder}.",
-                              f"Put source volumes in {root / source_name} and targets in {root / target_name}.")
-        for path in sorted(p for p in folder.iterdir() if _is_volume(p)):
-            subject = volume_stem(path)
-            cases.append(Case(subject, path if is_source else None, None if is_source else path, None, subject))
-    return cases
+    if (root / source_name).resolve() == (root / target_name).resolve():
+        raise ConfigError(f"The unpaired source and target folders are one, {root / source_name}: the model "
+                          "would learn to copy its input.",
+                          "Put sources and targets in two folders and name them with source_name / target_name.")
+    sources, targets = _unpaired_folder(root, source_name, "source"), _unpaired_folder(root, target_name, "target")
+    return ([Case(volume_stem(p), p, None, None, volume_stem(p)) for p in sources]
+            + [Case(volume_stem(p), None, p, None, volume_stem(p)) for p in targets])
 
 
 def detect_layout(root: Path, source_name: str | None = None, target_name: str | None = None) -> str:
     """Guess the dataset layout of ``root`` (one of :data:`LAYOUTS`). With ``source_name`` and ``target_name``
     (file or folder names, e.g. "mr" and "ct"), folders ``<root>/<source_name>`` and ``<root>/<target_name>``
-    of volumes are the unpaired layout, whatever else lies beside them."""
+    are the unpaired layout, whatever else lies beside them."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
         return "csv"
@@ -187,8 +275,8 @@ def detect_layout(root: Path, source_name: str | None = None, target_name: str |
     # hidden folders (.ipynb_checkpoints, .DS_Store's kin) are never cases
     subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     volume_counts = {p.name: sum(_is_volume(f) for f in p.iterdir()) for p in subfolders}
-    if source_name and target_name and volume_counts.get(source_name) and volume_counts.get(target_name):
-        return "unpaired"
+    if source_name and target_name and source_name in volume_counts and target_name in volume_counts:
+        return "unpaired"  # even with an empty folder: the reader says which
     if subfolders and all(count >= 2 for count in volume_counts.values()):
         return "paired_folder"
     if len(subfolders) == 2 and all(volume_counts.values()):
@@ -206,29 +294,63 @@ def resolve_layout(root: Path | str, layout: str = "auto", source: str = "MR", t
     return detect_layout(Path(root), source_name or source.lower(), target_name or target.lower())
 
 
-def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
-               source_name: str | None = None, target_name: str | None = None) -> list[Case]:
-    """All cases of a dataset; raises :class:`ConfigError` when none are found."""
-    root = Path(root)
+def _read_layout(root: Path, layout: str, source: str, target: str, source_name: str | None,
+                 target_name: str | None, warn: Warn) -> list[Case]:
+    """The cases of ``root`` read with the reader of ``layout``."""
     source_file, target_file = source_name or source.lower(), target_name or target.lower()
-    layout = resolve_layout(root, layout, source, target, source_name, target_name)
     if layout in ("synthrad2023", "synthrad2025"):
-        cases = read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name)
-    elif layout in ("brats2021", "brats2023"):
-        cases = read_brats(root, source, target, int(layout[-4:]), source_name, target_name)
-    elif layout == "ixi":
-        cases = read_ixi(root, source, target, source_name, target_name)
-    elif layout == "csv":
-        cases = read_csv(root)
-    elif layout == "paired_folder":
-        cases = read_case_folders(root, source_file, target_file)
-    elif layout == "unpaired":
-        cases = read_unpaired(root, source_file, target_file)
-    else:
-        raise ConfigError(f"Unknown dataset layout {layout!r}.", f"Use auto or one of {', '.join(LAYOUTS)}.")
+        return read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name, warn)
+    if layout in ("brats2021", "brats2023"):
+        return read_brats(root, source, target, int(layout[-4:]), source_name, target_name, warn)
+    if layout == "ixi":
+        return read_ixi(root, source, target, source_name, target_name, warn)
+    if layout == "csv":
+        return read_csv(root)
+    if layout == "paired_folder":
+        return read_case_folders(root, source_file, target_file, warn=warn)
+    if layout == "unpaired":
+        return read_unpaired(root, source_file, target_file)
+    raise ConfigError(f"Unknown dataset layout {layout!r}.", f"Use auto or one of {', '.join(LAYOUTS)}.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one file (the same path, a link to it, or a hard link)."""
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)
+    except OSError:  # a file that does not exist (reading it will say so)
+        return False
+
+
+def _refuse_identity_pairs(cases: Sequence[Case], root: Path, layout: str, source: str, target: str) -> None:
+    """A case whose source and target are one file would train a model that copies its input."""
+    for case in cases:
+        if case.source_path is not None and case.target_path is not None \
+                and _same_file(case.source_path, case.target_path):
+            who = case.subject_id + (f" (case {case.name})" if case.name != case.subject_id else "")
+            fix = (f"Give its row in {root} different source and target files." if layout == "csv" else
+                   f"Choose a source and a target that name different files ({source} and {target} both mean "
+                   f"{case.source_path.name} in the {layout} layout), or set source_name / target_name.")
+            files = str(case.source_path) if case.source_path == case.target_path else \
+                f"{case.source_path} and {case.target_path} (one file)"
+            raise ConfigError(f"Subject {who} has the same file as source and target, {files}: the model would "
+                              "learn to copy its input.", fix)
+
+
+def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
+               source_name: str | None = None, target_name: str | None = None, *,
+               warn: Warn | None = None) -> list[Case]:
+    """All cases of a dataset; raises :class:`ConfigError` when none are found or a case's source and target are
+    one file. ``warn`` hears, in one message per reader, which incomplete cases were skipped and why."""
+    root = Path(root)
+    layout = resolve_layout(root, layout, source, target, source_name, target_name)
+    notes: list[str] = []
+    cases = _read_layout(root, layout, source, target, source_name, target_name, notes.append)
     if not cases:
-        raise ConfigError(f"No {source} -> {target} cases found in {root} (layout {layout}).",
+        raise ConfigError(" ".join([f"No {source} -> {target} cases found in {root} (layout {layout}).", *notes]),
                           "Check the folder, the layout and the source/target modality or file names.")
+    _refuse_identity_pairs(cases, root, layout, source, target)
+    for note in notes if warn is not None else ():
+        warn(note)
     return cases
 
 
