@@ -89,6 +89,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.opacitySliderWidget.valueChanged.connect(self.onOpacityChanged)
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateButtons)
         self.ui.metricsTableWidget.horizontalHeader().setStretchLastSection(True)
+        self.modelProblemsLabel = qt.QLabel()  # under the model list: packages the backend could not read
+        self.modelProblemsLabel.wordWrap = True
+        self.ui.modelChoiceWidget.layout().addWidget(self.modelProblemsLabel)
         self.loadModels()
         self.initializeParameterNode()
 
@@ -143,22 +146,21 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- models ------------------------------------------------------------------------------------
     def loadModels(self) -> None:
         from MedTranslateModule.install import LISTING_MODULES, ensure_listing_packages, missing_requirements
-        from MedTranslateModule.models import list_models
+        from MedTranslateModule.models import list_models_and_problems, show_problems
 
+        self._allModels, problems = [], []
         try:
             if not ensure_listing_packages(ask=True):  # a fresh Slicer lacks two small packages the list needs
-                self._allModels = []
                 self.ui.modelCardLabel.text = _("Listing the models needs the Python packages {packages}. Open the "
                                                 "module again to install them.").format(
                     packages=", ".join(missing_requirements(LISTING_MODULES)))
-                self.showModels()
-                return
-            with slicer.util.WaitCursor():
-                self._allModels = list_models(self.logic.translation.worker_command,
-                                              env=worker_environment("auto"))
+            else:
+                with slicer.util.WaitCursor():
+                    self._allModels, problems = list_models_and_problems(
+                        self.logic.translation.worker_command, env=worker_environment("auto"))
         except Exception as error:
-            self._allModels = []
             self.ui.modelCardLabel.text = _("Could not list the models: {error}").format(error=error)
+        show_problems(self.modelProblemsLabel, problems)  # a package that stopped passing says why
         self.showModels()
 
     def showModels(self, *args) -> None:

@@ -484,3 +484,23 @@ def test_values_beyond_int16_are_never_cut_off():
     assert as_output_type(image, "auto", "CT") is image
     with pytest.raises(OutputError, match="int16 range"):
         as_output_type(image, "int16", "CT")
+
+
+def test_an_id_whose_newest_package_cannot_be_read_runs_the_older_one_with_a_warning(tmp_path, mr_input, capsys,
+                                                                                   isolated_user_models):
+    """'-m ID' silently ran 0.1.0 when ID 0.2.0 had stopped passing; '-m ID@0.2.0' said "Unknown version"."""
+    from MedTranslateLib.models.registry import ModelRegistry
+
+    ModelRegistry().import_package(make_untrained_package(tmp_path / "v1", "unet", "2d", id="mine", version="0.1.0"))
+    broken = make_untrained_package(isolated_user_models / "mine@0.2.0", "unet", "2d", id="mine", version="0.2.0")
+    (broken / "model.json").write_text(json.dumps({**json.loads((broken / "model.json").read_text()), "oops": 1}))
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    base = ["translate", str(source), "--device", "cpu", "--progress", "jsonl"]
+    assert main([*base, "-m", "mine", "-o", str(tmp_path / "a.nii.gz")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("'mine' uses mine@0.1.0 (user), not mine@0.2.0" in w for w in warnings), warnings
+    assert main([*base, "-m", "mine@0.2.0", "-o", str(tmp_path / "b.nii.gz")]) == 4
+    error = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "cannot be read" in error["message"] and "'oops' was unexpected" in error["message"]

@@ -77,7 +77,7 @@ def test_list_builtin_and_user_with_problems(tmp_path, builtin, isolated_user_mo
     entries = registry.list_models()
     assert [(e.id, e.source) for e in entries] == [("builtin-ct", "builtin"), ("user-model", "user")]
     assert entries[1].path == isolated_user_models / "user-model@0.3.0"
-    assert len(registry.problems) == 1 and "broken" in registry.problems[0]
+    assert len(registry.problems) == 1 and "broken" in str(registry.problems[0])
 
 
 def test_resolve_by_id_version_folder_and_zip(tmp_path, builtin):
@@ -157,6 +157,93 @@ def test_remove(tmp_path, builtin):
         registry.remove("builtin-ct")
     with pytest.raises(ModelError, match="No imported model"):
         registry.remove("gone")
+
+
+def _break(folder, **changes):
+    """Edit a package's model.json by hand (a key the schema does not know, a newer card format, ...)."""
+    card = json.loads((folder / "model.json").read_text())
+    card.update(changes)
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_a_package_that_cannot_be_read_is_reported_by_its_name_not_unknown(tmp_path, builtin, isolated_user_models):
+    """v2 of an id stopped passing: '-m id' still runs v1 but warns, 'id@v2' gives the card's error (not "Unknown
+    version"), as does an id only an unreadable package has: by its card's id, or its folder's <id>@<version>."""
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "v1", id="mm", version="0.1.0"))
+    _break(make_package(isolated_user_models / "mm@0.2.0", id="mm", version="0.2.0"), oops=1)
+    assert registry.resolve("mm").card.version == "0.1.0"
+    assert len(registry.warnings) == 1 and "'mm' uses mm@0.1.0 (user), not mm@0.2.0" in registry.warnings[0]
+    assert "'oops' was unexpected" in registry.warnings[0] and "models remove mm@0.2.0" in registry.warnings[0]
+    assert registry.resolve("mm@0.1.0") and len(registry.warnings) == 1  # a version asked for: nothing passed over
+    with pytest.raises(ModelError, match=r"mm@0\.2\.0\) cannot be read: .*'oops' was unexpected") as info:
+        registry.resolve("mm@0.2.0")
+    assert info.value.exit_code == 4 and "Unknown" not in str(info.value)
+    _break(make_package(isolated_user_models / "my copy", id="solo", version="1.0.0"), schema_version=2)
+    (isolated_user_models / "gone@3.0.0").mkdir()
+    (isolated_user_models / "gone@3.0.0" / "model.json").write_text("{")
+    for name, reason in (("solo", "newer MedTranslate"), ("solo@1.0.0", "newer MedTranslate"),
+                         ("gone", "not valid JSON"), ("gone@3.0.0", "not valid JSON")):
+        with pytest.raises(ModelError, match=reason) as info:
+            registry.resolve(name)
+        assert "models remove" in info.value.fix, name
+    with pytest.raises(ModelError, match="Unknown model 'my copy'"):  # a folder name without '@' claims nothing
+        registry.resolve("my copy")
+
+
+def test_an_unreadable_built_in_is_reported_and_never_removed(builtin):
+    _break(make_package(builtin / "damaged", id="damaged", version="1.0.0"), oops=1)
+    registry = ModelRegistry(builtin_dir=builtin)
+    with pytest.raises(ModelError, match=r"damaged@1\.0\.0\) cannot be read") as info:
+        registry.resolve("damaged")
+    assert "Reinstall MedTranslate" in info.value.fix
+    with pytest.raises(ModelError, match="built-in"):
+        registry.remove("damaged")
+    assert (builtin / "damaged" / "model.json").is_file()
+
+
+def test_remove_deletes_unreadable_user_packages_of_that_name(tmp_path, builtin, isolated_user_models):
+    registry = ModelRegistry(builtin_dir=builtin)
+    registry.import_package(make_package(tmp_path / "v1", id="mm", version="0.1.0"))
+    broken = _break(make_package(isolated_user_models / "mm@0.2.0", id="mm", version="0.2.0"), oops=1)
+    renamed = _break(make_package(isolated_user_models / "elsewhere", id="mm", version="0.3.0"), schema_version=2)
+    assert registry.remove("mm@0.2.0") == [broken] and not broken.exists()
+    assert sorted(p.name for p in registry.remove("mm")) == ["elsewhere", "mm@0.1.0"] and not renamed.exists()
+    assert list(isolated_user_models.iterdir()) == []
+
+
+def test_import_overwrite_replaces_an_unreadable_package(tmp_path, builtin, isolated_user_models):
+    registry = ModelRegistry(builtin_dir=builtin)
+    _break(make_package(isolated_user_models / "dup@1.0.0", id="dup", version="1.0.0"), oops=1)
+    _break(make_package(isolated_user_models / "old copy", id="dup", version="1.0.0"), schema_version=2)
+    fixed = make_package(tmp_path / "fixed", id="dup", version="1.0.0", title="Fixed")
+    with pytest.raises(ModelError, match="cannot be read: .*--overwrite to replace it"):
+        registry.import_package(fixed)
+    entry = registry.import_package(fixed, overwrite=True)
+    assert entry.path == isolated_user_models / "dup@1.0.0" and registry.resolve("dup").card.title == "Fixed"
+    assert [p.name for p in isolated_user_models.iterdir()] == ["dup@1.0.0"] and registry.problems == []
+
+
+def test_models_cli_on_an_unreadable_package(tmp_path, builtin, capsys, monkeypatch, isolated_user_models):
+    """'models show' warns about the newer package it passed over; 'list --json' (the Slicer panel's) carries the
+    problems; 'remove' deletes the unreadable package."""
+    from MedTranslateLib.cli.main import main
+
+    monkeypatch.setattr("MedTranslateLib.models.registry.BUILTIN_DIR", builtin)
+    ModelRegistry(builtin_dir=builtin).import_package(make_package(tmp_path / "v1", id="mm", version="0.1.0"))
+    broken = _break(make_package(isolated_user_models / "mm@0.2.0", id="mm", version="0.2.0"), oops=1)
+    assert main(["models", "show", "mm"]) == 0
+    assert "warning: 'mm' uses mm@0.1.0 (user), not mm@0.2.0" in capsys.readouterr().err
+    assert main(["models", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [m["id"] for m in listing["models"]] == ["builtin-ct", "mm"]
+    assert [(p["path"], p["source"], p["claims"]) for p in listing["problems"]] == [(str(broken), "user", ["mm@0.2.0"])]
+    assert "'oops' was unexpected" in listing["problems"][0]["problem"]
+    assert main(["models", "show", "mm@0.2.0"]) == 4
+    assert "cannot be read" in capsys.readouterr().err
+    assert main(["models", "remove", "mm@0.2.0"]) == 0
+    assert "removed mm@0.2.0" in capsys.readouterr().out and not broken.exists()
 
 
 def test_version_key_orders_numerically():

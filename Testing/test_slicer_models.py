@@ -9,6 +9,7 @@ import json
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,8 +18,9 @@ from packages import make_untrained_package
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedTranslate"))
 
-from MedTranslateModule.models import (ModelInfo, filter_models, import_model, list_models,  # noqa: E402
-                                       parse_model_list, remove_model, user_models_folder)
+from MedTranslateModule.models import (ModelInfo, PackageProblem, filter_models, import_model,  # noqa: E402
+                                       list_models, list_models_and_problems, parse_listing, parse_model_list,
+                                       problems_text, remove_model, show_problems, user_models_folder)
 
 WORKER = [sys.executable, "-m", "MedTranslateLib"]
 
@@ -66,6 +68,41 @@ def test_search_needs_every_word_and_shows_one_entry_per_id():
     unet2d = ModelInfo("mr2ct-head-unet2d", "1.0.0", "Head sCT", "MR", "CT", "head", family="unet")
     assert [m.id for m in filter_models([*models, unet2d], "T2")] == ["t1-t2"]
     assert [m.id for m in filter_models([*models, unet2d], "t1-t2 bra")] == ["t1-t2"]
+
+
+def test_listing_with_problems_and_the_line_under_the_model_list():
+    """``models list --json`` gives the packages it could not read too; the panel says so under the list."""
+    text = json.dumps({"models": [{"id": "a"}], "problems": [
+        {"path": "/models/mine@0.2.0", "problem": "The model card is invalid: <oops> " + "x" * 300, "fix": "Fix it.",
+         "source": "user", "claims": ["mine@0.2.0"]}, {"problem": "no path"}]})
+    models, problems = parse_listing(text)
+    assert [m.id for m in models] == ["a"] and [p.folder for p in problems] == ["mine@0.2.0"]
+    assert parse_listing(json.dumps([{"id": "old"}])) == (parse_model_list(json.dumps([{"id": "old"}])), [])
+    line, tooltip = problems_text(problems)
+    assert line.startswith("1 model package could not be read: mine@0.2.0: The model card is invalid: <oops> x")
+    assert len(line) < 230 and line.endswith("\u2026")
+    assert "/models/mine@0.2.0" in tooltip and "&lt;oops&gt;" in tooltip and "x" * 300 in tooltip
+    assert "Fix it." in tooltip
+    two = [*problems, PackageProblem("/models/other", "no model.json, not a model package")]
+    assert problems_text(two)[0].startswith("2 model packages could not be read: mine@0.2.0:")
+    assert problems_text(two)[0].endswith("(and 1 more)") and "/models/other" in problems_text(two)[1]
+    label = SimpleNamespace(text="old", toolTip="old", visible=True)
+    show_problems(label, two)
+    assert label.visible and label.text == problems_text(two)[0] and label.toolTip == problems_text(two)[1]
+    show_problems(label, [])
+    assert (label.text, label.toolTip, label.visible) == ("", "", False)
+
+
+def test_a_package_that_stopped_passing_is_listed_as_a_problem_by_the_worker(tmp_path, isolated_user_models):
+    """Before, ``models list --json`` dropped it without a word and the model vanished from the panel."""
+    package = make_untrained_package(isolated_user_models / "panel-broken@1.0.0", id="panel-broken", version="1.0.0")
+    card = json.loads((package / "model.json").read_text())
+    (package / "model.json").write_text(json.dumps({**card, "schema_version": 2}))
+    models, problems = list_models_and_problems(WORKER)
+    assert "panel-broken" not in {m.id for m in models} and models
+    assert [(p.folder, p.path) for p in problems] == [("panel-broken@1.0.0", str(package))]
+    assert "newer MedTranslate" in problems[0].problem and "Update MedTranslate" in problems[0].fix
+    assert problems_text(problems)[0].startswith("1 model package could not be read: panel-broken@1.0.0: ")
 
 
 def test_backend_that_cannot_start_or_hangs_gives_a_runtime_error(tmp_path):

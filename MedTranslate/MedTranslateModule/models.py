@@ -107,12 +107,54 @@ class ModelInfo:
         return "Held-out: " + ", ".join(parts) if parts else ""
 
 
-def parse_model_list(text: str) -> list[ModelInfo]:
-    """Parse ``models list --json`` output (a list of objects, or ``{"models": [...]}``)."""
+@dataclass
+class PackageProblem:
+    """A model package the backend could not read: where, why and what to do."""
+
+    path: str
+    problem: str
+    fix: str = ""
+
+    @property
+    def folder(self) -> str:
+        """The package's folder (or zip) name."""
+        return Path(self.path).name
+
+
+def parse_listing(text: str) -> tuple[list[ModelInfo], list[PackageProblem]]:
+    """Parse ``models list --json`` output: ``{"models": [...], "problems": [...]}``, or a plain list of models."""
     data = json.loads(text)
-    if isinstance(data, dict):
-        data = data.get("models", [])
-    return [ModelInfo.from_dict(item) for item in data if isinstance(item, dict) and item.get("id")]
+    items, problems = (data.get("models", []), data.get("problems", [])) if isinstance(data, dict) else (data, [])
+    models = [ModelInfo.from_dict(item) for item in items if isinstance(item, dict) and item.get("id")]
+    return models, [PackageProblem(str(item["path"]), str(item.get("problem", "")), str(item.get("fix") or ""))
+                    for item in problems if isinstance(item, dict) and item.get("path")]
+
+
+def parse_model_list(text: str) -> list[ModelInfo]:
+    """The models of ``models list --json`` output."""
+    return parse_listing(text)[0]
+
+
+def problems_text(problems: Sequence[PackageProblem], width: int = 160) -> tuple[str, str]:
+    """The line under the model list about packages that could not be read (the first one's reason cut to about
+    ``width`` characters) and its tooltip (every path, reason and fix, as HTML); empty when there are none."""
+    if not problems:
+        return "", ""
+    first = problems[0]
+    reason = first.problem if len(first.problem) <= width else first.problem[:width - 1].rstrip() + "\u2026"
+    count = len(problems)
+    line = f"{count} model package{'s' if count > 1 else ''} could not be read: {first.folder}: {reason}"
+    if count > 1:
+        line += f" (and {count - 1} more)"
+    tooltip = "".join(f"<p><b>{html.escape(p.path)}</b><br>{html.escape(p.problem)} {html.escape(p.fix)}</p>"
+                      for p in problems)
+    return line, tooltip
+
+
+def show_problems(label: Any, problems: Sequence[PackageProblem]) -> None:
+    """Put the line about unreadable packages, and its tooltip, on ``label`` (a QLabel), hidden when there are none."""
+    label.text, label.toolTip = problems_text(problems)
+    label.visible = bool(problems)
 
 
 def model_of_node(models: Sequence[ModelInfo], node: Any) -> ModelInfo | None:
@@ -164,10 +206,16 @@ def run_models_command(worker_command: Sequence[str], arguments: Sequence[str], 
     return output
 
 
+def list_models_and_problems(worker_command: Sequence[str], timeout: float = 60.0,
+                              env: dict[str, str] | None = None) -> tuple[list[ModelInfo], list[PackageProblem]]:
+    """Every model package the backend finds, and those it could not read (raises RuntimeError with a message)."""
+    return parse_listing(run_models_command(worker_command, ["list", "--json"], timeout, env))
+
+
 def list_models(worker_command: Sequence[str], timeout: float = 60.0,
                 env: dict[str, str] | None = None) -> list[ModelInfo]:
     """Every model package the backend finds (raises RuntimeError with a message)."""
-    return parse_model_list(run_models_command(worker_command, ["list", "--json"], timeout, env))
+    return list_models_and_problems(worker_command, timeout, env)[0]
 
 
 def import_model(worker_command: Sequence[str], path: str | Path, overwrite: bool = False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
 #: Terminal control characters and bidirectional overrides a foreign card could use to disguise its text.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -22,8 +23,9 @@ def run_models(args: argparse.Namespace) -> int:
     registry = ModelRegistry()
     if args.models_command == "list":
         entries = registry.list_models()
-        if args.json:
-            print(json.dumps([_entry_json(registry, e) for e in entries], indent=1))
+        if args.json:  # the problems too: a package that stopped passing must not just disappear from the panel
+            print(json.dumps({"models": [_entry_json(registry, e) for e in entries],
+                              "problems": [p.to_json() for p in registry.problems]}, indent=1))
             return 0
         from rich.console import Console
         from rich.table import Table
@@ -39,11 +41,13 @@ def run_models(args: argparse.Namespace) -> int:
                           card.family, card.dimensionality, e.source)
         Console(width=max(Console().width, 100)).print(table)
         print(f"your model folder: {registry.user_dir}")
-        for problem in getattr(registry, "problems", []):
-            print(f"warning: {problem}")
+        for problem in registry.problems:
+            print(f"warning: {printable(str(problem))}")
         return 0
     if args.models_command == "show":
         card = registry.resolve(args.model).card
+        for warning in registry.warnings:  # a newer package of that id that cannot be read
+            print(f"warning: {printable(warning)}", file=sys.stderr)
         print(json.dumps(card.to_dict(), indent=1) if args.json else printable(card.describe()))
         return 0
     if args.models_command == "import":

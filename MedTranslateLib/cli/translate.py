@@ -82,6 +82,8 @@ def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jso
 
     registry = ModelRegistry()
     packages = [registry.resolve(name) for name in [args.model, *(args.ensemble or [])]]
+    for warning in registry.warnings:  # a newer package of that id that cannot be read was passed over
+        _warn(warning, jsonl)
     for package in packages:
         _download_weights(package, args.progress)
     if args.ensemble:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from MedTranslateLib.models.package import (
     is_extra_file,
     read_file_capped,
     open_package,
+    open_safe_zip,
 )
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
@@ -61,13 +63,89 @@ class RegistryEntry:
         return f"{self.id}@{self.version}"
 
 
+@dataclass(frozen=True)
+class PackageProblem:
+    """A package the registry could not read: where, why, what to do, and the ``(id, version)`` pairs it claims
+    (its ``model.json``'s when that is JSON at all, its name's when that is ``<id>@<version>``, as imports are)."""
+
+    path: Path
+    problem: str
+    fix: str
+    source: str
+    claims: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+    def claims_name(self, model_id: str, version: str = "") -> bool:
+        """True when it claims ``model_id`` (in ``version``, when one is given)."""
+        return any(i == model_id and (not version or v == version) for i, v in self.claims)
+
+    def versions_of(self, model_id: str, version: str = "") -> list[str]:
+        """The versions of ``model_id`` it claims ("" when its card names no version), newest first."""
+        return sorted({v for i, v in self.claims if i == model_id and (not version or v == version)},
+                      key=version_key, reverse=True)
+
+    def remedy(self, name: str) -> str:
+        """What to do, ``name`` being the ``id@version`` it was asked by."""
+        if self.source == "builtin":
+            return "Reinstall MedTranslate: a package it ships is damaged."
+        return f"{self.fix} Or remove it with 'medtranslate models remove {name}'.".strip()
+
+    def to_json(self) -> dict[str, object]:
+        """What ``models list --json`` gives of it."""
+        return {"path": str(self.path), "problem": self.problem, "fix": self.fix, "source": self.source,
+                "claims": [f"{i}@{v}" if v else i for i, v in self.claims]}
+
+
+def _claims(path: Path) -> tuple[tuple[str, str], ...]:
+    """The ``(id, version)`` pairs an unreadable package claims: its name's (``<id>@<version>``), its card's."""
+    model_id, at, version = (path.stem if path.is_file() else path.name).partition("@")
+    claims = [(model_id, version)] if at else []
+    card = _raw_card(path)
+    if isinstance(card, dict) and isinstance(card.get("id"), str) and card["id"]:
+        version = card.get("version")
+        claims.append((card["id"], version if isinstance(version, str) else ""))
+    return tuple(dict.fromkeys(claims))
+
+
+def _raw_card(path: Path) -> object:
+    """The parsed ``model.json`` of a package whose card did not pass, or None when it is not JSON at all."""
+    try:
+        if path.is_file():
+            raw = open_safe_zip(path).read("model.json", MAX_CARD_BYTES)
+        else:
+            card = path / "model.json"
+            if card.is_symlink() or not card.is_file() or card.stat().st_size > MAX_CARD_BYTES:
+                return None
+            raw = card.read_bytes()
+        return json.loads(raw.decode("utf-8-sig"))
+    except (ModelError, KeyError, OSError, ValueError):
+        return None
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending with a full stop."""
+    return text if text.endswith(".") else f"{text}."
+
+
+def _delete(path: Path) -> None:
+    """Delete a package folder or zip (a symbolic link itself, not what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 class ModelRegistry:
-    """Finds, resolves, imports and removes model packages. ``problems`` lists packages that could not be read."""
+    """Finds, resolves, imports and removes model packages. ``problems`` lists the packages that could not be read
+    (refreshed by every listing); ``warnings`` says which of them ``find`` / ``resolve`` passed over, to show."""
 
     def __init__(self, builtin_dir: str | Path | None = None, user_dir: str | Path | None = None) -> None:
         self.builtin_dir = Path(builtin_dir) if builtin_dir is not None else BUILTIN_DIR
         self.user_dir = Path(user_dir) if user_dir is not None else user_models_dir()
-        self.problems: list[str] = []
+        self.problems: list[PackageProblem] = []
+        self.warnings: list[str] = []
 
     def _scan(self, folder: Path, source: str) -> list[RegistryEntry]:
         entries: list[RegistryEntry] = []
@@ -80,12 +158,14 @@ class ModelRegistry:
             is_zip = child.is_file() and child.suffix.lower() == ".zip"
             if not (is_package_dir or is_zip):
                 if child.is_dir() and not child.name.endswith(".work"):  # <package>.work: a training's own folder
-                    self.problems.append(f"{child}: no model.json, not a model package")
+                    self.problems.append(PackageProblem(child, "no model.json, not a model package",
+                                                        "Move that folder out of the model folder.", source,
+                                                        _claims(child)))
                 continue
             try:
                 card = load_card(child) if is_package_dir else open_package(child).card
             except ModelError as exc:
-                self.problems.append(f"{child}: {exc.problem}")
+                self.problems.append(PackageProblem(child, exc.problem, exc.fix, source, _claims(child)))
                 continue
             entries.append(RegistryEntry(card.id, card.version, card.title, source, child))
         return entries
@@ -97,20 +177,23 @@ class ModelRegistry:
         return sorted(entries, key=lambda e: (e.id, _newness(e)))
 
     def find(self, name: str) -> RegistryEntry:
-        """The entry for ``id`` (newest version; user over built-in on a tie) or ``id@version``."""
+        """The entry for ``id`` (newest version; user over built-in on a tie) or ``id@version``. A package of that
+        name that cannot be read is reported (its card error) when nothing else matches, else added to ``warnings``
+        when it would have been chosen."""
         model_id, _, version = name.partition("@")
         entries = self.list_models()
         matches = [e for e in entries if e.id == model_id and (not version or e.version == version)]
+        unreadable = [p for p in self.problems if p.claims_name(model_id, version)]
         if not matches:
-            known = sorted({e.name for e in entries})
-            listing = ", ".join(known) if known else "none installed"
-            what = f"version {version} of model '{model_id}'" if version and any(e.id == model_id for e in entries) \
-                else f"model '{name}'"
-            ids = {e.id.lower(): e.id for e in entries}
-            close = difflib.get_close_matches(model_id.lower(), list(ids), n=1, cutoff=0.75)
-            guess = f" Did you mean '{ids[close[0]]}'?" if close and ids[close[0]] != model_id else ""
-            raise ModelError(f"Unknown {what}.{guess} Known models: {listing}.", IMPORT_HINT)
-        return max(matches, key=_newness)
+            raise _unreadable_error(unreadable, model_id, version) if unreadable else _unknown(name, entries)
+        chosen = max(matches, key=_newness)
+        for problem in unreadable:  # one that -m would have taken over the chosen one
+            skipped = [v for v in problem.versions_of(model_id, version)
+                       if not v or (version_key(v), problem.source == "user") >= _newness(chosen)]
+            warning = _passed_over(name, chosen, problem, f"{model_id}@{skipped[0]}".rstrip("@")) if skipped else ""
+            if warning and warning not in self.warnings:
+                self.warnings.append(warning)
+        return chosen
 
     def resolve(self, name_or_path: str | Path) -> ModelPackage:
         """Open a package given an id, ``id@version``, a package folder, a ``model.json`` or a ``.zip`` path."""
@@ -123,7 +206,8 @@ class ModelRegistry:
         return open_package(self.find(text).path)
 
     def import_package(self, path: str | Path, overwrite: bool = False) -> RegistryEntry:
-        """Validate a package (card, weights SHA256 and format) and copy it atomically into the user folder."""
+        """Validate a package (card, weights SHA256 and format) and copy it atomically into the user folder;
+        ``overwrite`` replaces an import of the same id and version, readable or not."""
         package = open_package(path)
         card = package.card
         weights = package.verify() if package.has_weights() else None
@@ -131,12 +215,18 @@ class ModelRegistry:
             raise ModelError(f"The package {path} has no weights file {card.weights_file}.",
                              "Import the complete package (model.json with its weights).")
         existing = [e for e in self.list_models() if e.source == "user" and e.name == f"{card.id}@{card.version}"]
+        unreadable = [p for p in self.problems if p.source == "user" and p.claims_name(card.id, card.version)]
         if existing and not overwrite:
             raise ModelError(f"{card.id} {card.version} is already imported ({existing[0].path}).",
                              "Import with --overwrite to replace it, or give the package a new version.")
+        if unreadable and not overwrite:
+            raise ModelError(f"{card.id} {card.version} is already in your model folder ({unreadable[0].path}), "
+                             f"but cannot be read: {_sentence(unreadable[0].problem)}",
+                             "Import with --overwrite to replace it.")
+        replaced = {e.path for e in existing} | {p.path for p in unreadable}
         # "<id>@<version>": ids and versions may contain "-" but never "@", so no two packages share a folder
         destination = self.user_dir / f"{card.id}@{card.version}"
-        if destination.exists() and destination not in {e.path for e in existing}:
+        if destination.exists() and destination not in replaced:
             raise ModelError(f"Cannot import {card.id} {card.version}: {destination} exists and is not that model.",
                              "Move that folder out of your model folder, then import again.")
         self.user_dir.mkdir(parents=True, exist_ok=True)
@@ -147,11 +237,8 @@ class ModelRegistry:
             swap_into_place(staging, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        for old in (e.path for e in existing if e.path != destination):  # an older import's folder or zip
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
+        for old in sorted(replaced - {destination}):  # an older import's folder or zip
+            _delete(old)
         return RegistryEntry(card.id, card.version, card.title, "user", destination)
 
     def selection_note(self, entry: RegistryEntry) -> str | None:
@@ -189,23 +276,49 @@ class ModelRegistry:
             (staging / card.weights_file).write_bytes(weights)
 
     def remove(self, name: str) -> list[Path]:
-        """Delete a user package (``id`` removes every user version, ``id@version`` one). Built-ins stay."""
+        """Delete a user package (``id`` removes every user version, ``id@version`` one), also one that cannot be
+        read but claims that name. Built-ins stay."""
         model_id, _, version = name.partition("@")
         entries = [e for e in self.list_models() if e.id == model_id and (not version or e.version == version)]
-        user_entries = [e for e in entries if e.source == "user"]
-        if not user_entries:
-            if entries:
+        unreadable = [p for p in self.problems if p.claims_name(model_id, version)]
+        paths = [e.path for e in entries if e.source == "user"] + [p.path for p in unreadable if p.source == "user"]
+        if not paths:
+            if entries or unreadable:
                 raise ModelError(f"'{name}' is a built-in model and cannot be removed.",
                                  "Built-in models ship with MedTranslate; import a newer version instead.")
             known = ", ".join(sorted({e.name for e in self.list_models() if e.source == 'user'})) or "none"
             raise ModelError(f"No imported model '{name}'. Imported models: {known}.",
                              "See 'medtranslate models list'.")
-        removed = []
-        for entry in user_entries:
-            if entry.path.is_dir():
-                shutil.rmtree(entry.path)
-            else:
-                entry.path.unlink()
-            removed.append(entry.path)
-        return removed
+        for path in paths:
+            _delete(path)
+        return paths
+
+
+def _unknown(name: str, entries: list[RegistryEntry]) -> ModelError:
+    """The error for a name no package has: the known ones, and a guess at a misspelt id."""
+    model_id, _, version = name.partition("@")
+    known = sorted({e.name for e in entries})
+    listing = ", ".join(known) if known else "none installed"
+    what = f"version {version} of model '{model_id}'" if version and any(e.id == model_id for e in entries) \
+        else f"model '{name}'"
+    ids = {e.id.lower(): e.id for e in entries}
+    close = difflib.get_close_matches(model_id.lower(), list(ids), n=1, cutoff=0.75)
+    guess = f" Did you mean '{ids[close[0]]}'?" if close and ids[close[0]] != model_id else ""
+    return ModelError(f"Unknown {what}.{guess} Known models: {listing}.", IMPORT_HINT)
+
+
+def _unreadable_error(unreadable: list[PackageProblem], model_id: str, version: str) -> ModelError:
+    """The error for a name only unreadable packages claim: the newest one's card error and what to do."""
+    newest = max(unreadable, key=lambda p: version_key(p.versions_of(model_id, version)[0]))
+    name = f"{model_id}@{newest.versions_of(model_id, version)[0]}".rstrip("@")
+    more = f" {len(unreadable) - 1} more package(s) of '{model_id}' cannot be read either: see " \
+           "'medtranslate models list'." if len(unreadable) > 1 else ""
+    return ModelError(f"The model package {newest.path} ({name}) cannot be read: {_sentence(newest.problem)}{more}",
+                      newest.remedy(name))
+
+
+def _passed_over(name: str, chosen: RegistryEntry, problem: PackageProblem, skipped: str) -> str:
+    """The warning that ``name`` runs ``chosen`` because ``problem``'s package (``skipped``) cannot be read."""
+    return (f"'{name}' uses {chosen.name} ({chosen.source}), not {skipped} in {problem.path}, which cannot be read: "
+            f"{_sentence(problem.problem)} {problem.remedy(skipped)}")
 
