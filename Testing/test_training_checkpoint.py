@@ -83,3 +83,24 @@ def test_a_loaded_checkpoint_keeps_no_file_mapped(tmp_path):
     _steps(nets_c, opts_c, np.random.default_rng(2), 1)
     assert str(tmp_path / "ckpt") not in Path("/proc/self/maps").read_text()
     save_checkpoint(tmp_path / "ckpt", nets_c, opts_c, {"step": 3, "best": {}})
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "no optimizer file", "truncated weights", "no optimizers"])
+def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage):
+    nets, opts = _setup()
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, nets, opts, {"step": 1, "best": {}})
+    state, weights = folder / "state.json", folder / "weights.safetensors"
+    if damage == "truncated state":
+        state.write_text(state.read_text(encoding="utf-8")[:40], encoding="utf-8")
+    elif damage == "no optimizer file":
+        (folder / "optimizer.safetensors").unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:20])
+    else:
+        payload = json.loads(state.read_text(encoding="utf-8"))
+        del payload["optimizers"]
+        state.write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(ConfigError, match="is incomplete or damaged") as caught:
+        load_checkpoint(folder, *_setup())
+    assert "without --resume" in caught.value.fix

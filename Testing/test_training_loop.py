@@ -150,19 +150,20 @@ def test_zslab_holdout_on_one_volume(tmp_path):
 
 def test_zslab_holdout_adds_further_train_subjects_whole(tmp_path):
     from MedTranslateLib.errors import ConfigError
-    from MedTranslateLib.training.loop import _load_data, card_builder
+    from MedTranslateLib.training import card_builder
+    from MedTranslateLib.training.run_data import load_data
     from MedTranslateLib.progress import ProgressTracker
 
     config = _config(tmp_path, split="zslab", val_fraction=0.0, test_fraction=0.3, slab_gap=1,
                      train_subjects=["subj1", "subj0"])
-    data = _load_data(config, card_builder.base_card(config), ProgressTracker())
+    data = load_data(config, card_builder.base_card(config), ProgressTracker())
     assert data.split["subject"] == "subj1" and data.split["extra_train_subjects"] == ["subj0"]
     assert [c.subject_id for c in data.train] == ["subj1", "subj0"] and [c.subject_id for c in data.test] == ["subj1"]
     z0, z1 = data.split["train"]
     assert data.train[0].source.shape[0] == z1 - z0 and data.train[1].source.shape[0] == 10  # subj0 whole
     assert data.test[0].source.shape[0] == data.split["test"][1] - data.split["test"][0]
     with pytest.raises(ConfigError, match="nobody"):
-        _load_data(_config(tmp_path / "b", split="zslab", train_subjects=["nobody"]), card_builder.base_card(config),
+        load_data(_config(tmp_path / "b", split="zslab", train_subjects=["nobody"]), card_builder.base_card(config),
                    ProgressTracker())
 
 

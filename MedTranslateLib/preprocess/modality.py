@@ -99,3 +99,23 @@ def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) ->
             "Choose a model whose source modality is MR, or give the CT/CBCT series; a CBCT must be "
             "calibrated to Hounsfield units (air about -1000).",
         )
+
+
+def check_training_modality(array: np.ndarray, mask: np.ndarray | None, expected: str, what: str) -> None:
+    """Raise :class:`InputError` when a training volume's intensities clearly contradict the modality the config
+    gives it (swapped source and target, a CT stored as 0-4095, a label map as the target). ``what`` names the
+    volume in the message ("target of case 1PA001 (/data/1PA001/ct.nii.gz)")."""
+    expected = expected.upper()
+    if expected not in CT_LIKE and expected not in MR_LIKE:
+        return
+    evidence = intensity_evidence(array, mask)
+    if expected in MR_LIKE and evidence.clearly_ct:
+        raise InputError(f"The {what} looks like a CT in Hounsfield units ({evidence.describe()}), but the training "
+                         f"config says it is {expected}.",
+                         "Check source_modality / target_modality and the files (are source and target swapped?), "
+                         "or leave this case out.")
+    if expected in CT_LIKE and evidence.clearly_mr:
+        raise InputError(f"The {what} has no air near -1000 ({evidence.describe()}): it is not a {expected} in "
+                         "Hounsfield units.",
+                         "Convert it to HU (a CT stored as 0-4095 needs 1024 subtracted; attenuation values and label "
+                         "maps cannot be used), check that source and target are not swapped, or leave this case out.")

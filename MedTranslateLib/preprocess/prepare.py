@@ -250,6 +250,18 @@ def _on_grid(target: "sitk.Image", source: "sitk.Image") -> "sitk.Image":
     return geometry.resample_to_grid(target, geometry.grid_of(source), default=minimum)
 
 
+def pair_grid_note(source: "sitk.Image", target: "sitk.Image") -> str | None:
+    """How a training target's grid differs from its source's, when :func:`prepare_pair` will resample it onto
+    the source (worth a word: paired data must be co-registered), e.g. "origin (40, 0, 0) vs (0, 0, 0); covers 80 %
+    of the source"; None when the grids agree."""
+    from MedTranslateLib.io.volumes import grid_differences
+
+    differences = grid_differences(target, source)
+    if not differences:
+        return None
+    return "; ".join(differences) + f"; covers {geometry.overlap_fraction(source, target):.0%} of the source"
+
+
 def prepare_pair(source: "sitk.Image", target: "sitk.Image", card: Mapping[str, Any],
                  mask: Any = None) -> tuple[Prepared, np.ndarray]:
     """Prepare a training pair: the source as in :func:`prepare`, the target through the SAME geometric

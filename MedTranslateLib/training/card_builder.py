@@ -131,8 +131,9 @@ def held_out_description(split: Mapping[str, Any], metrics_on: str, subjects: Se
 def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[str, Any],
                metrics: Mapping[str, float | None], metrics_on: str, metrics_subjects: Sequence[str],
                seconds: float, device: str, steps: int, references: Sequence[Mapping[str, Any] | None],
-               architecture: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The exported card: ``metrics_on`` says which held-out split ("test", "validation" or "none")."""
+               architecture: Mapping[str, Any] | None = None, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """The exported card: ``metrics_on`` says which held-out split ("test", "validation" or "none");
+    ``warnings``: what the run said about its data (kept in ``training.warnings``)."""
     import torch
 
     import MedTranslateLib
@@ -157,6 +158,8 @@ def final_card(card: Mapping[str, Any], config: TrainConfig, *, split: Mapping[s
     }
     if config.epochs:
         out["training"]["epochs"] = int(config.epochs)
+    if warnings:
+        out["training"]["warnings"] = list(warnings)
     if metrics_on == "none":
         data = "No held-out data: the metrics are empty. Evaluate the model on unseen data before use."
     else:

@@ -4,7 +4,8 @@ Layout of a checkpoint folder::
 
     weights.safetensors     <network>.<parameter>
     optimizer.safetensors   <optimizer>.state.<param index>.<key>, plus rng.torch (uint8)
-    state.json              step, best metric, history, optimiser param groups and scalar state, numpy RNGs
+    state.json              step, best metric, history, the run's settings and data split, optimiser param
+                            groups and scalar state, numpy RNGs
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import pack_state, unpack_state
 from MedTranslateLib.io.atomic import swap_into_place
+from MedTranslateLib.training.config import CARD_TEXT_KEYS, RESUME_FREE_KEYS, TrainConfig
 
 
 def _split_optimizer(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -81,6 +84,23 @@ def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
     return load(Path(path).read_bytes())
 
 
+def _damaged(folder: Path, error: BaseException) -> ConfigError:
+    detail = f"{type(error).__name__}: {error}"
+    return ConfigError(f"The checkpoint in {folder} is incomplete or damaged ({detail[:200]}).",
+                       "Start the run again without --resume (it replaces this checkpoint), or with another --output.")
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``state.json`` (ConfigError when it is missing a part or damaged)."""
+    try:
+        payload = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        if not isinstance(payload.get("state"), dict) or not isinstance(payload.get("optimizers"), dict):
+            raise KeyError("state or optimizers")
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise _damaged(folder, exc) from None
+    return payload
+
+
 def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
                     optimizers: Mapping[str, torch.optim.Optimizer],
                     rngs: Sequence[np.random.Generator] = ()) -> dict[str, Any]:
@@ -88,20 +108,76 @@ def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         raise ConfigError(f"No checkpoint in {folder}.", "Start without resume, or point work_dir at a previous run.")
-    payload = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    weights = read_tensors(folder / "weights.safetensors")
+    payload = read_state(folder)
+    try:
+        weights = read_tensors(folder / "weights.safetensors")
+        opt_tensors = read_tensors(folder / "optimizer.safetensors")
+    except (OSError, SafetensorError) as exc:
+        raise _damaged(folder, exc) from None
     try:
         unpack_state(nets, weights, tuple(nets))
     except (RuntimeError, ModelError) as exc:
         raise ConfigError(f"The checkpoint in {folder} does not fit the configured networks ({exc}).",
                           "Resume with the same family and architecture, or start a new run.") from None
-    opt_tensors = read_tensors(folder / "optimizer.safetensors")
-    for name, optimizer in optimizers.items():
-        device_state = _join_optimizer(name, opt_tensors, payload["optimizers"][name])
-        optimizer.load_state_dict(device_state)
+    try:
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(_join_optimizer(name, opt_tensors, payload["optimizers"][name]))
+    except (KeyError, ValueError) as exc:  # a part missing, or the optimiser of another run
+        raise _damaged(folder, exc) from None
     if "rng.torch" in opt_tensors:
         torch.set_rng_state(opt_tensors["rng.torch"])
     saved = payload.get("numpy_rng") or []
     for generator, state in zip(rngs, [saved] if isinstance(saved, dict) else saved):  # a dict: one generator
         generator.bit_generator.state = state
     return payload["state"]
+
+
+def recorded_config(config: TrainConfig) -> dict[str, Any]:
+    """The settings as a checkpoint records them: JSON values, ``data`` as an absolute path."""
+    values = json.loads(json.dumps(config.to_dict(), default=str))
+    values["data"] = str(Path(config.data).resolve())
+    return values
+
+
+def check_resume(folder: Path | str, config: TrainConfig, split: Mapping[str, Any]) -> str | None:
+    """Raise :class:`ConfigError` when the checkpoint in ``folder`` was trained with other settings (any but
+    ``RESUME_FREE_KEYS`` and ``CARD_TEXT_KEYS``) or another split of the data. Returns a warning for a checkpoint
+    of an older version, which recorded neither and so cannot be checked."""
+    folder = Path(folder)
+    state = read_state(folder)["state"]
+    if "config" not in state:
+        return (f"the checkpoint in {folder} is from an older MedTranslate that did not record its settings: "
+                "resuming it unchecked, so give it the settings and data of its first part.")
+    _check_settings(folder, state["config"], recorded_config(config))
+    _check_split(folder, state.get("split") or {}, json.loads(json.dumps(split, default=str)))
+    return None
+
+
+_NEW_RUN = "or start a new run: with another --output, or without --resume (it replaces this checkpoint)."
+
+
+def _check_settings(folder: Path, saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse a change of any setting that can change what is learned from which data."""
+    old = {**recorded_config(TrainConfig()), **saved}  # a key added since that version had its default
+    changed = _changes(old, new, [key for key in new if key not in RESUME_FREE_KEYS + CARD_TEXT_KEYS])
+    if changed:
+        raise ConfigError(f"The checkpoint in {folder} was trained with other settings: {'; '.join(changed)}.",
+                          f"Resume with its settings (only {', '.join(RESUME_FREE_KEYS)} and the card's texts may "
+                          f"change), {_NEW_RUN}")
+
+
+def _check_split(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse another split: other cases, or other subjects (or slabs) for training, validation or testing."""
+    changed = _changes(old, new, list(dict.fromkeys([*old, *new])))
+    if changed:
+        raise ConfigError(f"The data of the checkpoint in {folder} was split differently: {'; '.join(changed)}.",
+                          f"Resume on the same cases (add or remove none), {_NEW_RUN}")
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """``key old -> new`` (as JSON, shortened) for each of ``keys`` whose value differs."""
+    def text(value: Any) -> str:
+        dumped = json.dumps(value)
+        return dumped if len(dumped) <= 100 else dumped[:96] + " ..."
+
+    return [f"{key} {text(old.get(key))} -> {text(new.get(key))}" for key in keys if old.get(key) != new.get(key)]

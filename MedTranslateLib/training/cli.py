@@ -66,8 +66,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     mode = getattr(args, "progress", "rich")
+    def on_warning(message: str) -> None:
+        if mode == "jsonl":
+            emit_json("warning", message=message)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
+
     with progress_display(mode, "train") as callback:
-        result = train(config, ProgressTracker(STAGES, callback))
+        result = train(config, ProgressTracker(STAGES, callback), on_warning)
     if result.package is None:  # not rank 0 of a distributed run
         return 0
     metrics = {k: v for k, v in result.best_metrics.items() if v is not None}

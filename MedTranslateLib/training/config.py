@@ -189,6 +189,13 @@ def default_normalization(modality: str, role: str = "input") -> dict[str, Any]:
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 DICT_FIELDS = ("architecture", "family_options", "normalization_input", "normalization_output", "body_mask")
+#: The keys that only word the model card.
+CARD_TEXT_KEYS = ("model_id", "title", "version", "description", "anatomy", "field_of_view", "license", "citation",
+                  "intended_use", "limitations", "sample_data")
+#: The keys a resumed run may change besides ``CARD_TEXT_KEYS``: they steer the run (its length, validation and
+#: checkpoint schedule, logs, device, output) and cannot change what was learned from which data.
+RESUME_FREE_KEYS = ("steps", "epochs", "steps_per_epoch", "val_interval", "checkpoint_interval", "log_interval", "log",
+                    "device", "amp", "deterministic", "output", "work_dir", "resume", "export_half", "export_zip")
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -4,24 +4,24 @@ engine in physical units -> best model -> checkpoints / resume -> export of a mo
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError, InputError
+from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.progress import ProgressTracker, signals_deferred
 from MedTranslateLib.training import card_builder, checkpoint, distributed
-from MedTranslateLib.preprocess.modality import CT_LIKE
 from MedTranslateLib.training.config import TrainConfig
-from MedTranslateLib.training.datasets import Split, load_cases, resolve_layout, split_by_subject, zslab_holdout
-from MedTranslateLib.training.sampling import PreparedCase, Sampler, default_slice_size, load_cases_prepared
+from MedTranslateLib.training.datasets import resolve_layout
+from MedTranslateLib.training.run_data import evaluate_prepared, load_data
+from MedTranslateLib.training.sampling import Sampler, default_slice_size
+from MedTranslateLib.training.workspace import Logger, check_destinations, remove_unfinished_work
 
 STAGES = (("load", 0.1), ("train", 0.8), ("evaluate", 0.05), ("export", 0.05))
 
@@ -37,14 +37,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Data:
-    train: list[PreparedCase]
-    val: list[PreparedCase]
-    test: list[PreparedCase]
-    split: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # what the run said about its data (also in the card)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -59,120 +52,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-def _load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTracker) -> _Data:
-    cases = load_cases(config.data, config.layout, config.source_modality, config.target_modality,
-                       config.source_name, config.target_name)
-    if config.max_cases:
-        cases = cases[: int(config.max_cases)]
-    on_case: Callable[[int, int], None] = lambda i, n: tracker.update(i / n, f"prepared {i}/{n} cases")
-    if config.split == "zslab":
-        paired = [c for c in cases if c.source_path and c.target_path]
-        if not paired:
-            raise ConfigError("The z-slab hold-out needs a paired case.", "Use a paired dataset or split=subject.")
-        # the first train subject is cut into slabs; further train subjects are used whole for training
-        by_subject = {c.subject_id: c for c in paired}
-        wanted = list(config.train_subjects or [paired[0].subject_id])
-        unknown = [s for s in wanted if s not in by_subject]
-        if unknown:
-            raise ConfigError(f"train_subjects {unknown} are not paired cases of {config.data}.",
-                              f"Choose among {sorted(by_subject)[:10]}.")
-        prepared = load_cases_prepared([by_subject[s] for s in wanted], card, on_case)
-        volume, extra = prepared[0], prepared[1:]
-        slabs = zslab_holdout(volume.mask.shape[0], config.test_fraction, config.val_fraction, config.slab_gap)
-        slabs["subject"] = volume.subject_id
-        if extra:
-            slabs["extra_train_subjects"] = [c.subject_id for c in extra]
-        part = lambda key: [volume.slab(*slabs[key])] if slabs.get(key) else []
-        return _Data(part("train") + extra, part("val"), part("test"), slabs)
-    split: Split = split_by_subject(cases, config.val_fraction, config.test_fraction, config.seed,
-                                    config.train_subjects, config.val_subjects, config.test_subjects)
-    prepared = load_cases_prepared(split.train + split.val + split.test, card, on_case)
-    n_train, n_val = len(split.train), len(split.val)
-    return _Data(prepared[:n_train], prepared[n_train:n_train + n_val], prepared[n_train + n_val:],
-                 split.description)
-
-
-def _metric_modality(target_modality: str) -> str:
-    return "CT" if target_modality.upper() in CT_LIKE else "MR"
-
-
-def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, Any],
-                      cases: Sequence[PreparedCase], device: Any, tracker: ProgressTracker | None = None,
-                      report: Callable[[float, str], None] | None = None) -> list[dict[str, float]]:
-    """Predict each case through the inference engine, de-normalise, and compute metrics in physical units.
-
-    ``tracker`` gives the cancel token; ``report(fraction, message)``, when given, hears the cases' progress
-    (the evaluation of a diffusion model can take minutes)."""
-    from MedTranslateLib.evaluation.metrics import compute_metrics, mae
-    from MedTranslateLib.families.base import InferenceOptions
-    from MedTranslateLib.inference.engine import predict_volume
-    from MedTranslateLib.preprocess.normalization import denormalize
-
-    options = InferenceOptions()
-    modes = {name: net.training for name, net in nets.items()}
-    for net in nets.values():
-        net.eval()
-    try:
-        predictor = family.make_predictor(dict(nets), card, options)
-        spec = card["normalization"]["output"]
-        results = []
-        count = len(cases)
-        for index, case in enumerate(cases):
-            if case.source is None or case.target is None:
-                continue
-            def forward(event: Any, i: int = index) -> None:
-                assert report is not None
-                report((i + event.fraction) / count, f"case {i + 1}/{count}: {event.message}")
-            sub = ProgressTracker(callback=forward if report is not None else None,
-                                  cancel=tracker.cancel_token if tracker else None)
-            prediction = predict_volume(case.source, case.mask, card, predictor, options, device, sub)
-            pred = np.asarray(denormalize(np.asarray(prediction.mean, dtype=np.float32), spec), dtype=np.float32)
-            ref = np.asarray(denormalize(case.target, spec), dtype=np.float32)
-            try:
-                results.append(compute_metrics(pred, ref, case.mask, _metric_modality(card["target_modality"])))
-            except InputError:  # e.g. a slab thinner than the SSIM window: report what can be measured
-                results.append({"mae": mae(pred, ref, case.mask)})
-        return results
-    finally:
-        for name, net in nets.items():
-            net.train(modes[name])
-
-
-class _Logger:
-    """CSV and optional TensorBoard logs in the work folder (rank 0; none with ``log = "none"``)."""
-
-    def __init__(self, folder: Path, kind: str, enabled: bool, resume: bool = False) -> None:
-        self.enabled = enabled
-        self.folder = folder
-        self.tb = None
-        if enabled and not resume:  # a new run starts new logs (a resumed one continues its own)
-            for old in folder.glob("*_log.csv"):
-                old.unlink()
-        if enabled and kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # TrainConfig.validate checked it is installed
-
-            self.tb = SummaryWriter(str(folder / "tensorboard"))
-
-    def write(self, name: str, row: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        path = self.folder / f"{name}.csv"
-        new = not path.exists()
-        with path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self.tb.add_scalar(f"{name}/{key}", value, int(row["step"]))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _autocast_factory(device: Any, amp: bool) -> Callable[[], Any]:
@@ -203,19 +82,6 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _check_destinations(config: TrainConfig) -> None:
-    """The package and the work folder can be written, outside the training data: checked before training."""
-    from MedTranslateLib.models.export import check_export_destination
-
-    final = check_export_destination(config.output, as_zip=config.export_zip)
-    data = Path(config.data)
-    if data.is_dir():
-        for what, path in (("output", final), ("work folder", config.work_path)):
-            if path.resolve().is_relative_to(data.resolve()):
-                raise ConfigError(f"The {what} {path} is inside the training data folder {data}.",
-                                  "Write the package (and its .work folder) outside the data folder.")
-
-
 def _check_finite(losses: Mapping[str, float], step: int, lr: float) -> None:
     """Stop a diverged run (a NaN or infinite loss) instead of training on and exporting broken weights."""
     bad = [key for key, value in losses.items() if not math.isfinite(value)]
@@ -235,15 +101,17 @@ class _Run:
     """The state of one training run (rank-local), with one method per phase."""
 
     def __init__(self, config: TrainConfig, tracker: ProgressTracker, device: Any,
-                 ctx: distributed.DistContext) -> None:
+                 ctx: distributed.DistContext, on_warning: Callable[[str], None] | None = None) -> None:
         from MedTranslateLib.families import get_family
 
         self.config, self.tracker, self.device, self.ctx = config, tracker, device, ctx
         self.started = time.monotonic()
         self.family = get_family(config.family)
         self.card = card_builder.base_card(config)
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
         tracker.stage("load", "reading and preparing the training data")
-        self.data = _load_data(config, self.card, tracker)
+        self.data = load_data(config, self.card, tracker, self.warn)
         self.gradient_trained = bool(getattr(self.family, "gradient_trained", True))
         # families fitted once (random forest) learn their architecture from the data: built after fit
         self.nets = self._build(self.card["architecture"]) if self.gradient_trained else {}
@@ -251,12 +119,18 @@ class _Run:
         self.work = config.work_path
         if ctx.is_main:
             self.work.mkdir(parents=True, exist_ok=True)
-        self.logger = _Logger(self.work, config.log, ctx.is_main and config.log != "none", config.resume)
+        self.logger = Logger(self.work, config.log, ctx.is_main and config.log != "none", config.resume)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"mae": None, "step": None, "metrics": {}}
         self.best_state: dict[str, Any] | None = None
         self.step, self.earlier_seconds = 0, 0.0
         self.first_step = self.total_steps = 0  # this process's first step, and the run's last
+
+    def warn(self, message: str) -> None:
+        """Tell the user now (rank 0) and keep it for the card's ``training.warnings``."""
+        self.warnings.append(message)
+        if self._on_warning is not None and self.ctx.is_main:
+            self._on_warning(message)
 
     @property
     def seconds(self) -> float:
@@ -318,6 +192,7 @@ class _Run:
     def gradient_train(self) -> None:
         """Optimisation steps with logging, periodic validation, best-model selection and checkpoints."""
         import torch
+
         from MedTranslateLib.errors import Cancelled, DeviceError
         from MedTranslateLib.families.base import pack_state
 
@@ -326,20 +201,25 @@ class _Run:
         total = self.total_steps = self._total_steps(sampler)
         optimizers = family.configure_optimizers(self.nets, config.lr)
         ckpt_dir = self.work / "checkpoint"
-        if config.resume:
+        if config.resume:  # the same settings (but for the run's length, logs...) and the same split only
+            unchecked = checkpoint.check_resume(ckpt_dir, config, self.data.split)
+            if unchecked:
+                self.warn(unchecked)
             saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.generators)
             self.step, self.best = int(saved["step"]), dict(saved["best"])
             self.history = list(saved.get("history", []))
             self.earlier_seconds = float(saved.get("seconds", 0.0))
-            if (self.work / "best.safetensors").is_file():
-                self.best_state = checkpoint.read_tensors(self.work / "best.safetensors")
+            best_file = self.work / "best.safetensors"  # an earlier run's when this one recorded no best yet
+            if self.best["step"] is not None and best_file.is_file():
+                self.best_state = checkpoint.read_tensors(best_file)
         train_nets = distributed.wrap_networks(self.nets, self.ctx, self.device)
         autocast = _autocast_factory(self.device, config.amp)
         options = dict(config.family_options)
         self.tracker.stage("train", f"training {config.family} for {total} steps on {self.device}")
+        recorded = {"config": checkpoint.recorded_config(config), "split": self.data.split}  # checked on resume
         save = lambda: checkpoint.save_checkpoint(  # noqa: E731
             ckpt_dir, self.nets, optimizers, {"step": self.step, "best": self.best, "history": self.history,
-                                              "seconds": self.seconds}, sampler.generators)
+                                              "seconds": self.seconds, **recorded}, sampler.generators)
         running: dict[str, list[float]] = {}
         first = self.first_step = self.step
         if config.resume and self.ctx.is_main and self.data.val and self._validation_missed(total):
@@ -436,15 +316,18 @@ class _Run:
         final = card_builder.final_card(
             self.card, self.config, split=self.data.split, metrics=held_out, metrics_on=metrics_on,
             metrics_subjects=sorted({c.name for c in held_cases}) if per_case else [], seconds=self.seconds,
-            device=str(self.device), steps=self.step, references=[c.reference for c in self.data.train])
+            device=str(self.device), steps=self.step, references=[c.reference for c in self.data.train],
+            warnings=self.warnings)
         package = export_package(self.best_state, final, Path(self.config.output), half=self.config.export_half,
                                  as_zip=self.config.export_zip)
         self.tracker.done(f"saved {package}")
         return Path(package), held_out, metrics_on
 
 
-def train(config: TrainConfig, progress: ProgressTracker | None = None) -> TrainResult:
-    """Train a model as configured and export the best weights as a model package.
+def train(config: TrainConfig, progress: ProgressTracker | None = None,
+          on_warning: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a model as configured and export the best weights as a model package. ``on_warning(message)`` hears
+    what the run has to say about its data as soon as it is found (the card keeps it too).
 
     Under ``torchrun`` every rank trains on its share of the data; only rank 0 validates, checkpoints,
     logs and exports (other ranks return a result with ``package=None``).
@@ -460,7 +343,7 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     if config.resume and not (config.work_path / "checkpoint" / "state.json").is_file():
         raise ConfigError(f"No checkpoint to resume from in {config.work_path / 'checkpoint'}.",
                           "Start without --resume, or give the --output (or work_dir) of the run to continue.")
-    _check_destinations(config)
+    check_destinations(config)
     # the card records the layout that was read, so its config reproduces the run even where "auto" would not
     config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
                                                    config.target_modality, config.source_name, config.target_name))
@@ -469,9 +352,11 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
     ctx = distributed.init_distributed(device)
     device = distributed.rank_device(device, ctx)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    new_work = ctx.is_main and not config.work_path.exists()  # a folder this run makes: removed if it fails early
+    run: _Run | None = None
     try:
         _seed_everything(config.seed, config.deterministic)
-        run = _Run(config, tracker, device, ctx)
+        run = _Run(config, tracker, device, ctx, on_warning)
         if run.gradient_trained:
             run.gradient_train()
         else:
@@ -480,7 +365,12 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None) -> Train
         package, held_out, metrics_on = run.export() if ctx.is_main else (None, {}, "none")
         run.logger.close()
         distributed.barrier(ctx)
-        return TrainResult(package, held_out, metrics_on, run.best["step"], run.step, run.seconds, run.history)
+        return TrainResult(package, held_out, metrics_on, run.best["step"], run.step, run.seconds, run.history,
+                           run.warnings)
+    except BaseException:
+        if new_work:
+            remove_unfinished_work(config.work_path, run.logger if run is not None else None)
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         distributed.cleanup(ctx)

@@ -29,12 +29,25 @@ class PreparedCase:
     mask: np.ndarray
     spacing_xyz: tuple[float, float, float]
     reference: dict[str, Any] | None = None   # raw-unit input statistics (``evaluation.ood.intensity_reference``)
+    grid_note: str | None = None  # how the target's grid differed from the source's (it was resampled onto it)
+    #: (start, stop) per array axis of the real voxels; the rest is padding up to the model's minimum size
+    region: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def real_region(self) -> tuple[tuple[int, int], ...]:
+        return self.region or tuple((0, n) for n in self.mask.shape)
+
+    def unpadded(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (on this case's grid) without the padding: metrics are measured on real voxels only."""
+        return array[tuple(slice(a, b) for a, b in self.real_region)]
 
     def slab(self, z0: int, z1: int) -> "PreparedCase":
-        """Slices ``[z0, z1)`` along the first array axis (z-slab hold-out)."""
-        cut = (lambda a: None if a is None else np.ascontiguousarray(a[z0:z1]))
+        """Slices ``[z0, z1)`` of the real voxels along the first array axis (z-slab hold-out)."""
+        first = self.real_region[0][0]
+        cut = (lambda a: None if a is None else np.ascontiguousarray(a[first + z0:first + z1]))
         return PreparedCase(self.name, self.subject_id, cut(self.source), cut(self.target), cut(self.mask),
-                            self.spacing_xyz, self.reference)
+                            self.spacing_xyz, self.reference, self.grid_note,
+                            ((0, z1 - z0),) + self.real_region[1:])
 
 
 def _read(path: Any):
@@ -48,6 +61,7 @@ def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
     """Read one case once and prepare it with the card's preprocessing (``prepare_pair`` for pairs)."""
 
     from MedTranslateLib import preprocess
+    from MedTranslateLib.preprocess.prepare import pair_grid_note
 
     source = _read(case.source_path) if case.source_path else None
     target = _read(case.target_path) if case.target_path else None
@@ -57,7 +71,10 @@ def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
         from MedTranslateLib.io import read_mask
 
         mask = read_mask(case.mask_path, reference)
+    _check_modalities(case, source, target, mask, card)
+    grid_note = None
     if source is not None and target is not None:
+        grid_note = pair_grid_note(source, target)
         prepared, target_array = preprocess.prepare_pair(source, target, card, mask)
         source_array, body = prepared.array, prepared.mask
     elif source is not None:
@@ -70,7 +87,30 @@ def load_case(case: Case, card: Mapping[str, Any]) -> PreparedCase:
     as32 = (lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32))
     stats = _input_reference(source, mask is not None, prepared, card) if source is not None else None
     return PreparedCase(case.name, case.subject_id, as32(source_array), as32(target_array),
-                        np.ascontiguousarray(body, dtype=bool), tuple(float(s) for s in spacing), stats)
+                        np.ascontiguousarray(body, dtype=bool), tuple(float(s) for s in spacing), stats, grid_note,
+                        _real_region(prepared.record, body.shape))
+
+
+def _real_region(record: Any, shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """The real voxels' (start, stop) per axis: the model grid less the padding added last (``pad`` step)."""
+    pads = [step for step in record.steps if step["step"] == "pad"]
+    if not pads:
+        return tuple((0, int(n)) for n in shape)
+    return tuple((int(b), int(n) - int(a)) for b, a, n in zip(pads[-1]["before"], pads[-1]["after"], shape))
+
+
+def _check_modalities(case: Case, source: Any, target: Any, mask: Any, card: Mapping[str, Any]) -> None:
+    """Refuse a case whose source or target clearly is not the modality the config says (before any training)."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.preprocess.modality import check_training_modality
+
+    for role, image, path, modality in (("source", source, case.source_path, card["source_modality"]),
+                                        ("target", target, case.target_path, card["target_modality"])):
+        if image is not None:
+            body = sitk.GetArrayViewFromImage(mask) > 0 if mask is not None and image is source else None
+            check_training_modality(sitk.GetArrayViewFromImage(image), body, modality,
+                                    f"{role} of case {case.subject_id} ({path})")
 
 
 def _input_reference(source: Any, has_mask: bool, prepared: Any, card: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""A training run's data: the cases read, prepared and split (subjects or z-slabs), and the held-out evaluation
+of networks on prepared cases through the inference engine, in physical units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from MedTranslateLib.errors import ConfigError, InputError
+from MedTranslateLib.preprocess.modality import CT_LIKE
+from MedTranslateLib.progress import ProgressTracker
+from MedTranslateLib.training.config import TrainConfig
+from MedTranslateLib.training.datasets import Split, load_cases, split_by_subject, zslab_holdout
+from MedTranslateLib.training.sampling import PreparedCase, load_cases_prepared
+
+
+@dataclass
+class RunData:
+    """The prepared cases of each part of the split, and the split as the card records it."""
+
+    train: list[PreparedCase]
+    val: list[PreparedCase]
+    test: list[PreparedCase]
+    split: dict[str, Any]
+
+
+def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTracker,
+               warn: Callable[[str], None] = lambda message: None) -> RunData:
+    cases = load_cases(config.data, config.layout, config.source_modality, config.target_modality,
+                       config.source_name, config.target_name, warn=warn)
+    if config.max_cases:
+        cases = cases[: int(config.max_cases)]
+    on_case: Callable[[int, int], None] = lambda i, n: tracker.update(i / n, f"prepared {i}/{n} cases")
+    if config.split == "zslab":
+        paired = [c for c in cases if c.source_path and c.target_path]
+        if not paired:
+            raise ConfigError("The z-slab hold-out needs a paired case.", "Use a paired dataset or split=subject.")
+        # the first train subject is cut into slabs; further train subjects are used whole for training
+        by_subject = {c.subject_id: c for c in paired}
+        wanted = list(config.train_subjects or [paired[0].subject_id])
+        unknown = [s for s in wanted if s not in by_subject]
+        if unknown:
+            raise ConfigError(f"train_subjects {unknown} are not paired cases of {config.data}.",
+                              f"Choose among {sorted(by_subject)[:10]}.")
+        prepared = load_cases_prepared([by_subject[s] for s in wanted], card, on_case)
+        _warn_about_grids(prepared, warn)
+        volume, extra = prepared[0], prepared[1:]
+        z0, z1 = volume.real_region[0]  # slabs of real slices, not of the padding up to the model's minimum size
+        slabs = zslab_holdout(z1 - z0, config.test_fraction, config.val_fraction, config.slab_gap)
+        slabs["subject"] = volume.subject_id
+        if extra:
+            slabs["extra_train_subjects"] = [c.subject_id for c in extra]
+        part = lambda key: [volume.slab(*slabs[key])] if slabs.get(key) else []
+        return RunData(part("train") + extra, part("val"), part("test"), slabs)
+    split: Split = split_by_subject(cases, config.val_fraction, config.test_fraction, config.seed,
+                                    config.train_subjects, config.val_subjects, config.test_subjects)
+    prepared = load_cases_prepared(split.train + split.val + split.test, card, on_case)
+    _warn_about_grids(prepared, warn)
+    n_train, n_val = len(split.train), len(split.val)
+    return RunData(prepared[:n_train], prepared[n_train:n_train + n_val], prepared[n_train + n_val:],
+                 split.description)
+
+
+def _warn_about_grids(cases: Sequence[PreparedCase], warn: Callable[[str], None]) -> None:
+    """One warning naming the cases whose target was resampled onto its source's grid (paired data must be
+    co-registered: a target moved or mirrored by a wrong header trains the model on misaligned pairs)."""
+    moved = [f"{c.name} ({c.grid_note})" for c in cases if c.grid_note]
+    if moved:
+        warn(f"The target of {len(moved)} of {len(cases)} case(s) is not on its source's grid and was resampled "
+             f"onto it; check that these pairs are co-registered: {'; '.join(moved[:5])}"
+             + (f"; and {len(moved) - 5} more" if len(moved) > 5 else "") + ".")
+
+
+def _metric_modality(target_modality: str) -> str:
+    return "CT" if target_modality.upper() in CT_LIKE else "MR"
+
+
+def evaluate_prepared(family: Any, nets: Mapping[str, Any], card: Mapping[str, Any],
+                      cases: Sequence[PreparedCase], device: Any, tracker: ProgressTracker | None = None,
+                      report: Callable[[float, str], None] | None = None) -> list[dict[str, float]]:
+    """Predict each case through the inference engine, de-normalise, and compute metrics in physical units.
+
+    ``tracker`` gives the cancel token; ``report(fraction, message)``, when given, hears the cases' progress
+    (the evaluation of a diffusion model can take minutes)."""
+    from MedTranslateLib.evaluation.metrics import compute_metrics, mae
+    from MedTranslateLib.families.base import InferenceOptions
+    from MedTranslateLib.inference.engine import predict_volume
+    from MedTranslateLib.preprocess.normalization import denormalize
+
+    options = InferenceOptions()
+    modes = {name: net.training for name, net in nets.items()}
+    for net in nets.values():
+        net.eval()
+    try:
+        predictor = family.make_predictor(dict(nets), card, options)
+        spec = card["normalization"]["output"]
+        results = []
+        count = len(cases)
+        for index, case in enumerate(cases):
+            if case.source is None or case.target is None:
+                continue
+            def forward(event: Any, i: int = index) -> None:
+                assert report is not None
+                report((i + event.fraction) / count, f"case {i + 1}/{count}: {event.message}")
+            sub = ProgressTracker(callback=forward if report is not None else None,
+                                  cancel=tracker.cancel_token if tracker else None)
+            prediction = predict_volume(case.source, case.mask, card, predictor, options, device, sub)
+            # metrics on the real voxels: padding, identical in both, would flatter SSIM
+            pred = case.unpadded(np.asarray(denormalize(np.asarray(prediction.mean, dtype=np.float32), spec),
+                                            dtype=np.float32))
+            ref = case.unpadded(np.asarray(denormalize(case.target, spec), dtype=np.float32))
+            mask = case.unpadded(case.mask)
+            try:
+                results.append(compute_metrics(pred, ref, mask, _metric_modality(card["target_modality"])))
+            except InputError:  # e.g. a slab thinner than the SSIM window: report what can be measured
+                results.append({"mae": mae(pred, ref, mask)})
+        return results
+    finally:
+        for name, net in nets.items():
+            net.train(modes[name])
