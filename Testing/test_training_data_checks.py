@@ -32,8 +32,8 @@ def _offset_ct(data, subject):  # a CT stored as 0-4095 instead of Hounsfield un
 
 
 @pytest.mark.parametrize("spoil, message", [
-    (_swap_source_and_target, r"source of case (subj\d) \(.*\1.mr\.nii\.gz\) looks like a CT"),
-    (lambda data: _offset_ct(data, "subj2"), r"target of case subj2 \(.*subj2.ct\.nii\.gz\) has no air near -1000"),
+    (_swap_source_and_target, r"Training case (subj\d) \(.*\): The source .*\1.mr\.nii\.gz looks like a CT"),
+    (lambda data: _offset_ct(data, "subj2"), r"Training case subj2 \(.*\): The target .*subj2.ct\.nii\.gz has no air "),
 ])
 def test_a_case_that_is_not_the_configured_modality_is_refused_before_training(tmp_path, spoil, message):
     from MedTranslateLib.training.loop import train
@@ -89,3 +89,17 @@ def test_held_out_metrics_leave_the_padding_out():
     np.testing.assert_array_equal(case.unpadded(case.target), real)
     slab = case.slab(1, 3)  # slices 1-2 of the real voxels
     np.testing.assert_array_equal(slab.unpadded(slab.target), real[1:3])
+
+
+def test_a_held_out_share_that_comes_out_empty_is_reported(tmp_path):
+    from MedTranslateLib.progress import ProgressTracker
+    from MedTranslateLib.training import card_builder
+    from MedTranslateLib.training.run_data import load_data
+
+    config = _config(tmp_path, data=str(write_pairs(tmp_path / "two", n=2)), val_fraction=0.2, test_fraction=0.2)
+    heard = []
+    data = load_data(config, card_builder.base_card(config), ProgressTracker(), heard.append)
+    assert not data.val and heard == [
+        "val_fraction = 0.2 of 2 subject(s) left no validation subject: the exported weights are the last ones, not "
+        "the best validated. Give more subjects, name them (val_subjects), or use split = \"zslab\" for a single "
+        "volume."]

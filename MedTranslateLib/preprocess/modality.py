@@ -104,7 +104,7 @@ def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) ->
 def check_training_modality(array: np.ndarray, mask: np.ndarray | None, expected: str, what: str) -> None:
     """Raise :class:`InputError` when a training volume's intensities clearly contradict the modality the config
     gives it (swapped source and target, a CT stored as 0-4095, a label map as the target). ``what`` names the
-    volume in the message ("target of case 1PA001 (/data/1PA001/ct.nii.gz)")."""
+    volume in the message ("target /data/1PA001/ct.nii.gz")."""
     expected = expected.upper()
     if expected not in CT_LIKE and expected not in MR_LIKE:
         return

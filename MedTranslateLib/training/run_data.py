@@ -56,11 +56,26 @@ def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTra
         return RunData(part("train") + extra, part("val"), part("test"), slabs)
     split: Split = split_by_subject(cases, config.val_fraction, config.test_fraction, config.seed,
                                     config.train_subjects, config.val_subjects, config.test_subjects)
+    _warn_about_empty_parts(config, split, len({c.subject_id for c in cases}), warn)
     prepared = load_cases_prepared(split.train + split.val + split.test, card, on_case)
     _warn_about_grids(prepared, warn)
     n_train, n_val = len(split.train), len(split.val)
     return RunData(prepared[:n_train], prepared[n_train:n_train + n_val], prepared[n_train + n_val:],
                  split.description)
+
+
+def _warn_about_empty_parts(config: TrainConfig, split: Split, subjects: int, warn: Callable[[str], None]) -> None:
+    """Say so when a validation or test share that was asked for came out empty (too few subjects)."""
+    for part, fraction, effect in (("validation", config.val_fraction, "the exported weights are the last ones, "
+                                    "not the best validated"),
+                                   ("test", config.test_fraction, "the card's metrics are on validation data "
+                                    "(optimistic) or none")):
+        held = split.val if part == "validation" else split.test
+        if fraction > 0 and not held:
+            key = "val_fraction" if part == "validation" else "test_fraction"
+            warn(f"{key} = {fraction:g} of {subjects} subject(s) left no {part} subject: {effect}. Give more "
+                 f"subjects, name them ({'val' if part == 'validation' else 'test'}_subjects), or use split = "
+                 f"\"zslab\" for a single volume.")
 
 
 def _warn_about_grids(cases: Sequence[PreparedCase], warn: Callable[[str], None]) -> None:

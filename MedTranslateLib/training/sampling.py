@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from MedTranslateLib.errors import ConfigError
+from MedTranslateLib.errors import ConfigError, InputError
 from MedTranslateLib.training.datasets import Case
 
 AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -109,8 +109,7 @@ def _check_modalities(case: Case, source: Any, target: Any, mask: Any, card: Map
                                         ("target", target, case.target_path, card["target_modality"])):
         if image is not None:
             body = sitk.GetArrayViewFromImage(mask) > 0 if mask is not None and image is source else None
-            check_training_modality(sitk.GetArrayViewFromImage(image), body, modality,
-                                    f"{role} of case {case.subject_id} ({path})")
+            check_training_modality(sitk.GetArrayViewFromImage(image), body, modality, f"{role} {path}")
 
 
 def _input_reference(source: Any, has_mask: bool, prepared: Any, card: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,7 +131,11 @@ def load_cases_prepared(cases: Sequence[Case], card: Mapping[str, Any],
     """Prepare every case (in order), calling ``on_case(i, n)`` after each (progress / cancel)."""
     out = []
     for i, case in enumerate(cases):
-        out.append(load_case(case, card))
+        try:
+            out.append(load_case(case, card))
+        except InputError as error:  # "The input volume 'ct.nii.gz' ..." alone does not say which of many
+            where = ", ".join(str(p) for p in (case.source_path, case.target_path) if p)
+            raise InputError(f"Training case {case.name} ({where}): {error.problem}", error.fix) from None
         if on_case is not None:
             on_case(i + 1, len(cases))
     return out
