@@ -171,3 +171,10 @@ def test_a_card_whose_network_cannot_be_built_is_a_model_error(tmp_path):
     (package / "model.json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(ModelError, match="does not describe a diffusion network that can be built"):
         load_networks(open_package(package))
+
+
+def test_a_folder_named_model_json_is_reported_once(tmp_path):
+    (tmp_path / "pkg" / "model.json").mkdir(parents=True)
+    with pytest.raises(ModelError) as caught:
+        load_card(tmp_path / "pkg")
+    assert "model.json/model.json" not in str(caught.value) and "Cannot read the model card" in str(caught.value)

@@ -125,6 +125,10 @@ def test_missing_weights_without_url(tmp_path):
     assert not package.has_weights()
     with pytest.raises(ModelError, match="no download URL"):
         package.load_state_dict()
+    make_package(tmp_path / "other")
+    (tmp_path / "other" / "weights.safetensors").rename(folder / "weights_v2.safetensors")  # renamed by hand
+    with pytest.raises(ModelError, match=r"the folder holds weights_v2.safetensors: the card's weights.file names"):
+        open_package(folder).load_state_dict()
 
 
 def test_open_package_errors(tmp_path):

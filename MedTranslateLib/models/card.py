@@ -132,7 +132,7 @@ def _refuse_non_finite(token: str) -> Any:
 def load_card(path: str | Path) -> "ModelCard":
     """Read and validate a ``model.json`` file (or the ``model.json`` inside a package folder)."""
     card_path = Path(path)
-    if card_path.is_dir():
+    if card_path.is_dir() and card_path.name != "model.json":  # a package folder (not a folder named model.json)
         card_path = card_path / "model.json"
     try:
         size = card_path.stat().st_size

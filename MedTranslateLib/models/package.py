@@ -194,9 +194,12 @@ class ModelPackage:
             return existing
         card = self.card
         if not card.weights_url:
+            others = sorted(p.name for p in self.path.glob("*.safetensors")) if self.path.is_dir() else []
+            found = f" (the folder holds {', '.join(others)}: the card's weights.file names another)" if others else ""
             raise ModelError(f"The weights file {card.weights_file} of {card.id} {card.version} is missing "
-                             f"({self.path}) and the card gives no download URL.",
-                             "Re-import the complete package (model.json together with its weights).")
+                             f"({self.path}) and the card gives no download URL{found}.",
+                             "Re-import the complete package (model.json together with its weights), or give the "
+                             "card's weights.file the weights' name.")
         from MedTranslateLib.models.download import download_file
 
         target = self.download_cache_path()
@@ -224,12 +227,14 @@ class ModelPackage:
         if self.card.weights_size is not None and len(data) != self.card.weights_size:
             raise ModelError(f"The weights of {self.card.id} {self.card.version} ({self.path}) are {len(data)} "
                              f"bytes; the card says {self.card.weights_size}.",
-                             "The file is incomplete or replaced: re-download or re-import the package.")
+                             "The file is incomplete or replaced: re-download or re-import the package (weights "
+                             "replaced on purpose need the card's weights.size_bytes and sha256 updated).")
         digest = sha256_bytes(data)
         if digest != self.card.weights_sha256:
             raise ModelError(f"The weights of {self.card.id} {self.card.version} ({self.path}) do not match the "
                              f"card's SHA256 (expected {self.card.weights_sha256}, got {digest}).",
-                             "The file is damaged or was replaced: re-download or re-import the package.")
+                             "The file is damaged or was replaced: re-download or re-import the package (weights "
+                             "replaced on purpose need the card's weights.sha256 updated).")
         return data
 
     def verify(self) -> bytes:
