@@ -134,3 +134,15 @@ def ctrl_c_after_first_move(monkeypatch):
     replace = _CtrlCAfterFirstMove()
     monkeypatch.setattr(os, "replace", replace)
     return replace
+
+
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (POSIX; a zombie, exited but not reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").split()[2] != "Z"
+    except OSError:
+        return False

@@ -14,7 +14,7 @@ pytest.importorskip("slicer")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedTranslate"))
 
-from conftest import IJK_TO_RAS  # noqa: E402
+from conftest import IJK_TO_RAS, process_alive  # noqa: E402
 from test_slicer_fakeworker import fake_worker_command  # noqa: E402
 
 from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest,  # noqa: E402
@@ -32,17 +32,6 @@ def _matrix(node):
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not reaped) counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_parse_worker_line():
@@ -162,7 +151,7 @@ def test_cancel_mid_run_kills_tree_removes_temp_and_keeps_scene(scene, input_nod
     logic.cancel()
     assert logic.status.state == "cancelled" and not logic.is_running
     assert not os.path.exists(workdir)
-    assert not _alive(worker_pid) and not _alive(child_pid)
+    assert not process_alive(worker_pid) and not process_alive(child_pid)
     assert scene.GetNumberOfNodes() == before
 
 

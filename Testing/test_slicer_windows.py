@@ -22,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedTranslate"))
 
+from conftest import process_alive  # noqa: E402
 from MedTranslateModule import logic as logic_module  # noqa: E402
 from MedTranslateModule import process  # noqa: E402
 from MedTranslateModule.models import run_models_command  # noqa: E402
@@ -118,17 +119,6 @@ def test_models_command_timeout_kills_the_tree_and_never_blocks_on_windows(fake_
     assert [command for command, _ in fake_windows.runs] == [["taskkill", "/T", "/F", "/PID", "4242"]]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not reaped) counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(os.name != "posix", reason="process groups")
 def test_models_command_timeout_kills_the_launchers_children_too(tmp_path):
     """``PythonSlicer`` is a launcher: killing only it left the real Python running."""
@@ -140,13 +130,13 @@ def test_models_command_timeout_kills_the_launchers_children_too(tmp_path):
         run_models_command([sys.executable, "-c", launcher, str(pid_file)], [], timeout=2)
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while process_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
-        assert not _alive(child), "the launcher's child kept running"
+        assert not process_alive(child), "the launcher's child kept running"
         assert time.monotonic() - started < 10
     finally:
-        if _alive(child):
+        if process_alive(child):
             os.kill(child, signal.SIGKILL)
 
 
