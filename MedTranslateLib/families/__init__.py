@@ -43,7 +43,7 @@ def check_training_settings(name: str, architecture: Mapping[str, Any], options:
         close = difflib.get_close_matches(str(name), FAMILY_NAMES, n=1)
         raise ConfigError(f"Unknown family {name!r}.", (f"Did you mean {close[0]!r}? " if close else "")
                           + f"Use one of: {', '.join(FAMILY_NAMES)}.")
-    from MedTranslateLib.families.architecture import architecture_problems
+    from MedTranslateLib.models.architecture import architecture_problems
 
     family = get_family(name)
     problems = architecture_problems(name, architecture)

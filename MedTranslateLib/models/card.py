@@ -78,7 +78,7 @@ def validate_card(data: Any, source: str = "model.json") -> "ModelCard":
             f"Fix the field(s) named above (see {SCHEMA_PATH}), "
             "or re-export the package with 'medtranslate train' / export_package().",
         )
-    from MedTranslateLib.families.architecture import architecture_problems
+    from MedTranslateLib.models.architecture import architecture_problems
     from MedTranslateLib.preprocess.body_mask import check_settings as check_body_mask
     from MedTranslateLib.preprocess.normalization import check_spec
 
