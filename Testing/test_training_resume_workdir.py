@@ -29,11 +29,12 @@ def _no_data_loading(monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------ 1. --resume checks settings and split
-def test_resume_refuses_another_seed(tmp_path):
+def test_resume_refuses_another_seed(tmp_path, monkeypatch):
     """A new seed re-split the subjects: the first part's validation subject trained in the second part."""
     first = _config(tmp_path, steps=2, checkpoint_interval=2, val_interval=2)  # 1 train, 1 val, 1 test subject
     loop.train(first)
     assert _state(first)["config"]["seed"] == 0 and _state(first)["split"]["val"]
+    _no_data_loading(monkeypatch)  # refused before the data is read
     with pytest.raises(ConfigError) as caught:
         loop.train(_config(tmp_path, steps=4, checkpoint_interval=2, val_interval=2, seed=1, resume=True))
     assert caught.value.problem.endswith("was trained with other settings: seed 0 -> 1.")

@@ -139,6 +139,13 @@ def recorded_config(config: TrainConfig) -> dict[str, Any]:
     return values
 
 
+def check_resume_settings(folder: Path | str, config: TrainConfig) -> None:
+    """The settings part of :func:`check_resume`, which can run before the data is read."""
+    state = read_state(Path(folder))["state"]
+    if "config" in state:
+        _check_settings(Path(folder), state["config"], recorded_config(config))
+
+
 def check_resume(folder: Path | str, config: TrainConfig, split: Mapping[str, Any]) -> str | None:
     """Raise :class:`ConfigError` when the checkpoint in ``folder`` was trained with other settings (any but
     ``RESUME_FREE_KEYS`` and ``CARD_TEXT_KEYS``) or another split of the data. Returns a warning for a checkpoint

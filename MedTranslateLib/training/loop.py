@@ -347,6 +347,8 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None,
     # the card records the layout that was read, so its config reproduces the run even where "auto" would not
     config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
                                                    config.target_modality, config.source_name, config.target_name))
+    if config.resume:  # changed settings are refused before the data is read (the split is compared after)
+        checkpoint.check_resume_settings(config.work_path / "checkpoint", config)
     tracker = progress or ProgressTracker(STAGES)
     device = select_device(config.device)
     ctx = distributed.init_distributed(device)
