@@ -132,5 +132,7 @@ def test_family_flags_and_clear_errors():
         FAMILY.fit([], {"dimensionality": "3d"})
     with pytest.raises(ConfigError):
         FAMILY.fit([make_pair(0)], {"dimensionality": "2.5d"})
+    with pytest.raises(ConfigError, match="n_trees must be at least 1"):
+        FAMILY.fit([make_pair(0)], {"dimensionality": "3d", "n_trees": 0})
     with pytest.raises(ConfigError):
         FAMILY.build({"in_channels": 1, "out_channels": 1}, 3)

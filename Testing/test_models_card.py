@@ -134,6 +134,7 @@ def test_a_z_slab_split_reads_as_slice_ranges():
     ("features", [[8], 16], r"architecture.features must be a list"),
     ("dropout", "none", r"architecture.dropout must be a number from 0 to below 1"),
     ("output_activation", 1, r"architecture.output_activation must be a text, not 1"),
+    ("num_head_channels", [32, 32], r"architecture.num_head_channels must be a positive whole number"),
 ])
 def test_an_architecture_value_of_the_wrong_type_is_refused_with_the_card(key, value, message):
     """A string "false" counted as true built another network than the weights were trained as, silently."""

@@ -4,6 +4,7 @@ training, targets resampled onto their source's grid are reported, and padding n
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,9 +98,11 @@ def test_a_held_out_share_that_comes_out_empty_is_reported(tmp_path):
     from MedTranslateLib.training.run_data import load_data
 
     config = _config(tmp_path, data=str(write_pairs(tmp_path / "two", n=2)), val_fraction=0.2, test_fraction=0.2)
-    heard = []
+    heard: list[str] = []
+    listed = replace(config, test_subjects=["subj0"])  # the lists set the parts: the fractions do not apply
+    assert not load_data(listed, card_builder.base_card(listed), ProgressTracker(), heard.append).val and not heard
     data = load_data(config, card_builder.base_card(config), ProgressTracker(), heard.append)
     assert not data.val and heard == [
-        "val_fraction = 0.2 of 2 subject(s) left no validation subject: the exported weights are the last ones, not "
-        "the best validated. Give more subjects, name them (val_subjects), or use split = \"zslab\" for a single "
-        "volume."]
+        "val_fraction = 0.2 of 2 paired subject(s) left no validation subject: the exported weights are the last "
+        "ones, not the best validated. Give more subjects, name them (val_subjects), or use split = \"zslab\" for a "
+        "single volume."]

@@ -212,11 +212,14 @@ def test_incomplete_case_folders_are_skipped_with_one_warning(tmp_path):
     touch(root / "pelvis" / "1PA001b" / "mr.nii")  # SynthRAD 2023 sources must be .nii.gz
     touch(root / "pelvis" / "1PA001b" / "ct.nii.gz")
     touch(root / "pelvis" / "1PA003b" / "mr.nii.gz")
+    touch(root / "pelvis" / "1PA004" / "ct.nii.gz")  # beside the MR cases: a case without its MR
+    for name in ("cbct", "ct"):  # SynthRAD's Task 2 unpacked beside Task 1: not cases of MR -> CT
+        touch(tmp_path / "Task1" / "Task2" / "pelvis" / "2PA001" / f"{name}.nii.gz")
     messages: list[str] = []
-    cases = load_cases(root, warn=messages.append)
+    cases = load_cases(root, "synthrad2023", warn=messages.append)
     assert [c.subject_id for c in cases] == ["1PA001", "1PA003"]
-    assert messages == [f"2 of 4 case folders in {root} skipped: pelvis/1PA001b (has mr.nii, not mr.nii.gz), "
-                        "pelvis/1PA003b (no ct)."]
+    assert messages == [f"3 of 5 case folders in {root} skipped: pelvis/1PA001b (has mr.nii, not mr.nii.gz), "
+                        "pelvis/1PA003b (no ct), pelvis/1PA004 (no mr)."]
     assert load_cases(root) == cases  # without warn: the same cases, nothing raised
     # paired_folder: any volume suffix, near misses named
     for case, files in {"a": ("t2.nii.gz", "ct.nrrd"), "b": ("t2.txt", "ct.nii.gz"), "c": ("T2.mha", "ct.mha")}.items():

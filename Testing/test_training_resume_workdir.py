@@ -180,3 +180,10 @@ def test_a_diverged_run_removes_the_work_folder_it_made(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="diverged at step 2"):
         loop.train(config)
     assert _state(config)["step"] == 1
+    # no checkpoint yet, but logged losses: they show why it diverged, so the folder stays
+    calls.clear()
+    config = _config(tmp_path, steps=5, checkpoint_interval=100, log_interval=1, val_fraction=0.0, test_fraction=0.0,
+                     output=str(tmp_path / "third"))
+    with pytest.raises(ConfigError, match="diverged at step 2"):
+        loop.train(config)
+    assert (config.work_path / "train_log.csv").is_file()

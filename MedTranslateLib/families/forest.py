@@ -209,6 +209,8 @@ class RandomForestFamily:
         features, targets = sample_training_voxels(samples, options)
         kind = ExtraTreesRegressor if bool(options.get("extra_trees", False)) else RandomForestRegressor
         n_trees, n_jobs = int(options.get("n_trees", 20)), int(options.get("n_jobs", 1))
+        if n_trees < 1:
+            raise ConfigError(f"family_options.n_trees must be at least 1, not {n_trees}.", "The default is 20.")
         model = kind(n_estimators=0, max_depth=int(options.get("max_depth", 12)),
                      min_samples_leaf=int(options.get("min_samples_leaf", 5)),
                      max_features=options.get("max_features", 1.0), warm_start=True,

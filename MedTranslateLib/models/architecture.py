@@ -30,10 +30,6 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, (list, tuple)) and len(value) > 0 and all(check(v) for v in value)
 
 
-def _one_or_list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: check(value) or _list_of(check)(value)
-
-
 _POSITIVE = (_positive_integer, "a positive whole number")
 _TEXT = (lambda value: isinstance(value, str), "a text")
 _NUMBER = (_number, "a number")
@@ -47,8 +43,7 @@ ARCHITECTURE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "disc_channels": _POSITIVE, "disc_layers": _POSITIVE, "norm_num_groups": _POSITIVE, "train_timesteps": _POSITIVE,
     "channels": (_list_of(_positive_integer), "a list of positive whole numbers, e.g. [64, 128, 256]"),
     "attention_levels": (_list_of(lambda value: isinstance(value, bool)), "a list of true/false, one per level"),
-    "num_res_blocks": (_one_or_list_of(_positive_integer), "a positive whole number or a list of them"),
-    "num_head_channels": (_one_or_list_of(_positive_integer), "a positive whole number or a list of them"),
+    "num_res_blocks": _POSITIVE, "num_head_channels": _POSITIVE,
     "edge_fraction": _NUMBER, "edge_sigma": _NUMBER, "bridge_variance": _NUMBER,
 }
 

@@ -111,10 +111,15 @@ def _refuse_duplicate_names(folders: Sequence[Path], root: Path) -> None:
 def read_case_folders(root: Path, source_name: str, target_name: str, mask_name: str = "mask",
                       suffixes: Sequence[str] = VOLUME_SUFFIXES, warn: Warn | None = None) -> list[Case]:
     """Folders (at any depth) holding ``<source_name>.<ext>`` and ``<target_name>.<ext>`` (SynthRAD, generic); the
-    source must have one of ``suffixes``. Folders with only one of them are skipped, and ``warn`` told which."""
+    source must have one of ``suffixes``. Folders with a source file but no usable pair (no target, or a source of
+    another suffix) are skipped, and ``warn`` told which; folders with a target alone belong to another task."""
     root = Path(root)
     cases, used, skipped = [], [], []
-    folders = _case_folders(root, (source_name, target_name))
+    # folders with a trace of the source, and folders with a target beside them: a target alone elsewhere is
+    # another task's case (SynthRAD's Task2 for MR -> CT), not a case missing its source
+    with_source = _case_folders(root, (source_name,))
+    beside = {folder.parent for folder in with_source}
+    folders = sorted({*with_source, *(f for f in _case_folders(root, (target_name,)) if f.parent in beside)})
     for folder in folders:
         source, target = _find(folder, source_name, suffixes), _find(folder, target_name)
         if source is None or target is None:

@@ -56,7 +56,8 @@ def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTra
         return RunData(part("train") + extra, part("val"), part("test"), slabs)
     split: Split = split_by_subject(cases, config.val_fraction, config.test_fraction, config.seed,
                                     config.train_subjects, config.val_subjects, config.test_subjects)
-    _warn_about_empty_parts(config, split, len({c.subject_id for c in cases}), warn)
+    paired = {c.subject_id for c in cases if c.source_path is not None and c.target_path is not None}
+    _warn_about_empty_parts(config, split, len(paired), warn)
     prepared = load_cases_prepared(split.train + split.val + split.test, card, on_case)
     _warn_about_grids(prepared, warn)
     n_train, n_val = len(split.train), len(split.val)
@@ -65,7 +66,10 @@ def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTra
 
 
 def _warn_about_empty_parts(config: TrainConfig, split: Split, subjects: int, warn: Callable[[str], None]) -> None:
-    """Say so when a validation or test share that was asked for came out empty (too few subjects)."""
+    """Say so when a validation or test share that was asked for came out empty (too few paired subjects; subject
+    lists, which set the parts themselves, and data without pairs, which is never held out, are left alone)."""
+    if split.description.get("method") != "by subject" or not subjects:
+        return
     for part, fraction, effect in (("validation", config.val_fraction, "the exported weights are the last ones, "
                                     "not the best validated"),
                                    ("test", config.test_fraction, "the card's metrics are on validation data "
@@ -73,7 +77,7 @@ def _warn_about_empty_parts(config: TrainConfig, split: Split, subjects: int, wa
         held = split.val if part == "validation" else split.test
         if fraction > 0 and not held:
             key = "val_fraction" if part == "validation" else "test_fraction"
-            warn(f"{key} = {fraction:g} of {subjects} subject(s) left no {part} subject: {effect}. Give more "
+            warn(f"{key} = {fraction:g} of {subjects} paired subject(s) left no {part} subject: {effect}. Give more "
                  f"subjects, name them ({'val' if part == 'validation' else 'test'}_subjects), or use split = "
                  f"\"zslab\" for a single volume.")
 

@@ -95,10 +95,12 @@ def _foreign_files(work: Path) -> list[str]:
 
 
 def remove_unfinished_work(work: Path, logger: Logger | None) -> None:
-    """Remove the work folder of a run that created it and failed before its first checkpoint (nothing to resume)."""
+    """Remove the work folder of a run that created it and failed before it wrote anything worth keeping: no
+    checkpoint, best weights or log rows (a run that diverged at step 400 keeps the losses that show why)."""
     import shutil
 
     if logger is not None:
         logger.close()  # its TensorBoard file is open
-    if not (work / "checkpoint").exists():
+    kept = ("checkpoint", "best.safetensors", "tensorboard", *(f"{name}.csv" for name in Logger.LOGS))
+    if not any((work / name).exists() for name in kept):
         shutil.rmtree(work, ignore_errors=True)
