@@ -28,9 +28,9 @@ _PENDING: contextvars.ContextVar[list[tuple[Callable[[], None], Callable[[], Non
     contextvars.ContextVar("medtranslate_pending_outputs", default=None)
 
 
-def find_volume(folder: str | os.PathLike, stem: str) -> Path | None:
-    """``folder/<stem><suffix>`` for the first volume format (:data:`FILE_SUFFIXES`) that exists, else None."""
-    for suffix in FILE_SUFFIXES:
+def find_volume(folder: str | os.PathLike, stem: str, suffixes: Iterable[str] = FILE_SUFFIXES) -> Path | None:
+    """``folder/<stem><suffix>`` for the first of ``suffixes`` (volume formats) that exists, else None."""
+    for suffix in suffixes:
         candidate = Path(folder) / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
-from MedTranslateLib.io.atomic import volume_stem
+from MedTranslateLib.io.atomic import find_volume, volume_stem
 
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
 
@@ -66,11 +66,6 @@ def _name_for(modality: str, table: dict[str, str], override: str | None) -> str
 def _hidden(path: Path, root: Path) -> bool:
     """True for a path inside a hidden folder below ``root`` (.ipynb_checkpoints, .cache, ...)."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _find(folder: Path, stem: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> Path | None:
-    """``folder/<stem><suffix>`` for the first of ``suffixes`` that exists, else None."""
-    return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()), None)
 
 
 def _missing(folder: Path, stem: str, suffixes: Sequence[str], label: str = "") -> str:
@@ -121,13 +116,13 @@ def read_case_folders(root: Path, source_name: str, target_name: str, mask_name:
     beside = {folder.parent for folder in with_source}
     folders = sorted({*with_source, *(f for f in _case_folders(root, (target_name,)) if f.parent in beside)})
     for folder in folders:
-        source, target = _find(folder, source_name, suffixes), _find(folder, target_name)
+        source, target = find_volume(folder, source_name, suffixes), find_volume(folder, target_name)
         if source is None or target is None:
             why = [_missing(folder, name, wanted) for name, wanted, found
                    in ((source_name, suffixes, source), (target_name, VOLUME_SUFFIXES, target)) if found is None]
             skipped.append(f"{folder.relative_to(root).as_posix()} ({'; '.join(why)})")
             continue
-        cases.append(Case(folder.name, source, target, _find(folder, mask_name), folder.name))
+        cases.append(Case(folder.name, source, target, find_volume(folder, mask_name), folder.name))
         used.append(folder)
     _refuse_duplicate_names(used, root)
     _report_skipped(warn, skipped, len(folders), "case folders", root)
