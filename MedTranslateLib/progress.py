@@ -204,6 +204,14 @@ def emit_json(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+def emit_warning(message: str, jsonl: bool, **fields: Any) -> None:
+    """A warning: a ``warning`` event of the worker protocol (with ``fields``), else a line on standard error."""
+    if jsonl:
+        emit_json("warning", message=message, **fields)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def _jsonl_callback(event: ProgressEvent) -> None:
     emit_json("progress", stage=event.stage, fraction=round(event.fraction, 4),
               eta_seconds=None if event.eta_seconds is None else round(event.eta_seconds, 1),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from MedTranslateLib.progress import emit_json, progress_display
+from MedTranslateLib.progress import emit_json, emit_warning, progress_display
 from MedTranslateLib.errors import ConfigError, OutputError
 
 
@@ -196,11 +196,8 @@ def _report_failure(item, jsonl: bool, many: bool) -> None:
 
 
 def _warn(message: str, jsonl: bool, source: object = None) -> None:
-    """A warning line; in the worker protocol with the input it is about (a batch translates several)."""
-    if jsonl:
-        emit_json("warning", message=message, **({"input": str(source)} if source is not None else {}))
-    else:
-        print(f"warning: {message}", file=sys.stderr)
+    """A warning; in the worker protocol with the input it is about (a batch translates several)."""
+    emit_warning(message, jsonl, **({"input": str(source)} if source is not None else {}))
 
 
 def _make_deterministic(seed: int) -> None:

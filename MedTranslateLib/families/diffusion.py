@@ -207,9 +207,8 @@ class ConditionalDiffusionFamily:
         """Raise :class:`ConfigError` for a denoiser MONAI cannot build or a noise schedule sampling cannot start
         from (too few timesteps); run by the training config's validation, before any data is read."""
         check_denoiser_architecture(architecture)
-        if "schedule" in self.architecture_keys:  # not the bridge: its noise vanishes at both ends by design
-            arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
-            samplers.check_noise_schedule(int(arch["train_timesteps"]), str(arch["schedule"]))
+        arch = {**DEFAULT_ARCHITECTURE, **dict(architecture)}
+        samplers.check_noise_schedule(int(arch["train_timesteps"]), str(arch["schedule"]))
 
     def build(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
         for key in ("in_channels", "out_channels"):

@@ -119,7 +119,8 @@ def _check_replaceable_folder(folder: Path) -> None:
         )
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one file (the same path, a link to it, or a hard link)."""
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
@@ -158,7 +159,7 @@ def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLi
             protected.append(path.parent)  # a .dcm input stands for its whole series folder
         protected.extend(companion_files(path))
     for path in protected:
-        clash = any(_same_file(out, path) for out in written) or (dicom and _inside(path, target))
+        clash = any(same_file(out, path) for out in written) or (dicom and _inside(path, target))
         if clash:
             raise OutputError(f"Refusing to write '{target}': it would overwrite the input '{path}'.",
                               "Choose a different output path; inputs are never modified.")

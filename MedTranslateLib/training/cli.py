@@ -60,20 +60,13 @@ def run_train(args: argparse.Namespace) -> int:
     as :class:`~MedTranslateLib.errors.MedTranslateError` (the CLI prints them and exits with their code)."""
     import sys
 
-    from MedTranslateLib.progress import emit_json, progress_display
-    from MedTranslateLib.progress import ProgressTracker
+    from MedTranslateLib.progress import ProgressTracker, emit_json, emit_warning, progress_display
     from MedTranslateLib.training.loop import STAGES, train
 
     config = config_from_args(args)
     mode = getattr(args, "progress", "rich")
-    def on_warning(message: str) -> None:
-        if mode == "jsonl":
-            emit_json("warning", message=message)
-        else:
-            print(f"warning: {message}", file=sys.stderr)
-
     with progress_display(mode, "train") as callback:
-        result = train(config, ProgressTracker(STAGES, callback), on_warning)
+        result = train(config, ProgressTracker(STAGES, callback), lambda text: emit_warning(text, mode == "jsonl"))
     if result.package is None:  # not rank 0 of a distributed run
         return 0
     metrics = {k: v for k, v in result.best_metrics.items() if v is not None}

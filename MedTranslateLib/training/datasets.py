@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
-from MedTranslateLib.io.atomic import find_volume, volume_stem
+from MedTranslateLib.io.atomic import find_volume, same_file, volume_stem
 
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
 
@@ -313,19 +313,11 @@ def _read_layout(root: Path, layout: str, source: str, target: str, source_name:
     raise ConfigError(f"Unknown dataset layout {layout!r}.", f"Use auto or one of {', '.join(LAYOUTS)}.")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` are one file (the same path, a link to it, or a hard link)."""
-    try:
-        return a.resolve() == b.resolve() or a.samefile(b)
-    except OSError:  # a file that does not exist (reading it will say so)
-        return False
-
-
 def _refuse_identity_pairs(cases: Sequence[Case], root: Path, layout: str, source: str, target: str) -> None:
     """A case whose source and target are one file would train a model that copies its input."""
     for case in cases:
         if case.source_path is not None and case.target_path is not None \
-                and _same_file(case.source_path, case.target_path):
+                and same_file(case.source_path, case.target_path):
             who = case.subject_id + (f" (case {case.name})" if case.name != case.subject_id else "")
             fix = (f"Give its row in {root} different source and target files." if layout == "csv" else
                    f"Choose a source and a target that name different files ({source} and {target} both mean "

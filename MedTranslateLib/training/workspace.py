@@ -62,9 +62,10 @@ def check_destinations(config: TrainConfig) -> None:
     _check_work_folder(config)
 
 
-#: What a run writes into its work folder besides the logs (``.checkpoint.*``: a checkpoint being written), and
-#: what the file browsers of macOS and Windows leave in a folder.
-_WORK_NAMES = ("checkpoint", "best.safetensors", "tensorboard", ".DS_Store", "Thumbs.db", "desktop.ini")
+#: What a run writes into its work folder (also ``.checkpoint.*``: a checkpoint being written), and what the file
+#: browsers of macOS and Windows leave in a folder.
+_RUN_OUTPUTS = ("checkpoint", "best.safetensors", "tensorboard", *(f"{name}.csv" for name in Logger.LOGS))
+_WORK_NAMES = (*_RUN_OUTPUTS, ".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def _check_work_folder(config: TrainConfig) -> None:
@@ -90,7 +91,7 @@ def _check_work_folder(config: TrainConfig) -> None:
 
 def _foreign_files(work: Path) -> list[str]:
     """The names in a work folder that no training run wrote there."""
-    ours = {*_WORK_NAMES, *(f"{name}.csv" for name in Logger.LOGS)}
+    ours = set(_WORK_NAMES)
     return sorted(p.name for p in work.iterdir() if p.name not in ours and not p.name.startswith(".checkpoint."))
 
 
@@ -101,6 +102,5 @@ def remove_unfinished_work(work: Path, logger: Logger | None) -> None:
 
     if logger is not None:
         logger.close()  # its TensorBoard file is open
-    kept = ("checkpoint", "best.safetensors", "tensorboard", *(f"{name}.csv" for name in Logger.LOGS))
-    if not any((work / name).exists() for name in kept):
+    if not any((work / name).exists() for name in _RUN_OUTPUTS):
         shutil.rmtree(work, ignore_errors=True)
