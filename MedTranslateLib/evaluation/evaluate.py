@@ -29,7 +29,7 @@ import numpy as np
 
 from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
-from MedTranslateLib.io.atomic import atomic_output, output_group, volume_stem
+from MedTranslateLib.io.atomic import atomic_write_text, output_group, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 from MedTranslateLib.progress import ProgressTracker
 
@@ -380,12 +380,10 @@ def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str
     texts = {"csv": buffer.getvalue(), "json": json.dumps(_json_safe(document), indent=2),
              "html": render_report(rows, aggregates, figures, title=title, notes=infinite_notes(aggregates))}
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with output_group():  # the three files are of one evaluation: all replaced together or none
             for key, path in paths.items():
-                with atomic_output(path) as temp:
-                    temp.write_text(texts[key], encoding="utf-8")
-    except OSError as exc:
+                atomic_write_text(path, texts[key])
+    except OSError as exc:  # moving them into place
         raise OutputError(f"Cannot write the report into {out}: {exc.strerror or exc}.",
                           "Choose a folder you can write to, with free space.") from exc
     return paths

@@ -306,19 +306,14 @@ def swap_into_place(staging: Path, target: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file in the same folder, then ``os.replace`` it into place."""
+    """Write UTF-8 text (line endings as given) through :func:`atomic_output`: moved into place when complete,
+    together with the other outputs of an enclosing :func:`output_group`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with atomic_output(path, folder=False) as temp:
+            with open(temp, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
-            chmod_like_new(Path(tmp))
-            replace_file(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.",
                           "Choose a folder you can write to, with free space.") from exc
