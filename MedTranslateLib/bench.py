@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from MedTranslateLib.families import SAMPLED_FAMILIES
-from MedTranslateLib.errors import OutputError
 from MedTranslateLib.io.atomic import atomic_write_text
-from MedTranslateLib.io.itk_paths import itk_path
-from MedTranslateLib.progress import ProgressEvent, ProgressTracker, format_duration
+
+if TYPE_CHECKING:  # pragma: no cover - the command line's start-up imports this module
+    from MedTranslateLib.progress import ProgressEvent
 
 DEFAULT_SIZES = ("128x128x128", "256x256x160", "512x512x300")
 SPEED_START = "<!-- speed:start -->"
@@ -80,6 +80,8 @@ def split_model_sizes(spec: str, default: list[tuple[int, int, int]]) -> tuple[s
 
 
 def _progress_lines(event: ProgressEvent) -> None:
+    from MedTranslateLib.progress import format_duration
+
     left = format_duration(event.eta_seconds)
     print(f"bench {event.fraction:4.0%} {event.message}" + (f" ({left} left)" if left else ""), file=sys.stderr,
           flush=True)
@@ -88,6 +90,8 @@ def _progress_lines(event: ProgressEvent) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     """Benchmark each model at each size; print and splice the Markdown; optionally dump JSON. Progress (stage,
     percent, time left) goes to standard error, one line per measurement."""
+    from MedTranslateLib.progress import ProgressTracker
+
     sizes = parse_sizes(args.sizes)
     models = args.model or ["mr2ct-headphantom-unet2d"]
     results: dict[str, Any] = {"machine": machine_description(args.device), "models": []}
@@ -179,6 +183,8 @@ def make_bench_volume(size_xyz: Sequence[int], path: Path) -> None:
     """A head phantom T1 resampled to ``size_xyz`` voxels covering the same head."""
     import SimpleITK as sitk
 
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.io.itk_paths import itk_path
     from MedTranslateLib.phantom import make_head_phantom
 
     t1 = make_head_phantom(seed=2024).t1
@@ -259,6 +265,8 @@ def sampling_sweep(volume: Path, model: str, steps: Sequence[int], device: str, 
     difference of each result from the result with the most steps (the quality cost of fewer steps)."""
     import numpy as np
     import SimpleITK as sitk
+
+    from MedTranslateLib.io.itk_paths import itk_path
 
     rows, outputs = [], {}
     for n in sorted(steps):

@@ -3,8 +3,7 @@
 Long work takes a :class:`ProgressTracker` and calls ``tracker.update(fraction)`` inside a stage and
 ``tracker.check()`` between batches; the tracker raises :class:`~MedTranslateLib.errors.Cancelled`
 when its :class:`CancelToken` is set. Listeners receive :class:`ProgressEvent` objects; :func:`progress_display`
-shows them (a rich bar, or JSON lines of the worker protocol). :func:`signals_deferred` holds the stop signals
-during work that must not stop half-way.
+shows them (a rich bar, or JSON lines of the worker protocol).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
 import threading
 import time
@@ -57,46 +55,6 @@ def format_duration(seconds: float | None) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-#: the signals that stop a run: Ctrl-C, SIGTERM (schedulers, the Slicer module's Cancel), a closed terminal
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold the stop signals during a block that must not stop half-way (moving outputs into place, one training
-    step); the first signal that arrived meanwhile is delivered when the block ends, a second one at once (the
-    user insists). Nested blocks hold until the outermost ends; outside the main thread (where Python runs signal
-    handlers) this does nothing."""
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
-        yield
-        return
-    caught: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    previous = {sig: handler for sig, handler in previous.items() if handler is not None}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
-        if len(caught) > 1:  # asked twice: stop now, as the user insists
-            restore()
-            signal.raise_signal(signum)
-
-    _deferring.active = True
-    try:
-        for sig in previous:
-            signal.signal(sig, hold)
-        yield
-    finally:
-        _deferring.active = False
-        restore()
-        if len(caught) == 1:  # (a second one was delivered at once)
-            signal.raise_signal(caught[0])
 
 
 class CancelToken:

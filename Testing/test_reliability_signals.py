@@ -15,7 +15,7 @@ import pytest
 from test_reliability_killsafety import package, source  # noqa: F401 (the same small model and input)
 
 from MedTranslateLib.io.atomic import atomic_output, output_group
-from MedTranslateLib.progress import signals_deferred
+from MedTranslateLib.signals import signals_deferred
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -151,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
     import signal
 
+    from MedTranslateLib.signals import STOP_SIGNALS
+
     for stream in (sys.stdout, sys.stderr):  # a Windows pipe (cp1252) cannot encode every name: never a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    hooked = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    hooked = [sig for sig in STOP_SIGNALS if sig != signal.SIGINT]  # Ctrl-C stays Python's KeyboardInterrupt
     # a signal set to be ignored stays ignored (`nohup medtranslate train ... &` survives a closed terminal)
     hooked = [sig for sig in hooked if in_main_thread and signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, _terminate) for sig in hooked}

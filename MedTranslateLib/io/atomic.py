@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from MedTranslateLib.errors import OutputError
-from MedTranslateLib.progress import signals_deferred
+from MedTranslateLib.signals import signals_deferred
 
 #: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from MedTranslateLib.errors import ConfigError
-from MedTranslateLib.progress import ProgressTracker, signals_deferred
+from MedTranslateLib.progress import ProgressTracker
+from MedTranslateLib.signals import signals_deferred
 from MedTranslateLib.training import card_builder, checkpoint, distributed
 from MedTranslateLib.training.config import TrainConfig
 from MedTranslateLib.training.datasets import resolve_layout
