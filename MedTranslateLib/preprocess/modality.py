@@ -77,45 +77,55 @@ def guess_modality(array: np.ndarray, mask: np.ndarray | None = None) -> Literal
     return "CT" if intensity_evidence(array, mask).clearly_ct else "MR"
 
 
-def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) -> None:
-    """Raise :class:`InputError` when the intensities clearly say the input is not ``expected``.
-
-    ``expected`` is the model's source modality (CT, CBCT, MR, T1, T2, ...); others (PET) are not checked.
-    """
+def contradiction(array: np.ndarray, mask: np.ndarray | None, expected: str) -> tuple[str, IntensityEvidence] | None:
+    """``("CT", evidence)`` when the intensities clearly say CT but ``expected`` is an MR contrast, ``("MR", ...)``
+    when they clearly say MR but ``expected`` is CT or CBCT; None otherwise (and for modalities not checked: PET)."""
     expected = expected.upper()
     if expected not in CT_LIKE and expected not in MR_LIKE:
-        return
+        return None
     evidence = intensity_evidence(array, mask)
     if expected in MR_LIKE and evidence.clearly_ct:
+        return "CT", evidence
+    if expected in CT_LIKE and evidence.clearly_mr:
+        return "MR", evidence
+    return None
+
+
+def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) -> None:
+    """Raise :class:`InputError` when the intensities clearly say the input is not ``expected`` (the model's source
+    modality: CT, CBCT, MR, T1, T2, ...)."""
+    found = contradiction(array, mask, expected)
+    if found is None:
+        return
+    expected, (seen, evidence) = expected.upper(), found
+    if seen == "CT":
         raise InputError(
             f"The input looks like a CT in Hounsfield units ({evidence.describe()}), but this model "
             f"expects an MR ({expected}) volume.",
             "Choose a model whose source modality is CT, or give the MR series of this patient.",
         )
-    if expected in CT_LIKE and evidence.clearly_mr:
-        raise InputError(
-            f"The input looks like an MR, not a {expected} in Hounsfield units (no air near -1000: "
-            f"{evidence.describe()}), but this model expects {expected}.",
-            "Choose a model whose source modality is MR, or give the CT/CBCT series; a CBCT must be "
-            "calibrated to Hounsfield units (air about -1000).",
-        )
+    raise InputError(
+        f"The input looks like an MR, not a {expected} in Hounsfield units (no air near -1000: "
+        f"{evidence.describe()}), but this model expects {expected}.",
+        "Choose a model whose source modality is MR, or give the CT/CBCT series; a CBCT must be "
+        "calibrated to Hounsfield units (air about -1000).",
+    )
 
 
 def check_training_modality(array: np.ndarray, mask: np.ndarray | None, expected: str, what: str) -> None:
     """Raise :class:`InputError` when a training volume's intensities clearly contradict the modality the config
     gives it (swapped source and target, a CT stored as 0-4095, a label map as the target). ``what`` names the
     volume in the message ("target /data/1PA001/ct.nii.gz")."""
-    expected = expected.upper()
-    if expected not in CT_LIKE and expected not in MR_LIKE:
+    found = contradiction(array, mask, expected)
+    if found is None:
         return
-    evidence = intensity_evidence(array, mask)
-    if expected in MR_LIKE and evidence.clearly_ct:
+    expected, (seen, evidence) = expected.upper(), found
+    if seen == "CT":
         raise InputError(f"The {what} looks like a CT in Hounsfield units ({evidence.describe()}), but the training "
                          f"config says it is {expected}.",
                          "Check source_modality / target_modality and the files (are source and target swapped?), "
                          "or leave this case out.")
-    if expected in CT_LIKE and evidence.clearly_mr:
-        raise InputError(f"The {what} has no air near -1000 ({evidence.describe()}): it is not a {expected} in "
-                         "Hounsfield units.",
-                         "Convert it to HU (a CT stored as 0-4095 needs 1024 subtracted; attenuation values and label "
-                         "maps cannot be used), check that source and target are not swapped, or leave this case out.")
+    raise InputError(f"The {what} has no air near -1000 ({evidence.describe()}): it is not a {expected} in "
+                     "Hounsfield units.",
+                     "Convert it to HU (a CT stored as 0-4095 needs 1024 subtracted; attenuation values and label "
+                     "maps cannot be used), check that source and target are not swapped, or leave this case out.")
