@@ -203,7 +203,7 @@ class _Run:
         optimizers = family.configure_optimizers(self.nets, config.lr)
         ckpt_dir = self.work / "checkpoint"
         if config.resume:  # the same settings (but for the run's length, logs...) and the same split only
-            unchecked = checkpoint.check_resume(ckpt_dir, config, self.data.split)
+            unchecked = checkpoint.check_resume(ckpt_dir, self.data.split)
             if unchecked:
                 self.warn(unchecked)
             saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.generators)
