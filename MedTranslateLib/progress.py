@@ -176,6 +176,21 @@ def _jsonl_callback(event: ProgressEvent) -> None:
               message=event.message)
 
 
+def rich_console(**options: Any) -> Any:
+    """A rich ``Console`` whose closed output raises :class:`BrokenPipeError`, so the command ends with its
+    closed-output exit and message; rich's own handler exits 1 silently."""
+    import errno
+
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+    return _Console(**options)
+
+
 @contextlib.contextmanager
 def progress_display(mode: str, description: str = "") -> Iterator[ProgressCallback | None]:
     """Yield a progress callback for ``mode`` (``rich``, ``jsonl`` or ``none``)."""
@@ -185,10 +200,9 @@ def progress_display(mode: str, description: str = "") -> Iterator[ProgressCallb
     if mode == "none" or not sys.stderr.isatty() and mode != "rich":
         yield None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     # the time left is the tracker's (the current stage's pace), the same figure the Slicer panel shows
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=console,

@@ -4,7 +4,10 @@ ITK is only ever given ASCII paths where Windows would lose a path's characters.
 from __future__ import annotations
 
 import ast
+import errno
+import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,40 @@ def test_every_path_handed_to_simpleitk_goes_through_itk_path():
                 if isinstance(argument, ast.Call) and ast.unparse(argument.func) in ("str", "os.path.join", "os.fspath"):
                     raw.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:90]}")
     assert not raw, "paths given to SimpleITK without itk_path:\n" + "\n".join(raw)
+
+
+class _ClosedWindowsPipe(io.StringIO):
+    """Standard output on Windows after the reader went away: writes fail with EINVAL (CPython issue 79935)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+def test_a_closed_windows_pipe_ends_like_a_closed_pipe_not_in_a_traceback(monkeypatch):
+    from MedTranslateLib.cli import main as cli
+
+    closed = _ClosedWindowsPipe()
+    monkeypatch.setattr(sys, "stdout", closed)
+    with monkeypatch.context() as windows:
+        windows.setattr(os, "name", "nt")
+        cli._wrap_standard_streams()
+    assert isinstance(sys.stdout, cli._ClosedPipeIsBroken)
+    assert cli.main(["models", "list"]) == cli.OUTPUT_CLOSED
+    assert sys.stdout is closed  # main gives the streams back as it found them
+
+
+def test_other_stream_errors_are_not_taken_for_a_closed_pipe():
+    from MedTranslateLib.cli.main import _ClosedPipeIsBroken
+
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    stream = _ClosedPipeIsBroken(Full())
+    with pytest.raises(OSError) as raised:
+        print("x", file=stream)
+    assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, BrokenPipeError)
+    assert stream.getvalue() == ""  # everything else reaches the stream itself

@@ -147,6 +147,47 @@ def _output_closed() -> int:
     return OUTPUT_CLOSED
 
 
+class _ClosedPipeIsBroken:
+    """A standard stream whose closed pipe raises :class:`BrokenPipeError`. Windows raises ``OSError(EINVAL)``
+    instead (CPython issue 79935), which would otherwise end in a traceback, not the closed-output exit."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+    def _call(self, method: str, *args: object) -> object:
+        import errno
+
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as error:
+            if error.errno == errno.EINVAL and not isinstance(error, BrokenPipeError):
+                raise BrokenPipeError(errno.EPIPE, "the standard output was closed") from error
+            raise
+
+    def write(self, text: str) -> object:
+        return self._call("write", text)
+
+    def flush(self) -> object:
+        return self._call("flush")
+
+
+def _wrap_standard_streams() -> None:
+    """On Windows a closed pipe reads as one (undone by :func:`_restore_standard_streams`)."""
+    import os
+
+    if os.name == "nt":
+        sys.stdout, sys.stderr = (s if isinstance(s, _ClosedPipeIsBroken) else _ClosedPipeIsBroken(s)
+                                  for s in (sys.stdout, sys.stderr))
+
+
+def _restore_standard_streams() -> None:
+    sys.stdout, sys.stderr = (getattr(s, "_stream", s) if isinstance(s, _ClosedPipeIsBroken) else s
+                              for s in (sys.stdout, sys.stderr))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, MedTranslateError.exit_code on a known error)."""
     import signal
@@ -158,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="replace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    _wrap_standard_streams()
     import threading
 
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -188,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig, handler in previous.items():
             if handler is not None:  # None: set outside Python, cannot be put back from here
                 signal.signal(sig, handler)
+        _restore_standard_streams()
 
 
 if __name__ == "__main__":  # pragma: no cover

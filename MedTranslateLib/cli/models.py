@@ -27,8 +27,9 @@ def run_models(args: argparse.Namespace) -> int:
             print(json.dumps({"models": [_entry_json(registry, e) for e in entries],
                               "problems": [p.to_json() for p in registry.problems]}, indent=1))
             return 0
-        from rich.console import Console
         from rich.table import Table
+
+        from MedTranslateLib.progress import rich_console
 
         table = Table(title="MedTranslate models")
         for column in ("id", "version", "source -> target", "family", "dims", "where"):
@@ -39,7 +40,9 @@ def run_models(args: argparse.Namespace) -> int:
             card = open_package(e.path).card
             table.add_row(card.id, card.version, f"{card.source_modality} -> {card.target_modality}",
                           card.family, card.dimensionality, e.source)
-        Console(width=max(Console().width, 100)).print(table)
+        console = rich_console()
+        console.width = max(console.width, 100)
+        console.print(table)
         print(f"your model folder: {registry.user_dir}")
         for problem in registry.problems:
             print(f"warning: {printable(str(problem))}")

@@ -43,17 +43,17 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_table(rows: list[dict[str, Any]], aggregates: dict[str, dict[str, float]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from MedTranslateLib.evaluation.evaluate import infinite_notes
+    from MedTranslateLib.progress import rich_console
 
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.4g}"
         return str(value)
 
-    console = Console()
+    console = rich_console()
     shown = rows if len(rows) <= 4 else []  # many cases: summary only (all cases are in the CSV)
     table = Table(title=f"Evaluation of {len(rows)} case(s)")
     table.add_column("metric")
