@@ -169,6 +169,15 @@ class Family(Protocol):
         """The inference callable for a loaded package."""
 
 
+def unwrapped(net: nn.Module) -> nn.Module:
+    """The network inside a multi-process (DDP) wrapper, which does not pass on a network's own attributes
+    (``size_divisor``, ``train_timesteps``, ...); the network itself otherwise. Call the wrapper for the forward
+    pass, so the gradients are shared between processes."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def pack_state(nets: Mapping[str, nn.Module], names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Flatten named networks into one ``<network>.<parameter>`` tensor dict (the package weights layout).
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from MedTranslateLib.errors import ConfigError
-from MedTranslateLib.families.base import Batch, InferenceOptions, Noise, gaussian_noise
+from MedTranslateLib.families.base import Batch, InferenceOptions, Noise, gaussian_noise, unwrapped
 from MedTranslateLib.families.diffusion import (ConditionalDenoiser, ConditionalDiffusionFamily, SamplingPredictor,
                                                 _pad_amounts, check_denoiser_architecture, masked_mse)
 from MedTranslateLib.families.samplers import StepCallback
@@ -166,16 +166,17 @@ class BridgeFamily(ConditionalDiffusionFamily):
 
     def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                       batch: Batch, autocast: Any, options: Mapping[str, Any]) -> dict[str, float]:
-        net: ConditionalDenoiser = nets[self.network_name]  # type: ignore[assignment]
+        net = nets[self.network_name]
+        core: ConditionalDenoiser = unwrapped(net)  # type: ignore[assignment]
         net.train()
         target, source = batch["target"].float(), batch["source"].float()
         mask = batch.get("mask") if bool(options.get("masked_loss", False)) else None
-        pads = _pad_amounts(tuple(target.shape[2:]), net.size_divisor)
+        pads = _pad_amounts(tuple(target.shape[2:]), core.size_divisor)
         if any(pads):
             target, source = F.pad(target, pads, mode="replicate"), F.pad(source, pads, mode="replicate")
             mask = F.pad(mask, pads, mode="constant", value=0.0) if mask is not None else None
-        timesteps = torch.randint(1, net.train_timesteps + 1, (target.shape[0],), device=target.device).long()
-        noisy = bridge_state(target, source, torch.randn_like(target), timesteps, net.train_timesteps, net.variance)
+        timesteps = torch.randint(1, core.train_timesteps + 1, (target.shape[0],), device=target.device).long()
+        noisy = bridge_state(target, source, torch.randn_like(target), timesteps, core.train_timesteps, core.variance)
         optimizer = optimizers[self.network_name]
         optimizer.zero_grad(set_to_none=True)
         with autocast():

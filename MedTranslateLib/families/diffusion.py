@@ -32,7 +32,7 @@ from torch import nn
 
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families import samplers
-from MedTranslateLib.families.base import Batch, InferenceOptions, Noise
+from MedTranslateLib.families.base import Batch, InferenceOptions, Noise, unwrapped
 
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "channels": (64, 128, 256), "attention_levels": (False, False, True), "num_res_blocks": 2,
@@ -232,21 +232,22 @@ class ConditionalDiffusionFamily:
 
     def training_step(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                       batch: Batch, autocast: Callable[[], Any], options: Mapping[str, Any]) -> dict[str, float]:
-        net: ConditionalDenoiser = nets[self.network_name]  # type: ignore[assignment]
+        net = nets[self.network_name]
+        core: ConditionalDenoiser = unwrapped(net)  # type: ignore[assignment]
         net.train()
         target = batch["target"].float()
         # the loss is on the target image, so it takes the target's body mask (its own in unpaired batches)
         mask = batch.get("target_mask", batch.get("mask")) if bool(options.get("masked_loss", False)) else None
-        condition = self.training_condition(batch, net).float()
-        pads = _pad_amounts(tuple(target.shape[2:]), net.size_divisor)
+        condition = self.training_condition(batch, core).float()
+        pads = _pad_amounts(tuple(target.shape[2:]), core.size_divisor)
         if any(pads):
             target = F.pad(target, pads, mode="replicate")
             condition = (F.pad(condition, pads, mode="constant", value=0.0)
                          if self.condition_pad_mode == "constant" else F.pad(condition, pads, mode="replicate"))
             mask = F.pad(mask, pads, mode="constant", value=0.0) if mask is not None else None
-        scheduler = self._train_scheduler(net)
+        scheduler = self._train_scheduler(core)
         noise = torch.randn_like(target)
-        timesteps = torch.randint(0, net.train_timesteps, (target.shape[0],), device=target.device).long()
+        timesteps = torch.randint(0, core.train_timesteps, (target.shape[0],), device=target.device).long()
         noisy = scheduler.add_noise(original_samples=target, noise=noise, timesteps=timesteps)
         goal = samplers.diffusion_target(scheduler, target, noise, timesteps)
         optimizer = optimizers[self.network_name]
