@@ -146,3 +146,17 @@ def test_training_steps_on_cuda_in_mixed_precision_lower_the_loss(family_name):
               for _ in range(60)]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_a_training_checkpoint_puts_the_gpu_generator_back(tmp_path):
+    """A resumed GPU run draws the noise an uninterrupted one would, not its first steps' noise again."""
+    from MedTranslateLib.training.checkpoint import load_checkpoint, save_checkpoint
+
+    nets = {"g": torch.nn.Linear(2, 1)}
+    torch.cuda.manual_seed(3)
+    torch.randn(4, device=CUDA)
+    save_checkpoint(tmp_path / "ckpt", nets, {}, {"step": 1})
+    expected = torch.randn(4, device=CUDA)
+    torch.manual_seed(0)  # what a resumed run does first
+    load_checkpoint(tmp_path / "ckpt", nets, {})
+    assert torch.equal(torch.randn(4, device=CUDA), expected)

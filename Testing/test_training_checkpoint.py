@@ -104,3 +104,42 @@ def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage):
     with pytest.raises(ConfigError, match="is incomplete or damaged") as caught:
         load_checkpoint(folder, *_setup())
     assert "without --resume" in caught.value.fix
+
+
+def test_the_gpu_generators_are_saved_and_restored(tmp_path, monkeypatch):
+    """On a GPU the training noise comes from the CUDA generators: a resume that restored only the CPU generator
+    replayed the noise of the run's first steps (CUDA itself is faked here; test_cuda.py runs it for real)."""
+    states = {0: torch.arange(16, dtype=torch.uint8), 1: torch.arange(16, 32, dtype=torch.uint8)}
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda index: states[index].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.__setitem__(index, state))
+    nets, opts = _setup()
+    save_checkpoint(tmp_path / "ckpt", nets, opts, {"step": 1, "best": {}})
+    load_checkpoint(tmp_path / "ckpt", *_setup())
+    assert sorted(restored) == [0, 1] and all(torch.equal(restored[i], states[i]) for i in states)
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with fewer GPUs
+    restored.clear()
+    load_checkpoint(tmp_path / "ckpt", *_setup())
+    assert list(restored) == [0]
+
+
+def test_each_rank_draws_its_own_noise_and_a_single_process_keeps_its_stream():
+    from MedTranslateLib.training.distributed import DistContext, seed_rank
+
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(0)  # every rank starts alike (the networks' initial weights must agree)
+        seed_rank(DistContext(rank=rank, world_size=2), seed=0, step=0)
+        draws.append(torch.randn(4))
+    assert not torch.equal(*draws)
+    seed_rank(DistContext(rank=0, world_size=2), seed=0, step=5)  # resumed at step 5: not the first steps' noise
+    assert not torch.equal(torch.randn(4), draws[0])
+    torch.manual_seed(0)
+    expected = torch.randn(4)
+    torch.manual_seed(0)
+    seed_rank(DistContext(), seed=0, step=0)
+    assert torch.equal(torch.randn(4), expected)

@@ -3,7 +3,7 @@
 Layout of a checkpoint folder::
 
     weights.safetensors     <network>.<parameter>
-    optimizer.safetensors   <optimizer>.state.<param index>.<key>, plus rng.torch (uint8)
+    optimizer.safetensors   <optimizer>.state.<param index>.<key>, plus rng.torch and rng.cuda.<device> (uint8)
     state.json              step, best metric, history, the run's settings and data split, optimiser param
                             groups and scalar state, numpy RNGs
 """
@@ -61,7 +61,7 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file(pack_state(nets), str(tmp / "weights.safetensors"))
-        opt_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        opt_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **_cuda_rng_states()}
         opt_meta: dict[str, Any] = {}
         for name, optimizer in optimizers.items():
             tensors, meta = _split_optimizer(name, optimizer)
@@ -76,6 +76,24 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _cuda_rng_states() -> dict[str, torch.Tensor]:
+    """The CUDA generators' states (``rng.cuda.<device>``): on a GPU the training noise comes from them, so a
+    resumed run would otherwise replay the noise of its first steps. Nothing when CUDA was never used."""
+    if not torch.cuda.is_initialized():
+        return {}
+    return {f"rng.cuda.{index}": torch.cuda.get_rng_state(index) for index in range(torch.cuda.device_count())}
+
+
+def _restore_cuda_rng_states(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put back the CUDA generators' states saved by :func:`_cuda_rng_states`, for the GPUs this machine has."""
+    saved = {int(key.rsplit(".", 1)[1]): value for key, value in tensors.items() if key.startswith("rng.cuda.")}
+    if not saved or not torch.cuda.is_available():
+        return
+    for index, state in saved.items():
+        if index < torch.cuda.device_count():
+            torch.cuda.set_rng_state(state, index)
 
 
 def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
@@ -126,6 +144,7 @@ def load_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
         raise _damaged(folder, exc) from None
     if "rng.torch" in opt_tensors:
         torch.set_rng_state(opt_tensors["rng.torch"])
+    _restore_cuda_rng_states(opt_tensors)
     saved = payload.get("numpy_rng") or []
     for generator, state in zip(rngs, [saved] if isinstance(saved, dict) else saved):  # a dict: one generator
         generator.bit_generator.state = state

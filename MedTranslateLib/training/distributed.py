@@ -81,6 +81,14 @@ def wrap_networks(nets: Mapping[str, torch.nn.Module], ctx: DistContext,
     return wrapped
 
 
+def seed_rank(ctx: DistContext, seed: int, step: int) -> None:
+    """Under torchrun, give each rank its own torch random stream from here on (diffusion noise and timesteps,
+    dropout): seeded alike, every rank drew the same noise. The step is part of the seed, so a resumed run does
+    not replay its first steps' noise. A single process keeps its stream (its resume restores it exactly)."""
+    if ctx.distributed:
+        torch.manual_seed(seed + 7919 * (ctx.rank + 1) + 104729 * step)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (no-op in a single process)."""
     if ctx.distributed:

@@ -214,6 +214,7 @@ class _Run:
             if self.best["step"] is not None and best_file.is_file():
                 self.best_state = checkpoint.read_tensors(best_file)
         train_nets = distributed.wrap_networks(self.nets, self.ctx, self.device)
+        distributed.seed_rank(self.ctx, config.seed, self.step)
         autocast = _autocast_factory(self.device, config.amp)
         options = dict(config.family_options)
         self.tracker.stage("train", f"training {config.family} for {total} steps on {self.device}")
