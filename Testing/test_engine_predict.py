@@ -76,13 +76,44 @@ def test_3d_identity_within_tolerance():
     np.testing.assert_allclose(result.mean, array, atol=1e-5)
 
 
-def test_3d_outside_mask_box_is_background():
+def test_3d_covers_the_mask_box_and_half_a_window_around_it_and_nothing_else():
     array = volume((12, 14, 18))
     mask = np.zeros_like(array, bool)
-    mask[2:8, 3:10, 4:12] = True
-    result = run(array, mask, card("3d", patch_size=[8, 8, 8], overlap=0.5), Identity())
-    np.testing.assert_allclose(result.mean[mask], array[mask], atol=1e-5)
-    assert np.all(result.mean[0] == -1) and np.all(result.mean[:, :, 15:] == -1)
+    mask[3:8, 6:10, 4:12] = True
+    result = run(array, mask, card("3d", patch_size=[4, 4, 8], overlap=0.5), Identity())
+    region = (slice(1, 10), slice(4, 12), slice(0, 16))  # the box widened by (2, 2, 4), within the volume
+    np.testing.assert_allclose(result.mean[region], array[region], atol=1e-5)
+    outside = np.ones_like(mask)
+    outside[region] = False
+    assert np.all(result.mean[outside] == -1)
+
+
+class Blur:
+    """A 5-voxel box blur whose own padding is 0, like a network's convolutions: what it gives near a window's
+    edge depends on what the window holds around the voxel."""
+
+    stochastic = False
+
+    def __call__(self, source, generator=None):
+        return torch.nn.functional.avg_pool3d(source, 5, stride=1, padding=2)
+
+
+def test_3d_windows_show_the_body_surface_with_its_background_as_training_patches_do():
+    """The windows ran over the body's bounding box alone, so surface voxels were always at a window's edge, and a
+    volume smaller than a window was padded with 0 (mid-grey), not the background training patches show."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 40, 40)), indexing="ij")
+    body = x ** 2 + y ** 2 + z ** 2 < 0.5
+    array = np.where(body, rng.uniform(-0.5, 1, body.shape), -1).astype(np.float32)
+    whole = Blur()(torch.from_numpy(array)[None, None])[0, 0].numpy()  # the volume at once: real surroundings
+    result = run(array, body, card("3d", patch_size=[16, 16, 16], overlap=0.5), Blur())
+    assert np.abs(result.mean - whole)[body].max() < 0.02
+
+    small = array[6:18, 12:28, 12:28]  # a volume smaller than a window: padded with the background value
+    result = run(small, body[6:18, 12:28, 12:28], card("3d", patch_size=[16, 24, 24], overlap=0.5), Blur())
+    padded = np.pad(small, ((2, 2), (4, 4), (4, 4)), constant_values=-1)
+    expected = Blur()(torch.from_numpy(padded)[None, None])[0, 0, 2:-2, 4:-4, 4:-4].numpy()
+    np.testing.assert_allclose(result.mean, expected, atol=1e-5)
 
 
 class SliceIndex:

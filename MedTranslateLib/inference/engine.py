@@ -197,14 +197,26 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _window_region(mask: np.ndarray, roi: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The region the sliding window covers: the mask's bounding box widened by half a window on each side
+    (within the volume), so surface voxels are seen with the background around them, as training patches
+    centred on body voxels show them, not at a window's edge. None when the mask is empty."""
+    box = _bounding_box(mask)
+    if box is None:
+        return None
+    return tuple(slice(max(0, part.start - size // 2), min(extent, part.stop + size // 2))
+                 for part, size, extent in zip(box, roi, mask.shape))
+
+
 def _predict_windows(array: np.ndarray, mask: np.ndarray, roi: tuple[int, ...], overlap: float,
                      runner: BatchRunner, sw_device: torch.device, advance: Callable[[int], None]) -> np.ndarray:
-    """One 3D pass: Gaussian-weighted sliding window over the mask's bounding box (stitched on the CPU). Each
-    window is predicted with its position, so in a stochastic pass overlapping windows see the same noise."""
+    """One 3D pass: Gaussian-weighted sliding window over :func:`_window_region` (stitched on the CPU); a volume
+    smaller than a window is padded with the background value, as training patches are. Each window is
+    predicted with its position, so in a stochastic pass overlapping windows see the same noise."""
     from monai.inferers import sliding_window_inference
 
     result = np.full(array.shape, BACKGROUND, dtype=np.float32)
-    box = _bounding_box(mask)
+    box = _window_region(mask, roi)
     if box is None:
         return result
     crop = torch.from_numpy(np.ascontiguousarray(array[box], dtype=np.float32))[None, None]
@@ -218,7 +230,7 @@ def _predict_windows(array: np.ndarray, mask: np.ndarray, roi: tuple[int, ...], 
 
     stitched = sliding_window_inference(crop, roi, runner.batch_size, window_fn, overlap=overlap, mode="gaussian",
                                         sw_device=sw_device, device=torch.device("cpu"), progress=False,
-                                        with_coord=True)
+                                        with_coord=True, padding_mode="constant", cval=BACKGROUND)
     result[box] = torch.as_tensor(stitched)[0, 0].numpy()
     return result
 
@@ -280,7 +292,7 @@ class _Plan:
     def units(self, body: np.ndarray) -> int:
         """Work items of one pass (body slices, or sliding windows) for progress."""
         if self.dimensionality == "3d":
-            box = _bounding_box(body)
+            box = _window_region(body, self.roi)
             return _window_count(tuple(s.stop - s.start for s in box) if box else (), self.roi, self.overlap)
         return int(np.count_nonzero(np.moveaxis(body, self.axis, 0).any(axis=(1, 2))))
 
