@@ -455,3 +455,32 @@ def test_a_resume_without_checkpoint_and_a_zip_output(tmp_path):
     assert not config.work_path.exists()
     result = train(_config(tmp_path, steps=1, val_fraction=0.0, test_fraction=0.0, output=str(tmp_path / "m.zip")))
     assert result.package.is_file() and result.package.suffix == ".zip"
+
+
+@pytest.mark.parametrize("family", ["unet", "random_forest"])
+def test_the_card_metrics_are_measured_on_the_weights_the_package_ships(tmp_path, monkeypatch, family):
+    """With export_half the package holds float16 weights, but the held-out metrics were measured with the float32
+    ones (for a random forest, 7 % of the voxels changed, by up to 11 HU)."""
+    from safetensors.torch import load_file
+
+    from MedTranslateLib.training import loop
+
+    measured = []
+    real_evaluate = loop.evaluate_prepared
+
+    def evaluate_and_record(family_, nets, *args, **kwargs):
+        measured.append({f"{name}.{key}": value.clone() for name, net in nets.items()
+                         for key, value in net.state_dict().items()})
+        return real_evaluate(family_, nets, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_prepared", evaluate_and_record)
+    options = {"n_trees": 3, "max_depth": 6, "n_samples": 2000} if family == "random_forest" else {}
+    config = _config(tmp_path, family=family, steps=3, val_interval=3, export_half=True, family_options=options,
+                     architecture={} if family == "random_forest" else TINY_UNET)
+    result = loop.train(config)
+    shipped = load_file(str(result.package / "weights.safetensors"))
+    held_out = measured[-1]
+    assert shipped.keys() <= held_out.keys()
+    assert any(v.dtype == torch.float16 for v in shipped.values())
+    for key, value in shipped.items():
+        assert torch.equal(held_out[key], value.to(held_out[key].dtype)), key

@@ -43,6 +43,17 @@ def _prepare_tensors(state_dict: Mapping[str, "torch.Tensor"], half: bool) -> tu
     return tensors, dtype
 
 
+def as_shipped(state_dict: Mapping[str, "torch.Tensor"], half: bool) -> dict[str, "torch.Tensor"]:
+    """The values a package exported with ``half`` gives back when loaded (floating tensors rounded through
+    float16, in their own dtype), so held-out metrics describe the weights that are shipped."""
+    import torch
+
+    if not half:
+        return dict(state_dict)
+    return {name: value.to(torch.float16).to(value.dtype) if value.is_floating_point() else value
+            for name, value in state_dict.items()}
+
+
 def _zip_destination(destination: Path) -> Path:
     return destination if destination.suffix.lower() == ".zip" else destination.with_name(destination.name + ".zip")
 

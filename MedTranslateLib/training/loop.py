@@ -304,10 +304,11 @@ class _Run:
     def export(self) -> tuple[Path, dict[str, float | None], str]:
         """Held-out metrics of the best weights (test if any, else validation) and the model package."""
         from MedTranslateLib.families.base import unpack_state
-        from MedTranslateLib.models.export import export_package
+        from MedTranslateLib.models.export import as_shipped, export_package
 
         self.tracker.stage("evaluate", "measuring held-out metrics")
-        unpack_state(self.nets, self.best_state, self.inference_names)
+        # the weights as the package will hold them (float16 with export_half): the card's figures are theirs
+        unpack_state(self.nets, as_shipped(self.best_state, self.config.export_half), self.inference_names)
         held_cases, metrics_on = (self.data.test, "test") if self.data.test else (self.data.val, "validation")
         per_case = evaluate_prepared(self.family, self.nets, self.card, held_cases, self.device, self.tracker,
                                      lambda fraction, message: self.tracker.update(fraction, f"held-out {message}"))
