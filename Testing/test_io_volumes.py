@@ -357,6 +357,23 @@ def test_nifti_scaling_rules_follow_itk(tmp_path, fields):
                                                                    sitk.sitkFloat32)))
 
 
+@pytest.mark.parametrize("ext", ["nii", "nii.gz"])
+def test_a_scaled_integer_nifti_is_read_with_its_scaling_not_refused_as_truncated(tmp_path, ext):
+    """ITK reports int16 voxels with scl_slope/scl_inter as float32, so the size check expected twice the bytes the
+    file holds and refused it (CT from dcm2niix is often stored so)."""
+    stored = sitk.Cast(odd_image(), sitk.sitkInt16)
+    sitk.WriteImage(stored, str(tmp_path / f"raw.{ext}"))
+    _patched_nifti(tmp_path / f"raw.{ext}", tmp_path / f"scaled.{ext}", scl_slope=2.0, scl_inter=-1024.0)
+    image, _ = read_volume(tmp_path / f"scaled.{ext}")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image),
+                                  sitk.GetArrayFromImage(stored).astype(np.float64) * 2 - 1024)
+    truncated = tmp_path / f"short.{ext}"
+    data = (tmp_path / f"scaled.{ext}").read_bytes()
+    truncated.write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(InputError, match="truncated"):
+        read_volume(truncated)
+
+
 def test_small_and_odd_nifti_files_still_show_their_nan(tmp_path):
     """A NIfTI-1 file shorter than a NIfTI-2 header, or with vox_offset 0 (niftilib reads from 352), is read by
     MedTranslate too: its NaN is refused, not zeroed by ITK."""

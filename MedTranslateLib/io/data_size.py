@@ -207,6 +207,17 @@ def _nifti_header(chunks: Iterator[bytes]) -> tuple[bytes, bool, str]:
     return head, nifti1, endian
 
 
+def nifti_bytes_per_voxel(path: Path) -> int | None:
+    """The bytes one voxel takes in a NIfTI file (its ``bitpix``), None when the header cannot say. ITK reports a
+    scaled integer file (``scl_slope``/``scl_inter``, e.g. int16 CT from dcm2niix) as float32, twice its size."""
+    try:
+        head, nifti1, endian = _nifti_header(_file_bytes(path, 544))
+        bitpix = struct.unpack(endian + "h", head[72:74] if nifti1 else head[14:16])[0]
+    except (OSError, StopIteration, struct.error, ValueError, zlib.error):
+        return None
+    return bitpix // 8 if bitpix >= 8 and bitpix % 8 == 0 else None
+
+
 def read_nifti_float(path: Path, n_voxels: int) -> np.ndarray | None:
     """The voxels (x fastest, intensity scaling applied) of a float NIfTI file as a native-endian flat array, NaN and
     Inf kept; None for other data types or data ITK should report on (a short or unreadable stream).

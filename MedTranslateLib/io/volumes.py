@@ -20,7 +20,8 @@ from MedTranslateLib.errors import InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import (
     FILE_SUFFIXES, atomic_output, check_writable, dicom_output_folder, full_suffix, is_dicom_output, volume_stem,
 )
-from MedTranslateLib.io.data_size import check_declared_bytes, check_written, non_finite_counts, read_nifti_float
+from MedTranslateLib.io.data_size import (check_declared_bytes, check_written, nifti_bytes_per_voxel, non_finite_counts,
+                                        read_nifti_float)
 from MedTranslateLib.io.itk_paths import itk_path
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
@@ -153,7 +154,10 @@ def _read_file(path: Path, max_voxels: int, what: str) -> tuple[sitk.Image, int]
     _geometry_problems(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(),
                        reader.GetSpacing(), reader.GetDirection(), what, max_voxels)
     pixel_id = reader.GetPixelID()
-    declared = math.prod(reader.GetSize()) * _BYTES_PER_VOXEL.get(pixel_id, 1)
+    voxel_bytes = _BYTES_PER_VOXEL.get(pixel_id, 1)
+    if full_suffix(path) in (".nii", ".nii.gz"):  # stored bytes, not the scaled type ITK reports
+        voxel_bytes = nifti_bytes_per_voxel(path) or voxel_bytes
+    declared = math.prod(reader.GetSize()) * voxel_bytes
     check_declared_bytes(path, declared)
     # ITK's NIfTI reader turns NaN and Inf into zeros: float NIfTI voxels are read here, NaN and Inf kept for the
     # content checks
