@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,6 +283,45 @@ def test_output_data_file_never_overwrites_an_input_data_file(tmp_path):
     with pytest.raises(OutputError, match="overwrite the input .*scan.raw"):
         ensure_not_input(tmp_path / "scan.nhdr", [header])  # would write scan.raw too
     ensure_not_input(tmp_path / "other.nhdr", [header])
+
+
+@pytest.mark.parametrize("header_name,line", [("input.mhd", "ElementDataFile = {}"), ("input.nhdr", "data file: {}")])
+def test_an_input_whose_header_names_another_data_file_keeps_it(tmp_path, header_name, line):
+    """`input.mhd` reading `synth.raw`: translating it to `synth.mhd` wrote the synthetic voxels into synth.raw, so
+    the input became the output, without a word."""
+    written = write_volume(odd_image(), tmp_path / f"tmp{Path(header_name).suffix}")  # tmp.mhd + tmp.raw
+    text = written.read_text(encoding="latin-1")
+    key = line.split("{}")[0]
+    header = tmp_path / header_name
+    header.write_text("\n".join(line.format("synth.raw") if entry.startswith(key) else entry
+                                for entry in text.splitlines()) + "\n", encoding="latin-1")
+    (tmp_path / "tmp.raw").rename(tmp_path / "synth.raw")
+    written.unlink()
+    before = (tmp_path / "synth.raw").read_bytes()
+    image, _ = read_volume(header)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(odd_image()))
+    for output in ("synth.mhd", "synth.nhdr", "synth.raw"):
+        with pytest.raises(OutputError, match="overwrite the input .*synth.raw"):
+            ensure_not_input(tmp_path / output, [header])
+    ensure_not_input(tmp_path / "other.mhd", [header])
+    assert (tmp_path / "synth.raw").read_bytes() == before
+
+
+def test_the_data_files_a_header_names(tmp_path):
+    from MedTranslateLib.io.headers import named_data_files
+
+    def names(file_name, text):
+        (tmp_path / file_name).write_text(text, encoding="latin-1")
+        return [p.name for p in named_data_files(tmp_path / file_name)]
+
+    assert names("a.mhd", "NDims = 3\nElementDataFile = data.raw\n") == ["data.raw"]
+    assert names("b.mha", "NDims = 3\nElementDataFile = LOCAL\n") == []
+    assert names("c.mhd", "NDims = 3\nElementDataFile = LIST\ns1.raw\ns2.raw\n") == ["s1.raw", "s2.raw"]
+    assert names("d.nhdr", "NRRD0004\ndata file: slice%03d.raw 1 3 1\n") == [
+        "slice001.raw", "slice002.raw", "slice003.raw"]
+    assert names("e.nhdr", "NRRD0004\ndatafile: LIST\nx.raw\ny.raw\n") == ["x.raw", "y.raw"]
+    assert names("f.nrrd", "NRRD0004\ntype: short\n\n") == []
+    assert named_data_files(tmp_path / "missing.mhd") == [] and named_data_files(tmp_path / "x.nii.gz") == []
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Cancelled])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from MedTranslateLib.errors import OutputError
+from MedTranslateLib.io.headers import named_data_files
 from MedTranslateLib.signals import signals_deferred
 
 #: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
@@ -158,6 +159,7 @@ def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLi
         if path.is_file() and path.suffix.lower() == ".dcm":
             protected.append(path.parent)  # a .dcm input stands for its whole series folder
         protected.extend(companion_files(path))
+        protected.extend(named_data_files(path))  # `ElementDataFile = other.raw` in input.mhd
     for path in protected:
         clash = any(same_file(out, path) for out in written) or (dicom and _inside(path, target))
         if clash:

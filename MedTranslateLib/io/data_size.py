@@ -20,6 +20,7 @@ import numpy as np
 
 from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import full_suffix
+from MedTranslateLib.io.headers import text_header
 
 MAX_DEFLATE_RATIO = 1100  # more than zlib's best ratio (about 1032): a larger declared size is a lie
 
@@ -31,30 +32,6 @@ def _data_file(path: Path, data_file: str) -> tuple[Path, int]:
         raise InputError(f"Cannot read '{path}': its data file '{data_file}' is missing.",
                          "Keep the header and its data file together in one folder.")
     return data_path, data_path.stat().st_size
-
-
-def text_header(path: Path, limit: int = 65536) -> tuple[dict[str, str], int]:
-    """Key/value pairs of a MetaImage or NRRD text header and its length in bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(limit)
-    values: dict[str, str] = {}
-    offset = 0
-    for raw_line in head.split(b"\n"):
-        offset += len(raw_line) + 1
-        line = raw_line.decode("latin-1").strip()
-        if full_suffix(path) in (".nrrd", ".nhdr"):
-            if not line and values:
-                break
-            key, sep, value = line.partition(":")
-            if sep and not value.startswith("="):
-                values[key.strip().lower()] = value.strip()
-        else:
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key.strip().lower()] = value.strip()
-            if key.strip().lower() == "elementdatafile":
-                break
-    return values, offset
 
 
 def check_declared_bytes(path: Path, declared: int) -> None:
