@@ -96,7 +96,8 @@ class Translator:
         from MedTranslateLib.evaluation.ood import check_input
         from MedTranslateLib.inference.engine import predict_volume
         from MedTranslateLib.io import validate_volume
-        from MedTranslateLib.preprocess import check_modality, in_model_orientation, prepare, restore, restore_std
+        from MedTranslateLib.preprocess import (check_modality, in_model_orientation, on_input_grid, prepare, restore,
+                                                restore_array)
 
         tracker = tracker or ProgressTracker(STAGES)
         options = options or InferenceOptions()
@@ -108,7 +109,7 @@ class Translator:
         notes = []
         if uncertainty:
             options = _with_uncertainty(options, self.card.family)
-            if asked is not None and 1 < asked < options.samples:
+            if asked is not None and asked < options.samples:  # --samples 1 too: the mean of 4 was not asked for
                 notes.append(f"--samples {asked} was raised to {options.samples}: an uncertainty map needs at least "
                              f"{options.samples} samples.")
         seconds: dict[str, float] = {}
@@ -129,17 +130,21 @@ class Translator:
         start = time.perf_counter()
         tracker.stage("inference", f"running {card['family']} on {self.device.type}")
         predictor = self.family.make_predictor(self.nets, card, options)
-        prediction = predict_volume(prepared.array, prepared.mask, card, predictor, options, self.device, tracker)
+        out_spec = card["normalization"]["output"]
+        # with an uncertainty map, each pass is put back on the input grid and the spread taken there
+        restore_pass = (lambda array: restore_array(array, prepared.record, out_spec)) if uncertainty else None
+        prediction = predict_volume(prepared.array, prepared.mask, card, predictor, options, self.device, tracker,
+                                    restore_pass)
         warnings += list(getattr(prediction, "warnings", []) or [])
         seconds["inference"] = time.perf_counter() - start
 
         start = time.perf_counter()
         tracker.stage("restore", "putting the result back on the input grid")
-        out_spec = card["normalization"]["output"]
-        output = restore(prediction.mean, prepared.record, out_spec, out_spec.get("background"))
+        output = on_input_grid(prediction.mean, prepared.record) if uncertainty else \
+            restore(prediction.mean, prepared.record, out_spec)
         std_image = None
         if uncertainty and prediction.std is not None:
-            std_image = restore_std(prediction.std, prepared.record, out_spec)
+            std_image = on_input_grid(prediction.std, prepared.record)
         elif uncertainty:
             warnings.append("This model and these options give no uncertainty map.")
         seconds["restore"] = time.perf_counter() - start

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MedTranslateLib.errors import ModelError
-from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
+from MedTranslateLib.preprocess.normalization import denormalize, normalize
 
 CT_SPEC = {"method": "clip", "range": [-1024.0, 3071.0], "background": -1024.0}
 
@@ -99,14 +99,6 @@ def test_target_normalised_with_output_spec_inverts_to_output_range(mr_volume) -
     back = denormalize(out, spec)  # no params: output_range
     expected = (array[mask] - params["lo"]) / (params["hi"] - params["lo"])
     np.testing.assert_allclose(back[mask], expected, atol=1e-5)
-
-
-def test_denormalize_std_scales_by_half_the_range() -> None:
-    std = np.array([0.0, 0.1, 0.5], np.float32)
-    np.testing.assert_allclose(denormalize_std(std, CT_SPEC), std * 4095.0 / 2.0, rtol=1e-6)
-    spec = {"method": "zscore", "output_range": [0.0, 600.0]}
-    np.testing.assert_allclose(denormalize_std(std, spec), std * 300.0, rtol=1e-6)
-    np.testing.assert_allclose(denormalize_std(std, {"method": "zscore"}, {"mean": 5.0, "std": 2.0}), std * 6.0)
 
 
 def test_unknown_method_and_empty_range_are_refused() -> None:

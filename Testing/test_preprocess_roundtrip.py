@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from MedTranslateLib.errors import InputError, ModelError
-from MedTranslateLib.preprocess import PrepRecord, prepare, prepare_pair, restore, restore_std
+from MedTranslateLib.preprocess import (PrepRecord, on_input_grid, prepare, prepare_pair, restore,
+                                        restore_array)
 from MedTranslateLib.preprocess import geometry
 
 CT_SPEC = {"method": "clip", "range": [-1024.0, 3071.0], "background": -1024.0}
@@ -276,14 +277,18 @@ def test_target_role_uses_output_spec() -> None:
     assert as_target.record.normalization["lo"] == -200.0 and as_target.record.role == "target"
 
 
-def test_restore_std_scales_and_zeroes_the_background() -> None:
+def test_restore_array_is_the_restored_image_without_its_geometry() -> None:
+    """The uncertainty map takes each pass's spread from restore_array on the input grid."""
     import SimpleITK as sitk
 
-    prepared = prepare(ct_image(direction=oblique_direction()), card(None, "RAS"))
-    std = np.full(prepared.array.shape, 0.01, np.float32)
-    result = sitk.GetArrayFromImage(restore_std(std, prepared.record, CT_SPEC))
-    assert np.all(result[~prepared.input_mask] == 0.0)
-    np.testing.assert_allclose(result[prepared.input_mask], 0.01 * 4095.0 / 2.0, rtol=1e-5)
+    image = ct_image(direction=oblique_direction())
+    prepared = prepare(image, card(None, "RAS"))
+    array = restore_array(prepared.array, prepared.record, CT_SPEC)
+    restored = restore(prepared.array, prepared.record, CT_SPEC)
+    np.testing.assert_array_equal(array, sitk.GetArrayFromImage(restored))
+    rebuilt = on_input_grid(array, prepared.record)
+    assert (rebuilt.GetSpacing(), rebuilt.GetOrigin(), rebuilt.GetDirection()) == \
+        (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def test_percentile_input_restores_through_recorded_params() -> None:

@@ -260,6 +260,8 @@ def test_translate_takes_the_cards_samples_unless_given(tmp_path):
     assert translator.translate(image, options=InferenceOptions(samples=1)).stats["passes"] == 1
     with_map = translator.translate(image, uncertainty=True)  # raised to 4 for a map, with no note about --samples
     assert with_map.stats["passes"] == 4 and not any("--samples" in w for w in with_map.warnings)
+    one_asked = translator.translate(image, options=InferenceOptions(samples=1), uncertainty=True)
+    assert one_asked.stats["passes"] == 4 and any("--samples 1 was raised to 4" in w for w in one_asked.warnings)
 
 
 @pytest.mark.parametrize(("family", "sampling", "message"), [

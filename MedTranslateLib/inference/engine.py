@@ -330,12 +330,15 @@ def _plan(card: Mapping[str, Any], options: InferenceOptions, device: torch.devi
 
 
 def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str, Any], predictor: Predictor,
-                   options: InferenceOptions, device: torch.device, tracker: ProgressTracker) -> Prediction:
+                   options: InferenceOptions, device: torch.device, tracker: ProgressTracker,
+                   restore_pass: Callable[[np.ndarray], np.ndarray] | None = None) -> Prediction:
     """Predict a normalised (z, y, x) volume with ``predictor`` as the card's ``dimensionality`` says.
 
     Reports progress through ``tracker.update`` (which also raises ``Cancelled``) and returns the prediction (the
     mean of sampled passes; the unflipped pass under flip TTA) and, for several passes, the standard deviation, both
-    (z, y, x) float32 in the normalised space.
+    (z, y, x) float32 in the normalised space, each pass clipped to the network range [-1, 1] as the output will
+    be. ``restore_pass`` maps every pass to where the statistics are taken instead (the input grid in physical
+    units): the spread of resampled passes is not the resampled spread, which overstates it.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
@@ -375,9 +378,12 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
                 result = _predict_windows(source, source_mask, plan.roi, plan.overlap, runner, device, advance)
             else:
                 result = _predict_slices(source, source_mask, plan.axis, plan.context, runner, plan.batch, advance)
-            stats.add(np.flip(result, flips) if flips else result)
+            aligned = np.clip(np.flip(result, flips) if flips else result, -1.0, 1.0, out=None if flips else result)
+            if restore_pass is not None:
+                aligned = restore_pass(aligned)
+            stats.add(aligned)
             if flipped_passes and not flips:
-                plain = result
+                plain = aligned
             tracker.check()
     tracker.update(1.0, "prediction finished")
     unit_shape = plan.roi if plan.dimensionality == "3d" else tuple(

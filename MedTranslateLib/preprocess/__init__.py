@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from MedTranslateLib.preprocess.body_mask import BodyMaskFallbackWarning, body_mask
 from MedTranslateLib.preprocess.modality import check_modality, guess_modality
-from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
+from MedTranslateLib.preprocess.normalization import denormalize, normalize
 from MedTranslateLib.preprocess.prepare import (PrepRecord, Prepared, automatic_body, in_model_orientation, prepare,
-                                                prepare_pair, restore, restore_std)
+                                                on_input_grid, prepare_pair, restore, restore_array)
 
 __all__ = [
     "BodyMaskFallbackWarning", "PrepRecord", "Prepared", "automatic_body", "body_mask", "check_modality",
-    "denormalize", "denormalize_std", "guess_modality", "in_model_orientation", "normalize", "prepare",
-    "prepare_pair", "restore", "restore_std",
+    "denormalize", "guess_modality", "in_model_orientation", "normalize", "on_input_grid", "prepare",
+    "prepare_pair", "restore", "restore_array",
 ]

@@ -169,11 +169,3 @@ def output_to_unit(array: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     (``range`` for clip, ``output_range`` otherwise) back to network units [-1, 1] (clipped)."""
     lo, hi = _inverse_bounds(spec, None)
     return _linear_to_unit(array, lo, hi)
-
-
-def denormalize_std(std: np.ndarray, spec: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Scale a standard deviation in network units to physical units (the slope of :func:`denormalize`)."""
-    lo, hi = _inverse_bounds(spec, params)
-    out = np.abs(np.array(std, dtype=np.float32, copy=True))
-    out *= np.float32((hi - lo) / 2.0)
-    return out

@@ -20,7 +20,7 @@ import numpy as np
 from MedTranslateLib.errors import InputError, ModelError, plain_numbers
 from MedTranslateLib.preprocess import geometry
 from MedTranslateLib.preprocess.body_mask import body_mask
-from MedTranslateLib.preprocess.normalization import denormalize, denormalize_std, normalize
+from MedTranslateLib.preprocess.normalization import denormalize, normalize
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
@@ -292,10 +292,9 @@ def prepare_pair(source: "sitk.Image", target: "sitk.Image", card: Mapping[str, 
     return prepared, np.ascontiguousarray(normalised, dtype=np.float32)
 
 
-def _back_to_input_grid(physical: np.ndarray, record: PrepRecord, background: float) -> "sitk.Image":
-    """Undo pad, crop, resampling and orientation, put ``background`` outside the body, original geometry."""
-    import SimpleITK as sitk
-
+def _back_to_input_grid(physical: np.ndarray, record: PrepRecord, background: float) -> np.ndarray:
+    """Undo pad, crop, resampling and orientation and put ``background`` outside the body: (z, y, x) float32 on
+    the input's grid."""
     if list(physical.shape) != list(record.model_shape):
         raise ModelError(f"The model returned an array of shape {list(physical.shape)} but "
                          f"{record.model_shape} (z, y, x) was prepared.",
@@ -313,21 +312,26 @@ def _back_to_input_grid(physical: np.ndarray, record: PrepRecord, background: fl
     out = np.array(out, dtype=np.float32, copy=True)
     if record.mask_source != "none":
         out[~record.input_mask()] = np.float32(background)
-    image = sitk.GetImageFromArray(out)
+    return out
+
+
+def on_input_grid(array: np.ndarray, record: PrepRecord | Mapping[str, Any]) -> "sitk.Image":
+    """A (z, y, x) array on the input's grid as an image with the input's exact geometry."""
+    import SimpleITK as sitk
+
+    if not isinstance(record, PrepRecord):
+        record = PrepRecord.from_dict(record)
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
     image.SetSpacing(tuple(record.original["spacing"]))
     image.SetOrigin(tuple(record.original["origin"]))
     image.SetDirection(tuple(record.original["direction"]))
     return image
 
 
-def restore(array: np.ndarray, record: PrepRecord | Mapping[str, Any], spec: Mapping[str, Any],
-            background: float | None = None, params: Mapping[str, Any] | None = None) -> "sitk.Image":
-    """A model-grid prediction (network range) back on the input's exact grid, in physical units.
-
-    ``spec`` is the output normalisation (``params`` only to invert a specific normalisation exactly).
-    ``background`` (default: the spec's ``background``, else the value -1 maps to) fills everything
-    outside the body mask and outside the cropped box.
-    """
+def restore_array(array: np.ndarray, record: PrepRecord | Mapping[str, Any], spec: Mapping[str, Any],
+                  background: float | None = None, params: Mapping[str, Any] | None = None) -> np.ndarray:
+    """A model-grid prediction (network range) back on the input's grid in physical units, as a (z, y, x) float32
+    array (see :func:`restore`)."""
     if not isinstance(record, PrepRecord):
         record = PrepRecord.from_dict(record)
     physical = denormalize(array, spec, params)
@@ -338,9 +342,12 @@ def restore(array: np.ndarray, record: PrepRecord | Mapping[str, Any], spec: Map
     return _back_to_input_grid(physical, record, float(background))
 
 
-def restore_std(std: np.ndarray, record: PrepRecord | Mapping[str, Any], spec: Mapping[str, Any],
-                params: Mapping[str, Any] | None = None) -> "sitk.Image":
-    """A model-grid standard deviation (network units) on the input grid in physical units (0 outside)."""
-    if not isinstance(record, PrepRecord):
-        record = PrepRecord.from_dict(record)
-    return _back_to_input_grid(denormalize_std(std, spec, params), record, 0.0)
+def restore(array: np.ndarray, record: PrepRecord | Mapping[str, Any], spec: Mapping[str, Any],
+            background: float | None = None, params: Mapping[str, Any] | None = None) -> "sitk.Image":
+    """A model-grid prediction (network range) back on the input's exact grid, in physical units.
+
+    ``spec`` is the output normalisation (``params`` only to invert a specific normalisation exactly).
+    ``background`` (default: the spec's ``background``, else the value -1 maps to) fills everything
+    outside the body mask and outside the cropped box.
+    """
+    return on_input_grid(restore_array(array, record, spec, background, params), record)
