@@ -8,13 +8,36 @@ from typing import TYPE_CHECKING, Sequence
 
 from MedTranslateLib.errors import ModelError
 from MedTranslateLib.families.base import InferenceOptions, derive_seed
-from MedTranslateLib.pipeline import TranslationResult, Translator
-from MedTranslateLib.progress import ProgressTracker
+from MedTranslateLib.pipeline import STAGES, TranslationResult, Translator
+from MedTranslateLib.progress import ProgressEvent, ProgressTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
 
+    from MedTranslateLib.models.card import ModelCard
     from MedTranslateLib.models.package import ModelPackage
+
+
+def _check_output_scales(cards: Sequence["ModelCard"]) -> None:
+    """Members must write the same intensity scale: a CT model writes Hounsfield units, but an MR model writes its
+    own ``output_range`` (say 0-1000), and the mean of a 0-1000 and a 0-1 model is neither."""
+    def scale(card: "ModelCard") -> tuple | None:
+        spec = card.to_dict()["normalization"]["output"]
+        if str(spec.get("method", "clip")).lower() == "clip":  # physical units (HU)
+            return None
+        return tuple(spec.get("output_range") or ()), spec.get("background")
+
+    def describe(card: "ModelCard") -> str:
+        own = scale(card)
+        return f"{card.id} writes physical units" if own is None else \
+            f"{card.id} writes {list(own[0])} (background {own[1]})"
+
+    for card in cards[1:]:
+        if scale(card) != scale(cards[0]):
+            raise ModelError(f"Ensemble members write different intensity scales: {describe(cards[0])}, "
+                             f"{describe(card)}; their mean would mix two scales.",
+                             "Ensemble only models whose normalization.output has the same output_range and "
+                             "background.")
 
 
 class EnsembleTranslator:
@@ -36,6 +59,7 @@ class EnsembleTranslator:
                     f"{first.source_modality} -> {first.target_modality}, {member.card.id} is "
                     f"{member.card.source_modality} -> {member.card.target_modality}.",
                     "Ensemble only models of the same source and target modality.")
+        _check_output_scales([member.card for member in self.members])
         self.card = first
         self.device = self.members[0].device
 
@@ -50,8 +74,8 @@ class EnsembleTranslator:
         options = options or InferenceOptions()
         # each member is seeded from (seed, member index): seed + i gave member 1 of --seed 0 the noise of
         # member 0 of --seed 1
-        results = [m.translate(image, mask, replace(options, seed=derive_seed(options.seed, i)), tracker,
-                               uncertainty=False)
+        results = [m.translate(image, mask, replace(options, seed=derive_seed(options.seed, i)),
+                               self._member_tracker(tracker, i), uncertainty=False)
                    for i, m in enumerate(self.members)]
         mean_array, std_array = ensemble_stats([sitk.GetArrayViewFromImage(r.output) for r in results])
         mean = sitk.GetImageFromArray(mean_array)
@@ -64,7 +88,27 @@ class EnsembleTranslator:
         provenance["ensemble"] = ",".join(f"{m.card.id}@{m.card.version}" for m in self.members)
         warnings = sorted({w for r in results for w in r.warnings})
         seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in results[0].seconds}
-        return TranslationResult(mean, std_image, warnings, provenance, seconds)
+        return TranslationResult(mean, std_image, warnings, provenance, seconds,
+                                 {"members": [dict(r.stats) for r in results]})
+
+    def _member_tracker(self, tracker: ProgressTracker | None, index: int) -> ProgressTracker | None:
+        """A tracker for member ``index`` whose progress fills its share of ``tracker``'s translation stages
+        (preprocess to restore), its messages naming the member: one shared tracker stopped at the first
+        member's end, since progress never goes backwards."""
+        if tracker is None:
+            return None
+        names = [name for name, _ in STAGES]
+        total = sum(weight for _, weight in STAGES)
+        start = sum(weight for _, weight in STAGES[:names.index("preprocess")]) / total
+        end = sum(weight for _, weight in STAGES[:names.index("write")]) / total
+        count, card = len(self.members), self.members[index].card
+
+        def relay(event: ProgressEvent) -> None:
+            own = min(max((event.fraction - start) / (end - start), 0.0), 1.0)
+            tracker.report_at(start + (end - start) * (index + own) / count, event.stage, event.stage_fraction,
+                              f"model {index + 1}/{count} ({card.id}): {event.message}".rstrip(": "))
+
+        return ProgressTracker(STAGES, relay, tracker.cancel_token)
 
     def provenance(self) -> dict:
         """The first member's provenance (the translation adds the ensemble's members)."""

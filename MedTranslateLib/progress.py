@@ -133,6 +133,20 @@ class ProgressTracker:
             eta = self._time_left(stage_fraction, weight, now)
             self.callback(ProgressEvent(self._stage, self.fraction, stage_fraction, eta, elapsed, message))
 
+    def report_at(self, fraction: float, stage: str, stage_fraction: float, message: str = "") -> None:
+        """Report progress at an overall ``fraction`` directly (a part of the work run with its own tracker, such
+        as one model of an ensemble); the time left is the run's average pace. Never goes backwards."""
+        self.check()
+        self.fraction = max(self.fraction, min(max(fraction, 0.0), 1.0))
+        now = self._clock()
+        if stage_fraction < 1.0 and now - self._last_emit < self._min_interval:
+            return
+        self._last_emit = now
+        elapsed = now - self._start
+        if self.callback is not None:
+            eta = None if self.fraction < MIN_STAGE_FRACTION else elapsed * (1.0 - self.fraction) / self.fraction
+            self.callback(ProgressEvent(stage, self.fraction, stage_fraction, eta, elapsed, message))
+
     def _time_left(self, stage_fraction: float, weight: float, now: float) -> float | None:
         """Seconds left for the whole job at the current stage's pace (None while it cannot be told)."""
         if weight <= 0.0:  # a stage not declared up front: only the run's average pace is known

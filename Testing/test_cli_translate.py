@@ -361,6 +361,43 @@ def test_ensemble_mean_and_spread(tmp_path, mr_input):
     assert np.allclose(std, np.abs(arrays["a"] - arrays["b"]) / 2, atol=0.5)
 
 
+def test_ensemble_progress_runs_through_every_member(tmp_path, mr_input, capsys):
+    """One tracker shared by the members stopped at the first member's end (progress never goes back), so the bar
+    sat at 88 % for the other members; their messages did not say which model was running."""
+    a = make_untrained_package(tmp_path / "a", "unet", "2d", seed=1, id="ens-a")
+    b = make_untrained_package(tmp_path / "b", "unet", "2d", seed=2, id="ens-b")
+    source = tmp_path / "mr.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    assert main(["translate", str(source), "-m", str(a), "--ensemble", str(b), "-o", str(tmp_path / "o.nii.gz"),
+                 "--progress", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    progress = [e for e in events if e["event"] == "progress"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions)
+    first = [e["fraction"] for e in progress if e["message"].startswith("model 1/2 (ens-a)")]
+    second = [e["fraction"] for e in progress if e["message"].startswith("model 2/2 (ens-b)")]
+    assert first and second and max(first) < 0.55 < max(second)
+    assert len(events[-1]["stats"]["members"]) == 2
+
+
+def test_an_ensemble_of_mr_models_writing_different_scales_is_refused(tmp_path, mr_input, capsys):
+    """A T2 model writing 0-1000 and one writing 0-1 were averaged into neither scale, without a word."""
+    a = make_untrained_package(tmp_path / "a", "unet", "2d", target="T2", id="t2-a")
+    b = make_untrained_package(tmp_path / "b", "unet", "2d", target="T2", id="t2-b")
+    card = json.loads((b / "model.json").read_text(encoding="utf-8"))
+    card["normalization"]["output"]["output_range"] = [0.0, 1.0]
+    (b / "model.json").write_text(json.dumps(card), encoding="utf-8")
+    source = tmp_path / "t1.nii.gz"
+    write_volume(mr_input, source, modality="MR")
+    out = tmp_path / "o.nii.gz"
+    assert main(["translate", str(source), "-m", str(a), "--ensemble", str(b), "-o", str(out), "--progress",
+                 "none"]) == 4
+    assert "different intensity scales" in capsys.readouterr().err and not out.exists()
+    c = make_untrained_package(tmp_path / "c", "unet", "2d", target="T2", seed=3, id="t2-c")
+    assert main(["translate", str(source), "-m", str(a), "--ensemble", str(c), "-o", str(out), "--progress",
+                 "none"]) == 0
+
+
 @pytest.mark.parametrize("output_type, pixel, exact", [("auto", sitk.sitkInt16, False), ("int16", sitk.sitkInt16, False),
                                                        ("float32", sitk.sitkFloat32, True)])
 def test_output_type_of_a_synthetic_ct(tmp_path, mr_input, output_type, pixel, exact):
