@@ -174,6 +174,15 @@ def test_long_description_keeps_its_clinical_warning_and_uncertainty_gets_its_ow
     assert (float(ds.WindowCenter), float(ds.WindowWidth)) != (40.0, 400.0)  # its own values, not the CT window
 
 
+def test_a_ct_uncertainty_series_keeps_fractions_of_a_hounsfield_unit(tmp_path):
+    """Stored as whole HU like the CT itself, a 2.4 HU spread came back as 2 HU."""
+    spread = sitk.GetImageFromArray(np.linspace(0.0, 7.3, 6 * 9 * 11, dtype=np.float32).reshape(6, 9, 11))
+    spread.CopyInformation(ct_image())
+    folder = write_volume(spread, tmp_path / "std/", modality="CT", uncertainty=True)
+    back, _ = read_volume(folder)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(spread), atol=1e-3)
+
+
 def test_long_description_keeps_the_whole_model_id():
     """The pipeline's "SYNTHETIC CT from MR (MedTranslate mr2ct-phantom-unet2d 1.0.0) - ..." was cut to
     "... (MedTranslate mr2ct- - not for clinical use": the program name, then the version, then "from MR" go first."""

@@ -88,7 +88,8 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
     if not np.isfinite(array).all():
         raise OutputError("Cannot write DICOM: the volume contains NaN or Inf values.",
                           "Check the translation result; write it as .nii.gz to inspect it.")
-    stored, slope, intercept = _rescale(array, kind)
+    # an uncertainty map of a CT keeps its fractions of a HU (whole HU would cut a 2 HU spread by up to 25 %)
+    stored, slope, intercept = _rescale(array, "OT" if uncertainty else kind)
     center, width = _window(array, "OT" if uncertainty else kind)
     spacing = image.GetSpacing()
     matrix = np.asarray(image.GetDirection(), float).reshape(3, 3)
