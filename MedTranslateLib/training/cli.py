@@ -17,7 +17,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
                               "paired_folder, csv, unpaired)"),
     "source": ("source_modality", str, "source modality (MR, CBCT, T1, T2, ...)"),
     "target": ("target_modality", str, "target modality (CT, T2, FLAIR, ...)"),
-    "steps": ("steps", int, "training steps"),
+    "steps": ("steps", int, "training steps (clears an epochs of the config file or --set)"),
     "epochs": ("epochs", int, "epochs (overrides --steps)"),
     "batch_size": ("batch_size", int, "batch size"),
     "lr": ("lr", float, "learning rate"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -105,7 +107,14 @@ class TrainConfig:
 
     @property
     def work_path(self) -> Path:
-        return Path(self.work_dir) if self.work_dir else Path(str(self.output).removesuffix(".zip") + ".work")
+        """``work_dir``, else ``<output>.work`` beside the package (``o/m/`` and ``o/m.ZIP`` give ``o/m.work``)."""
+        if self.work_dir:
+            return Path(self.work_dir)
+        output = Path(str(self.output))
+        if output.name in ("", ".", ".."):  # "." or "..": name the folder itself
+            output = Path(os.path.abspath(output))
+        name = output.name[:-4] if output.name.lower().endswith(".zip") else output.name
+        return output.with_name(name + ".work")
 
     def input_normalization(self) -> dict[str, Any]:
         if self.normalization_input:
@@ -120,6 +129,25 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _validate_split(self) -> None:
+        """The held-out fractions leave data to train on; zslab settings it cannot honour are refused."""
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 <= float(getattr(self, key)) < 1.0:
+                raise ConfigError(f"{key} must be at least 0 and below 1 (got {getattr(self, key)}).",
+                                  f"For example {key} = 0.2 (0 holds nothing out).")
+        if float(self.val_fraction) + float(self.test_fraction) >= 1.0:
+            raise ConfigError(f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + "
+                              f"{self.test_fraction}): nothing would be left to train on.",
+                              "Lower one of them, e.g. val_fraction = 0.2, test_fraction = 0.1.")
+        if int(self.slab_gap) < 0:
+            raise ConfigError(f"slab_gap must be 0 or more (got {self.slab_gap}).", "For example slab_gap = 4.")
+        listed = [key for key in ("val_subjects", "test_subjects") if getattr(self, key)]
+        if self.split == "zslab" and listed:
+            raise ConfigError(f"split = \"zslab\" holds out slabs of one volume and does not use "
+                              f"{' or '.join(listed)}.",
+                              "Remove them and set val_fraction / test_fraction (shares of the volume's slices), or "
+                              "use split = \"subject\" to hold out whole subjects.")
+
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` for values that cannot work."""
         choices = {"dimensionality": ("2d", "2.5d", "3d"), "split": ("subject", "zslab"),
@@ -128,6 +156,10 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r} is not allowed.", f"Use one of {allowed}.")
+        for key in _FLOAT_FIELDS:
+            if not math.isfinite(float(getattr(self, key))):
+                raise ConfigError(f"{key} must be a finite number (got {getattr(self, key)}).",
+                                  f"Write e.g. {key}={_FIELDS[key].default}.")
         for key in ("batch_size", "steps", "val_interval", "checkpoint_interval", "log_interval"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)}).", "Give a positive integer.")
@@ -138,6 +170,7 @@ class TrainConfig:
             if getattr(self, key) is not None and int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)}).",
                                   "Give a positive integer, or leave it out.")
+        self._validate_split()
         if self.context_slices is not None and int(self.context_slices) < 0:
             raise ConfigError(f"context_slices must be 0 or more (got {self.context_slices}).", "For example 2.")
         if not 0.0 <= float(self.body_fraction) <= 1.0:
@@ -198,29 +231,83 @@ RESUME_FREE_KEYS = ("steps", "epochs", "steps_per_epoch", "val_interval", "check
                     "device", "amp", "deterministic", "output", "work_dir", "resume", "export_half", "export_zip")
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Turn override text into the field's type (JSON first: numbers, lists, objects, true/false/null)."""
+#: The keys whose value is text: kept as written (``--set version=1.10`` is "1.10", not the number 1.1).
+TEXT_FIELDS = tuple(name for name, f in _FIELDS.items() if f.type in ("str", "str | None"))
+#: The subject lists: a JSON list, or one subject or a comma-separated text (``1PA001,1PA003``).
+SUBJECT_LIST_FIELDS = ("train_subjects", "val_subjects", "test_subjects")
+_FLOAT_FIELDS = tuple(name for name, f in _FIELDS.items() if f.type == "float")
+#: TOML sections (``[data]``, ``[model]``, ``[train]``, ``[card]``, ``[output]``) only group keys: they are
+#: flattened, and ``section.key`` (``--set train.batch_size=2``) names the key.
+SECTIONS = ("data", "model", "train", "card", "output")
+#: Other names for keys (the flags' names and common spellings).
+ALIASES = {"source": "source_modality", "target": "target_modality", "id": "model_id", "learning_rate": "lr"}
+_KEYS_HINT = "See docs/TRAINING.md section 3 for the known keys."
+
+
+def _coerce(key: str, value: Any, text: bool = False) -> Any:
+    """Turn a value into the field's type. ``text``: the value is ``--set`` text (a text key takes it as written,
+    or unquoted when it is a JSON string; other keys read it as JSON: numbers, lists, objects, true/false/null)."""
+    default = _FIELDS[key].default
+    if key in TEXT_FIELDS:
+        return _coerce_text(key, value, text)
+    if key in SUBJECT_LIST_FIELDS:
+        return _coerce_subjects(key, value)
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
             pass
-    default = _FIELDS[key].default
     if isinstance(default, bool) and not isinstance(value, bool):
         if str(value).lower() in ("1", "yes", "on", "true"):
             return True
         if str(value).lower() in ("0", "no", "off", "false"):
             return False
         raise ConfigError(f"{key} must be true or false (got {value!r}).", f"Write {key}=true or {key}=false.")
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float)):
-        if float(value) != int(value):
-            raise ConfigError(f"{key} must be an integer (got {value!r}).", f"Write e.g. {key}={int(value)}.")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (key in _INT_FIELDS or isinstance(default, int) and not isinstance(default, bool)) and number:
+        if not math.isfinite(value) or float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer (got {value!r}).",
+                              f"Write e.g. {key}={int(value) if math.isfinite(value) else 4}.")
         return int(value)
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(default, float) and number:
         return float(value)
-    if isinstance(default, str) and not isinstance(value, str) and value is not None:
-        return str(value)
     _check_type(key, value, default)
+    return value
+
+
+def _coerce_text(key: str, value: Any, text: bool) -> str | None:
+    """A text key's value: a string as written (``--set`` text: a JSON string unquoted, ``null`` = None)."""
+    nullable = _FIELDS[key].type == "str | None"
+    if text and isinstance(value, str):
+        if value == "null" and nullable:
+            return None
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+    if isinstance(value, str) or (value is None and nullable):
+        return value
+    raise ConfigError(f"{key} must be text (got {value!r}).",
+                      f'Write it in quotes, e.g. {key} = "{value}" in a config file.')
+
+
+def _coerce_subjects(key: str, value: Any) -> list[str] | None:
+    """A subject list: a list of strings, from a JSON list, one subject or a comma-separated text."""
+    if isinstance(value, str):
+        if value.strip().startswith("[") or value.strip() == "null":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{key} is not a valid JSON list ({exc.msg}).",
+                                  f"Write e.g. {key}='[\"1PA001\", \"1PA003\"]' or {key}=1PA001,1PA003.") from None
+        else:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{key} must be a list of subject ids as text (got {value!r}).",
+                          f'Write e.g. {key} = ["1PA001", "1PA003"] (ids in quotes), or --set {key}=1PA001,1PA003.')
     return value
 
 
@@ -247,25 +334,61 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         raise ConfigError(f"{key} must be a table of settings (got {value!r}).",
                           f"Write e.g. --set '{key}={{\"features\": [32, 64, 128]}}'." if key == "architecture"
                           else "Write it as a JSON object or a TOML table.")
+    if key == "sample_data" and value is not None and not (
+            isinstance(value, list) and all(isinstance(v, Mapping) for v in value)):
+        raise ConfigError(f"sample_data must be a list of tables {{name, sample, sha256}} (got {value!r}).",
+                          "Write it as [[sample_data]] tables (or sample_data = [{...}, ...]) in TOML, or a JSON "
+                          "list of objects.")
 
 
-def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A config from a (possibly sectioned) mapping; unknown keys raise :class:`ConfigError` naming the key."""
+def _unknown_key(key: str) -> ConfigError:
+    """The error for a key that is no setting: a close match, or where an architecture/family key belongs."""
+    try:
+        from MedTranslateLib.families import FAMILY_NAMES, get_family
+
+        families = [get_family(name) for name in FAMILY_NAMES]
+    except Exception:  # pragma: no cover - a broken family module must not hide the real message
+        families = []
+    for setting, attribute in (("architecture", "architecture_keys"), ("family_options", "option_keys")):
+        if any(key in getattr(family, attribute, ()) for family in families):
+            return ConfigError(f"Unknown training setting {key!r}: it is a key of {setting}.",
+                               f"Give it inside {setting}, e.g. --set '{setting}={{\"{key}\": ...}}', or "
+                               f"{setting} = {{ {key} = ... }} in a TOML file.")
+    close = difflib.get_close_matches(key, [*_FIELDS, *ALIASES, *SECTIONS], n=3)
+    hint = f"Did you mean {', '.join(close)}?" if close else _KEYS_HINT
+    return ConfigError(f"Unknown training setting {key!r}.", f"Remove it or fix the name. {hint}")
+
+
+def _field_name(key: str) -> str:
+    """The field a key names: dashes as underscores, a ``section.`` prefix dropped, aliases resolved."""
+    key = str(key).strip().replace("-", "_")
+    section, dot, rest = key.partition(".")
+    if dot and section in SECTIONS:
+        key = rest
+    key = ALIASES.get(key, key)
+    if key not in _FIELDS:
+        raise _unknown_key(key)
+    return key
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None, text: bool = False) -> TrainConfig:
+    """A config from a (possibly sectioned) mapping; unknown keys raise :class:`ConfigError` naming the key.
+    ``text``: the values are ``--set`` text (see :func:`_coerce`)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"Training settings must be a table of key = value (got {type(values).__name__}).",
+                          "Write a TOML file of keys (and [data], [model], [train], [card] sections) or a JSON "
+                          "object {\"key\": value, ...}.")
     config = base or TrainConfig()
-    flat: dict[str, Any] = {}
+    flat: list[tuple[str, Any]] = []
     for key, value in values.items():
-        # TOML sections like [train] / [data] / [model] are flattened; dict-valued fields stay dicts.
-        if isinstance(value, Mapping) and key not in DICT_FIELDS:
-            flat.update(value)
+        # the known sections ([train], [data], ...) are flattened; every other table is a key's value
+        if key in SECTIONS and isinstance(value, Mapping):
+            flat.extend(value.items())
         else:
-            flat[key] = value
-    for key, value in flat.items():
-        key = key.replace("-", "_")
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(key, list(_FIELDS), n=3)
-            hint = f"Did you mean {', '.join(close)}?" if close else "See TrainConfig for the known keys."
-            raise ConfigError(f"Unknown training setting {key!r}.", f"Remove it or fix the name. {hint}")
-        setattr(config, key, _coerce(key, value))
+            flat.append((key, value))
+    for key, value in flat:
+        name = _field_name(key)
+        setattr(config, name, _coerce(name, value, text))
     return config
 
 
@@ -303,6 +426,9 @@ def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
                               "Save it with the UTF-8 encoding (TOML and JSON files are UTF-8).") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"Cannot parse {path}: {exc}.", "Fix the syntax (TOML for .toml, else JSON).") from None
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{path} holds {type(values).__name__}, not a table of settings.",
+                              "Write key = value lines (TOML) or one JSON object {\"key\": value, ...}.")
         config = config_from_dict(values, config)
         if config.data and not Path(config.data).is_absolute():
             config.data = str((path.parent / config.data).resolve())
@@ -312,5 +438,20 @@ def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
             raise ConfigError(f"Override {item!r} is not key=value.", "Write e.g. --set lr=1e-4.")
         key, value = item.split("=", 1)
         parsed[key.strip()] = value.strip()
-    config = config_from_dict(parsed, config)
-    return config_from_dict({k: v for k, v in explicit.items() if v is not None}, config)
+    config = _latest_length_wins(config, config_from_dict(parsed, replace(config), text=True), parsed)
+    given = {k: v for k, v in explicit.items() if v is not None}
+    return _latest_length_wins(config, config_from_dict(given, replace(config)), given)
+
+
+def _latest_length_wins(before: TrainConfig, after: TrainConfig, given: Mapping[str, Any]) -> TrainConfig:
+    """``steps`` given in a later layer (--set after the file, a flag after --set) clears an earlier ``epochs``
+    (which would otherwise override it); ``epochs`` in the same layer still wins."""
+    keys = set()
+    for key in given:
+        try:
+            keys.add(_field_name(key))
+        except ConfigError:
+            pass
+    if "steps" in keys and "epochs" not in keys and before.epochs is not None:
+        after.epochs = None
+    return after

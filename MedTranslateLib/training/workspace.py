@@ -59,7 +59,19 @@ def check_destinations(config: TrainConfig) -> None:
             if path.resolve().is_relative_to(data.resolve()):
                 raise ConfigError(f"The {what} {path} is inside the training data folder {data}.",
                                   "Write the package (and its .work folder) outside the data folder.")
+    _check_apart(final, config.work_path)
     _check_work_folder(config)
+
+
+def _check_apart(package: Path, work: Path) -> None:
+    """The work folder is neither the package nor inside it, and does not hold it: the export replaces the
+    package folder, and a failed run may remove the work folder it made."""
+    package_at, work_at = package.resolve(), work.resolve()
+    if package_at == work_at or work_at.is_relative_to(package_at) or package_at.is_relative_to(work_at):
+        where = ("is" if package_at == work_at else "is inside" if work_at.is_relative_to(package_at)
+                 else "contains")
+        raise ConfigError(f"The work folder {work} {where} the package {package}.",
+                          "Give --work-dir a folder apart from --output (or leave it out: <output>.work).")
 
 
 #: What a run writes into its work folder (also ``.checkpoint.*``: a checkpoint being written), and what the file
