@@ -347,9 +347,15 @@ def test_bad_schedule_is_refused():
         TrainConfig(data="x", min_lr_fraction=2.0).validate()
 
 
-def test_a_paired_family_refuses_unpaired_data(tmp_path):
+def test_a_paired_family_refuses_unpaired_data(tmp_path, monkeypatch):
+    """Refused before any volume is prepared (it came after every case had been read and resampled)."""
+    from MedTranslateLib.training import run_data
     from MedTranslateLib.training.loop import train
 
+    def no_preparation(*args, **kwargs):
+        raise AssertionError("cases were prepared before the refusal")
+
+    monkeypatch.setattr(run_data, "load_cases_prepared", no_preparation)
     _unpaired_folders(tmp_path)
     config = _config(tmp_path, data=str(tmp_path / "un"), layout="unpaired", family="unet", steps=2,
                      val_fraction=0.0, test_fraction=0.0)

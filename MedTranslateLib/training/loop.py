@@ -166,13 +166,8 @@ class _Run:
         config = self.config
         size = (config.patch_size if config.spatial_dims == 3 else
                 (config.slice_size or default_slice_size(self.data.train, config.slice_axis)))
-        unpaired_cases = [c.name for c in self.data.train if c.source is None or c.target is None]
-        paired = not unpaired_cases
-        if self.family.paired and not paired:
-            raise ConfigError(f"{config.family} learns from pairs, but {len(unpaired_cases)} training case(s) have no "
-                              f"source or no target ({', '.join(unpaired_cases[:3])}).",
-                              "Give every case a source and a target (layout paired_folder, SynthRAD, BraTS or a "
-                              "complete CSV), or train an unpaired family: cyclegan or contourdiff.")
+        # a family that learns from pairs never gets here with unpaired cases (run_data refuses them up front)
+        paired = all(c.source is not None and c.target is not None for c in self.data.train)
         # each rank its share of the subjects (unpaired data: every rank keeps sources AND targets)
         cases = distributed.shard(self.data.train, self.ctx) if paired else self.data.train
         return Sampler(cases, config.dimensionality, size, config.slice_axis, config.n_context,

@@ -12,7 +12,7 @@ from MedTranslateLib.errors import ConfigError, InputError
 from MedTranslateLib.preprocess.modality import CT_LIKE
 from MedTranslateLib.progress import ProgressTracker
 from MedTranslateLib.training.config import TrainConfig
-from MedTranslateLib.training.datasets import Split, load_cases, split_by_subject, zslab_holdout
+from MedTranslateLib.training.datasets import Case, Split, load_cases, split_by_subject, zslab_holdout
 from MedTranslateLib.training.sampling import PreparedCase, load_cases_prepared
 
 
@@ -26,12 +26,28 @@ class RunData:
     split: dict[str, Any]
 
 
+def _refuse_cases_without_pairs(config: TrainConfig, cases: Sequence[Case]) -> None:
+    """A family that learns from pairs cannot use cases without a source or a target (they would train): said
+    before any volume is read, not after every case has been prepared."""
+    from MedTranslateLib.families import get_family
+
+    if config.split == "zslab" or not get_family(config.family).paired:
+        return
+    missing = [c.name for c in cases if c.source_path is None or c.target_path is None]
+    if missing:
+        raise ConfigError(f"{config.family} learns from pairs, but {len(missing)} case(s) have no source or no "
+                          f"target ({', '.join(missing[:3])}).",
+                          "Give every case a source and a target (layout paired_folder, SynthRAD, BraTS or a "
+                          "complete CSV), or train an unpaired family: cyclegan or contourdiff.")
+
+
 def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTracker,
                warn: Callable[[str], None] = lambda message: None) -> RunData:
     cases = load_cases(config.data, config.layout, config.source_modality, config.target_modality,
                        config.source_name, config.target_name, warn=warn)
     if config.max_cases:
         cases = cases[: int(config.max_cases)]
+    _refuse_cases_without_pairs(config, cases)
     on_case: Callable[[int, int], None] = lambda i, n: tracker.update(i / n, f"prepared {i}/{n} cases")
     if config.split == "zslab":
         paired = [c for c in cases if c.source_path and c.target_path]
