@@ -218,3 +218,15 @@ def test_a_boolean_is_no_number(override, message):
     """steps = true trained one step."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(dimensionality="2d", context_slices=3), "context_slices is for 2.5d"),
+    (dict(dimensionality="3d", context_slices=1), "context_slices is for 2.5d"),
+    (dict(dimensionality="3d", slice_size=[64, 64]), "slice_size is the 2d/2.5d training crop"),
+])
+def test_settings_the_dimensionality_would_ignore_are_refused(settings, message):
+    """They were silently ignored: a 2d card has no context_slices, a 3d run no slice_size."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(data="x", **settings).validate()
+    TrainConfig(data="x", dimensionality="2.5d", context_slices=3, slice_size=[64, 64]).validate()

@@ -173,6 +173,14 @@ class TrainConfig:
         self._validate_split()
         if self.context_slices is not None and int(self.context_slices) < 0:
             raise ConfigError(f"context_slices must be 0 or more (got {self.context_slices}).", "For example 2.")
+        # settings the chosen dimensionality would silently ignore
+        if self.context_slices is not None and self.dimensionality != "2.5d":
+            raise ConfigError(f"context_slices is for 2.5d models; a {self.dimensionality} model takes no neighbouring "
+                              "slices.", "Set dimensionality = \"2.5d\", or leave context_slices out "
+                                         "(--set context_slices=null).")
+        if self.slice_size is not None and self.dimensionality == "3d":
+            raise ConfigError("slice_size is the 2d/2.5d training crop; a 3d model trains on patch_size windows.",
+                              "Set patch_size (z, y, x) instead, or leave slice_size out (--set slice_size=null).")
         if not 0.0 <= float(self.body_fraction) <= 1.0:
             raise ConfigError(f"body_fraction must be between 0 and 1 (got {self.body_fraction}).", "For example 0.9.")
         if self.spacing is not None and not (isinstance(self.spacing, list) and len(self.spacing) == 3 and all(
