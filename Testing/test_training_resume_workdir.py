@@ -70,6 +70,15 @@ def test_resume_accepts_changes_that_only_steer_the_run(tmp_path, monkeypatch):
     assert _state(first)["step"] == 4 and _state(first)["config"]["title"] == "Another title"
 
 
+def test_a_resume_with_no_steps_left_says_so(tmp_path):
+    """`--steps 1 --resume` after a run that reached step 2 exported the step-2 weights without a word."""
+    first = _config(tmp_path, **QUICK)
+    loop.train(first)
+    heard = []
+    result = loop.train(_config(tmp_path, **{**QUICK, "steps": 1}, resume=True), on_warning=heard.append)
+    assert result.steps == 2 and any("nothing is left to train" in message for message in heard)
+
+
 def test_resume_refuses_another_split_of_the_same_settings(tmp_path):
     """A subject added to the data folder changes the split although no setting changed."""
     settings = dict(steps=2, checkpoint_interval=2, val_interval=100)

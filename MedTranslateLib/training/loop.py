@@ -205,6 +205,9 @@ class _Run:
             self.step, self.best = int(saved["step"]), dict(saved["best"])
             self.history = list(saved.get("history", []))
             self.earlier_seconds = float(saved.get("seconds", 0.0))
+            if self.step >= total:
+                self.warn(f"The checkpoint is at step {self.step}, and this run has {total} steps: nothing is left "
+                          "to train, so its weights are exported as they are. Give more steps (--steps) to train on.")
             best_file = self.work / "best.safetensors"  # an earlier run's when this one recorded no best yet
             if self.best["step"] is not None and best_file.is_file():
                 self.best_state = checkpoint.read_tensors(best_file)
