@@ -230,3 +230,15 @@ def test_settings_the_dimensionality_would_ignore_are_refused(settings, message)
     with pytest.raises(ConfigError, match=message):
         TrainConfig(data="x", **settings).validate()
     TrainConfig(data="x", dimensionality="2.5d", context_slices=3, slice_size=[64, 64]).validate()
+
+
+def test_paths_in_a_config_file_start_from_the_home_folder_with_a_tilde(tmp_path, monkeypatch):
+    """`data = "~/x"` was looked for as a folder named ~ beside the config file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config_file = tmp_path / "cfg" / "train.toml"
+    config_file.parent.mkdir()
+    config_file.write_text('data = "~/data"\noutput = "~/models/m"\n[train]\nwork_dir = "~/work"\n', encoding="utf-8")
+    config = load_config(config_file)
+    assert (config.data, config.output, config.work_dir) == tuple(
+        str(tmp_path / "home" / name) for name in ("data", "models/m", "work"))
+    assert load_config(config_file, ["data=rel"]).data == "rel"  # --set text is relative to the working folder

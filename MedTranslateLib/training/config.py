@@ -438,8 +438,10 @@ def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
             raise ConfigError(f"{path} holds {type(values).__name__}, not a table of settings.",
                               "Write key = value lines (TOML) or one JSON object {\"key\": value, ...}.")
         config = config_from_dict(values, config)
-        if config.data and not Path(config.data).is_absolute():
-            config.data = str((path.parent / config.data).resolve())
+        if config.data:  # ~ is the home folder; a relative data folder is the config file's neighbour
+            config.data = os.path.expanduser(config.data)
+            if not Path(config.data).is_absolute():
+                config.data = str((path.parent / config.data).resolve())
     parsed: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -448,7 +450,11 @@ def load_config(path: Path | str | None = None, overrides: Iterable[str] = (),
         parsed[key.strip()] = value.strip()
     config = _latest_length_wins(config, config_from_dict(parsed, replace(config), text=True), parsed)
     given = {k: v for k, v in explicit.items() if v is not None}
-    return _latest_length_wins(config, config_from_dict(given, replace(config)), given)
+    config = _latest_length_wins(config, config_from_dict(given, replace(config)), given)
+    for key in ("data", "output", "work_dir"):  # no shell expands ~ in a file or in --set text
+        if getattr(config, key):
+            setattr(config, key, os.path.expanduser(getattr(config, key)))
+    return config
 
 
 def _latest_length_wins(before: TrainConfig, after: TrainConfig, given: Mapping[str, Any]) -> TrainConfig:
