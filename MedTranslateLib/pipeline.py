@@ -96,8 +96,8 @@ class Translator:
         from MedTranslateLib.evaluation.ood import check_input
         from MedTranslateLib.inference.engine import predict_volume
         from MedTranslateLib.io import validate_volume
-        from MedTranslateLib.preprocess import (check_modality, in_model_orientation, on_input_grid, prepare, restore,
-                                                restore_array)
+        from MedTranslateLib.preprocess import (automatic_body, check_modality, in_model_orientation, on_input_grid,
+                                                prepare, restore, restore_array)
 
         tracker = tracker or ProgressTracker(STAGES)
         options = options or InferenceOptions()
@@ -124,7 +124,11 @@ class Translator:
         if self.card.family not in SAMPLED_FAMILIES and (options.steps or options.sampler or options.samples > 1):
             warnings.append(f"Sampling steps, sampler and samples apply to diffusion and bridge models; "
                             f"{self.card.id} is a {self.card.family} model, so they were ignored.")
-        warnings += [w.message for w in check_input(*in_model_orientation(image, body, prepared.record), card)]
+        # the card's statistics were taken inside the automatic body mask: a given mask would compare other regions
+        # (the pork model warned on its own training volume with the data set's mask)
+        region = automatic_body(image, card) if mask is not None else in_model_orientation(image, body,
+                                                                                           prepared.record)
+        warnings += [w.message for w in check_input(*region, card)]
         seconds["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -149,3 +149,25 @@ def test_mr_contrast_with_only_a_bright_tail_is_flagged():
     warnings = check_input(bright, mask, (1.0, 1.0, 1.0), card)
     assert [w.kind for w in warnings] == ["intensity"]
     assert "99th percentile" in warnings[0].message and "FLAIR" in warnings[0].message
+
+
+def test_a_given_mask_does_not_change_what_the_input_is_compared_over():
+    """The card's statistics come from the automatic body mask; inside a user's mask (here a box in the brain) the
+    same input looked like another contrast."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.models.registry import ModelRegistry
+    from MedTranslateLib.phantom import make_head_phantom
+    from MedTranslateLib.pipeline import Translator
+
+    translator = Translator(ModelRegistry().resolve("mr2ct-headphantom-unet2d"), device="cpu")
+    t1 = make_head_phantom(seed=1000).t1
+    box = np.zeros(sitk.GetArrayViewFromImage(t1).shape, np.uint8)
+    z, y, x = (n // 2 for n in box.shape)
+    box[z - 4:z + 4, y - 10:y + 10, x - 10:x + 10] = 1
+    mask = sitk.GetImageFromArray(box)
+    mask.CopyInformation(t1)
+    plain = translator.translate(t1).warnings
+    masked = translator.translate(t1, mask=mask).warnings
+    assert not [w for w in masked if "contrast" in w or "intensit" in w.lower()], masked
+    assert [w for w in masked if w in plain] == [w for w in plain if "mask" not in w.lower()]
