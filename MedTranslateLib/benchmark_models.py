@@ -334,7 +334,8 @@ def header(trained: bool, results: Sequence[dict[str, Any]]) -> str:
     return (f"## Real-data models (held-out)\n\nRegenerate: `python -m MedTranslateLib.benchmark_models --train --jobs 2 "
             f"--write BENCHMARKS.md` (retrains every config, then evaluates). This table: {which}.\n\n{NOTES}\n"
             f"CPU s/vol: process CPU time to translate one whole source volume with {threads} torch thread(s) on "
-            f"this machine ({os.cpu_count()} shared cores); wall s/vol is elapsed time, inflated by other jobs.\n\n")
+            f"this machine ({os.cpu_count()} shared cores); wall s/vol is elapsed time, inflated by other jobs. "
+            f"params: the numbers in the weights file, batch-norm running statistics included.\n\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
