@@ -242,3 +242,21 @@ def test_paths_in_a_config_file_start_from_the_home_folder_with_a_tilde(tmp_path
     assert (config.data, config.output, config.work_dir) == tuple(
         str(tmp_path / "home" / name) for name in ("data", "models/m", "work"))
     assert load_config(config_file, ["data=rel"]).data == "rel"  # --set text is relative to the working folder
+
+
+def test_a_config_folder_is_not_called_missing(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+def test_max_cases_that_cuts_off_a_listed_subject_says_so(tmp_path):
+    """It said the subject was unknown, though it was only beyond max_cases."""
+    from MedTranslateLib.progress import ProgressTracker
+    from MedTranslateLib.training.run_data import load_data
+    from test_training_loop import write_pairs
+
+    data = write_pairs(tmp_path / "data", n=3)
+    config = TrainConfig(data=str(data), layout="paired_folder", source_name="mr", target_name="ct", max_cases=1,
+                         val_subjects=["subj2"])
+    with pytest.raises(ConfigError, match=r"max_cases = 1 keeps the first 1 case\(s\).*\['subj2'\]"):
+        load_data(config, {}, ProgressTracker())

@@ -319,3 +319,14 @@ def test_an_empty_unpaired_folder_is_named(tmp_path, layout):
     with pytest.raises(ConfigError, match=f"unpaired target folder {tmp_path / 'ct'} holds no volumes "
                                           r"\(it holds notes.txt, scan/\)"):
         load_cases(tmp_path, layout, source="MR", target="CT")
+
+
+def test_data_that_is_no_dataset_is_named_for_what_it_is(tmp_path):
+    """A volume file, or a folder without volumes, was "does not exist" / "Cannot recognise the dataset layout"."""
+    touch(tmp_path / "scan.nii.gz")
+    with pytest.raises(ConfigError, match="is a file but not a CSV list of cases"):
+        load_cases(tmp_path / "scan.nii.gz")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    touch(tmp_path / "empty" / "readme.txt")
+    with pytest.raises(ConfigError, match="holds no volumes"):
+        load_cases(tmp_path / "empty")

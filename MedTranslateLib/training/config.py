@@ -415,6 +415,9 @@ def find_config(name: Path | str) -> Path:
     bundled = bundled_configs()
     if path.name == str(name) and path.name.removesuffix(".toml") in bundled:
         return bundled[path.name.removesuffix(".toml")]
+    if path.is_dir():
+        raise ConfigError(f"The training config {name} is a folder, not a config file.",
+                          "Give the TOML or JSON file in it (--config folder/train.toml).")
     raise ConfigError(f"The training config {name} does not exist.",
                       f"Give a config file's path or a bundled config's name: {', '.join(bundled)}.")
 

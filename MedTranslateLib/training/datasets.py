@@ -259,9 +259,15 @@ def detect_layout(root: Path, source_name: str | None = None, target_name: str |
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
         return "csv"
+    if root.is_file():
+        raise ConfigError(f"The training data {root} is a file but not a CSV list of cases.",
+                          "Give the dataset folder, or a CSV file (.csv) with the header subject,source,target.")
     if not root.is_dir():
         raise ConfigError(f"The training data {root} does not exist.", "Give an existing folder or CSV file.")
     names = [p.name for p in root.rglob("*") if p.is_file()]
+    if not any(name.lower().endswith(VOLUME_SUFFIXES) for name in names):
+        raise ConfigError(f"The training data folder {root} holds no volumes ({', '.join(VOLUME_SUFFIXES)}).",
+                          "Point data at the folder with the cases, or copy the volumes there.")
     if any(_IXI.match(n) for n in names):
         return "ixi"
     if any(n.endswith(("-t1n.nii.gz", "-t2w.nii.gz", "-t2f.nii.gz")) for n in names):

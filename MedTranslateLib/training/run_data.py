@@ -46,7 +46,14 @@ def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTra
     cases = load_cases(config.data, config.layout, config.source_modality, config.target_modality,
                        config.source_name, config.target_name, warn=warn)
     if config.max_cases:
-        cases = cases[: int(config.max_cases)]
+        kept = cases[: int(config.max_cases)]
+        listed = {*(config.train_subjects or ()), *(config.val_subjects or ()), *(config.test_subjects or ())}
+        cut = sorted(listed & {c.subject_id for c in cases} - {c.subject_id for c in kept})
+        if cut:
+            raise ConfigError(f"max_cases = {config.max_cases} keeps the first {len(kept)} case(s), which leaves out "
+                              f"the listed subject(s) {cut[:5]}.",
+                              "Raise max_cases, or list subjects among the first cases.")
+        cases = kept
     _refuse_cases_without_pairs(config, cases)
     on_case: Callable[[int, int], None] = lambda i, n: tracker.update(i / n, f"prepared {i}/{n} cases")
     if config.split == "zslab":
