@@ -106,3 +106,19 @@ def test_a_held_out_share_that_comes_out_empty_is_reported(tmp_path):
         "val_fraction = 0.2 of 2 paired subject(s) left no validation subject: the exported weights are the last "
         "ones, not the best validated. Give more subjects, name them (val_subjects), or use split = \"zslab\" for a "
         "single volume."]
+
+
+@pytest.mark.parametrize("family, warned", [("contourdiff", True), ("cyclegan", False)])
+def test_contrast_augment_for_a_family_that_never_sees_the_source_is_called_useless(tmp_path, monkeypatch, family,
+                                                                                    warned):
+    from MedTranslateLib.training import loop
+    from test_training_loop import _config
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before the data")
+
+    monkeypatch.setattr(loop, "load_data", stop)
+    heard: list[str] = []
+    with pytest.raises(RuntimeError, match="stopped before the data"):
+        loop.train(_config(tmp_path, family=family, architecture={}, contrast_augment=True), on_warning=heard.append)
+    assert any("contrast_augment" in message for message in heard) == warned

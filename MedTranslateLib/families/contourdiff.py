@@ -104,6 +104,7 @@ class ContourDiffFamily(ConditionalDiffusionFamily):
 
     name = "contourdiff"
     paired = False
+    trains_on_source = False  # the condition is the target's own contour map: source settings do nothing
     architecture_keys = ConditionalDiffusionFamily.architecture_keys | {"edge_fraction", "edge_sigma"}
     condition_pad_mode = "constant"
 

@@ -111,6 +111,9 @@ class _Run:
         self.card = card_builder.base_card(config)
         self.warnings: list[str] = []
         self._on_warning = on_warning
+        if config.contrast_augment and not getattr(self.family, "trains_on_source", True):
+            self.warn(f"contrast_augment remaps the source's contrast, but {config.family} trains on target images "
+                      "only: it has no effect here.")
         tracker.stage("load", "reading and preparing the training data")
         self.data = load_data(config, self.card, tracker, self.warn)
         self.gradient_trained = bool(getattr(self.family, "gradient_trained", True))
