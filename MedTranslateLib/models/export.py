@@ -46,12 +46,10 @@ def _prepare_tensors(state_dict: Mapping[str, "torch.Tensor"], half: bool) -> tu
 def as_shipped(state_dict: Mapping[str, "torch.Tensor"], half: bool) -> dict[str, "torch.Tensor"]:
     """The values a package exported with ``half`` gives back when loaded (floating tensors rounded through
     float16, in their own dtype), so held-out metrics describe the weights that are shipped."""
-    import torch
-
     if not half:
         return dict(state_dict)
-    return {name: value.to(torch.float16).to(value.dtype) if value.is_floating_point() else value
-            for name, value in state_dict.items()}
+    tensors, _ = _prepare_tensors(state_dict, half)  # the export's own rounding
+    return {name: tensor.to(state_dict[name].dtype) for name, tensor in tensors.items()}
 
 
 def _zip_destination(destination: Path) -> Path:
