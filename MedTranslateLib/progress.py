@@ -123,29 +123,25 @@ class ProgressTracker:
         stage_fraction = min(max(stage_fraction, 0.0), 1.0)
         weight = self._weights.get(self._stage, 0.0)
         fraction = self._offsets.get(self._stage, self.fraction) + weight * stage_fraction
-        self.fraction = max(self.fraction, min(fraction, 1.0))
-        now = self._clock()
-        if not force and stage_fraction < 1.0 and now - self._last_emit < self._min_interval:
-            return
-        self._last_emit = now
-        elapsed = now - self._start
-        if self.callback is not None:
-            eta = self._time_left(stage_fraction, weight, now)
-            self.callback(ProgressEvent(self._stage, self.fraction, stage_fraction, eta, elapsed, message))
+        self._emit(fraction, self._stage, stage_fraction, message, force, weight)
 
     def report_at(self, fraction: float, stage: str, stage_fraction: float, message: str = "") -> None:
         """Report progress at an overall ``fraction`` directly (a part of the work run with its own tracker, such
         as one model of an ensemble); the time left is the run's average pace. Never goes backwards."""
         self.check()
-        self.fraction = max(self.fraction, min(max(fraction, 0.0), 1.0))
+        self._emit(max(fraction, 0.0), stage, stage_fraction, message, False, 0.0)
+
+    def _emit(self, fraction: float, stage: str, stage_fraction: float, message: str, force: bool,
+              weight: float) -> None:
+        """Move the overall fraction forward (never back) and tell the callback, at most every ``min_interval``."""
+        self.fraction = max(self.fraction, min(fraction, 1.0))
         now = self._clock()
-        if stage_fraction < 1.0 and now - self._last_emit < self._min_interval:
+        if not force and stage_fraction < 1.0 and now - self._last_emit < self._min_interval:
             return
         self._last_emit = now
-        elapsed = now - self._start
         if self.callback is not None:
-            eta = None if self.fraction < MIN_STAGE_FRACTION else elapsed * (1.0 - self.fraction) / self.fraction
-            self.callback(ProgressEvent(stage, self.fraction, stage_fraction, eta, elapsed, message))
+            eta = self._time_left(stage_fraction, weight, now)
+            self.callback(ProgressEvent(stage, self.fraction, stage_fraction, eta, now - self._start, message))
 
     def _time_left(self, stage_fraction: float, weight: float, now: float) -> float | None:
         """Seconds left for the whole job at the current stage's pace (None while it cannot be told)."""

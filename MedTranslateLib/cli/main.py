@@ -184,8 +184,7 @@ def _wrap_standard_streams() -> None:
 
 
 def _restore_standard_streams() -> None:
-    sys.stdout, sys.stderr = (getattr(s, "_stream", s) if isinstance(s, _ClosedPipeIsBroken) else s
-                              for s in (sys.stdout, sys.stderr))
+    sys.stdout, sys.stderr = (s._stream if isinstance(s, _ClosedPipeIsBroken) else s for s in (sys.stdout, sys.stderr))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
