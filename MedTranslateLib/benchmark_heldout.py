@@ -57,7 +57,8 @@ def held_out_cases(card: dict[str, Any], data_root: Path) -> list[HeldOut]:
     task = task_of(card["id"])
     root = data_root / task.subfolder if task else data_root
     cases = load_cases(root, config.get("layout", "auto"), card["source_modality"], card["target_modality"],
-                       config.get("source_name"), config.get("target_name"))
+                       config.get("source_name"), config.get("target_name"),
+                       subject_folder=config.get("subject_folder", "case"))
     if split.get("method") == "z-slab":
         if not split.get("test"):
             raise ConfigError(f"{card['id']}: the z-slab split has no test slab.", "Retrain with test_fraction > 0.")

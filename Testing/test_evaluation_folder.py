@@ -237,3 +237,17 @@ def test_mr_errors_on_a_models_output_scale_with_its_card():
     with_card = metrics_for_arrays(CaseArrays(on_scale, ref, mask, (1.0, 1.0, 1.0)), "MR", card)
     assert with_card["mae"] == pytest.approx(0.0, abs=1e-3)
     assert metrics_for_arrays(CaseArrays(on_scale, ref, mask, (1.0, 1.0, 1.0)), "MR")["mae"] > 1.0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="no symbolic links")
+def test_reference_case_folders_may_be_links(synthrad_folder, tmp_path):
+    """A reference set made of links to case folders (a subset of a larger data set) found no cases: rglob did not
+    enter linked folders."""
+    root, pred_dir = synthrad_folder
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for case in ("1BA001", "1BA002"):
+        (subset / case).symlink_to(root / "Task1" / "brain" / case, target_is_directory=True)
+    (subset / "1BA001" / "again").symlink_to(subset, target_is_directory=True)  # a loop back up is not followed
+    rows, _ = ev.evaluate_folder(pred_dir, subset)
+    assert [r["case"] for r in rows] == ["1BA001", "1BA002"]

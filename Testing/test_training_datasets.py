@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from MedTranslateLib.errors import ConfigError
-from MedTranslateLib.training.datasets import (Case, detect_layout, load_cases, split_by_subject,
-                                               zslab_holdout)
+from MedTranslateLib.training.datasets import (Case, detect_layout, load_cases, read_case_folders,
+                                               split_by_subject, zslab_holdout)
 
 
 def touch(path: Path) -> Path:
@@ -301,12 +301,45 @@ def test_case_folders_of_one_name_are_refused(tmp_path):
         touch(tmp_path / "pf" / site / "case1" / "flair.nii.gz")
     touch(tmp_path / "pf" / "siteB" / "case2" / "t1.nii.gz")
     touch(tmp_path / "pf" / "siteB" / "case2" / "flair.nii.gz")
-    with pytest.raises(ConfigError, match="Two case folders .* same name, 'case1'.*siteA/case1 and .*siteB/case1"):
+    with pytest.raises(ConfigError, match="Two case folders .* same case name, 'case1'.*siteA/case1 and "
+                                          ".*siteB/case1") as refused:
         load_cases(tmp_path / "pf", "paired_folder", source="T1", target="FLAIR")
+    assert 'subject_folder = "parent"' in refused.value.fix  # the parents differ: they may be the subjects
     # a folder of that name that is skipped (no target) does not count
     (tmp_path / "pf" / "siteB" / "case1" / "flair.nii.gz").unlink()
     assert [c.name for c in load_cases(tmp_path / "pf", "paired_folder", source="T1", target="FLAIR")] == [
         "case1", "case2"]
+
+
+def test_subject_folders_with_fraction_folders_inside(tmp_path):
+    """P01/fx1, P01/fx2, P02/fx1 (one folder per patient, one per fraction): subject_folder="parent" makes the
+    patient the subject, so a patient's fractions never sit on both sides of a split."""
+    for case in ("P01/fx1", "P01/fx2", "P02/fx1", "P03/fx1", "P03/fx2"):
+        for name in ("cbct", "ct"):
+            touch(tmp_path / "Task2" / "pelvis" / case / f"{name}.nii.gz")
+    with pytest.raises(ConfigError, match="same case name, 'fx1'"):
+        load_cases(tmp_path, source="CBCT", target="CT")
+    cases = load_cases(tmp_path, source="CBCT", target="CT", subject_folder="parent")
+    assert [(c.subject_id, c.name) for c in cases] == [("P01", "P01/fx1"), ("P01", "P01/fx2"), ("P02", "P02/fx1"),
+                                                       ("P03", "P03/fx1"), ("P03", "P03/fx2")]
+    for seed in range(5):
+        split = split_by_subject(cases, val_fraction=0.34, test_fraction=0.0, seed=seed)
+        assert not set(split.subjects("train")) & set(split.subjects("val"))
+        assert sorted(c.name for c in split.train + split.val) == [c.name for c in cases]
+    # two sites with a patient of one name still collide: P01/fx1 twice
+    for name in ("cbct", "ct"):
+        touch(tmp_path / "Task2" / "brain" / "P01" / "fx1" / f"{name}.nii.gz")
+    with pytest.raises(ConfigError, match="same case name, 'P01/fx1'") as refused:
+        load_cases(tmp_path, source="CBCT", target="CT", subject_folder="parent")
+    assert "CSV" in refused.value.fix
+
+
+def test_subject_folder_is_refused_where_it_means_nothing(tmp_path):
+    touch(tmp_path / "list.csv").write_text("subject,source,target\np1,a.nii.gz,b.nii.gz\n")
+    with pytest.raises(ConfigError, match="subject_folder = 'parent' applies to case folders"):
+        load_cases(tmp_path / "list.csv", subject_folder="parent")
+    with pytest.raises(ConfigError, match="Unknown subject_folder 'patient'"):
+        read_case_folders(tmp_path, "mr", "ct", subject_folder="patient")
 
 
 @pytest.mark.parametrize("layout", ["auto", "unpaired"])
@@ -330,3 +363,30 @@ def test_data_that_is_no_dataset_is_named_for_what_it_is(tmp_path):
     touch(tmp_path / "empty" / "readme.txt")
     with pytest.raises(ConfigError, match="holds no volumes"):
         load_cases(tmp_path / "empty")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="no symbolic links")
+def test_linked_case_folders_are_read_and_loops_are_not_followed(tmp_path):
+    """A training set of links to case folders held "no volumes" (rglob skipped linked folders)."""
+    for case in ("1PA001", "1PA002"):
+        for name in ("mr", "ct"):
+            touch(tmp_path / "all" / case / f"{name}.nii.gz")
+    (tmp_path / "subset" / "P01").mkdir(parents=True)
+    (tmp_path / "subset" / "P01" / "fx1").symlink_to(tmp_path / "all" / "1PA001", target_is_directory=True)
+    (tmp_path / "subset" / "P01" / "fx2").symlink_to(tmp_path / "all" / "1PA002", target_is_directory=True)
+    (tmp_path / "subset" / "P01" / "up").symlink_to(tmp_path / "subset", target_is_directory=True)
+    cases = load_cases(tmp_path / "subset", source="MR", target="CT", subject_folder="parent")
+    assert [(c.subject_id, c.name) for c in cases] == [("P01", "P01/fx1"), ("P01", "P01/fx2")]
+
+
+def test_held_out_cases_are_read_back_with_the_runs_subject_folder(tmp_path):
+    """The model benchmark re-reads a card's held-out subjects: with subject_folder="parent" they are patients."""
+    from MedTranslateLib.benchmark_heldout import held_out_cases
+
+    for case in ("P01/fx1", "P01/fx2", "P02/fx1"):
+        for name in ("mr", "ct"):
+            touch(tmp_path / case / f"{name}.nii.gz")
+    card = {"id": "my-model", "source_modality": "MR", "target_modality": "CT",
+            "training": {"split": {"method": "by subject", "test": ["P01"]},
+                         "config": {"layout": "paired_folder", "subject_folder": "parent"}}}
+    assert [case.name for case in held_out_cases(card, tmp_path)] == ["P01/fx1", "P01/fx2"]

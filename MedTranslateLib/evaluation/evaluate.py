@@ -29,7 +29,7 @@ import numpy as np
 
 from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_numbers
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
-from MedTranslateLib.io.atomic import atomic_write_text, output_group, volume_stem
+from MedTranslateLib.io.atomic import atomic_write_text, files_below, output_group, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
 from MedTranslateLib.progress import ProgressTracker
 
@@ -220,7 +220,7 @@ def _batch_output(pred_dir: Path, case: str) -> Path | None:
 
 def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
     cases = []
-    for ct in sorted(p for ext in EXTENSIONS for p in ref_root.rglob(f"ct{ext}")):
+    for ct in (p for p in files_below(ref_root) if p.name in {f"ct{ext}" for ext in EXTENSIONS}):
         folder = ct.parent
         source = _find_volume(folder, "mr") or _find_volume(folder, "cbct")
         cases.append(CasePaths(folder.name, Path(), ct, _find_volume(folder, "mask"), source, modality="CT"))

@@ -38,6 +38,23 @@ def find_volume(folder: str | os.PathLike, stem: str, suffixes: Iterable[str] = 
     return None
 
 
+def files_below(root: str | os.PathLike) -> list[Path]:
+    """Every file at any depth below ``root``, sorted, following linked folders (a dataset of links to case
+    folders) but not a link back to a folder it is inside, which would loop. ``Path.rglob`` skips linked
+    folders before Python 3.13."""
+    found: list[Path] = []
+    above: dict[str, frozenset[str]] = {}  # folder -> the real paths of it and of the folders above it
+    for folder, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        chain = above.get(os.path.dirname(folder), frozenset())
+        if real in chain:
+            folders[:] = []
+            continue
+        above[folder] = chain | {real}
+        found.extend(Path(folder, name) for name in files)
+    return sorted(p for p in found if p.is_file())
+
+
 def full_suffix(path: str | os.PathLike) -> str:
     """The known image suffix of ``path`` (``.nii.gz`` counts as one), else its last suffix, lower case."""
     name = Path(path).name.lower()

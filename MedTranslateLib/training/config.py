@@ -33,6 +33,7 @@ class TrainConfig:
     layout: str = "auto"
     source_name: str | None = None                   # file stem override for generic layouts
     target_name: str | None = None
+    subject_folder: str = "case"                     # case | parent (case folders inside subject folders)
     split: str = "subject"                           # subject | zslab
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -151,7 +152,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` for values that cannot work."""
         choices = {"dimensionality": ("2d", "2.5d", "3d"), "split": ("subject", "zslab"),
-                   "slice_axis": ("axial", "coronal", "sagittal"), "log": ("csv", "tensorboard", "none"),
+                   "subject_folder": ("case", "parent"), "slice_axis": ("axial", "coronal", "sagittal"), "log": ("csv", "tensorboard", "none"),
                    "lr_schedule": ("constant", "cosine")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

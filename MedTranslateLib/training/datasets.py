@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from MedTranslateLib.errors import ConfigError
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as VOLUME_SUFFIXES
-from MedTranslateLib.io.atomic import find_volume, same_file, volume_stem
+from MedTranslateLib.io.atomic import files_below, find_volume, same_file, volume_stem
 
 LAYOUTS = ("synthrad2023", "synthrad2025", "brats2021", "brats2023", "ixi", "paired_folder", "csv", "unpaired")
 
@@ -87,28 +87,51 @@ def _report_skipped(warn: Warn | None, skipped: Sequence[str], total: int, what:
 def _case_folders(root: Path, stems: Sequence[str]) -> list[Path]:
     """Folders below ``root`` (not hidden) holding a file named ``<stem>.*`` (any case) for one of ``stems``."""
     prefixes = tuple(f"{stem.lower()}." for stem in stems)
-    return sorted({p.parent for p in root.rglob("*")
-                   if p.name.lower().startswith(prefixes) and p.is_file() and not _hidden(p, root)})
+    return sorted({p.parent for p in files_below(root) if p.name.lower().startswith(prefixes) and not _hidden(p, root)})
 
 
-def _refuse_duplicate_names(folders: Sequence[Path], root: Path) -> None:
-    """Case folder names are subject ids: two folders of one name would silently become one subject."""
+#: where a case folder's subject id comes from: its own name, or its parent folder's (``P01/fraction1``)
+SUBJECT_FOLDERS = ("case", "parent")
+
+
+def _case_names(folder: Path, subject_folder: str) -> tuple[str, str]:
+    """(subject id, case id) of a case folder: ``case1`` for both, or with ``subject_folder="parent"`` the parent's
+    name and ``parent/case``."""
+    if subject_folder == "parent":
+        return folder.parent.name, f"{folder.parent.name}/{folder.name}"
+    return folder.name, folder.name
+
+
+def _refuse_duplicate_names(cases: Sequence[Case], folders: Sequence[Path], root: Path, subject_folder: str) -> None:
+    """Case names come from folder names: two folders of one name would silently become one case."""
     seen: dict[str, Path] = {}
-    for folder in folders:
-        if folder.name in seen:
-            raise ConfigError(f"Two case folders in {root} have the same name, {folder.name!r}, and the folder name "
-                              f"is the subject id: {seen[folder.name]} and {folder}.",
-                              "Rename one if they hold different people; if they are the same person, list the "
-                              "cases in a CSV (layout csv, header subject,source,target) with one subject.")
-        seen[folder.name] = folder
+    for case, folder in zip(cases, folders):
+        if case.name not in seen:
+            seen[case.name] = folder
+            continue
+        other = seen[case.name]
+        if subject_folder == "case" and other.parent.name != folder.parent.name:
+            fix = ("If each parent folder is one person and these are that person's scans (P01/fraction1, "
+                   "P02/fraction1), set subject_folder = \"parent\"; otherwise rename one folder.")
+        else:
+            fix = ("Rename one if they hold different cases; if they are the same person, list the cases in a CSV "
+                   "(layout csv, header subject,source,target,case) with one subject.")
+        raise ConfigError(f"Two case folders in {root} give the same case name, {case.name!r}: {other} and {folder}.",
+                          fix)
 
 
 def read_case_folders(root: Path, source_name: str, target_name: str, mask_name: str = "mask",
-                      suffixes: Sequence[str] = VOLUME_SUFFIXES, warn: Warn | None = None) -> list[Case]:
+                      suffixes: Sequence[str] = VOLUME_SUFFIXES, warn: Warn | None = None,
+                      subject_folder: str = "case") -> list[Case]:
     """Folders (at any depth) holding ``<source_name>.<ext>`` and ``<target_name>.<ext>`` (SynthRAD, generic); the
     source must have one of ``suffixes``. Folders with a source file but no usable pair (no target, or a source of
-    another suffix) are skipped, and ``warn`` told which; folders with a target alone belong to another task."""
+    another suffix) are skipped, and ``warn`` told which; folders with a target alone belong to another task.
+    The subject id is the case folder's name, or with ``subject_folder="parent"`` its parent folder's."""
     root = Path(root)
+    if subject_folder not in SUBJECT_FOLDERS:
+        raise ConfigError(f"Unknown subject_folder {subject_folder!r}.",
+                          "Use \"case\" (each case folder is a subject) or \"parent\" (case folders inside one "
+                          "folder per subject, e.g. P01/fraction1).")
     cases, used, skipped = [], [], []
     # folders with a trace of the source, and folders with a target beside them: a target alone elsewhere is
     # another task's case (SynthRAD's Task2 for MR -> CT), not a case missing its source
@@ -122,20 +145,22 @@ def read_case_folders(root: Path, source_name: str, target_name: str, mask_name:
                    in ((source_name, suffixes, source), (target_name, VOLUME_SUFFIXES, target)) if found is None]
             skipped.append(f"{folder.relative_to(root).as_posix()} ({'; '.join(why)})")
             continue
-        cases.append(Case(folder.name, source, target, find_volume(folder, mask_name), folder.name))
+        subject, case_id = _case_names(folder, subject_folder)
+        cases.append(Case(subject, source, target, find_volume(folder, mask_name), case_id))
         used.append(folder)
-    _refuse_duplicate_names(used, root)
+    _refuse_duplicate_names(cases, used, root, subject_folder)
     _report_skipped(warn, skipped, len(folders), "case folders", root)
     return cases
 
 
 def read_synthrad(root: Path, source: str = "MR", target: str = "CT", version: int = 2023,
                   source_name: str | None = None, target_name: str | None = None,
-                  warn: Warn | None = None) -> list[Case]:
+                  warn: Warn | None = None, subject_folder: str = "case") -> list[Case]:
     """SynthRAD2023 (``Task1/brain/1BA001/{mr,ct,mask}.nii.gz``) or 2025 (``.mha``)."""
     suffixes = (".nii.gz",) if version == 2023 else (".mha",)
     return read_case_folders(root, _name_for(source, SYNTHRAD_NAMES, source_name),
-                             _name_for(target, SYNTHRAD_NAMES, target_name), suffixes=suffixes, warn=warn)
+                             _name_for(target, SYNTHRAD_NAMES, target_name), suffixes=suffixes, warn=warn,
+                             subject_folder=subject_folder)
 
 
 def read_brats(root: Path, source: str = "T1", target: str = "T2", version: int = 2023,
@@ -145,8 +170,9 @@ def read_brats(root: Path, source: str = "T1", target: str = "T2", version: int 
     Cases with only one of the two contrasts are skipped, and ``warn`` told which."""
     table, sep = (BRATS2023_NAMES, "-") if version == 2023 else (BRATS2021_NAMES, "_")
     src, tgt = _name_for(source, table, source_name), _name_for(target, table, target_name)
+    files = files_below(root)
     found = sorted({(p.parent, p.name[: p.name.rindex(f"{sep}{stem}.")])
-                    for stem in (src, tgt) for p in Path(root).rglob(f"*{sep}{stem}.*") if p.is_file()})
+                    for stem in (src, tgt) for p in files if f"{sep}{stem}." in p.name})
     cases, skipped = [], []
     for folder, case_id in found:
         source_path, target_path = (folder / f"{case_id}{sep}{stem}.nii.gz" for stem in (src, tgt))
@@ -171,7 +197,7 @@ def read_ixi(root: Path, source: str = "T2", target: str = "PD", source_name: st
     two contrasts are skipped, and ``warn`` told which."""
     src, tgt = _name_for(source, IXI_NAMES, source_name), _name_for(target, IXI_NAMES, target_name)
     found: dict[str, dict[str, Path]] = {}
-    for path in sorted(Path(root).rglob("IXI*")):
+    for path in files_below(root):
         match = _IXI.match(path.name)
         if match:
             found.setdefault(match.group(1), {})[match.group(4)] = path
@@ -264,7 +290,7 @@ def detect_layout(root: Path, source_name: str | None = None, target_name: str |
                           "Give the dataset folder, or a CSV file (.csv) with the header subject,source,target.")
     if not root.is_dir():
         raise ConfigError(f"The training data {root} does not exist.", "Give an existing folder or CSV file.")
-    names = [p.name for p in root.rglob("*") if p.is_file()]
+    names = [p.name for p in files_below(root)]
     if not any(name.lower().endswith(VOLUME_SUFFIXES) for name in names):
         raise ConfigError(f"The training data folder {root} holds no volumes ({', '.join(VOLUME_SUFFIXES)}).",
                           "Point data at the folder with the cases, or copy the volumes there.")
@@ -301,11 +327,15 @@ def resolve_layout(root: Path | str, layout: str = "auto", source: str = "MR", t
 
 
 def _read_layout(root: Path, layout: str, source: str, target: str, source_name: str | None,
-                 target_name: str | None, warn: Warn) -> list[Case]:
+                 target_name: str | None, warn: Warn, subject_folder: str) -> list[Case]:
     """The cases of ``root`` read with the reader of ``layout``."""
     source_file, target_file = source_name or source.lower(), target_name or target.lower()
+    if subject_folder != "case" and layout not in ("synthrad2023", "synthrad2025", "paired_folder"):
+        raise ConfigError(f"subject_folder = {subject_folder!r} applies to case folders (SynthRAD and paired_folder "
+                          f"layouts), not to the {layout} layout.",
+                          "Remove subject_folder, or list the cases in a CSV with a subject column.")
     if layout in ("synthrad2023", "synthrad2025"):
-        return read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name, warn)
+        return read_synthrad(root, source, target, int(layout[-4:]), source_name, target_name, warn, subject_folder)
     if layout in ("brats2021", "brats2023"):
         return read_brats(root, source, target, int(layout[-4:]), source_name, target_name, warn)
     if layout == "ixi":
@@ -313,7 +343,7 @@ def _read_layout(root: Path, layout: str, source: str, target: str, source_name:
     if layout == "csv":
         return read_csv(root)
     if layout == "paired_folder":
-        return read_case_folders(root, source_file, target_file, warn=warn)
+        return read_case_folders(root, source_file, target_file, warn=warn, subject_folder=subject_folder)
     if layout == "unpaired":
         return read_unpaired(root, source_file, target_file)
     raise ConfigError(f"Unknown dataset layout {layout!r}.", f"Use auto or one of {', '.join(LAYOUTS)}.")
@@ -336,13 +366,15 @@ def _refuse_identity_pairs(cases: Sequence[Case], root: Path, layout: str, sourc
 
 def load_cases(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
                source_name: str | None = None, target_name: str | None = None, *,
-               warn: Warn | None = None) -> list[Case]:
+               warn: Warn | None = None, subject_folder: str = "case") -> list[Case]:
     """All cases of a dataset; raises :class:`ConfigError` when none are found or a case's source and target are
-    one file. ``warn`` hears, in one message per reader, which incomplete cases were skipped and why."""
+    one file. ``warn`` hears, in one message per reader, which incomplete cases were skipped and why.
+    ``subject_folder="parent"`` takes case folders' subject ids from their parent folders (see
+    :func:`read_case_folders`)."""
     root = Path(root)
     layout = resolve_layout(root, layout, source, target, source_name, target_name)
     notes: list[str] = []
-    cases = _read_layout(root, layout, source, target, source_name, target_name, notes.append)
+    cases = _read_layout(root, layout, source, target, source_name, target_name, notes.append, subject_folder)
     if not cases:
         raise ConfigError(" ".join([f"No {source} -> {target} cases found in {root} (layout {layout}).", *notes]),
                           "Check the folder, the layout and the source/target modality or file names.")

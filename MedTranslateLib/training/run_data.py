@@ -44,7 +44,7 @@ def _refuse_cases_without_pairs(config: TrainConfig, cases: Sequence[Case]) -> N
 def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTracker,
                warn: Callable[[str], None] = lambda message: None) -> RunData:
     cases = load_cases(config.data, config.layout, config.source_modality, config.target_modality,
-                       config.source_name, config.target_name, warn=warn)
+                       config.source_name, config.target_name, warn=warn, subject_folder=config.subject_folder)
     if config.max_cases:
         kept = cases[: int(config.max_cases)]
         listed = {*(config.train_subjects or ()), *(config.val_subjects or ()), *(config.test_subjects or ())}
@@ -61,7 +61,9 @@ def load_data(config: TrainConfig, card: Mapping[str, Any], tracker: ProgressTra
         if not paired:
             raise ConfigError("The z-slab hold-out needs a paired case.", "Use a paired dataset or split=subject.")
         # the first train subject is cut into slabs; further train subjects are used whole for training
-        by_subject = {c.subject_id: c for c in paired}
+        by_subject: dict[str, Case] = {}
+        for case in paired:  # a subject's first case (as the held-out benchmark reads it back)
+            by_subject.setdefault(case.subject_id, case)
         wanted = list(config.train_subjects or [paired[0].subject_id])
         unknown = [s for s in wanted if s not in by_subject]
         if unknown:
