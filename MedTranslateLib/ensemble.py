@@ -84,8 +84,8 @@ class EnsembleTranslator:
         if uncertainty:
             std_image = sitk.GetImageFromArray(std_array)
             std_image.CopyInformation(image)
-        provenance = dict(results[0].provenance)
-        provenance["ensemble"] = ",".join(f"{m.card.id}@{m.card.version}" for m in self.members)
+        devices = dict.fromkeys(str(r.provenance.get("device", "")) for r in results)  # a member may fall back
+        provenance = {**self.provenance(), "device": "+".join(devices)}
         warnings = sorted({w for r in results for w in r.warnings})
         seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in results[0].seconds}
         return TranslationResult(mean, std_image, warnings, provenance, seconds,
@@ -111,5 +111,11 @@ class EnsembleTranslator:
         return ProgressTracker(STAGES, relay, tracker.cancel_token)
 
     def provenance(self) -> dict:
-        """The first member's provenance (the translation adds the ensemble's members)."""
-        return self.members[0].provenance()
+        """The members' provenance in one: ids, versions and checksums of every member, in order, joined with
+        "+" (ids, versions) and "," (checksums), so a file's header names the whole ensemble, not its first model."""
+        each = [member.provenance() for member in self.members]
+        joined = {key: separator.join(str(p.get(key, "")) for p in each)
+                  for key, separator in (("model_id", "+"), ("model_version", "+"), ("model_sha256", ","))}
+        families = dict.fromkeys(str(p.get("model_family", "")) for p in each)
+        return {**each[0], **joined, "model_family": "+".join(families),
+                "ensemble": ",".join(f"{m.card.id}@{m.card.version}" for m in self.members)}

@@ -359,6 +359,16 @@ def test_ensemble_mean_and_spread(tmp_path, mr_input):
     assert np.allclose(arrays["ab"], (arrays["a"] + arrays["b"]) / 2, atol=0.5)
     std = sitk.GetArrayFromImage(read_volume(tmp_path / "std.nii.gz")[0])
     assert np.allclose(std, np.abs(arrays["a"] - arrays["b"]) / 2, atol=0.5)
+    # the header names every member, not only the first (NIfTI's 80-character note and a full MHA header)
+    sums = [json.loads((p / "model.json").read_text())["weights"]["sha256"] for p in (a, b)]
+    assert sitk.ReadImage(str(outs["ab"])).GetMetaData("descrip").startswith(
+        f"SYNTHETIC MedTranslate ens-a+ens-b 0.1.0+0.1.0 sha256:{sums[0][:12]},{sums[1][:12]}")
+    assert main(["translate", str(source), "-m", str(a), "--ensemble", str(b), "-o", str(tmp_path / "ab.mha"),
+                 "--progress", "none"]) == 0
+    header = sitk.ReadImage(str(tmp_path / "ab.mha"))
+    assert header.GetMetaData("MedTranslate_model_id") == "ens-a+ens-b"
+    assert header.GetMetaData("MedTranslate_model_sha256") == ",".join(sums)
+    assert header.GetMetaData("MedTranslate_ensemble") == "ens-a@0.1.0,ens-b@0.1.0"
 
 
 def test_ensemble_progress_runs_through_every_member(tmp_path, mr_input, capsys):

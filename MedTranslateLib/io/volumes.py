@@ -432,7 +432,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
     if provenance is not None or description:
         info = provenance or {}
         if nifti:  # NIfTI only has the 80-character 'descrip' field
-            sha = str(info.get("model_sha256", ""))[:12]
+            sha = ",".join(part[:12] for part in str(info.get("model_sha256", "")).split(",") if part)
             notes = " ".join(str(v) for v in ("SYNTHETIC MedTranslate", info.get("model_id", ""),
                                               info.get("model_version", ""), sha and f"sha256:{sha}") if v)
             output.SetMetaData("ITK_FileNotes", notes[:79])
