@@ -324,6 +324,26 @@ def test_the_data_files_a_header_names(tmp_path):
     assert named_data_files(tmp_path / "missing.mhd") == [] and named_data_files(tmp_path / "x.nii.gz") == []
 
 
+def test_one_header_parser_serves_the_size_check_and_the_input_guard(tmp_path):
+    """NRRD fields come in any order (``data file`` before ``encoding``); a MetaImage header ends at its
+    ElementDataFile line, where its data starts."""
+    from MedTranslateLib.io.headers import read_text_header
+
+    nhdr = tmp_path / "a.nhdr"
+    nhdr.write_text("NRRD0004\ndata file: a.raw.gz\nencoding: gzip\nkey:=value\n\nignored: x\n")
+    header = read_text_header(nhdr)
+    assert header.values == {"data file": "a.raw.gz", "encoding": "gzip"}
+    assert header.single_data_file == tmp_path / "a.raw.gz" and header.data_files == [tmp_path / "a.raw.gz"]
+    mha = tmp_path / "b.mha"
+    mha.write_bytes(b"NDims = 3\nElementDataFile = LOCAL\n\x00\x01=\x02")
+    header = read_text_header(mha)
+    assert header.holds_its_data and header.length == len(b"NDims = 3\nElementDataFile = LOCAL\n")
+    assert header.single_data_file is None and header.data_files == []
+    listed = tmp_path / "c.mhd"
+    listed.write_text("ElementDataFile = LIST 2D\ns1.raw\ns2.raw\n")
+    assert read_text_header(listed).single_data_file is None
+
+
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Cancelled])
 def test_output_group_keeps_both_files_or_neither(tmp_path, interrupt):
     from MedTranslateLib.io import output_group

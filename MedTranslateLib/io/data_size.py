@@ -20,16 +20,15 @@ import numpy as np
 
 from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.atomic import full_suffix
-from MedTranslateLib.io.headers import text_header
+from MedTranslateLib.io.headers import read_text_header
 
 MAX_DEFLATE_RATIO = 1100  # more than zlib's best ratio (about 1032): a larger declared size is a lie
 
 
-def _data_file(path: Path, data_file: str) -> tuple[Path, int]:
+def _data_file(path: Path, data_path: Path) -> tuple[Path, int]:
     """The data file a ``.mhd``/``.nhdr`` header names, and its size (InputError when it is missing)."""
-    data_path = path.parent / data_file
     if not data_path.is_file():
-        raise InputError(f"Cannot read '{path}': its data file '{data_file}' is missing.",
+        raise InputError(f"Cannot read '{path}': its data file '{data_path}' is missing.",
                          "Keep the header and its data file together in one folder.")
     return data_path, data_path.stat().st_size
 
@@ -42,29 +41,22 @@ def check_declared_bytes(path: Path, declared: int) -> None:
         compressed = True
     elif suffix == ".nii":
         data_bytes -= 348  # the NIfTI-1 header precedes the voxels
-    elif suffix in (".mha", ".mhd"):
-        header, length = text_header(path)
-        compressed = header.get("compresseddata", "false").lower() == "true"
-        data_file = header.get("elementdatafile", "LOCAL")
-        if data_file.upper() == "LOCAL":
+    elif suffix in (".mha", ".mhd", ".nrrd", ".nhdr"):
+        header = read_text_header(path)
+        length = header.length
+        if suffix in (".mha", ".mhd"):
+            compressed = header.values.get("compresseddata", "false").lower() == "true"
+        else:
+            encoding = header.values.get("encoding", "raw").lower()
+            if encoding in ("txt", "text", "ascii", "bz2", "bzip2", "hex"):
+                return
+            compressed = encoding in ("gz", "gzip")
+        if header.holds_its_data:
             data_bytes = path.stat().st_size - length
-        elif data_file.upper().startswith("LIST") or "%" in data_file:
+        elif header.single_data_file is None:  # a LIST or a pattern of slice files: not checked here
             return
         else:
-            data_path, data_bytes = _data_file(path, data_file)
-    elif suffix in (".nrrd", ".nhdr"):
-        header, length = text_header(path)
-        encoding = header.get("encoding", "raw").lower()
-        if encoding in ("txt", "text", "ascii", "bz2", "bzip2", "hex"):
-            return
-        compressed = encoding in ("gz", "gzip")
-        data_file = header.get("data file", header.get("datafile"))
-        if data_file is None:
-            data_bytes = path.stat().st_size - length
-        elif " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
-            return
-        else:
-            data_path, data_bytes = _data_file(path, data_file)
+            data_path, data_bytes = _data_file(path, header.single_data_file)
     capacity = data_bytes * MAX_DEFLATE_RATIO if compressed else data_bytes
     if declared <= capacity and compressed:  # ITK zero-fills a truncated stream silently: inflate to check
         stream_path = data_path if data_path is not None else path
