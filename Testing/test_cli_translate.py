@@ -268,7 +268,7 @@ def test_batch_goes_on_past_a_bad_input_and_reports_it(tmp_path, mr_input, capsy
 
 def test_batch_names_same_named_inputs_after_their_case_folders(tmp_path, mr_input):
     """SynthRAD's <case>/mr.nii.gz: one output per case, which ``evaluate --pred-dir`` finds by case."""
-    from MedTranslateLib.cli.translate import batch_outputs
+    from MedTranslateLib.io.naming import batch_outputs
     from MedTranslateLib.evaluation.evaluate import _prediction_for
 
     inputs = [str(tmp_path / case / "mr.nii.gz") for case in ("1PA001", "1PA003")] + [str(tmp_path / "t1.nrrd")]
@@ -295,7 +295,7 @@ def test_evaluate_reports_a_case_with_two_matching_predictions(tmp_path):
 
 def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
     """Same case name under two sites, or one name in two formats: distinct outputs, still found by case."""
-    from MedTranslateLib.cli.translate import batch_outputs
+    from MedTranslateLib.io.naming import batch_outputs
 
     inputs = [str(tmp_path / site / "1PA003" / "mr.nii.gz") for site in ("siteA", "siteB")]
     names = [p.name for p in batch_outputs(inputs + [str(tmp_path / "siteB" / "1PA001" / "mr.nii.gz")], tmp_path)]
@@ -311,7 +311,7 @@ def test_batch_names_the_same_case_from_two_sites_apart(tmp_path):
 
 def test_outputs_that_differ_only_in_letter_case_are_kept_apart(tmp_path):
     """macOS and Windows ignore letter case in file names: T1 and t1 would be one output there."""
-    from MedTranslateLib.cli.translate import batch_outputs
+    from MedTranslateLib.io.naming import batch_outputs
     from MedTranslateLib.errors import OutputError
     from MedTranslateLib.pipeline import check_outputs
 

@@ -251,3 +251,27 @@ def test_reference_case_folders_may_be_links(synthrad_folder, tmp_path):
     (subset / "1BA001" / "again").symlink_to(subset, target_is_directory=True)  # a loop back up is not followed
     rows, _ = ev.evaluate_folder(pred_dir, subset)
     assert [r["case"] for r in rows] == ["1BA001", "1BA002"]
+
+
+def test_patients_with_fraction_folders_are_cases_by_path(tmp_path):
+    """P01/fx1 and P02/fx1 were two cases named 'fx1' that each failed with "2 predictions match case fx1"; they
+    are now named by their last folders (as many as tell them apart, for every case) and find the outputs a batch
+    translate of their CBCTs wrote, or predictions in a tree of the same folders."""
+    from MedTranslateLib.io.naming import batch_outputs
+
+    ref_root = tmp_path / "Task2" / "pelvis"
+    bias = {"P01/fx1": 10.0, "P01/fx2": 20.0, "P02/fx1": 30.0}
+    sources, cts = [], {}
+    for i, case in enumerate(bias):
+        cts[case], cbct, body = _ct_case(i)
+        _write(cts[case], ref_root / case / "ct.nii.gz")
+        sources.append(_write(cbct, ref_root / case / "cbct.nii.gz"))
+        _write(body.astype(np.float32), ref_root / case / "mask.nii.gz")
+    for case, output in zip(bias, batch_outputs(sources, tmp_path / "batch")):  # `translate <cbcts> -o batch/`
+        _write(cts[case] + bias[case], output)
+        _write(cts[case] + bias[case], tmp_path / "tree" / f"{case}.nii.gz")  # or the reference's own tree
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == [
+        "fx1_cbct_P01_synthetic.nii.gz", "fx1_cbct_P02_synthetic.nii.gz", "fx2_cbct_synthetic.nii.gz"]
+    for predictions in ("batch", "tree"):
+        rows, _ = ev.evaluate_folder(tmp_path / predictions, tmp_path / "Task2")
+        assert {r["case"]: round(r["me"]) for r in rows} == bias

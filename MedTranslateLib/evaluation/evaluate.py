@@ -31,6 +31,7 @@ from MedTranslateLib.errors import ConfigError, InputError, OutputError, plain_n
 from MedTranslateLib.io.atomic import FILE_SUFFIXES as EXTENSIONS
 from MedTranslateLib.io.atomic import atomic_write_text, files_below, output_group, volume_stem
 from MedTranslateLib.io.atomic import find_volume as _find_volume
+from MedTranslateLib.io.naming import batch_outputs
 from MedTranslateLib.progress import ProgressTracker
 
 STATS = ("mean", "std", "median", "q1", "q3")
@@ -201,8 +202,12 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
 
 # ----------------------------------------------------------------------------------------- folders
 
-def _prediction_for(pred_dir: Path, case: str) -> tuple[Path | None, Path | None]:
-    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct") or _batch_output(pred_dir, case)
+def _prediction_for(pred_dir: Path, case: str, batch_name: Path | None = None) -> tuple[Path | None, Path | None]:
+    """The prediction and uncertainty map of ``case`` in ``pred_dir``: ``<case>.<ext>``, ``<case>/sct.<ext>``, the
+    ``batch_name`` a batch translate of the reference's inputs gives it, or a ``<case>_..._synthetic`` file."""
+    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct")
+    if pred is None:
+        pred = batch_name if batch_name is not None and batch_name.is_file() else _batch_output(pred_dir, case)
     std = _find_volume(pred_dir, f"{case}_std") or _find_volume(pred_dir / case, "std")
     return pred, std
 
@@ -219,12 +224,28 @@ def _batch_output(pred_dir: Path, case: str) -> Path | None:
 
 
 def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
+    """Case folders holding ``ct.<ext>``, named after the folder or, when two folders share a name (``P01/fx1``,
+    ``P02/fx1``: patients with fractions; one case id at two sites), every case after its last folders below
+    ``ref_root``, as few as tell them apart."""
+    names = {f"ct{ext}" for ext in EXTENSIONS}
+    folders = list(dict.fromkeys(p.parent for p in files_below(ref_root) if p.name in names))
+    parts = [folder.relative_to(ref_root).parts or (folder.name,) for folder in folders]
+    depth = next((k for k in range(1, max(map(len, parts), default=1) + 1)
+                  if len({tail[-k:] for tail in parts}) == len(parts)), 1)
     cases = []
-    for ct in (p for p in files_below(ref_root) if p.name in {f"ct{ext}" for ext in EXTENSIONS}):
-        folder = ct.parent
+    for folder, tail in zip(folders, parts):
+        name = "/".join(tail[-depth:])
         source = _find_volume(folder, "mr") or _find_volume(folder, "cbct")
-        cases.append(CasePaths(folder.name, Path(), ct, _find_volume(folder, "mask"), source, modality="CT"))
+        cases.append(CasePaths(name, Path(), _find_volume(folder, "ct"), _find_volume(folder, "mask"), source,
+                               modality="CT"))
     return cases
+
+
+def _batch_names(cases: Sequence[CasePaths], pred_dir: Path) -> dict[str, Path]:
+    """The output each case's input gets when all the cases' inputs are translated in one batch into
+    ``pred_dir`` (names that tell apart inputs of one name: ``fx1_cbct_P01_synthetic.nii.gz``)."""
+    with_input = [case for case in cases if case.input is not None]
+    return dict(zip((case.case for case in with_input), batch_outputs([case.input for case in with_input], pred_dir)))
 
 
 def _brats_cases(ref_root: Path, target: str) -> list[CasePaths]:
@@ -260,9 +281,11 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
     order = list(finders) if layout == "auto" else [layout]
     for name in order:
         matched = []
-        for case in finders[name]():
+        cases = finders[name]()
+        batch_names = _batch_names(cases, pred_dir)
+        for case in cases:
             try:
-                pred, std = _prediction_for(pred_dir, case.case)
+                pred, std = _prediction_for(pred_dir, case.case, batch_names.get(case.case))
             except InputError as error:
                 if on_failure is None:
                     raise
