@@ -193,14 +193,16 @@ def as_output_type(image: "sitk.Image", output_type: str, target_modality: str) 
         return image
     import SimpleITK as sitk
 
-    values = np.rint(sitk.GetArrayViewFromImage(image))
-    low, high = float(values.min()), float(values.max())
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(np.rint(values.min())), float(np.rint(values.max()))  # rint keeps the order
     if low < -32768 or high > 32767:
         if output_type == "auto":
             return image
         raise OutputError(f"The synthetic volume holds values from {low:g} to {high:g}, outside the int16 range "
                           "(-32768 to 32767).", "Write it as float32 (--output-type float32 or auto).")
-    out = sitk.GetImageFromArray(values.astype(np.int16), isVector=False)
+    rounded = np.empty(values.shape, np.int16)  # rounded straight into int16: no rounded float32 copy
+    np.rint(values, out=rounded, casting="unsafe")
+    out = sitk.GetImageFromArray(rounded, isVector=False)
     out.CopyInformation(image)
     return out
 

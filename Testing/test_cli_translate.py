@@ -436,6 +436,9 @@ def test_an_mr_target_stays_float32_with_auto(tmp_path):
     from MedTranslateLib.pipeline import as_output_type
 
     image = sitk.GetImageFromArray(np.linspace(0, 1000, 60, dtype=np.float32).reshape(3, 4, 5) + 0.25)
+    halves = sitk.GetImageFromArray(np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 32767.4], np.float32).reshape(1, 1, 7))
+    assert sitk.GetArrayFromImage(as_output_type(halves, "int16", "CT")).ravel().tolist() == [
+        -2, -2, 0, 0, 2, 2, 32767]  # halves to even, as np.rint
     assert as_output_type(image, "auto", "MR") is image
     as_int = as_output_type(image, "auto", "CT")
     assert as_int.GetPixelID() == sitk.sitkInt16

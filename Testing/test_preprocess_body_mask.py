@@ -149,8 +149,8 @@ def test_largest_component_equals_scipy_26_connected_labelling():
     from MedTranslateLib.preprocess.body_mask import body_components
 
     rng = np.random.default_rng(0)
-    for _ in range(40):
-        mask = ndimage.gaussian_filter(rng.random((10, 18, 15)), 1.5) > rng.uniform(0.45, 0.55)
+    for shape in [(10, 18, 15)] * 30 + [(41, 12, 11)] * 10:  # 41 slices: labels counted over several slabs
+        mask = ndimage.gaussian_filter(rng.random(shape), 1.5) > rng.uniform(0.45, 0.55)
         labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
@@ -160,3 +160,16 @@ def test_largest_component_equals_scipy_26_connected_labelling():
     diagonal[0, 0, 0] = diagonal[1, 1, 1] = diagonal[2, 2, 2] = True  # touching only at corners: one component
     assert body_components(diagonal).sum() == 3
     assert not body_components(np.zeros((2, 2, 2), bool)).any()
+
+
+def test_holes_are_filled_slice_by_slice_across_slabs():
+    """fill_holes labels a slab of slices at a time: every slice must come out as scipy fills it alone."""
+    from scipy import ndimage
+
+    from MedTranslateLib.preprocess.body_mask import fill_holes
+
+    rng = np.random.default_rng(1)
+    mask = ndimage.gaussian_filter(rng.random((37, 24, 20)), 1.2) > 0.5
+    mask[:, 4:20, 4] = mask[:, 4:20, 15] = mask[:, 4, 4:16] = mask[:, 19, 4:16] = True  # a ring in every slice
+    expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+    assert np.array_equal(fill_holes(mask), expected) and not np.array_equal(mask, expected)

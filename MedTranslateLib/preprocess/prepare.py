@@ -309,7 +309,9 @@ def _back_to_input_grid(physical: np.ndarray, record: PrepRecord, background: fl
             out = geometry.resample_array(out, step["to"], step["from"], default=background)
         elif step["step"] == "reorient":
             out = geometry.unreorient_array(out, step)
-    out = np.array(out, dtype=np.float32, copy=True)
+    # a copy only where no step made a new array: the caller's ``physical`` is never written to
+    out = np.array(out, dtype=np.float32, copy=True) if np.shares_memory(out, physical) else \
+        np.ascontiguousarray(out, dtype=np.float32)
     if record.mask_source != "none":
         out[~record.input_mask()] = np.float32(background)
     return out
