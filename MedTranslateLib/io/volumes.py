@@ -288,6 +288,8 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
     _check_slice_positions(headers, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    if first.GetPixelID() == sitk.sitkFloat64:  # a rescale slope: read as the float32 it becomes, not a float64 copy
+        reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -325,6 +327,7 @@ def _check_slice_positions(headers: list[Any], what: str) -> None:
 
 def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, what: str,
               check_content: bool) -> tuple[sitk.Image, SourceInfo]:
+    """The checked image in its own pixel type (integer types stay integer, others become float32)."""
     source = Path(path)
     if not source.exists():
         raise InputError(f"Cannot read '{source}': no such file or folder.", "Check the path and try again.")
@@ -337,7 +340,9 @@ def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, 
                        image.GetSpacing(), image.GetDirection(), what, max_voxels)
     if check_content:
         _content_problems(image, what, pixel_id)
-    return sitk.Cast(image, sitk.sitkFloat32), info
+    if image.GetPixelID() == sitk.sitkFloat32:
+        return image, info
+    return image if pixel_id in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkFloat32), info
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None,
@@ -422,7 +427,10 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
         return write_dicom_series(image, dicom_output_folder(path), source=source, modality=modality,
                                   description=description, provenance=provenance, uncertainty=uncertainty)
     target = Path(path)
-    output = sitk.Image(image)  # shallow copy: metadata below must not leak into the caller's image
+    # a copy whose metadata is its own: SimpleITK (2.5) shares a copy's metadata until a write makes the copy
+    # unique, and EraseMetaData is no such write, so erasing the tags of a plain copy erased the caller's
+    output = sitk.Image(image)
+    output.SetMetaData("ITK_FileNotes", "")
     for key in output.GetMetaDataKeys():
         output.EraseMetaData(key)
     label = description or f"SYNTHETIC {modality} (MedTranslate)"
