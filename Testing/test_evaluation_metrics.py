@@ -133,3 +133,24 @@ def test_ms_ssim_2025_pads_the_mask_like_the_images_and_filters_from_a_zero_bord
     ref = rng.normal(0, 200, (40, 50, 60)).astype(np.float32)
     pred = (ref + rng.normal(0, 100, ref.shape)).astype(np.float32)
     assert ms_ssim_2025(pred, ref, np.ones(ref.shape, bool)) == pytest.approx(0.9622666, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(40, 30, 28), (101, 12, 16)])
+def test_slabs_give_the_whole_volume_values(monkeypatch, shape):
+    """The SSIM maps are computed in z-slabs with a halo: slabs of 5 slices (odd, many slabs, the mask touching
+    the first and last slice) give the values of one slab holding the whole volume (including the padding
+    and downsampling of MS-SSIM)."""
+    pred, ref, _ = _pair(shape=shape, noise=150.0, seed=3)
+    mask = np.zeros(shape, bool)
+    mask[:, 2:-1, 1:-2] = True
+    mask[shape[0] // 3] = False
+    mr_pred, mr_ref = np.abs(pred) + 50, np.abs(ref) + 50
+
+    def values() -> list[float]:
+        return [M.ssim_2023(pred, ref, mask), M.ms_ssim_2025(pred, ref, mask), M.ssim_norm(mr_pred, mr_ref, mask)]
+
+    monkeypatch.setattr(M, "SLAB", 1000)
+    whole = values()
+    assert all(0.0 < v < 1.0 for v in whole)
+    monkeypatch.setattr(M, "SLAB", 5)
+    assert values() == pytest.approx(whole, rel=1e-12, abs=0)

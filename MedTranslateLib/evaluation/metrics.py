@@ -20,11 +20,15 @@ Arrays are numpy ``(z, y, x)``; the mask is ``mask > 0``. Definitions (see ``DEF
 * MR targets (arbitrary units): each image is scaled independently to [0, 1] between its own
   0.5th and 99.5th in-mask percentiles (clipped, outside mask 0), then PSNR (range 1, mask voxels)
   and SSIM (as SSIM 2023 with range 1) are computed: ``psnr_norm``, ``ssim_norm``.
+
+The SSIM and MS-SSIM maps are computed in z-slabs of ``SLAB`` slices, each read with a halo of the filter's
+reach, in float64: the values of the whole-volume computation (to rounding, ~1e-15) in bounded memory.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +45,7 @@ MS_SSIM_MIN_SIZE = 97
 AIR_MAX_HU = -400.0
 BONE_MIN_HU = 300.0
 MR_PERCENTILES = (0.5, 99.5)
+SLAB = 24  # z-slices per slab of the SSIM / MS-SSIM maps (each read with a halo of the filter's reach)
 
 CT_KEYS = ("mae", "me", "psnr", "psnr_2025", "ssim", "ms_ssim", "mae_air", "mae_soft", "mae_bone", "dice_bone")
 MR_KEYS = ("mae", "me", "psnr_norm", "ssim_norm")
@@ -71,7 +76,8 @@ DEFINITIONS: dict[str, str] = {
 
 
 def _prepare(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check shapes, return float64 copies and a boolean mask; empty mask -> InputError."""
+    """Check shapes; return the images as they are (each metric takes float64 of the voxels it needs) and a
+    boolean mask; empty mask -> InputError."""
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
@@ -87,23 +93,35 @@ def _prepare(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tupl
         mask_bool = mask > 0
     if not mask_bool.any():
         raise InputError("The mask is empty: no voxel to evaluate.", "Use a mask that covers the body.")
-    return pred.astype(np.float64, copy=False), ref.astype(np.float64, copy=False), mask_bool
+    return pred, ref, mask_bool
+
+
+def _values(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The mask voxels of both images, float64."""
+    p, r, m = _prepare(pred, ref, mask)
+    return p[m].astype(np.float64), r[m].astype(np.float64)
+
+
+def _mae(pv: np.ndarray, rv: np.ndarray) -> float:
+    return float(np.abs(pv - rv).mean())
+
+
+def _mean_error(pv: np.ndarray, rv: np.ndarray) -> float:
+    return float((pv - rv).mean())
 
 
 def mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Mean absolute error over the mask (no clipping)."""
-    p, r, m = _prepare(pred, ref, mask)
-    return float(np.abs(p[m] - r[m]).mean())
+    return _mae(*_values(pred, ref, mask))
 
 
 def mean_error(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Mean of (synthetic - reference) over the mask: positive means the synthetic image is too bright."""
-    p, r, m = _prepare(pred, ref, mask)
-    return float((p[m] - r[m]).mean())
+    return _mean_error(*_values(pred, ref, mask))
 
 
-def _psnr(p: np.ndarray, r: np.ndarray, m: np.ndarray, lo: float, hi: float) -> float:
-    diff = np.clip(p[m], lo, hi) - np.clip(r[m], lo, hi)
+def _psnr(pv: np.ndarray, rv: np.ndarray, lo: float, hi: float) -> float:
+    diff = np.clip(pv, lo, hi) - np.clip(rv, lo, hi)
     mse = float(np.mean(diff * diff))
     if mse == 0.0:
         return math.inf
@@ -112,15 +130,19 @@ def _psnr(p: np.ndarray, r: np.ndarray, m: np.ndarray, lo: float, hi: float) -> 
 
 def psnr_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SynthRAD 2023 PSNR: clip to [-1024, 3000], mask voxels, range 4024."""
-    return _psnr(*_prepare(pred, ref, mask), CT_MIN, CT_MAX_2023)
+    return _psnr(*_values(pred, ref, mask), CT_MIN, CT_MAX_2023)
 
 
 def psnr_2025(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SynthRAD 2025 PSNR: clip to [-1024, 3071], mask voxels, range 4095."""
-    return _psnr(*_prepare(pred, ref, mask), CT_MIN, CT_MAX_2025)
+    return _psnr(*_values(pred, ref, mask), CT_MIN, CT_MAX_2025)
 
 
-def _local_moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+Moments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Reader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _local_moments(x: np.ndarray, y: np.ndarray) -> Moments:
     """Local means, sample variances and covariance in a 7^3 uniform window (scikit-image's SSIM)."""
     from scipy.ndimage import uniform_filter
 
@@ -134,36 +156,73 @@ def _local_moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return ux, uy, vx, vy, vxy
 
 
-def _crop(a: np.ndarray, width: int = CROP) -> np.ndarray:
-    return a[tuple(slice(width, s - width) for s in a.shape)]
-
-
 def _check_window(shape: tuple[int, ...], what: str) -> None:
     if min(shape) < WINDOW:
         raise InputError(f"The volume {shape} is too small for {what} (every axis needs >= {WINDOW} voxels).",
                          "Evaluate on a larger region.")
 
 
-def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float) -> np.ndarray:
-    """The SSIM map of scikit-image's ``structural_similarity`` (7^3 uniform window, sample covariance)."""
-    _check_window(x.shape, "SSIM")
-    ux, uy, vx, vy, vxy = _local_moments(x, y)
+def _slabs(depth: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(lo, hi, start, stop)``: z-slabs ``[start, stop)`` of ``SLAB`` slices, read as ``[lo, hi)`` with ``halo``
+    slices more on each side inside the volume (so that the volume's own borders keep their boundary mode)."""
+    for start in range(0, depth, SLAB):
+        stop = min(start + SLAB, depth)
+        yield max(start - halo, 0), min(stop + halo, depth), start, stop
+
+
+def _reader(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None,
+            prepare: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Reader:
+    """Reads z-slices ``[lo, hi)`` of ``x`` and ``y`` as float64, through ``prepare(slab, mask_slab)`` if given
+    (an element-wise function: the same values as on the whole volume)."""
+    def read(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = x[lo:hi].astype(np.float64), y[lo:hi].astype(np.float64)
+        if prepare is None:
+            return xs, ys
+        return prepare(xs, mask[lo:hi]), prepare(ys, mask[lo:hi])
+    return read
+
+
+def _masked_map_mean(read: Reader, mask: np.ndarray, term: Callable[[Moments], np.ndarray]) -> float:
+    """Mean over the mask, after a 3-voxel border crop, of ``term`` of the local moments of the two images
+    from ``read``; computed slab by slab, each slab read with a halo of the window's reach so that its
+    values equal those of the whole volume. NaN when no voxel is left."""
+    depth = mask.shape[0]
+    inner = tuple(slice(CROP, s - CROP) for s in mask.shape[1:])
+    sums, count = [], 0
+    for lo, hi, start, stop in _slabs(depth, WINDOW // 2):
+        z0, z1 = max(start, CROP), min(stop, depth - CROP)  # the crop along z
+        if z1 <= z0:
+            continue
+        selected = mask[(slice(z0, z1), *inner)]
+        if not selected.any():
+            continue
+        region = (slice(z0 - lo, z1 - lo), *inner)
+        values = term(tuple(a[region] for a in _local_moments(*read(lo, hi))))[selected]
+        sums.append(float(values.sum(dtype=np.float64)))
+        count += values.size
+    return math.fsum(sums) / count if count else math.nan
+
+
+def _ssim_term(data_range: float) -> Callable[[Moments], np.ndarray]:
+    """The SSIM map of scikit-image's ``structural_similarity`` from the local moments."""
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
-    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+    def term(moments: Moments) -> np.ndarray:
+        ux, uy, vx, vy, vxy = moments
+        return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return term
 
 
-def _masked_crop_mean(values: np.ndarray, mask: np.ndarray) -> float:
-    selected = _crop(values)[_crop(mask)]
-    return float(selected.mean(dtype=np.float64)) if selected.size else math.nan
+def _clip_2023(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return np.where(m, np.clip(a, CT_MIN, CT_MAX_2023), CT_MIN) - CT_MIN
 
 
 def ssim_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SynthRAD 2023 SSIM (masked mean of the 3D SSIM map after a 3-voxel crop)."""
     p, r, m = _prepare(pred, ref, mask)
-    p = np.where(m, np.clip(p, CT_MIN, CT_MAX_2023), CT_MIN) - CT_MIN
-    r = np.where(m, np.clip(r, CT_MIN, CT_MAX_2023), CT_MIN) - CT_MIN
-    return _masked_crop_mean(ssim_map(r, p, CT_MAX_2023 - CT_MIN), m)
+    _check_window(r.shape, "SSIM")
+    return _masked_map_mean(_reader(r, p, m, _clip_2023), m, _ssim_term(CT_MAX_2023 - CT_MIN))
 
 
 def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
@@ -174,45 +233,65 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
     return np.pad(a, [(d // 2, d - d // 2) for d in deficits], mode="edge")
 
 
-def ms_ssim_2025(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """SynthRAD 2025 multi-scale SSIM (5 scales, 7^3 window, masked, product over scales)."""
-    from scipy.ndimage import uniform_filter
+def _clip_2025(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return np.clip(np.where(m, a, CT_MIN), CT_MIN, CT_MAX_2025) - CT_MIN
 
-    p, r, m = _prepare(pred, ref, mask)
-    data_range = CT_MAX_2025 - CT_MIN
-    p = np.clip(np.where(m, p, CT_MIN), CT_MIN, CT_MAX_2025) - CT_MIN
-    r = np.clip(np.where(m, r, CT_MIN), CT_MIN, CT_MAX_2025) - CT_MIN
-    # the mask is edge-padded like the images (as the challenge's evaluation does): a mask touching the border
-    # stays inside it in the padding
-    p, r, m = (_pad_to(a, MS_SSIM_MIN_SIZE) for a in (p, r, m))
+
+def _ms_ssim_term(weight: float, data_range: float) -> Callable[[Moments], np.ndarray]:
+    """l^w c^w s^w of the luminance, contrast and structure maps, each clipped at >= 0."""
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     c3 = c2 / 2.0
-    result = 1.0
-    for scale, weight in enumerate(MS_SSIM_WEIGHTS):
-        if scale > 0:  # 2x2x2 mean of each voxel and its predecessors, zero before the first (challenge code)
-            p = uniform_filter(p, size=2, mode="constant", cval=0.0)[::2, ::2, ::2]
-            r = uniform_filter(r, size=2, mode="constant", cval=0.0)[::2, ::2, ::2]
-            m = m[::2, ::2, ::2]
-        ux, uy, vx, vy, vxy = _local_moments(r, p)
+
+    def term(moments: Moments) -> np.ndarray:
+        ux, uy, vx, vy, vxy = moments
         sx = np.sqrt(np.maximum(vx, 0.0))
         sy = np.sqrt(np.maximum(vy, 0.0))
         luminance = (2 * ux * uy + c1) / (ux * ux + uy * uy + c1)
         contrast = (2 * sx * sy + c2) / (vx + vy + c2)
         structure = (vxy + c3) / (sx * sy + c3)
-        # l^w c^w s^w of the terms clipped at >= 0, computed as one power (same value, 3x fewer powers)
-        terms = (np.maximum(luminance, 0.0) * np.maximum(contrast, 0.0) * np.maximum(structure, 0.0)) ** weight
-        value = _masked_crop_mean(terms, m)
+        # one power of the product (same value as the product of three powers, 3x fewer powers)
+        return (np.maximum(luminance, 0.0) * np.maximum(contrast, 0.0) * np.maximum(structure, 0.0)) ** weight
+    return term
+
+
+def _downsample(read: Reader, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Both images of ``read`` after a 2x2x2 mean of each voxel and its predecessors (zero before the first, as
+    the challenge code) and stride-2 subsampling; slab by slab with the predecessor slice as halo."""
+    from scipy.ndimage import uniform_filter
+
+    out_shape = tuple((s + 1) // 2 for s in shape)
+    out = (np.empty(out_shape), np.empty(out_shape))
+    for lo, hi, start, stop in _slabs(shape[0], 1):
+        first = start + start % 2  # the first even z of the slab
+        for target, slab in zip(out, read(lo, hi)):
+            filtered = uniform_filter(slab, size=2, mode="constant", cval=0.0)
+            part = filtered[first - lo:stop - lo:2, ::2, ::2]
+            target[first // 2:first // 2 + part.shape[0]] = part
+    return out
+
+
+def ms_ssim_2025(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """SynthRAD 2025 multi-scale SSIM (5 scales, 7^3 window, masked, product over scales), slab by slab."""
+    p, r, m = _prepare(pred, ref, mask)
+    data_range = CT_MAX_2025 - CT_MIN
+    # the mask is edge-padded like the images (as the challenge's evaluation does): a mask touching the border
+    # stays inside it in the padding; padding before the (element-wise) clipping gives the same values
+    p, r, m = (_pad_to(a, MS_SSIM_MIN_SIZE) for a in (p, r, m))
+    read = _reader(r, p, m, _clip_2025)
+    result = 1.0
+    for scale, weight in enumerate(MS_SSIM_WEIGHTS):
+        if scale > 0:
+            read = _reader(*_downsample(read, m.shape))
+            m = m[::2, ::2, ::2]
+        value = _masked_map_mean(read, m, _ms_ssim_term(weight, data_range))
         if math.isnan(value):
             return math.nan
         result *= min(max(value, 0.0), 1.0)
     return float(result)
 
 
-def tissue_mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """MAE per tissue class of the reference: air (< -400), soft (-400..300), bone (> 300); NaN if absent."""
-    p, r, m = _prepare(pred, ref, mask)
-    pv, rv = p[m], r[m]
+def _tissue_mae(pv: np.ndarray, rv: np.ndarray) -> dict[str, float]:
     err = np.abs(pv - rv)
     classes = {
         "mae_air": rv < AIR_MAX_HU,
@@ -222,39 +301,74 @@ def tissue_mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None
     return {name: float(err[sel].mean()) if sel.any() else math.nan for name, sel in classes.items()}
 
 
-def bone_dice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, threshold: float = 300.0) -> float:
-    """Dice of ``pred > threshold`` vs ``ref > threshold`` inside the mask; NaN when neither has bone."""
-    p, r, m = _prepare(pred, ref, mask)
-    bp = (p > threshold) & m
-    br = (r > threshold) & m
+def tissue_mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """MAE per tissue class of the reference: air (< -400), soft (-400..300), bone (> 300); NaN if absent."""
+    return _tissue_mae(*_values(pred, ref, mask))
+
+
+def _bone_dice(pv: np.ndarray, rv: np.ndarray, threshold: float) -> float:
+    bp = pv > threshold
+    br = rv > threshold
     total = int(bp.sum()) + int(br.sum())
     if total == 0:
         return math.nan
     return 2.0 * int((bp & br).sum()) / total
 
 
-def mr_window(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """The 0.5th and 99.5th percentiles inside the mask (an MR image's own intensity window)."""
-    lo, hi = (float(v) for v in np.percentile(array[mask], MR_PERCENTILES))
+def bone_dice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, threshold: float = 300.0) -> float:
+    """Dice of ``pred > threshold`` vs ``ref > threshold`` inside the mask; NaN when neither has bone."""
+    return _bone_dice(*_values(pred, ref, mask), threshold)
+
+
+def _window(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = (float(v) for v in np.percentile(values, MR_PERCENTILES))
     return lo, (hi if hi > lo else lo + 1.0)
 
 
-def normalize_mr(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] between the 0.5th and 99.5th percentiles inside the mask; outside mask 0."""
-    lo, hi = mr_window(array, mask)
-    return np.where(mask, np.clip((array - lo) / (hi - lo), 0.0, 1.0), 0.0)
+def mr_window(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles inside the mask (an MR image's own intensity window)."""
+    return _window(array[mask])
+
+
+def _scale_mr(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """``values`` scaled to [0, 1] between the window's ends (clipped)."""
+    lo, hi = window
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _psnr_norm(pv: np.ndarray, rv: np.ndarray) -> float:
+    return _psnr(_scale_mr(pv, _window(pv)), _scale_mr(rv, _window(rv)), 0.0, 1.0)
 
 
 def psnr_norm(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """MR PSNR on independently [0, 1]-normalised images (range 1, mask voxels)."""
-    p, r, m = _prepare(pred, ref, mask)
-    return _psnr(normalize_mr(p, m), normalize_mr(r, m), m, 0.0, 1.0)
+    return _psnr_norm(*_values(pred, ref, mask))
 
 
 def ssim_norm(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """MR SSIM on independently [0, 1]-normalised images (range 1; masked mean after 3-voxel crop)."""
+    """MR SSIM on independently [0, 1]-normalised images (outside mask 0; range 1; masked mean after a
+    3-voxel crop)."""
     p, r, m = _prepare(pred, ref, mask)
-    return _masked_crop_mean(ssim_map(normalize_mr(r, m), normalize_mr(p, m), 1.0), m)
+    _check_window(r.shape, "SSIM")
+    p_window, r_window = (_window(a[m].astype(np.float64)) for a in (p, r))
+
+    def read(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.where(m[lo:hi], _scale_mr(r[lo:hi].astype(np.float64), r_window), 0.0),
+                np.where(m[lo:hi], _scale_mr(p[lo:hi].astype(np.float64), p_window), 0.0))
+    return _masked_map_mean(read, m, _ssim_term(1.0))
+
+
+def _voxel_metrics(pv: np.ndarray, rv: np.ndarray, modality: str) -> dict[str, float]:
+    """The metrics of the mask voxels' values alone (all but the SSIMs)."""
+    out = {"mae": _mae(pv, rv), "me": _mean_error(pv, rv)}
+    if modality == "MR":
+        out["psnr_norm"] = _psnr_norm(pv, rv)
+        return out
+    out["psnr"] = _psnr(pv, rv, CT_MIN, CT_MAX_2023)
+    out["psnr_2025"] = _psnr(pv, rv, CT_MIN, CT_MAX_2025)
+    out.update(_tissue_mae(pv, rv))
+    out["dice_bone"] = _bone_dice(pv, rv, BONE_MIN_HU)
+    return out
 
 
 def compute_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
@@ -264,15 +378,10 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None =
     if modality not in ("CT", "MR"):
         raise InputError(f"Unknown target modality {modality!r} for evaluation.", "Use CT or MR.")
     p, r, m = _prepare(pred, ref, mask)
-    out: dict[str, float] = {"mae": mae(p, r, m), "me": mean_error(p, r, m)}
+    out = _voxel_metrics(p[m].astype(np.float64), r[m].astype(np.float64), modality)
     if modality == "MR":
-        out["psnr_norm"] = psnr_norm(p, r, m)
         out["ssim_norm"] = ssim_norm(p, r, m)
-        return out
-    out["psnr"] = psnr_2023(p, r, m)
-    out["psnr_2025"] = psnr_2025(p, r, m)
+        return {key: out[key] for key in MR_KEYS}
     out["ssim"] = ssim_2023(p, r, m)
     out["ms_ssim"] = ms_ssim_2025(p, r, m)
-    out.update(tissue_mae(p, r, m))
-    out["dice_bone"] = bone_dice(p, r, m)
-    return out
+    return {key: out[key] for key in CT_KEYS}
