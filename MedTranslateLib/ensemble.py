@@ -69,19 +69,25 @@ class EnsembleTranslator:
         """Every member translates ``image``; the output is their mean, the uncertainty their spread."""
         import SimpleITK as sitk
 
-        from MedTranslateLib.evaluation.uncertainty import ensemble_stats
+        from MedTranslateLib.evaluation.uncertainty import RunningStats
 
         options = options or InferenceOptions()
-        # each member is seeded from (seed, member index): seed + i gave member 1 of --seed 0 the noise of
-        # member 0 of --seed 1
-        results = [m.translate(image, mask, replace(options, seed=derive_seed(options.seed, i)),
-                               self._member_tracker(tracker, i), uncertainty=False)
-                   for i, m in enumerate(self.members)]
-        mean_array, std_array = ensemble_stats([sitk.GetArrayViewFromImage(r.output) for r in results])
+        stats = RunningStats(spread=uncertainty)
+        results = []
+        for i, m in enumerate(self.members):
+            # each member is seeded from (seed, member index): seed + i gave member 1 of --seed 0 the noise of
+            # member 0 of --seed 1
+            result = m.translate(image, mask, replace(options, seed=derive_seed(options.seed, i)),
+                                 self._member_tracker(tracker, i), uncertainty=False)
+            stats.add(sitk.GetArrayViewFromImage(result.output))
+            results.append(replace(result, output=None))  # folded in: its provenance, warnings and stats stay
+            del result  # frees the member's image before the next member runs
+        mean_array, std_array = stats.result()
         mean = sitk.GetImageFromArray(mean_array)
         mean.CopyInformation(image)
+        del mean_array
         std_image = None
-        if uncertainty:
+        if std_array is not None:
             std_image = sitk.GetImageFromArray(std_array)
             std_image.CopyInformation(image)
         devices = dict.fromkeys(str(r.provenance.get("device", "")) for r in results)  # a member may fall back

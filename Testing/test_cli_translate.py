@@ -371,6 +371,30 @@ def test_ensemble_mean_and_spread(tmp_path, mr_input):
     assert header.GetMetaData("MedTranslate_ensemble") == "ens-a@0.1.0,ens-b@0.1.0"
 
 
+def test_ensemble_result_is_the_mean_and_std_of_its_members(tmp_path, mr_input):
+    """Members are folded in one at a time, not stacked: the mean stays bit for bit that of the stack of member
+    outputs (also without an uncertainty map), the std within float32 round-off."""
+    from MedTranslateLib.ensemble import EnsembleTranslator
+    from MedTranslateLib.families.base import InferenceOptions, derive_seed
+    from MedTranslateLib.models.package import open_package
+
+    packages = [open_package(make_untrained_package(tmp_path / name, "unet", "2d", seed=seed, id=f"ens-{name}"))
+                for name, seed in (("a", 1), ("b", 2), ("c", 3))]
+    ensemble = EnsembleTranslator(packages, device="cpu")
+    options = InferenceOptions(seed=5)
+    outputs = [m.translate(mr_input, options=InferenceOptions(seed=derive_seed(5, i))).output
+               for i, m in enumerate(ensemble.members)]
+    members = np.stack([sitk.GetArrayFromImage(output) for output in outputs])
+    result = ensemble.translate(mr_input, options=options, uncertainty=True)
+    mean, std = sitk.GetArrayFromImage(result.output), sitk.GetArrayFromImage(result.uncertainty)
+    assert mean.dtype == std.dtype == np.float32 and np.ptp(members, axis=0).max() > 1
+    assert np.array_equal(mean, members.mean(axis=0))
+    assert np.allclose(std, members.std(axis=0), rtol=1e-5, atol=np.spacing(np.float32(np.abs(members).max())))
+    plain = ensemble.translate(mr_input, options=options)
+    assert plain.uncertainty is None and np.array_equal(sitk.GetArrayFromImage(plain.output), mean)
+    assert len(result.stats["members"]) == 3 and result.provenance["model_id"] == "ens-a+ens-b+ens-c"
+
+
 def test_ensemble_progress_runs_through_every_member(tmp_path, mr_input, capsys):
     """One tracker shared by the members stopped at the first member's end (progress never goes back), so the bar
     sat at 88 % for the other members; their messages did not say which model was running."""

@@ -158,13 +158,14 @@ def evaluate_arrays(arrays: CaseArrays, modality: str = "CT", card: Mapping[str,
 
     arrays = on_common_scale(arrays, modality, card)
     row: dict[str, Any] = compute_metrics(arrays.pred, arrays.ref, arrays.mask, modality=modality)
+    relation = None
     if arrays.std is not None:
         from MedTranslateLib.evaluation.uncertainty import uncertainty_error_relation
 
-        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
-        row.update({"unc_pearson": rel["pearson"], "unc_spearman": rel["spearman"],
-                    "unc_error_ratio": rel["error_ratio"]})
-    return row, (case_figures(arrays, row, modality) if figures else {})
+        relation = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
+        row.update({"unc_pearson": relation["pearson"], "unc_spearman": relation["spearman"],
+                    "unc_error_ratio": relation["error_ratio"]})
+    return row, (case_figures(arrays, row, modality, relation) if figures else {})
 
 
 def metrics_for_arrays(arrays: CaseArrays, modality: str = "CT",
@@ -180,8 +181,10 @@ def evaluate_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
     return metrics_for_arrays(load_case(pred_path, ref_path, mask_path, std_path=std_path), modality)
 
 
-def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT") -> dict[str, bytes]:
-    """The report figures of one case (PNG bytes by caption); ``arrays`` on the scale its metrics used."""
+def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "CT",
+                 relation: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """The report figures of one case (PNG bytes by caption); ``arrays`` on the scale its metrics used;
+    ``relation``: its uncertainty-vs-error relation (``uncertainty_error_relation``) when it has a std map."""
     from MedTranslateLib.evaluation.report import analysis_figure, slices_figure
 
     figures = {
@@ -189,14 +192,10 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
             arrays.pred, arrays.ref, arrays.mask, arrays.spacing_xyz, arrays.input, modality),
         "Error analysis": analysis_figure(arrays.pred, arrays.ref, arrays.mask, metrics, modality),
     }
-    if arrays.std is not None:
-        from MedTranslateLib.evaluation.uncertainty import (
-            uncertainty_error_relation,
-            uncertainty_figure,
-        )
+    if relation is not None:
+        from MedTranslateLib.evaluation.uncertainty import uncertainty_figure
 
-        rel = uncertainty_error_relation(arrays.std, np.abs(arrays.pred - arrays.ref), arrays.mask)
-        figures["Uncertainty calibration"] = uncertainty_figure(rel, "HU" if modality == "CT" else "a.u.")
+        figures["Uncertainty calibration"] = uncertainty_figure(relation, "HU" if modality == "CT" else "a.u.")
     return figures
 
 
