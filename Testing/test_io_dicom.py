@@ -101,6 +101,99 @@ def test_mr_series_keeps_precision(tmp_path):
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in ds.SeriesDescription
 
 
+def whole_volume_series(array: np.ndarray, scale: str) -> tuple[np.ndarray, float, float, tuple[float, float]]:
+    """Stored values, (slope, intercept) and window as the writer computed them from the whole volume in float64."""
+    values = array.astype(np.float64)
+    if scale == "CT":
+        return np.clip(np.rint(values), -32768, 32767).astype(np.int16), 1.0, 0.0, (40.0, 400.0)
+    p1, p99 = np.percentile(values, [1, 99])
+    window = (float((p1 + p99) / 2), float(max(p99 - p1, 1e-3)))
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return np.zeros(values.shape, np.int16), 1.0, low, window
+    slope, intercept = (high - low) / 65534, (high + low) / 2.0
+    stored = np.clip(np.rint((values - intercept) / slope), -32767, 32767).astype(np.int16)
+    return stored, slope, intercept, window
+
+
+def _volume(kind: str) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    body = sitk.GetArrayFromImage(ct_image((7, 10, 12)))
+    halves = np.arange(body.size).reshape(body.shape) % 5 * 0.25  # .25 steps: rint's ties to even too
+    return {"ct_int16": np.rint(body * 7 - 1024).astype(np.int16),
+            "ct_float": (body * 7 - 1024 + halves).astype(np.float32),
+            "ct_beyond_int16": (body * 300 - 35000 + halves).astype(np.float32),
+            "mr": (body * 3.1 + rng.uniform(0, 1, body.shape)).astype(np.float32),
+            "mr_int16": np.rint(body * 5).astype(np.int16),
+            "uncertainty": np.abs(rng.normal(0, 2.5, body.shape)).astype(np.float32),
+            "constant": np.full(body.shape, 812.5, np.float64) + (halves > 0.6) * 1e-13}[kind]
+
+
+@pytest.mark.parametrize("kind", ["ct_int16", "ct_float", "ct_beyond_int16", "mr", "mr_int16", "uncertainty",
+                                  "constant"])
+def test_series_values_are_those_of_the_whole_volume_in_float64(tmp_path, kind):
+    """Rescaled slice by slice, without a float64 copy of the volume, the pixel data, rescale and window of every file
+    stay what the whole-volume float64 computation gave (np.percentile window for MR and uncertainty maps)."""
+    from MedTranslateLib.io.dicom import _ds_number
+
+    array = _volume(kind)
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(ct_image((7, 10, 12)))
+    modality = "MR" if kind.startswith("mr") or kind == "constant" else "CT"
+    folder = write_volume(image, tmp_path / kind, modality=modality, uncertainty=kind == "uncertainty")
+    stored, slope, intercept, window = whole_volume_series(array, "CT" if modality == "CT" and kind != "uncertainty"
+                                                           else "ramp")
+    files = dicom_files(folder)
+    assert len(files) == array.shape[0]
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        assert ds.PixelData == stored[k].tobytes(), k
+        assert (str(ds.RescaleSlope), str(ds.RescaleIntercept)) == (_ds_number(slope), _ds_number(intercept))
+        assert (str(ds.WindowCenter), str(ds.WindowWidth)) == tuple(_ds_number(v) for v in window)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_volume_with_nan_or_inf_is_not_written_as_dicom(tmp_path, bad):
+    array = _volume("mr")
+    array[3, 4, 5] = bad
+    image = sitk.GetImageFromArray(array)
+    with pytest.raises(OutputError, match="NaN or Inf"):
+        write_volume(image, tmp_path / "out", modality="MR")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.int32])
+def test_window_percentiles_equal_numpys_in_float64(dtype):
+    from MedTranslateLib.io.dicom import _percentiles
+
+    rng = np.random.default_rng(3)
+    for size in (2, 3, 100, 1001, 4097):
+        values = rng.normal(0, 10.0 ** rng.uniform(-3, 4), size) + rng.integers(-5, 6)
+        values = values.astype(dtype) if np.issubdtype(dtype, np.floating) else \
+            np.clip(np.rint(values), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+        assert np.array_equal(_percentiles(values, (1, 99)), np.percentile(values.astype(np.float64), [1, 99]))
+
+
+def test_a_rescaled_series_reads_as_float32_with_the_float64_values(tmp_path):
+    """A series with a rescale slope is read straight into float32 (not a float64 volume first), every voxel the
+    float64 value stored * slope + intercept rounded once to float32."""
+    rng = np.random.default_rng(5)
+    stored = rng.integers(-32768, 32768, (4, 9, 11)).astype(np.float32)
+    template = sitk.GetImageFromArray(stored)
+    template.CopyInformation(ct_image((4, 9, 11)))
+    folder = write_volume(template, tmp_path / "mr", modality="MR")
+    for slope, intercept in (("0.0304879909665", "1001"), ("0.1", "-1024"), ("2.5", "12.7"), ("1.2345", "-0.5")):
+        for path in dicom_files(folder):
+            ds = pydicom.dcmread(path)
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+            ds.save_as(path)
+        image, _ = read_volume(folder)
+        raw = np.stack([pydicom.dcmread(path).pixel_array for path in dicom_files(folder)]).astype(np.float64)
+        assert image.GetPixelID() == sitk.sitkFloat32
+        expected = (raw * float(slope) + float(intercept)).astype(np.float32)
+        assert np.array_equal(sitk.GetArrayFromImage(image), expected), (slope, intercept)
+
+
 def test_unsupported_dicom_modality_writes_nothing(tmp_path):
     with pytest.raises(OutputError, match="CT and MR"):
         write_volume(ct_image(), tmp_path / "unc", modality="OT")

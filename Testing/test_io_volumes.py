@@ -130,6 +130,36 @@ def test_read_mask_binarises_on_reference_grid(tmp_path):
     assert values.tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64])
+def test_read_mask_of_any_pixel_type_is_its_non_zero_voxels(tmp_path, dtype):
+    """Integer masks are read in their own type (no float32 copy, finiteness check or rounding), float masks as
+    float32 with NaN / Inf taken as outside: either way the mask is the label image's non-zero voxels."""
+    image = odd_image()
+    values = sitk.GetArrayFromImage(image)
+    labels = np.where(values > 200, np.arange(values.size).reshape(values.shape) % 4, 0)
+    if dtype in (np.uint32, np.int32):
+        labels = labels * (2**24 + 1)  # beyond float32's whole numbers: still set
+    array = labels.astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        array[labels == 0] = np.nan
+        array.reshape(-1)[:3] = (np.inf, -np.inf, 0.0)
+    stored = sitk.GetImageFromArray(array)
+    stored.CopyInformation(image)
+    sitk.WriteImage(stored, str(tmp_path / "m.nrrd"))
+    mask = read_mask(tmp_path / "m.nrrd", image)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    expected = (labels != 0) & np.isfinite(array)
+    assert np.array_equal(sitk.GetArrayFromImage(mask), expected.astype(np.uint8))
+    if dtype in (np.int8, np.int16, np.int32):
+        array.reshape(-1)[5] = -2
+        stored = sitk.GetImageFromArray(array)
+        stored.CopyInformation(image)
+        sitk.WriteImage(stored, str(tmp_path / "negative.nrrd"))
+        with pytest.raises(InputError, match=r"not a mask") as info:
+            read_mask(tmp_path / "negative.nrrd", image)
+        assert f"(range -2 to {float(array.max()):g})" in str(info.value)
+
+
 def test_read_mask_off_grid_says_how(tmp_path):
     image = odd_image()
     mask = sitk.Cast(image > 200, sitk.sitkUInt8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -41,17 +42,22 @@ def dicom_modality(modality: str) -> str:
                       "Write this volume as .nii.gz, .nrrd or .mha instead.")
 
 
-def _rescale(array: np.ndarray, modality: str) -> tuple[np.ndarray, float, float]:
-    """int16 stored values plus (slope, intercept): HU with slope 1 for CT, a precision-keeping ramp for MR."""
+def _rescale(low: float, high: float, modality: str) -> tuple[float, float]:
+    """(slope, intercept) for values from ``low`` to ``high``: HU with slope 1 for CT, a precision-keeping ramp for
+    MR (and "OT", an uncertainty map)."""
     if modality == "CT":
-        return np.clip(np.rint(array), -32768, _INT16_LIMIT).astype(np.int16), 1.0, 0.0
-    low, high = float(array.min()), float(array.max())
-    if high - low < 1e-12:
-        return np.zeros(array.shape, np.int16), 1.0, low
-    slope = (high - low) / (2 * _INT16_LIMIT)
-    intercept = (high + low) / 2.0
-    stored = np.clip(np.rint((array - intercept) / slope), -_INT16_LIMIT, _INT16_LIMIT).astype(np.int16)
-    return stored, slope, intercept
+        return 1.0, 0.0
+    if high - low < 1e-12:  # every value is stored as 0
+        return 1.0, low
+    return (high - low) / (2 * _INT16_LIMIT), (high + low) / 2.0
+
+
+def _stored(plane: np.ndarray, modality: str, slope: float, intercept: float) -> np.ndarray:
+    """One slice's int16 stored values for :func:`_rescale`'s (slope, intercept), computed in float64."""
+    values = plane.astype(np.float64)
+    if modality == "CT":
+        return np.clip(np.rint(values), -32768, _INT16_LIMIT).astype(np.int16)
+    return np.clip(np.rint((values - intercept) / slope), -_INT16_LIMIT, _INT16_LIMIT).astype(np.int16)
 
 
 def _ds_number(value: float) -> str:
@@ -63,10 +69,24 @@ def _ds_number(value: float) -> str:
     return f"{value:.6e}"[:16]
 
 
+def _percentiles(array: np.ndarray, percents: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(array.astype(np.float64), percents)`` (linear; NaN-free, two values or more, percents below
+    100) to the last bit, without its float64 copy: the order statistics are selected in the array's own type (the
+    cast keeps their order) and interpolated in float64 as numpy does."""
+    flat = np.array(array).reshape(-1)  # a copy, for the partition
+    positions = (flat.size - 1) * np.true_divide(percents, 100)
+    below = np.floor(positions)
+    index = below.astype(np.intp)
+    flat.partition(np.unique(np.concatenate((index, index + 1))))
+    low, high = flat[index].astype(np.float64), flat[index + 1].astype(np.float64)
+    weight, step = positions - below, high - low
+    return np.where(weight >= 0.5, high - step * (1 - weight), low + step * weight)
+
+
 def _window(array: np.ndarray, modality: str) -> tuple[float, float]:
     if modality == "CT":
         return 40.0, 400.0
-    low, high = np.percentile(array, [1, 99])
+    low, high = _percentiles(array, (1, 99))
     return float((low + high) / 2), float(max(high - low, 1e-3))
 
 
@@ -84,13 +104,15 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     kind = dicom_modality(modality)
-    array = sitk.GetArrayFromImage(image).astype(np.float64)
-    if not np.isfinite(array).all():
+    array = sitk.GetArrayViewFromImage(image)  # rescaled slice by slice: no float64 copy of the volume
+    low, high = float(array.min()), float(array.max())
+    if not (math.isfinite(low) and math.isfinite(high)):  # a NaN makes both NaN, an Inf is the minimum or maximum
         raise OutputError("Cannot write DICOM: the volume contains NaN or Inf values.",
                           "Check the translation result; write it as .nii.gz to inspect it.")
     # an uncertainty map of a CT keeps its fractions of a HU (whole HU would cut a 2 HU spread by up to 25 %)
-    stored, slope, intercept = _rescale(array, "OT" if uncertainty else kind)
-    center, width = _window(array, "OT" if uncertainty else kind)
+    scale = "OT" if uncertainty else kind
+    slope, intercept = _rescale(low, high, scale)
+    center, width = _window(array, scale)
     spacing = image.GetSpacing()
     matrix = np.asarray(image.GetDirection(), float).reshape(3, 3)
     origin = np.asarray(image.GetOrigin(), float)
@@ -114,7 +136,7 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
 
     target = Path(folder)
     with atomic_output(target, folder=True) as temp:
-        for k in range(stored.shape[0]):
+        for k in range(array.shape[0]):
             ds = _slice_dataset(kind, sop_class, generate_uid(), label)
             ds.PatientID = tags.get("PatientID", "")
             ds.PatientName = tags.get("PatientName", "")
@@ -146,9 +168,9 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
             if kind == "CT":
                 ds.RescaleType = "HU"
             ds.WindowCenter, ds.WindowWidth = _ds_number(center), _ds_number(width)
-            ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
-            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-            _add_references(ds, tags.get("SeriesInstanceUID", ""), references, k, stored.shape[0])
+            ds.Rows, ds.Columns = array.shape[1], array.shape[2]
+            ds.PixelData = _stored(array[k], scale, slope, intercept).tobytes()
+            _add_references(ds, tags.get("SeriesInstanceUID", ""), references, k, array.shape[0])
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = sop_class
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

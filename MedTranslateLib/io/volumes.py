@@ -327,7 +327,7 @@ def _check_slice_positions(headers: list[Any], what: str) -> None:
 
 def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, what: str,
               check_content: bool) -> tuple[sitk.Image, SourceInfo]:
-    """The checked image in its own pixel type (integer types stay integer, others become float32)."""
+    """The checked image in the pixel type it was read in."""
     source = Path(path)
     if not source.exists():
         raise InputError(f"Cannot read '{source}': no such file or folder.", "Check the path and try again.")
@@ -340,9 +340,12 @@ def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, 
                        image.GetSpacing(), image.GetDirection(), what, max_voxels)
     if check_content:
         _content_problems(image, what, pixel_id)
-    if image.GetPixelID() == sitk.sitkFloat32:
-        return image, info
-    return image if pixel_id in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkFloat32), info
+    return image, info
+
+
+def _float32(image: sitk.Image) -> sitk.Image:
+    """``image`` as float32 (itself if it is: a cast would copy it)."""
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None,
@@ -353,7 +356,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
     series with most files is used unless ``series_uid`` names another. ``role`` names the volume in messages
     ("The reference 'ct.nii.gz' ..."). Raises :class:`InputError`.
     """
-    return _read_any(path, series_uid, max_voxels, f"{role} '{Path(path).name}'", check_content=True)
+    image, info = _read_any(path, series_uid, max_voxels, f"{role} '{Path(path).name}'", check_content=True)
+    return _float32(image), info
 
 
 #: grids agreeing to this fraction (of the larger of 1 and the largest value: mm, direction cosines) are one grid
@@ -383,10 +387,15 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
         raise InputError(f"The mask '{Path(path).name}' is not on the volume's grid (ITK's LPS coordinates, mm): "
                          + "; ".join(differences) + ".",
                          "Resample the mask onto the input volume (nearest neighbour) or use the matching mask.")
-    values = sitk.GetArrayFromImage(image)
-    values[~np.isfinite(values)] = 0  # NaN / Inf outside a mask mean outside (as ITK's NIfTI reader made them)
+    if image.GetPixelID() in _INTEGER_TYPES:  # whole and finite already: neither cast, cleaned nor rounded
+        values = sitk.GetArrayViewFromImage(image)
+        whole = True
+    else:
+        values = sitk.GetArrayFromImage(_float32(image))
+        values[~np.isfinite(values)] = 0  # NaN / Inf outside a mask mean outside (as ITK's NIfTI reader made them)
+        whole = np.array_equal(values, np.round(values))
     low, high = float(values.min()), float(values.max())
-    if low < 0 or not np.array_equal(values, np.round(values)):
+    if low < 0 or not whole:
         raise InputError(f"The mask '{Path(path).name}' holds values other than whole numbers of 0 or more "
                          f"(range {low:g} to {high:g}): it looks like a probability map or an image, not a mask.",
                          "Give a mask that is 0 outside the body and 1 (or a label number) inside, e.g. a "
