@@ -255,8 +255,8 @@ def test_reference_case_folders_may_be_links(synthrad_folder, tmp_path):
 
 def test_patients_with_fraction_folders_are_cases_by_path(tmp_path):
     """P01/fx1 and P02/fx1 were two cases named 'fx1' that each failed with "2 predictions match case fx1"; they
-    are now named by their last folders (as many as tell them apart, for every case) and find the outputs a batch
-    translate of their CBCTs wrote, or predictions in a tree of the same folders."""
+    are now named by their last folders (as many as tell each apart) and find the outputs a batch translate of their
+    CBCTs wrote, or predictions in a tree of the reference's folders."""
     from MedTranslateLib.io.naming import batch_outputs
 
     ref_root = tmp_path / "Task2" / "pelvis"
@@ -269,9 +269,30 @@ def test_patients_with_fraction_folders_are_cases_by_path(tmp_path):
         _write(body.astype(np.float32), ref_root / case / "mask.nii.gz")
     for case, output in zip(bias, batch_outputs(sources, tmp_path / "batch")):  # `translate <cbcts> -o batch/`
         _write(cts[case] + bias[case], output)
-        _write(cts[case] + bias[case], tmp_path / "tree" / f"{case}.nii.gz")  # or the reference's own tree
+        _write(cts[case] + bias[case], tmp_path / "tree" / "pelvis" / f"{case}.nii.gz")  # or the reference's tree
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == [
         "fx1_cbct_P01_synthetic.nii.gz", "fx1_cbct_P02_synthetic.nii.gz", "fx2_cbct_synthetic.nii.gz"]
+    named = {"P01/fx1": 10, "fx2": 20, "P02/fx1": 30}  # as few folders as tell each case apart
     for predictions in ("batch", "tree"):
         rows, _ = ev.evaluate_folder(tmp_path / predictions, tmp_path / "Task2")
-        assert {r["case"]: round(r["me"]) for r in rows} == bias
+        assert {r["case"]: round(r["me"]) for r in rows} == named
+
+
+def test_unique_cases_keep_their_names_and_other_patients_outputs_are_not_taken(tmp_path):
+    """A name shared by two folders renamed every case (1PA001 -> siteA/1PA001), so 1PA001.nii.gz was skipped without
+    a word; and evaluating one patient's folder took another patient's batch output (fx1_mr_P01 for P02's fx1)."""
+    ref_root = tmp_path / "ref"
+    for i, case in enumerate(("siteA/1PA001", "siteA/fx1", "siteB/fx1", "siteB/2PA001")):
+        ct, mr, _ = _ct_case(i)
+        _write(ct, ref_root / case / "ct.nii.gz")
+        _write(mr, ref_root / case / "mr.nii.gz")
+        _write(ct + 10.0 * (i + 1), tmp_path / "pred" / f"{case.split('/')[1] if 'PA' in case else case}.nii.gz")
+    rows, _ = ev.evaluate_folder(tmp_path / "pred", ref_root)
+    assert {r["case"]: round(r["me"]) for r in rows} == {"1PA001": 10, "siteA/fx1": 20, "siteB/fx1": 30,
+                                                          "2PA001": 40}
+    other = tmp_path / "other_patient"  # `translate siteA/*/mr.nii.gz siteB/fx1/mr.nii.gz -o other_patient/`
+    _write(_ct_case(1)[0], other / "fx1_mr_siteA_synthetic.nii.gz")
+    with pytest.raises(InputError, match="No prediction"):
+        ev.evaluate_folder(other, ref_root / "siteB")
+    rows, _ = ev.evaluate_folder(other, ref_root / "siteA")
+    assert [r["case"] for r in rows] == ["fx1"] and rows[0]["mae"] == 0.0

@@ -21,7 +21,8 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -61,7 +62,7 @@ class CasePaths:
     std: Path | None = None
     modality: str = "CT"
     mask_from_reference: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    folder: str = ""  # the case folder below the reference root, when a prediction tree may mirror it
 
 
 def read_image(path: str | os.PathLike, role: str = "volume") -> Any:
@@ -201,42 +202,69 @@ def case_figures(arrays: CaseArrays, metrics: dict[str, Any], modality: str = "C
 
 # ----------------------------------------------------------------------------------------- folders
 
-def _prediction_for(pred_dir: Path, case: str, batch_name: Path | None = None) -> tuple[Path | None, Path | None]:
-    """The prediction and uncertainty map of ``case`` in ``pred_dir``: ``<case>.<ext>``, ``<case>/sct.<ext>``, the
-    ``batch_name`` a batch translate of the reference's inputs gives it, or a ``<case>_..._synthetic`` file."""
-    pred = _find_volume(pred_dir, case) or _find_volume(pred_dir / case, "sct")
+def _prediction_for(pred_dir: Path, case: str, batch_name: Path | None = None,
+                    inputs: tuple[Path, Path] | None = None, folder: str = "") -> tuple[Path | None, Path | None]:
+    """The prediction and uncertainty map of ``case`` in ``pred_dir``: ``<case>.<ext>``, ``<case>/sct.<ext>`` (or
+    the same under the case's ``folder`` below the reference root: a tree of predictions), the ``batch_name`` a
+    batch translate of the reference's inputs gives it, or a ``<case>_..._synthetic`` file (with ``inputs``, the
+    case's folder and input file, one whose added folder names are the case's own)."""
+    names = list(dict.fromkeys(name for name in (case, folder) if name))
+    pred = next((found for name in names for found in (_find_volume(pred_dir, name),
+                                                       _find_volume(pred_dir / name, "sct")) if found), None)
     if pred is None:
-        pred = batch_name if batch_name is not None and batch_name.is_file() else _batch_output(pred_dir, case)
-    std = _find_volume(pred_dir, f"{case}_std") or _find_volume(pred_dir / case, "std")
+        pred = batch_name if batch_name is not None and batch_name.is_file() else \
+            _batch_output(pred_dir, case, inputs)
+    std = next((found for name in names for found in (_find_volume(pred_dir, f"{name}_std"),
+                                                      _find_volume(pred_dir / name, "std")) if found), None)
     return pred, std
 
 
-def _batch_output(pred_dir: Path, case: str) -> Path | None:
+def _batch_output(pred_dir: Path, case: str, inputs: tuple[Path, Path] | None = None) -> Path | None:
     """The one ``<case>_..._synthetic.<ext>`` (or ``<case>-...``) that ``medtranslate translate`` writes for a
-    batch (e.g. ``1PA001_mr_synthetic.nii.gz``, ``BraTS-GLI-00000-000-t1n_synthetic.nii.gz``)."""
+    batch (e.g. ``1PA001_mr_synthetic.nii.gz``, ``BraTS-GLI-00000-000-t1n_synthetic.nii.gz``). With ``inputs``
+    (the case's folder and input), a name a batch gave to tell apart inputs of one name, ``fx1_mr_P01_synthetic``,
+    is this case's only when the folders it adds (P01) are above this case: never another patient's fraction."""
     found = sorted(p for p in pred_dir.glob(f"{glob.escape(case)}[-_]*_synthetic.*")
                    if p.is_file() and any(p.name.endswith(f"_synthetic{ext}") for ext in EXTENSIONS))
+    if inputs is not None:
+        found = [p for p in found if _added_parts_fit(volume_stem(p), case, *inputs)]
     if len(found) > 1:
         raise InputError(f"{len(found)} predictions match case {case}: {', '.join(p.name for p in found)}.",
                          "Keep one prediction per case in the folder (e.g. evaluate each site from its own folder).")
     return found[0] if found else None
 
 
+def _added_parts_fit(stem: str, case: str, folder: Path, source: Path) -> bool:
+    """False for ``<case>_<input>_<added>_synthetic`` whose added parts are not folders above ``folder`` (or the
+    input's format or a number, the batch's other tie-breakers)."""
+    prefix = f"{case}_{volume_stem(source)}_"
+    if not stem.startswith(prefix) or stem == f"{prefix}synthetic":
+        return True
+    allowed = {part for parent in folder.parents for part in parent.name.split("_")}
+    allowed |= {"nii", "gz", "nrrd", "nhdr", "mha", "mhd"}
+    return all(token in allowed or token.isdigit() for token in stem[len(prefix):-len("_synthetic")].split("_"))
+
+
 def _synthrad_cases(ref_root: Path) -> list[CasePaths]:
-    """Case folders holding ``ct.<ext>``, named after the folder or, when two folders share a name (``P01/fx1``,
-    ``P02/fx1``: patients with fractions; one case id at two sites), every case after its last folders below
-    ``ref_root``, as few as tell them apart."""
+    """Case folders holding ``ct.<ext>``, each named after its folder or, when folders share that name (``P01/fx1``,
+    ``P02/fx1``: patients with fractions; one case id at two sites), after its last folders below ``ref_root``, as
+    few as tell it apart from every other case."""
     names = {f"ct{ext}" for ext in EXTENSIONS}
     folders = list(dict.fromkeys(p.parent for p in files_below(ref_root) if p.name in names))
-    parts = [folder.relative_to(ref_root).parts or (folder.name,) for folder in folders]
-    depth = next((k for k in range(1, max(map(len, parts), default=1) + 1)
-                  if len({tail[-k:] for tail in parts}) == len(parts)), 1)
+    tails = [folder.relative_to(ref_root).parts or (folder.name,) for folder in folders]
+    counts: dict[int, Counter] = {}
+
+    def unique(tail: tuple[str, ...], k: int) -> bool:
+        if k not in counts:
+            counts[k] = Counter(other[-k:] for other in tails)
+        return counts[k][tail[-k:]] == 1
+
     cases = []
-    for folder, tail in zip(folders, parts):
-        name = "/".join(tail[-depth:])
+    for folder, tail in zip(folders, tails):
+        depth = next((k for k in range(1, len(tail) + 1) if unique(tail, k)), len(tail))
         source = _find_volume(folder, "mr") or _find_volume(folder, "cbct")
-        cases.append(CasePaths(name, Path(), _find_volume(folder, "ct"), _find_volume(folder, "mask"), source,
-                               modality="CT"))
+        cases.append(CasePaths("/".join(tail[-depth:]), Path(), _find_volume(folder, "ct"),
+                               _find_volume(folder, "mask"), source, modality="CT", folder="/".join(tail)))
     return cases
 
 
@@ -284,7 +312,8 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
         batch_names = _batch_names(cases, pred_dir)
         for case in cases:
             try:
-                pred, std = _prediction_for(pred_dir, case.case, batch_names.get(case.case))
+                inputs = (case.ref.parent, case.input) if case.input is not None else None
+                pred, std = _prediction_for(pred_dir, case.case, batch_names.get(case.case), inputs, case.folder)
             except InputError as error:
                 if on_failure is None:
                     raise
