@@ -326,10 +326,10 @@ def test_subject_folders_with_fraction_folders_inside(tmp_path):
         split = split_by_subject(cases, val_fraction=0.34, test_fraction=0.0, seed=seed)
         assert not set(split.subjects("train")) & set(split.subjects("val"))
         assert sorted(c.name for c in split.train + split.val) == [c.name for c in cases]
-    # two sites with a patient of one name still collide: P01/fx1 twice
+    # two sites with a patient folder of one name are refused, not merged into one person
     for name in ("cbct", "ct"):
-        touch(tmp_path / "Task2" / "brain" / "P01" / "fx1" / f"{name}.nii.gz")
-    with pytest.raises(ConfigError, match="same case name, 'P01/fx1'") as refused:
+        touch(tmp_path / "Task2" / "brain" / "P01" / "fx3" / f"{name}.nii.gz")
+    with pytest.raises(ConfigError, match="Two subject folders .* same name, 'P01'") as refused:
         load_cases(tmp_path, source="CBCT", target="CT", subject_folder="parent")
     assert "CSV" in refused.value.fix
 
@@ -377,6 +377,10 @@ def test_linked_case_folders_are_read_and_loops_are_not_followed(tmp_path):
     (tmp_path / "subset" / "P01" / "up").symlink_to(tmp_path / "subset", target_is_directory=True)
     cases = load_cases(tmp_path / "subset", source="MR", target="CT", subject_folder="parent")
     assert [(c.subject_id, c.name) for c in cases] == [("P01", "P01/fx1"), ("P01", "P01/fx2")]
+    from MedTranslateLib.io.atomic import files_below
+
+    assert files_below(f"{tmp_path / 'subset'}/") == files_below(tmp_path / "subset")  # "subset/" walked the loop
+    assert len(files_below(tmp_path / "subset")) == 4
 
 
 def test_held_out_cases_are_read_back_with_the_runs_subject_folder(tmp_path):

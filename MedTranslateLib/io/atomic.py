@@ -44,7 +44,7 @@ def files_below(root: str | os.PathLike) -> list[Path]:
     folders before Python 3.13."""
     found: list[Path] = []
     above: dict[str, frozenset[str]] = {}  # folder -> the real paths of it and of the folders above it
-    for folder, folders, files in os.walk(root, followlinks=True):
+    for folder, folders, files in os.walk(os.path.normpath(os.fspath(root)), followlinks=True):  # "ds/": "ds"
         real = os.path.realpath(folder)
         chain = above.get(os.path.dirname(folder), frozenset())
         if real in chain:

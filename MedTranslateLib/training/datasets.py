@@ -103,7 +103,16 @@ def _case_names(folder: Path, subject_folder: str) -> tuple[str, str]:
 
 
 def _refuse_duplicate_names(cases: Sequence[Case], folders: Sequence[Path], root: Path, subject_folder: str) -> None:
-    """Case names come from folder names: two folders of one name would silently become one case."""
+    """Case names come from folder names: two folders of one name would silently become one case (and, with
+    ``subject_folder="parent"``, two subject folders of one name one subject)."""
+    subjects: dict[str, Path] = {}
+    for folder in folders if subject_folder == "parent" else ():
+        other = subjects.setdefault(folder.parent.name, folder.parent)
+        if other != folder.parent:
+            raise ConfigError(f"Two subject folders in {root} have the same name, {other.name!r}: {other} and "
+                              f"{folder.parent}; with subject_folder = \"parent\" they would be one person.",
+                              "Rename one if they hold different people; if they are the same person, list the "
+                              "cases in a CSV (layout csv, header subject,source,target,case) with one subject.")
     seen: dict[str, Path] = {}
     for case, folder in zip(cases, folders):
         if case.name not in seen:
