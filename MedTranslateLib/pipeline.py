@@ -263,8 +263,10 @@ def write_outputs(result: TranslationResult, loaded: LoadedInput, card: dict[str
     from MedTranslateLib.io import output_group
 
     start = time.perf_counter()
+    model = result.provenance.get("model_id", card["id"])  # an ensemble's: every member's, joined by "+"
+    version = result.provenance.get("model_version", card["version"])
     description = (f"SYNTHETIC {card['target_modality']} from {card['source_modality']} "
-                   f"(MedTranslate {card['id']} {card['version']}) - not for clinical use")
+                   f"(MedTranslate {model} {version}) - not for clinical use")
     with output_group():  # both files appear together, or neither does
         if check is not None:
             check()

@@ -369,6 +369,7 @@ def test_ensemble_mean_and_spread(tmp_path, mr_input):
     assert header.GetMetaData("MedTranslate_model_id") == "ens-a+ens-b"
     assert header.GetMetaData("MedTranslate_model_sha256") == ",".join(sums)
     assert header.GetMetaData("MedTranslate_ensemble") == "ens-a@0.1.0,ens-b@0.1.0"
+    assert "(MedTranslate ens-a+ens-b 0.1.0+0.1.0)" in header.GetMetaData("ITK_FileNotes")  # the description too
 
 
 def test_ensemble_result_is_the_mean_and_std_of_its_members(tmp_path, mr_input):

@@ -70,15 +70,16 @@ def _ds_number(value: float) -> str:
 
 
 def _percentiles(array: np.ndarray, percents: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(array.astype(np.float64), percents)`` (linear; NaN-free, two values or more, percents below
+    """``np.percentile(array.astype(np.float64), percents)`` (linear; NaN-free, one value or more, percents below
     100) to the last bit, without its float64 copy: the order statistics are selected in the array's own type (the
     cast keeps their order) and interpolated in float64 as numpy does."""
     flat = np.array(array).reshape(-1)  # a copy, for the partition
     positions = (flat.size - 1) * np.true_divide(percents, 100)
     below = np.floor(positions)
     index = below.astype(np.intp)
-    flat.partition(np.unique(np.concatenate((index, index + 1))))
-    low, high = flat[index].astype(np.float64), flat[index + 1].astype(np.float64)
+    above = np.minimum(index + 1, flat.size - 1)  # one value: itself
+    flat.partition(np.unique(np.concatenate((index, above))))
+    low, high = flat[index].astype(np.float64), flat[above].astype(np.float64)
     weight, step = positions - below, high - low
     return np.where(weight >= 0.5, high - step * (1 - weight), low + step * weight)
 

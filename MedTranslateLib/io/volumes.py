@@ -415,6 +415,20 @@ def _provenance_text(provenance: dict | None, description: str) -> str:
     return json.dumps(record, sort_keys=True, default=str, separators=(",", ":"))
 
 
+def _nifti_note(provenance: dict) -> str:
+    """The provenance in NIfTI's 79 usable characters: id, version and the checksum's first 12 characters (an
+    ensemble's ids and versions joined by "+" and its checksums by ","; checksums shortened to 6 characters, then
+    the note cut, when they do not fit)."""
+    sums = [part for part in str(provenance.get("model_sha256", "")).split(",") if part]
+    for length in (12, 6):
+        sha = ",".join(part[:length] for part in sums)
+        note = " ".join(str(v) for v in ("SYNTHETIC MedTranslate", provenance.get("model_id", ""),
+                                         provenance.get("model_version", ""), sha and f"sha256:{sha}") if v)
+        if len(note) <= 79:
+            break
+    return note[:79]
+
+
 def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceInfo | None = None,
                  modality: str = "CT", description: str = "", provenance: dict | None = None,
                  uncertainty: bool = False) -> Path:
@@ -449,10 +463,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
     if provenance is not None or description:
         info = provenance or {}
         if nifti:  # NIfTI only has the 80-character 'descrip' field
-            sha = ",".join(part[:12] for part in str(info.get("model_sha256", "")).split(",") if part)
-            notes = " ".join(str(v) for v in ("SYNTHETIC MedTranslate", info.get("model_id", ""),
-                                              info.get("model_version", ""), sha and f"sha256:{sha}") if v)
-            output.SetMetaData("ITK_FileNotes", notes[:79])
+            output.SetMetaData("ITK_FileNotes", _nifti_note(info))
         else:
             output.SetMetaData("ITK_FileNotes", label)
             output.SetMetaData("MedTranslate_Provenance", _provenance_text(provenance, label))
