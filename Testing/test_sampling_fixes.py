@@ -155,6 +155,9 @@ def test_ensemble_members_are_seeded_from_the_seed_and_their_index():
             self.seeds.append(options.seed)
             return TranslationResult(image, None)
 
+        def provenance(self) -> dict:
+            return {"model_id": self.card.id, "model_version": self.card.version, "model_sha256": "0" * 64}
+
     ensemble = EnsembleTranslator.__new__(EnsembleTranslator)
     ensemble.members = [Member(), Member()]
     image = sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32))
