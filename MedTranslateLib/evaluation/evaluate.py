@@ -241,7 +241,7 @@ def _added_parts_fit(stem: str, case: str, folder: Path, source: Path) -> bool:
     if not stem.startswith(prefix) or stem == f"{prefix}synthetic":
         return True
     allowed = {part for parent in folder.parents for part in parent.name.split("_")}
-    allowed |= {"nii", "gz", "nrrd", "nhdr", "mha", "mhd"}
+    allowed |= {token for suffix in EXTENSIONS for token in suffix.split(".") if token}  # in_mr_nii_gz
     return all(token in allowed or token.isdigit() for token in stem[len(prefix):-len("_synthetic")].split("_"))
 
 

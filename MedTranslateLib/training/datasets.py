@@ -84,10 +84,11 @@ def _report_skipped(warn: Warn | None, skipped: Sequence[str], total: int, what:
     warn(f"{len(skipped)} of {total} {what} in {root} skipped: {', '.join(skipped[:MAX_LISTED])}{more}.")
 
 
-def _case_folders(root: Path, stems: Sequence[str]) -> list[Path]:
-    """Folders below ``root`` (not hidden) holding a file named ``<stem>.*`` (any case) for one of ``stems``."""
+def _case_folders(files: Sequence[Path], root: Path, stems: Sequence[str]) -> list[Path]:
+    """Folders of ``files`` (below ``root``, not hidden) holding a file named ``<stem>.*`` (any case) for one of
+    ``stems``."""
     prefixes = tuple(f"{stem.lower()}." for stem in stems)
-    return sorted({p.parent for p in files_below(root) if p.name.lower().startswith(prefixes) and not _hidden(p, root)})
+    return sorted({p.parent for p in files if p.name.lower().startswith(prefixes) and not _hidden(p, root)})
 
 
 #: where a case folder's subject id comes from: its own name, or its parent folder's (``P01/fraction1``)
@@ -144,9 +145,10 @@ def read_case_folders(root: Path, source_name: str, target_name: str, mask_name:
     cases, used, skipped = [], [], []
     # folders with a trace of the source, and folders with a target beside them: a target alone elsewhere is
     # another task's case (SynthRAD's Task2 for MR -> CT), not a case missing its source
-    with_source = _case_folders(root, (source_name,))
+    files = files_below(root)  # one walk of the tree for both
+    with_source = _case_folders(files, root, (source_name,))
     beside = {folder.parent for folder in with_source}
-    folders = sorted({*with_source, *(f for f in _case_folders(root, (target_name,)) if f.parent in beside)})
+    folders = sorted({*with_source, *(f for f in _case_folders(files, root, (target_name,)) if f.parent in beside)})
     for folder in folders:
         source, target = find_volume(folder, source_name, suffixes), find_volume(folder, target_name)
         if source is None or target is None:
