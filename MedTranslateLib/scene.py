@@ -46,12 +46,15 @@ def _slicer():
 def new_scene(cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
     """A fresh ``vtkMRMLScene`` with application, colour and volumes logics (no desktop app needed).
 
-    Returns ``(scene, volumes_logic)``; the scene can read ``.mrb`` files (cache manager set).
+    Returns ``(scene, volumes_logic)``; the scene can read ``.mrb`` files (cache manager set). Without a
+    ``cache_dir`` the scene gets an empty temporary one, removed with the scene object: Slicer's cache manager
+    walks its whole folder when it is set (the system temporary folder took 20 s on a busy machine).
     """
     slicer = _slicer()
     scene = slicer.vtkMRMLScene()
+    own_cache = None if cache_dir else tempfile.TemporaryDirectory(prefix="medtranslate-scene-cache-")
     cache = slicer.vtkCacheManager()
-    cache.SetRemoteCacheDirectory(str(cache_dir or tempfile.gettempdir()))
+    cache.SetRemoteCacheDirectory(str(cache_dir or own_cache.name))
     io_manager = slicer.vtkDataIOManager()
     io_manager.SetCacheManager(cache)
     scene.SetDataIOManager(io_manager)
@@ -74,7 +77,7 @@ def new_scene(cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
     volumes.SetMRMLApplicationLogic(app_logic)
     volumes.SetMRMLScene(scene)
     # keep the logics alive as long as the scene object
-    scene._medtranslate_logics = (app_logic, colors, volumes)  # type: ignore[attr-defined]
+    scene._medtranslate_logics = (app_logic, colors, volumes, own_cache)  # type: ignore[attr-defined]
     return scene, volumes
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,27 @@ def test_export_scene_mrb_round_trip(tmp_path):
     assert study and hierarchy.GetItemLevel(study) == "Study"
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(synthetic)) == study
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(uncertainty)) == study
+
+
+def test_a_scene_without_a_cache_folder_gets_its_own_empty_one(tmp_path, monkeypatch):
+    """Slicer's cache manager walks its whole folder when it is set: with the system temporary folder as the
+    cache, every new scene took 20 s on a machine with a busy /tmp. A scene without a cache folder gets an
+    empty one of its own, and still reads a .mrb (Slicer unpacks bundles there)."""
+    import tempfile
+
+    from MedTranslateLib.scene import export_scene_mrb, new_scene, read_scene_mrb
+
+    busy = tmp_path / "busy-tmp"
+    (busy / "someone-else").mkdir(parents=True)
+    (busy / "someone-else" / "big.raw").write_bytes(b"x")
+    monkeypatch.setattr(tempfile, "tempdir", str(busy))
+    scene, _ = new_scene()
+    cache = Path(scene.GetCacheManager().GetRemoteCacheDirectory())
+    assert cache.parent == busy and [p.name for p in cache.iterdir()] == [".slicer-cache"]
+    _, paths = _volumes(tmp_path)
+    out = export_scene_mrb(paths["input"], paths["synthetic"], tmp_path / "scene.mrb")
+    assert read_scene_mrb(out).GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    assert (busy / "someone-else" / "big.raw").exists()
 
 
 def test_export_scene_mrb_rejects_other_suffix(tmp_path):
