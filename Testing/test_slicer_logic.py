@@ -312,9 +312,18 @@ def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, 
 
     package = make_tiny_package(tmp_path / "package")
     logic = TranslationLogic(scene=scene, python_executable=sys.executable)
+    headers = []
+    read_checked = logic._read_checked
+
+    def reading(path, node):  # the result file is deleted with the run's folder: look at it as it is read
+        headers.append(Path(path).read_bytes()[:1000].decode("latin-1"))
+        return read_checked(path, node)
+
+    logic._read_checked = reading
     before = scene.GetNumberOfNodes()
     status = logic.run(TranslationRequest(input_node, str(package), target_modality="CT", device="cpu"),
                        timeout=300)
+    assert len(headers) == 1 and "encoding: raw" in headers[0]  # read back at once: not worth compressing
     output = status.output_node
     assert np.array_equal(_matrix(output), _matrix(input_node))  # left-handed, permuted grid kept exactly
     values = slicer.util.arrayFromVolume(output)
