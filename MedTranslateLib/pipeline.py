@@ -118,7 +118,7 @@ class Translator:
         tracker.stage("preprocess", "normalising and resampling")
         validate_volume(image, "input volume")
         prepared = prepare(image, card, mask=mask, role="input")
-        body = prepared.input_mask
+        body = prepared.record.input_mask()  # not Prepared's cached copy: freed after the input checks
         check_modality(sitk.GetArrayViewFromImage(image), body, card["source_modality"])
         warnings = notes + list(prepared.record.warnings)
         if self.card.family not in SAMPLED_FAMILIES and (options.steps or options.sampler or options.samples > 1):
@@ -129,6 +129,7 @@ class Translator:
         region = automatic_body(image, card) if mask is not None else in_model_orientation(image, body,
                                                                                            prepared.record)
         warnings += [w.message for w in check_input(*region, card)]
+        del body, region  # input-grid masks (and with a given mask maybe the volume in float32): not kept to the end
         seconds["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -140,22 +141,25 @@ class Translator:
         prediction = predict_volume(prepared.array, prepared.mask, card, predictor, options, self.device, tracker,
                                     restore_pass)
         warnings += list(getattr(prediction, "warnings", []) or [])
+        stats = {"model_shape": list(prepared.record.model_shape), **dict(getattr(prediction, "stats", {}) or {})}
+        mean, std = prediction.mean, prediction.std
+        del prediction  # with an uncertainty map both are volumes on the input grid: each is freed once an image
         seconds["inference"] = time.perf_counter() - start
 
         start = time.perf_counter()
         tracker.stage("restore", "putting the result back on the input grid")
-        output = on_input_grid(prediction.mean, prepared.record) if uncertainty else \
-            restore(prediction.mean, prepared.record, out_spec)
+        output = on_input_grid(mean, prepared.record) if uncertainty else restore(mean, prepared.record, out_spec)
+        del mean
         std_image = None
-        if uncertainty and prediction.std is not None:
-            std_image = on_input_grid(prediction.std, prepared.record)
+        if uncertainty and std is not None:
+            std_image = on_input_grid(std, prepared.record)
         elif uncertainty:
             warnings.append("This model and these options give no uncertainty map.")
+        del std
         seconds["restore"] = time.perf_counter() - start
         if not np.isfinite(sitk.GetArrayViewFromImage(output)).all():
             raise InputError("The model produced non-finite values for this input.",
                              "Check that the input matches the model's modality and field of view.")
-        stats = {"model_shape": list(prepared.record.model_shape), **dict(getattr(prediction, "stats", {}) or {})}
         provenance = {**self.provenance(), "device": str(stats.get("device", self.device.type))}  # the one that ran
         return TranslationResult(output, std_image, warnings, provenance, seconds, stats)
 

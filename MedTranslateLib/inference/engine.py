@@ -338,7 +338,9 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
     mean of sampled passes; the unflipped pass under flip TTA) and, for several passes, the standard deviation, both
     (z, y, x) float32 in the normalised space, each pass clipped to the network range [-1, 1] as the output will
     be. ``restore_pass`` maps every pass to where the statistics are taken instead (the input grid in physical
-    units): the spread of resampled passes is not the resampled spread, which overstates it.
+    units): the spread of resampled passes is not the resampled spread, which overstates it. Each restored pass
+    is folded in and dropped; under flip TTA the plain pass is kept on the model grid and restored once more at
+    the end (``restore_pass`` must be deterministic), so no restored volume is held beside the running sums.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
@@ -379,15 +381,19 @@ def predict_volume(array: np.ndarray, mask: np.ndarray | None, card: Mapping[str
             else:
                 result = _predict_slices(source, source_mask, plan.axis, plan.context, runner, plan.batch, advance)
             aligned = np.clip(np.flip(result, flips) if flips else result, -1.0, 1.0, out=None if flips else result)
-            if restore_pass is not None:
-                aligned = restore_pass(aligned)
-            stats.add(aligned)
             if flipped_passes and not flips:
-                plain = aligned
+                plain = aligned  # kept on the model grid: restored again at the end, not held as a restored volume
+            stats.add(restore_pass(aligned) if restore_pass is not None else aligned)
             tracker.check()
     tracker.update(1.0, "prediction finished")
+    std = stats.std()
+    if plain is None:
+        mean = stats.mean
+    else:  # flip TTA: the running mean only served the spread; it is freed before the plain pass is restored
+        stats.mean = None
+        mean = restore_pass(plain) if restore_pass is not None else plain
     unit_shape = plan.roi if plan.dimensionality == "3d" else tuple(
         n for a, n in enumerate(array.shape) if a != plan.axis)
-    return Prediction(plain if plain is not None else stats.mean, stats.std(), list(runner.warnings),
+    return Prediction(mean, std, list(runner.warnings),
                       {"units": units, "unit_shape": [int(n) for n in unit_shape], "passes": len(passes),
                        "batch_size": runner.batch_size, "device": runner.device.type})

@@ -157,11 +157,14 @@ def in_model_orientation(image: "sitk.Image", body: np.ndarray,
 def automatic_body(image: "sitk.Image", card: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Like :func:`in_model_orientation`, with the automatic body mask ``prepare`` finds for an input given
     without a mask (the card's ``body_mask`` settings): training inputs are summarised inside it, so their
-    statistics compare with those of a translated input."""
+    statistics compare with those of a translated input. The voxels are a read-only view of ``image``'s when it
+    needs no reorientation (and is float32), not a copy."""
     import SimpleITK as sitk
 
-    oriented, _ = geometry.reorient(image, card["input"].get("orientation"))
-    array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)
+    oriented, step = geometry.reorient(image, card["input"].get("orientation"))
+    # a view only of the caller's image: a reoriented image is gone when this returns
+    pixels = sitk.GetArrayViewFromImage(image) if step is None else sitk.GetArrayFromImage(oriented)
+    array = pixels.astype(np.float32, copy=False)
     body, _ = _input_mask(array, oriented, card, None, str(card.get("source_modality", "")), [])
     return array, body, tuple(oriented.GetSpacing())
 
