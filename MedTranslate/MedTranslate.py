@@ -311,13 +311,13 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = model_of_node(self._allModels, node.outputVolume) or self._models.get(node.modelId)
         modality, card = model.evaluation_settings() if model else ("CT", None)
         with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
-            metrics = evaluate_against_reference(node.outputVolume, node.referenceVolume, node.referenceMask,
-                                                 modality, card)
+            rows = evaluate_against_reference(node.outputVolume, node.referenceVolume, node.referenceMask,
+                                              modality, card).rows()
             table = self.ui.metricsTableWidget
-            table.setRowCount(len(metrics))
-            for row, (name, value) in enumerate(metrics.items()):
+            table.setRowCount(len(rows))
+            for row, (name, text) in enumerate(rows):
                 table.setItem(row, 0, qt.QTableWidgetItem(name))
-                table.setItem(row, 1, qt.QTableWidgetItem(f"{value:.4g}"))
+                table.setItem(row, 1, qt.QTableWidgetItem(text))
 
 
 class MedTranslateLogic(ScriptedLoadableModuleLogic):

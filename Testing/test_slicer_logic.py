@@ -213,16 +213,45 @@ def test_evaluate_against_reference(scene, input_node):
 
     array = slicer.util.arrayFromVolume(input_node)
     reference = slicer.util.addVolumeFromArray(array + 10.0, ijkToRAS=IJK_TO_RAS, name="reference")
-    metrics = evaluate_against_reference(input_node, reference)
+    evaluation = evaluate_against_reference(input_node, reference)
+    metrics = evaluation.metrics
+    assert evaluation.region.startswith("every voxel") and "body mask" in evaluation.region
+    assert evaluation.rows()[0] == ("mae", "10") and evaluation.rows()[-1] == ("compared", evaluation.region)
     assert metrics["mae"] == pytest.approx(10.0, rel=1e-4) and metrics["me"] == pytest.approx(-10.0, rel=1e-4)
     # MR: no unit, so the same image in other units (x 3) is no error, as in medtranslate evaluate
     scaled = slicer.util.addVolumeFromArray(array * 3.0, ijkToRAS=IJK_TO_RAS, name="scaled")
-    assert evaluate_against_reference(input_node, scaled, modality="MR")["mae"] == pytest.approx(0.0, abs=1e-2)
+    assert evaluate_against_reference(input_node, scaled, modality="MR").metrics["mae"] == pytest.approx(0.0, abs=1e-2)
     shifted = IJK_TO_RAS.copy()
     shifted[0, 3] += 3.0
     moved = slicer.util.addVolumeFromArray(array, ijkToRAS=shifted, name="moved")
     with pytest.raises(TranslationFailed, match="not on the synthetic volume's grid"):
         evaluate_against_reference(input_node, moved)
+
+
+def test_mr_evaluation_without_a_mask_compares_where_the_reference_is_non_zero(scene, input_node):
+    """As ``medtranslate evaluate`` on BraTS: a skull-stripped reference's zero background is left out (with it,
+    a perfect brain scores the background's error); a mask, when chosen, decides instead."""
+    import slicer
+
+    from MedTranslateModule.nodes import evaluate_against_reference
+
+    reference = slicer.util.arrayFromVolume(input_node).astype(np.float32) + 100.0
+    reference[:, :, : reference.shape[2] // 2] = 0.0
+    synthetic = reference.copy()
+    synthetic[reference == 0] = 400.0  # wrong only outside the brain
+    reference_node = slicer.util.addVolumeFromArray(reference, ijkToRAS=IJK_TO_RAS, name="t2 reference")
+    synthetic_node = slicer.util.addVolumeFromArray(synthetic, ijkToRAS=IJK_TO_RAS, name="synthetic t2")
+    evaluation = evaluate_against_reference(synthetic_node, reference_node, modality="MR")
+    assert evaluation.metrics["mae"] == pytest.approx(0.0, abs=1e-3)
+    assert f"{int((reference != 0).sum()):,} of {reference.size:,} voxels" in evaluation.region
+    everything = slicer.util.addVolumeFromArray(np.ones(reference.shape, np.uint8), ijkToRAS=IJK_TO_RAS,
+                                                name="all", nodeClassName="vtkMRMLLabelMapVolumeNode")
+    masked = evaluate_against_reference(synthetic_node, reference_node, everything, modality="MR")
+    assert masked.metrics["mae"] > 1.0 and masked.region == f"inside mask all ({reference.size:,} voxels)"
+    empty = slicer.util.addVolumeFromArray(np.zeros(reference.shape, np.uint8), ijkToRAS=IJK_TO_RAS,
+                                           name="empty mask", nodeClassName="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(TranslationFailed, match="No voxel to evaluate"):
+        evaluate_against_reference(synthetic_node, reference_node, empty, modality="MR")
 
 
 def test_mr_evaluation_uses_the_model_that_made_the_volume(scene, input_node):
@@ -254,11 +283,11 @@ def test_mr_evaluation_uses_the_model_that_made_the_volume(scene, input_node):
     assert ModelInfo("ct-model", target_modality="CT").evaluation_settings() == ("CT", None)
 
     array = slicer.util.arrayFromVolume(input_node).astype(np.float32)
-    with_card = evaluate_against_reference(synthetic, input_node, modality=modality, card=card)
-    expected = metrics_for_arrays(CaseArrays(array * 2.0 + 5.0, array, np.ones(array.shape, bool),
+    with_card = evaluate_against_reference(synthetic, input_node, modality=modality, card=card).metrics
+    expected = metrics_for_arrays(CaseArrays(array * 2.0 + 5.0, array, array != 0,  # the non-zero reference
                                              tuple(synthetic.GetSpacing())), "MR", card)
     assert with_card["mae"] == pytest.approx(expected["mae"], rel=1e-5)
-    assert with_card["mae"] != pytest.approx(evaluate_against_reference(synthetic, input_node, modality="MR")["mae"])
+    assert with_card["mae"] != pytest.approx(evaluate_against_reference(synthetic, input_node, modality="MR").metrics["mae"])
 
 
 def test_real_backend_worker_error_reaches_the_user(scene, input_node):

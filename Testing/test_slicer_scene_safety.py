@@ -69,12 +69,12 @@ def test_mask_and_reference_under_another_transform_are_refused(scene, input_nod
     _translate_under(scene, mask)
     with pytest.raises(TranslationFailed, match="mask is under a different transform"):
         _logic(scene).start(TranslationRequest(input_node, "fake-ok", mask_node=mask))
-    assert evaluate_against_reference(input_node, reference)["mae"] > 0  # same grid, same frame: fine
+    assert evaluate_against_reference(input_node, reference).metrics["mae"] > 0  # same grid, same frame: fine
     transform = _translate_under(scene, reference)
     with pytest.raises(TranslationFailed, match="reference .* is under a different transform"):
         evaluate_against_reference(input_node, reference)
     input_node.SetAndObserveTransformNodeID(transform.GetID())  # both under the same transform: fine again
-    assert evaluate_against_reference(input_node, reference)["mae"] > 0
+    assert evaluate_against_reference(input_node, reference).metrics["mae"] > 0
 
 
 def test_evaluation_refuses_empty_and_colour_references(scene, input_node):

@@ -5,6 +5,7 @@ Every check raises :class:`TranslationFailed` with one message that says what is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 GEOMETRY_TOLERANCE_MM = 1e-3
@@ -88,11 +89,27 @@ def node_grid(node: Any) -> tuple[tuple[int, ...], Any]:
                                                           for i in range(3)])
 
 
+@dataclass(frozen=True)
+class ReferenceEvaluation:
+    """Metrics against a reference, and the voxels they were taken over, in words for the panel."""
+
+    metrics: dict[str, float]
+    region: str
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The panel's table: each metric to four significant digits, then the voxels compared."""
+        return [*((name, f"{value:.4g}") for name, value in self.metrics.items()), ("compared", self.region)]
+
+
 def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_node: Any = None,
-                               modality: str = "CT", card: dict[str, Any] | None = None) -> dict[str, float]:
+                               modality: str = "CT", card: dict[str, Any] | None = None) -> ReferenceEvaluation:
     """The metrics of ``medtranslate evaluate`` for a synthetic volume against a reference on the same grid
     (optional mask): SynthRAD's for CT; for MR the reference on the model's output scale with the model's
-    ``card`` (as ``--model``), else both images on their own 0-1000 scale (MR has no unit to compare)."""
+    ``card`` (as ``--model``), else both images on their own 0-1000 scale (MR has no unit to compare).
+
+    Without a mask, MR is compared where the reference is non-zero (the brain of a skull-stripped scan, as
+    ``medtranslate evaluate`` does for BraTS: its zero background would otherwise dominate), CT over every voxel.
+    """
     import numpy as np
     import slicer
 
@@ -113,7 +130,27 @@ def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_no
                 "'Resample Image (BRAINS)' with the synthetic volume as reference).")
         check_same_frame(synthetic_node, node, "The reference" if node is reference_node else "The mask")
     synthetic = slicer.util.arrayFromVolume(synthetic_node).astype(np.float32)
-    mask = slicer.util.arrayFromVolume(mask_node) > 0 if mask_node is not None else np.ones(synthetic.shape, bool)
-    arrays = CaseArrays(synthetic, slicer.util.arrayFromVolume(reference_node).astype(np.float32), mask,
-                        tuple(synthetic_node.GetSpacing()))
-    return metrics_for_arrays(arrays, modality, card)
+    reference = slicer.util.arrayFromVolume(reference_node).astype(np.float32)
+    mask, region = _evaluation_region(reference, mask_node, modality)
+    if not mask.any():
+        raise TranslationFailed(f"No voxel to evaluate: {region} is empty. Select a mask that covers the anatomy.")
+    arrays = CaseArrays(synthetic, reference, mask, tuple(synthetic_node.GetSpacing()))
+    return ReferenceEvaluation(metrics_for_arrays(arrays, modality, card), region)
+
+
+def _evaluation_region(reference: Any, mask_node: Any, modality: str) -> tuple[Any, str]:
+    """The voxels to compare (z, y, x booleans) and their description."""
+    import numpy as np
+    import slicer
+
+    if mask_node is not None:
+        mask = slicer.util.arrayFromVolume(mask_node) > 0
+        return mask, f"inside mask {mask_node.GetName()} ({int(mask.sum()):,} voxels)"
+    if modality.upper() == "MR":
+        mask = reference != 0
+        if not mask.all():
+            return mask, (f"where the reference is non-zero ({int(mask.sum()):,} of {mask.size:,} voxels; "
+                          "select a mask to choose the region)")
+        return mask, f"every voxel ({mask.size:,}; select a mask to leave out the background)"
+    return np.ones(reference.shape, bool), (f"every voxel ({reference.size:,}), background air included: select "
+                                            "the body mask to compare with SynthRAD's figures")
