@@ -119,6 +119,31 @@ def test_rerun_keeps_results_apart_and_replaces_provenance(scene, input_node):
     assert len(names) == len(set(names))
 
 
+def test_another_model_into_the_same_output_renames_it_and_drops_the_stale_map(scene, input_node):
+    """A result node MedTranslate named takes the new target's name and display; the uncertainty map of the
+    result it replaced goes (it would describe another image); a name the user gave is kept."""
+    import slicer
+
+    logic = _logic(scene)
+    first = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True), timeout=60)
+    output, old_map = first.output_node, first.uncertainty_node
+    assert not output.GetDisplayNode().GetAutoWindowLevel()  # the CT window
+    second = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="T2", output_node=output),
+                       timeout=60)
+    assert second.output_node is output and output.GetName() == "MRHead_synthetic_T2"
+    assert output.GetDisplayNode().GetAutoWindowLevel()
+    assert second.uncertainty_node is None and not scene.IsNodePresent(old_map)
+    third = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", output_node=output,
+                                         uncertainty=True), timeout=60)
+    assert (output.GetName(), third.uncertainty_node.GetName()) == ("MRHead_synthetic_CT",
+                                                                    "MRHead_synthetic_CT_uncertainty")
+    assert sorted(n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")) == [
+        "MRHead", "MRHead_synthetic_CT", "MRHead_synthetic_CT_uncertainty"]
+    output.SetName("sCT for planning")
+    logic.run(TranslationRequest(input_node, "fake-ok", target_modality="T2", output_node=output), timeout=60)
+    assert output.GetName() == "sCT for planning"
+
+
 def test_previous_patients_result_is_not_the_next_output(scene, input_node):
     logic = _logic(scene)
     result = logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT"), timeout=60).output_node

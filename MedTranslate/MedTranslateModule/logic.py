@@ -22,6 +22,8 @@ from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_pyth
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
+#: The name MedTranslate gave a result node: while the node still has it, a new result into it is renamed.
+GIVEN_NAME_ATTRIBUTE = "MedTranslateGivenName"  # outside the provenance prefix, which each run replaces
 SIGKILL = 9  # signal.SIGKILL does not exist on Windows
 #: The worker's result files: a detached NRRD header is written without compression. They are read back at
 #: once and deleted, so gzip was wasted work (512 x 512 x 300 from click to result: 0.96x the wall time)
@@ -334,6 +336,8 @@ class TranslationLogic:
         target = (request.target_modality or provenance.get("target_modality") or "").upper()
         if target in ("CT", "SCT"):
             scene_tools.apply_ct_display(output_node)
+        else:  # not a CT window left by an earlier CT result in this node
+            output_node.GetDisplayNode().SetAutoWindowLevel(1)
         previous = output_node.GetNodeReference(UNCERTAINTY_REFERENCE)
         output_node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, None)  # a new result: the old map no longer fits
         uncertainty_node = None
@@ -345,6 +349,8 @@ class TranslationLogic:
             scene_tools.apply_uncertainty_display(uncertainty_node)
             scene_tools.place_beside(self.scene, input_node, uncertainty_node)
             output_node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, uncertainty_node.GetID())
+        elif previous is not None and self.scene.IsNodePresent(previous):
+            self._remove_with_display(previous)  # the map of the result this one replaced: it would mislead
         return output_node, uncertainty_node
 
     def _read_checked(self, path: str, input_node: Any) -> Any:
@@ -380,13 +386,19 @@ class TranslationLogic:
 
     def _store(self, array: Any, target: Any, name: str, input_node: Any, created: list[Any]) -> Any:
         """Put voxels in ``target`` (or a new scene node with a unique name from ``name``, appended to
-        ``created``) on exactly the input's grid."""
+        ``created``) on exactly the input's grid. A target that MedTranslate named for another result is renamed;
+        a name the user gave is kept."""
         import slicer
         import vtk
 
         if target is None:
-            target = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+            target = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self._unused_name(name))
+            target.SetAttribute(GIVEN_NAME_ATTRIBUTE, target.GetName())
             created.append(target)
+        elif target.GetAttribute(GIVEN_NAME_ATTRIBUTE) == target.GetName() and not target.GetName().startswith(name):
+            # a result node named by MedTranslate (not renamed since) now holds another result: name it for that
+            target.SetName(self._unused_name(name))
+            target.SetAttribute(GIVEN_NAME_ATTRIBUTE, target.GetName())
         matrix = vtk.vtkMatrix4x4()
         input_node.GetIJKToRASMatrix(matrix)
         target.SetIJKToRASMatrix(matrix)
@@ -394,6 +406,10 @@ class TranslationLogic:
         slicer.util.updateVolumeFromArray(target, array)
         target.CreateDefaultDisplayNodes()
         return target
+
+    def _unused_name(self, name: str) -> str:
+        """``name`` when no node has it, else the scene's unique variant (``name_1``, ...)."""
+        return name if self.scene.GetFirstNodeByName(name) is None else self.scene.GenerateUniqueName(name)
 
     # ---- cancel / blocking -----------------------------------------------------------------------
     def cancel(self) -> None:
