@@ -382,3 +382,20 @@ def test_status_line_shows_the_time_left_in_words_while_running():
     running.eta_seconds = None
     assert running.text() == "inference: 12/155 slices"
     assert TranslationStatus(state="done", eta_seconds=3.0, message="finished").text() == "finished"
+
+
+@pytest.mark.slow
+def test_click_to_result_benchmark_times_every_panel_stage(capsys):
+    """``Testing/bench_slicer.py`` on a tiny volume: one row per size with a time per status the panel shows and
+    both processes' peaks; a stage the worker never reported would fail the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_slicer", Path(__file__).with_name("bench_slicer.py"))
+    bench_slicer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_slicer)
+    assert bench_slicer.main(["--sizes", "48x40x24", "--repeats", "1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 48 x 40 x 24 (1 runs)"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 9 and all(cell.endswith(" s") for cell in cells[1:7])
+    assert float(cells[1].removesuffix(" s")) >= sum(float(c.removesuffix(" s")) for c in cells[2:7]) - 0.2
+    assert all(cell.endswith(" MiB") and float(cell.removesuffix(" MiB")) > 50 for cell in cells[7:])
