@@ -203,6 +203,30 @@ def test_a_mask_that_is_not_a_mask_is_refused(tmp_path, background, inside):
         read_mask(tmp_path / "m.nii.gz", image)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.float32])
+def test_an_image_given_as_the_mask_is_refused_and_a_label_map_is_not(tmp_path, dtype):
+    """A scan chosen as the mask (whole numbers of 0 or more: an MR in int16) had every voxel non-zero and made a
+    meaningless translation; a label map of up to MAX_MASK_LABELS labels, numbered up to 2035 as FreeSurfer's
+    are, is a mask."""
+    from MedTranslateLib.io.volumes import MAX_MASK_LABELS
+
+    image = odd_image()
+    scan = np.random.default_rng(0).integers(0, 3000, sitk.GetArrayViewFromImage(image).shape).astype(dtype)
+    stored = sitk.GetImageFromArray(scan)
+    stored.CopyInformation(image)
+    sitk.WriteImage(stored, str(tmp_path / "scan.nrrd"))
+    with pytest.raises(InputError, match=r"holds [\d,]+ different values .*looks like an image") as info:
+        read_mask(tmp_path / "scan.nrrd", image)
+    assert info.value.fix.startswith("Give the mask")
+    labels = np.linspace(2035, 2035 - MAX_MASK_LABELS + 2, MAX_MASK_LABELS - 1).astype(dtype)
+    label_map = np.resize(labels, scan.shape).astype(dtype)
+    label_map.reshape(-1)[0] = 0
+    stored = sitk.GetImageFromArray(label_map)
+    stored.CopyInformation(image)
+    sitk.WriteImage(stored, str(tmp_path / "labels.nrrd"))
+    assert sitk.GetArrayViewFromImage(read_mask(tmp_path / "labels.nrrd", image)).sum() == label_map.size - 1
+
+
 # ------------------------------------------------------------------------------- atomic writes
 @pytest.mark.parametrize("failure", [RuntimeError("disk on fire"), Cancelled()])
 def test_atomic_output_leaves_nothing_on_failure(tmp_path, failure):

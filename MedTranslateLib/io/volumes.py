@@ -362,6 +362,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
 
 #: grids agreeing to this fraction (of the larger of 1 and the largest value: mm, direction cosines) are one grid
 GRID_TOLERANCE = 1e-4
+#: A mask or label map has at most this many different values; more is an image given as the mask.
+MAX_MASK_LABELS = 256
 
 
 def grid_differences(image: sitk.Image, reference: sitk.Image, tolerance: float = GRID_TOLERANCE) -> list[str]:
@@ -379,8 +381,21 @@ def grid_differences(image: sitk.Image, reference: sitk.Image, tolerance: float 
     return differences
 
 
+def _distinct_values(values: np.ndarray, high: float) -> int:
+    """How many different whole values of 0 or more ``values`` holds (a count per value when they are small)."""
+    if high <= 1:
+        return int(high) + 1
+    if high >= 2 ** 24:
+        return int(np.unique(values).size)
+    seen = np.zeros(int(high) + 1, bool)
+    for start in range(0, values.shape[0], 8):  # counted a slab at a time: no whole-volume int64 copy
+        seen[np.bincount(values[start:start + 8].astype(np.int64).ravel()).nonzero()[0]] = True
+    return int(np.count_nonzero(seen))
+
+
 def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float = GRID_TOLERANCE) -> sitk.Image:
-    """Read a mask as uint8 0/1 on exactly ``reference``'s grid; refuse other grids and empty masks."""
+    """Read a mask as uint8 0/1 on exactly ``reference``'s grid; refuse other grids, empty masks and images
+    (negative, fractional or more than ``MAX_MASK_LABELS`` different values)."""
     image, _ = _read_any(path, None, MAX_VOXELS, f"mask '{Path(path).name}'", check_content=False)
     differences = grid_differences(image, reference, tolerance)
     if differences:
@@ -400,6 +415,11 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image, tolerance: float =
                          f"(range {low:g} to {high:g}): it looks like a probability map or an image, not a mask.",
                          "Give a mask that is 0 outside the body and 1 (or a label number) inside, e.g. a "
                          "probability map thresholded at 0.5.")
+    labels = _distinct_values(values, high)
+    if labels > MAX_MASK_LABELS:
+        raise InputError(f"The mask '{Path(path).name}' holds {labels:,} different values (range {low:g} to "
+                         f"{high:g}): it looks like an image (a scan), not a mask or label map.",
+                         "Give the mask (0 outside the body, 1 or a label number inside), not an image volume.")
     binary = values != 0
     if not binary.any():
         raise InputError(f"The mask '{Path(path).name}' is empty (no voxel is set).",
