@@ -48,11 +48,14 @@ def test_wrong_nodes_are_refused_before_the_run(scene, input_node):
     labels = _add("segmentation", node_class="vtkMRMLLabelMapVolumeNode")
     colour = slicer.util.addVolumeFromArray(np.ones((12, 14, 16, 3), np.uint8), ijkToRAS=IJK_TO_RAS,
                                             name="photo", nodeClassName="vtkMRMLVectorVolumeNode")
+    mask_volume = _add("body mask")  # a scalar volume (not a label map) used as the mask
     before = scene.GetNumberOfNodes()
     input_values = slicer.util.arrayFromVolume(input_node).copy()
     cases = [(TranslationRequest(labels, "fake-ok"), "segmentation is a label map"),
              (TranslationRequest(colour, "fake-ok"), "photo has 3 components"),
              (TranslationRequest(input_node, "fake-ok", output_node=input_node), "output volume is the input"),
+             (TranslationRequest(input_node, "fake-ok", output_node=mask_volume, mask_node=mask_volume),
+              "output volume is the mask volume: the mask is never overwritten"),
              (TranslationRequest(input_node, "fake-ok", output_node=labels), "not a plain scalar volume")]
     for request, message in cases:
         with pytest.raises(TranslationFailed, match=message):

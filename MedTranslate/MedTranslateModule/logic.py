@@ -166,7 +166,7 @@ class TranslationLogic:
         check_image_node(request.input_node, "an input volume")
         if not request.model_id:
             raise TranslationFailed("Select a model.")
-        check_output_node(request.output_node, request.input_node)
+        check_output_node(request.output_node, request.input_node, request.mask_node)
         if request.mask_node is not None:
             if request.mask_node.GetImageData() is None:
                 raise TranslationFailed(f"The mask {request.mask_node.GetName()} has no image data: select "

@@ -33,13 +33,15 @@ def check_image_node(node: Any, role: str) -> None:
                                 "(scalar) volume, or convert it with the 'Vector to Scalar Volume' module.")
 
 
-def check_output_node(output_node: Any, input_node: Any) -> None:
-    """An explicitly chosen output node can take the result: a plain scalar volume other than the input."""
+def check_output_node(output_node: Any, input_node: Any, mask_node: Any = None) -> None:
+    """An explicitly chosen output node can take the result: a plain scalar volume other than the input and
+    the mask."""
     if output_node is None:
         return
-    if output_node is input_node or output_node.GetID() == input_node.GetID():
-        raise TranslationFailed("The output volume is the input volume: the input is never overwritten. Choose "
-                                "'Create new volume' or another output volume.")
+    for node, role in ((input_node, "input"), (mask_node, "mask")):
+        if node is not None and (output_node is node or output_node.GetID() == node.GetID()):
+            raise TranslationFailed(f"The output volume is the {role} volume: the {role} is never overwritten. "
+                                    "Choose 'Create new volume' or another output volume.")
     if output_node.GetClassName() != "vtkMRMLScalarVolumeNode":
         raise TranslationFailed(f"The output volume {output_node.GetName()} is a {output_node.GetClassName()}, "
                                 "not a plain scalar volume: choose 'Create new volume' or a scalar volume.")
