@@ -28,7 +28,7 @@ WORKER = [sys.executable, "-m", "MedTranslateLib"]
 def test_model_list_parsing_and_card_text():
     text = json.dumps([{"id": "mr2ct-x", "version": "1.2.0", "title": "MR to CT", "source_modality": "MR",
                         "target_modality": "CT", "anatomy": "head", "field_of_view": "whole brain",
-                        "license": "CC-BY-4.0", "source": "user",
+                        "license": "CC-BY-4.0", "source": "user", "family": "pix2pix",
                         "performance": {"cuda_seconds_per_volume": 2.0, "cpu_seconds_per_volume": 95.0,
                                         "training_seconds": 999.0},
                         "metrics": {"values": {"mae": 61.04, "ssim": 0.8712, "mae_bone": 250.4}},
@@ -41,7 +41,11 @@ def test_model_list_parsing_and_card_text():
                   "Held-out: MAE 61.0 HU, SSIM 0.871, bone MAE 250 HU", "version 1.2.0, your model folder",
                   "Limits: Adults only; artefacts outside &lt;the&gt; brain."):
         assert piece in card, piece
-    assert "999" not in card
+    assert "999" not in card and "uncertainty map (four flipped passes) about 2.5-4x as long" in card
+    sampled = ModelInfo(id="d", family="diffusion", performance={"cpu_seconds": 30.0}).card_text()
+    assert "CPU about 30 s; an uncertainty map needs several samples" in sampled
+    for family in ("random_forest", ""):  # no map, or a family this version does not know
+        assert "uncertainty" not in ModelInfo(id="f", family=family, performance={"cpu_seconds": 3}).card_text()
     assert parse_model_list(json.dumps({"models": [{"id": "a"}]}))[0].id == "a"
 
 
