@@ -130,6 +130,16 @@ def _sampling_columns(card: dict[str, Any], steps: int | None, sampler: str | No
     return {"sampling_steps": count, "sampler": chosen}
 
 
+def cpu_seconds_note(result: dict[str, Any]) -> str:
+    """What ``cpu_seconds`` measured: the held-out cases, the voxels translated, the threads. A z-slab case is
+    translated whole and scored on its slab only, so the voxels are the whole volume's."""
+    cases = ", ".join(result["cases"])
+    whole = "; the whole volume is translated, its held-out slab scored" if "[z" in cases else ""
+    return (f"process CPU time to translate one held-out volume ({cases}; {result['voxels']:,} voxels{whole}) "
+            f"with {result['torch_threads']} torch thread(s) on a shared 2-core CPU; wall time under load is higher "
+            "(benchmark_models)")
+
+
 def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     """Write the measured ``cpu_seconds`` per volume into the package's ``model.json`` (validated) and its
     README.md."""
@@ -139,9 +149,7 @@ def update_card_performance(path: Path, result: dict[str, Any]) -> None:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card.setdefault("performance", {}).update({
         "cpu_seconds": round(result["cpu_seconds"], 2), "wall_seconds": round(result["wall_seconds"], 2),
-        "cpu_seconds_note": (f"process CPU time to translate one whole held-out volume ({', '.join(result['cases'])}; "
-                             f"{result['voxels']:,} voxels) with {result['torch_threads']} torch thread(s) on a shared "
-                             f"2-core CPU; wall time under load is higher (benchmark_models)")})
+        "cpu_seconds_note": cpu_seconds_note(result)})
     described = validate_card(card).describe()
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (Path(path) / "README.md").write_text(described, encoding="utf-8")

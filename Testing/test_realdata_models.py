@@ -117,6 +117,9 @@ def test_update_card_performance_rewrites_card_and_readme(tmp_path: Path) -> Non
     assert written["performance"]["cpu_seconds"] == 12.35 and written["performance"]["training_seconds"] == 10.0
     readme = (tmp_path / "README.md").read_text()
     assert "cpu_seconds: 12.35" in readme and "stale" not in readme
+    assert "(c1; 1,000 voxels) with 1 torch thread(s)" in written["performance"]["cpu_seconds_note"]
+    slab = bm.cpu_seconds_note({"cases": ["1PA001[z64:86]"], "voxels": 3440000, "torch_threads": 1})
+    assert "(1PA001[z64:86]; 3,440,000 voxels; the whole volume is translated, its held-out slab scored)" in slab
 
 
 def test_train_all_resumes_interrupted_trainings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
