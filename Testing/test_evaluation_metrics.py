@@ -113,6 +113,17 @@ def test_compute_metrics_keys_and_errors():
         M.ssim_2023(pred[:5], ref[:5], mask[:5])
 
 
+@pytest.mark.parametrize("modality, ssim_key", [("CT", "ssim"), ("MR", "ssim_norm")])
+def test_a_slab_thinner_than_the_ssim_window_has_every_metric_but_ssim(modality, ssim_key):
+    """A 5-slice slab (the panel's evaluation of a thin acquisition): SSIM cannot be taken with a 7-voxel window
+    and is NaN; the voxel metrics are those of the slab, not lost with it."""
+    pred, ref, mask = _pair()
+    out = M.compute_metrics(pred[:5], ref[:5], mask[:5], modality=modality)
+    assert np.isnan(out[ssim_key])
+    assert out["mae"] == pytest.approx(float(np.abs(pred[:5] - ref[:5])[mask[:5]].mean()), rel=1e-6)
+    assert all(np.isfinite(value) for key, value in out.items() if key != ssim_key)
+
+
 @pytest.mark.slow
 def test_full_size_volume():
     """A BraTS-sized volume goes through every metric (about 5 s on an idle 2-core machine)."""

@@ -373,15 +373,17 @@ def _voxel_metrics(pv: np.ndarray, rv: np.ndarray, modality: str) -> dict[str, f
 
 def compute_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
                     modality: str = "CT") -> dict[str, float]:
-    """All metrics for one case: CT keys ``CT_KEYS``, MR keys ``MR_KEYS``."""
+    """All metrics for one case: CT keys ``CT_KEYS``, MR keys ``MR_KEYS``. A volume thinner than the SSIM window
+    (a slab of under ``WINDOW`` slices) has SSIM NaN; the other metrics do not need a window."""
     modality = modality.upper()
     if modality not in ("CT", "MR"):
         raise InputError(f"Unknown target modality {modality!r} for evaluation.", "Use CT or MR.")
     p, r, m = _prepare(pred, ref, mask)
     out = _voxel_metrics(p[m].astype(np.float64), r[m].astype(np.float64), modality)
+    windowed = min(r.shape) >= WINDOW
     if modality == "MR":
-        out["ssim_norm"] = ssim_norm(p, r, m)
+        out["ssim_norm"] = ssim_norm(p, r, m) if windowed else math.nan
         return {key: out[key] for key in MR_KEYS}
-    out["ssim"] = ssim_2023(p, r, m)
+    out["ssim"] = ssim_2023(p, r, m) if windowed else math.nan
     out["ms_ssim"] = ms_ssim_2025(p, r, m)
     return {key: out[key] for key in CT_KEYS}
