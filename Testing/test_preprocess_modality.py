@@ -36,7 +36,21 @@ def test_ct_given_to_mr_model_is_refused_with_a_useful_message(phantom) -> None:
     with pytest.raises(InputError) as info:
         check_modality(ct, mask, "T1")
     message = str(info.value)
-    assert "looks like a CT" in message and "T1" in message and "Choose a model" in message
+    assert "looks like a CT" in message and "expects an MR (T1) volume" in message
+    assert "Give the T1 series" in message and "source modality is CT, if one is installed" in message
+
+
+def test_refusal_names_the_modality_once_and_claims_no_model(phantom) -> None:
+    """A CT given to a generic MR model: "an MR volume", not "an MR (MR) volume"; no CT model is promised."""
+    ct, t1, _, mask = _arrays(phantom)
+    with pytest.raises(InputError) as info:
+        check_modality(ct, mask, "MR")
+    message = str(info.value)
+    assert "expects an MR volume" in message and "(MR)" not in message
+    assert "Choose a model whose source modality is CT" not in message
+    with pytest.raises(InputError) as info:
+        check_modality(t1, mask, "CT")
+    assert "if one is installed" in str(info.value) and "Choose a model whose source" not in str(info.value)
 
 
 def test_mr_given_to_ct_model_is_refused(phantom) -> None:

@@ -99,16 +99,19 @@ def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) ->
         return
     expected, (seen, evidence) = expected.upper(), found
     if seen == "CT":
+        wanted = "an MR" if expected == "MR" else f"an MR ({expected})"
         raise InputError(
             f"The input looks like a CT in Hounsfield units ({evidence.describe()}), but this model "
-            f"expects an MR ({expected}) volume.",
-            "Choose a model whose source modality is CT, or give the MR series of this patient.",
+            f"expects {wanted} volume.",
+            f"Give the {expected} series of this patient; translating this CT needs a model whose source "
+            "modality is CT, if one is installed (see the model list).",
         )
     raise InputError(
         f"The input looks like an MR, not a {expected} in Hounsfield units (no air near -1000: "
         f"{evidence.describe()}), but this model expects {expected}.",
-        "Choose a model whose source modality is MR, or give the CT/CBCT series; a CBCT must be "
-        "calibrated to Hounsfield units (air about -1000).",
+        f"Give the {expected} series of this patient (a CBCT must be calibrated to Hounsfield units, air about "
+        "-1000); translating this MR needs a model whose source modality is MR, if one is installed (see the "
+        "model list).",
     )
 
 
