@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from MedTranslateLib.evaluation.ood import OodWarning, check_input, intensity_reference
 
@@ -148,7 +149,7 @@ def test_mr_contrast_with_only_a_bright_tail_is_flagged():
     bright[lesion] = 900.0
     warnings = check_input(bright, mask, (1.0, 1.0, 1.0), card)
     assert [w.kind for w in warnings] == ["intensity"]
-    assert "99th percentile" in warnings[0].message and "FLAIR" in warnings[0].message
+    assert "99th percentile" in warnings[0].message and "very bright tissue" in warnings[0].message
 
 
 def test_a_given_mask_does_not_change_what_the_input_is_compared_over():
@@ -171,3 +172,79 @@ def test_a_given_mask_does_not_change_what_the_input_is_compared_over():
     masked = translator.translate(t1, mask=mask).warnings
     assert not [w for w in masked if "contrast" in w or "intensit" in w.lower()], masked
     assert [w for w in masked if w in plain] == [w for w in plain if "mask" not in w.lower()]
+
+
+def _banded_mr(seed: int, fat: float = 0.02, shape=(16, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """An MR-like head whose mask, like the dilated automatic body mask, also holds a band of dark air around it."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(x**2 + y**2)
+    array = np.where(r < 0.35, 600.0, 400.0)
+    array[(r < 0.7) & (rng.random(shape) < fat)] = 1200.0  # fat: the bright tail
+    array = np.where(r < 0.7, array + rng.normal(0, 25, shape), 15.0 + np.abs(rng.normal(0, 5, shape)))
+    return array.astype(np.float32), r < 0.85
+
+
+def _mr_card(arrays, masks, source: str = "T1") -> dict:
+    """A card as training writes it: one reference per training volume, combined."""
+    from MedTranslateLib.training.card_builder import combine_references
+
+    reference = combine_references([intensity_reference([a], [m], (1.0, 1.0, 1.0)) for a, m in zip(arrays, masks)])
+    return {"intensity_reference": reference, "source_modality": source,
+            "normalization": {"input": {"method": "zscore"}, "output": {"method": "zscore"}}}
+
+
+def test_dark_background_in_the_mask_does_not_make_a_crop_look_like_another_contrast():
+    """The pork model warned on its own held-out slab: the share of dark air inside the (dilated) automatic mask
+    depends on the field of view and moved the whole-mask statistics. A crop with little air stays quiet."""
+    card = _mr_card(*zip(*[_banded_mr(seed) for seed in range(3)]))
+    array, mask = _banded_mr(seed=5)
+    assert check_input(array, mask, (1.0, 1.0, 1.0), card) == []
+    crop = (slice(None), slice(12, 52), slice(12, 52))  # most of the air band cut away
+    warnings = check_input(array[crop], mask[crop], (1.0, 1.0, 1.0), card)
+    assert not [w for w in warnings if w.kind == "intensity"], warnings
+
+
+def test_every_training_volume_is_in_distribution():
+    """One BraTS T1 training brain lay outside the median of the three: the card keeps the range over volumes."""
+    arrays, masks = zip(*[_banded_mr(seed, fat=f) for seed, f in enumerate((0.005, 0.02, 0.06))])
+    card = _mr_card(arrays, masks)
+    ranges = card["intensity_reference"]["relative_range"]
+    assert ranges["p99"][0] < card["intensity_reference"]["relative_percentiles"]["p99"] < ranges["p99"][1]
+    for array, mask in zip(arrays, masks):
+        assert check_input(array, mask, (1.0, 1.0, 1.0), card) == []
+
+
+def test_contrast_warning_names_the_models_source_modality():
+    """A T1 given to a T2 model: the message speaks of the T2 training scans, not of "T2 or FLAIR instead of T1"."""
+    t2 = [_banded_mr(seed) for seed in range(3)]
+    for array, _ in t2:
+        array[array > 1000] = 3000.0  # fluid: a heavy bright tail
+    card = _mr_card(*zip(*t2), source="T2")
+    t1, mask = _banded_mr(seed=7, fat=0.0)
+    warnings = [w for w in check_input(t1, mask, (1.0, 1.0, 1.0), card) if w.kind == "intensity"]
+    assert len(warnings) == 1
+    assert "T2 training scans" in warnings[0].message and "less very bright tissue" in warnings[0].message
+    assert "T1" not in warnings[0].message and "FLAIR" not in warnings[0].message
+
+
+@pytest.mark.data
+def test_shipped_cards_on_real_training_held_out_and_wrong_contrast(real_data: Path):
+    """Automatic body mask as translate uses it: quiet on a held-out slab and a training brain, a FLAIR warns."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.models.registry import BUILTIN_DIR
+    from MedTranslateLib.preprocess import automatic_body
+
+    def contrast_warnings(model: str, image: "sitk.Image") -> list[OodWarning]:
+        card = json.loads((BUILTIN_DIR / model / "model.json").read_text())
+        return [w for w in check_input(*automatic_body(image, card), card) if w.kind == "intensity"]
+
+    pork = sitk.ReadImage(str(real_data / "Task1" / "phantom" / "1PA001" / "mr.nii.gz"))
+    assert contrast_warnings("mr2ct-phantom-unet2d", pork[:, :, 64:86]) == []  # the held-out slab
+    assert contrast_warnings("mr2ct-phantom-unet2d", pork[40:160, 40:160, :]) == []
+    brats = real_data / "BraTS2023"
+    t1 = sitk.ReadImage(str(brats / "AURORA-example" / "AURORA-example-t1n.nii.gz"))
+    assert contrast_warnings("t1-t2-brats-unet2d", t1) == []  # a training brain
+    flair = sitk.ReadImage(str(brats / "TCGA-DU-7294" / "TCGA-DU-7294-t2f.nii.gz"))
+    assert contrast_warnings("t1-t2-brats-unet2d", flair)

@@ -89,13 +89,17 @@ def check_card(config: TrainConfig) -> None:
 def combine_references(references: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     """One ``intensity_reference`` from per-case ones (``evaluation.ood.intensity_reference`` of each training
     input): the median over cases of every number (per key for tables such as ``percentiles``, per axis for
-    ``extent_mm`` / ``spacing_mm``); text fields are taken from the first case."""
+    ``extent_mm`` / ``spacing_mm``), the union of the ranges in ``relative_range`` (lowest low, highest high);
+    text fields are taken from the first case."""
     refs = [r for r in references if r]
     if not refs:
         return None
     out: dict[str, Any] = {}
     for key, value in refs[0].items():
-        if isinstance(value, Mapping):
+        if key == "relative_range":
+            out[key] = {k: [float(min(r[key][k][0] for r in refs)), float(max(r[key][k][1] for r in refs))]
+                        for k in value}
+        elif isinstance(value, Mapping):
             out[key] = {k: float(np.median([r[key][k] for r in refs])) for k in value}
         elif isinstance(value, (list, tuple)):
             out[key] = [float(v) for v in np.median([r[key] for r in refs], axis=0)]
