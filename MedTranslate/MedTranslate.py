@@ -18,10 +18,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedTranslateModule.logic import (TranslationFailed, TranslationLogic, TranslationRequest, output_name_for,
-                                      worker_environment)
+from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, worker_environment
 from MedTranslateModule.nodes import evaluate_against_reference, is_label_map, output_for_input
-from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
+from MedTranslateModule.parameters import LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
 
@@ -253,20 +252,15 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = self._models.get(node.modelId)
         with slicer.util.tryWithErrorDisplay(_("Could not start the translation."), waitCursor=True):
             from MedTranslateModule.install import ensure_backend_packages
-            from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES, SAMPLED_FAMILIES
+            from MedTranslateModule.nodes import overwrite_question
+            from MedTranslateModule.parameters import request_from_panel
 
             if not ensure_backend_packages(ask=True):
                 return
-            request = TranslationRequest(
-                input_node=node.inputVolume, model_id=node.modelId,
-                target_modality=model.target_modality if model else "", output_node=node.outputVolume,
-                output_name=output_name_for(node.inputVolume.GetName(), model.target_modality if model else ""),
-                device=DEVICE_CHOICES[node.device], mask_node=node.maskVolume,
-                # families without an uncertainty map (the backend refuses one) translate without it
-                uncertainty=node.uncertainty and not (model and model.family in NO_UNCERTAINTY_FAMILIES),
-                steps=node.diffusionSteps if model and model.family in SAMPLED_FAMILIES else None,
-                # the panel's sample count is the one used (1 too; the CLI's default is the card's)
-                samples=node.samples if model and model.family in SAMPLED_FAMILIES else None)
+            request = request_from_panel(node, model)
+            question = overwrite_question(request.output_node)
+            if question and not slicer.util.confirmOkCancelDisplay(question):
+                return
             translation.start(request)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0

@@ -187,3 +187,39 @@ def test_a_failure_while_loading_removes_the_new_nodes(scene, input_node, monkey
     with pytest.raises(TranslationFailed, match="Could not load the result: display preset missing"):
         logic.run(TranslationRequest(input_node, "fake-ok", target_modality="CT", uncertainty=True), timeout=60)
     assert scene.GetNumberOfNodes() == before and logic.workdir is None
+
+
+def test_the_panel_asks_before_a_result_replaces_a_volume_it_did_not_make(scene, input_node):
+    """A loaded scan or reference chosen as the output gets a question first; a new, empty or earlier-result
+    volume does not."""
+    from MedTranslateModule.nodes import overwrite_question
+
+    reference = _add("CT reference")
+    question = overwrite_question(reference)
+    assert question and "CT reference holds an image MedTranslate did not make" in question
+    assert "Create new volume" in question
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty output")
+    result = _logic(scene).run(TranslationRequest(input_node, "fake-ok", target_modality="CT"), timeout=60)
+    assert [overwrite_question(node) for node in (None, empty, result.output_node)] == [None, None, None]
+
+
+def test_the_translate_button_request_follows_the_panel_and_the_models_family(scene, input_node):
+    """Steps and samples only for sampled families, no uncertainty map asked of a family without one, the output
+    named after the input and the target, the panel's device choice as the worker's."""
+    from types import SimpleNamespace
+
+    from MedTranslateModule.models import ModelInfo
+    from MedTranslateModule.parameters import request_from_panel
+
+    mask = _add("mask")
+    panel = SimpleNamespace(inputVolume=input_node, modelId="m", outputVolume=None, maskVolume=mask, device="CPU",
+                            uncertainty=True, diffusionSteps=20, samples=3)
+    diffusion = request_from_panel(panel, ModelInfo("m", target_modality="CT", family="diffusion"))
+    assert (diffusion.steps, diffusion.samples, diffusion.uncertainty) == (20, 3, True)
+    assert (diffusion.output_name, diffusion.device, diffusion.mask_node) == ("MRHead_synthetic_CT", "cpu", mask)
+    unet = request_from_panel(panel, ModelInfo("m", target_modality="T2", family="unet"))
+    assert (unet.steps, unet.samples, unet.uncertainty, unet.output_name) == (None, None, True, "MRHead_synthetic_T2")
+    forest = request_from_panel(panel, ModelInfo("m", target_modality="CT", family="random_forest"))
+    assert forest.uncertainty is False and forest.target_modality == "CT"
+    unlisted = request_from_panel(panel, None)
+    assert (unlisted.model_id, unlisted.target_modality, unlisted.steps) == ("m", "", None)

@@ -47,6 +47,15 @@ def check_output_node(output_node: Any, input_node: Any, mask_node: Any = None) 
                                 "not a plain scalar volume: choose 'Create new volume' or a scalar volume.")
 
 
+def overwrite_question(output_node: Any) -> str | None:
+    """The question to ask before the result replaces the voxels of ``output_node``: None for a new or empty
+    volume and for one that holds an earlier MedTranslate result; else (a loaded scan, a reference) the question."""
+    if output_node is None or output_node.GetImageData() is None or output_node.GetAttribute(SOURCE_NODE_ATTRIBUTE):
+        return None
+    return (f"The output volume {output_node.GetName()} holds an image MedTranslate did not make. Replace its voxels "
+            "with the synthetic image? (Cancel, then choose 'Create new volume', to keep it.)")
+
+
 def same_world_frame(node: Any, other: Any) -> bool:
     """True when both nodes sit in the same world frame: the same parent transform, or transforms that differ
     by the identity."""

@@ -6,7 +6,7 @@ class so the field names can be checked against the ``.ui``. No ``from __future_
 here: the wrapper reads the annotations as real types.
 """
 
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 try:  # Slicer application
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -61,3 +61,23 @@ def parameter_names() -> list[str]:
     for klass in reversed(MedTranslateParameterNode.__mro__):
         names += [name for name in getattr(klass, "__annotations__", {}) if name not in names]
     return names
+
+
+def request_from_panel(parameters: Any, model: Any) -> Any:
+    """The :class:`TranslationRequest` the Translate button makes from the panel's ``parameters`` and the selected
+    model's ``ModelInfo`` (None when the list lacks it): steps and samples only for sampled families, no
+    uncertainty map for families that give none (the backend would refuse it)."""
+    from MedTranslateLib.families import NO_UNCERTAINTY_FAMILIES, SAMPLED_FAMILIES
+    from MedTranslateModule.logic import TranslationRequest, output_name_for
+
+    family = model.family if model else ""
+    target = model.target_modality if model else ""
+    sampled = family in SAMPLED_FAMILIES
+    return TranslationRequest(
+        input_node=parameters.inputVolume, model_id=parameters.modelId, target_modality=target,
+        output_node=parameters.outputVolume,
+        output_name=output_name_for(parameters.inputVolume.GetName(), target) if parameters.inputVolume else None,
+        device=DEVICE_CHOICES[parameters.device], mask_node=parameters.maskVolume,
+        uncertainty=bool(parameters.uncertainty) and family not in NO_UNCERTAINTY_FAMILIES,
+        steps=parameters.diffusionSteps if sampled else None,
+        samples=parameters.samples if sampled else None)  # the panel's count (1 too; the CLI's default: the card's)
