@@ -20,7 +20,7 @@ from slicer.util import VTKObservationMixin
 
 from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, worker_environment
 from MedTranslateModule.nodes import evaluate_against_reference, is_label_map, output_for_input
-from MedTranslateModule.parameters import LAYOUT_CHOICES, MedTranslateParameterNode
+from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
 
@@ -98,6 +98,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         if self.logic and self.logic.translation.is_running:
             self.logic.translation.cancel()
+        if self.logic:
+            self.logic.translation.release_standby()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -241,6 +243,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.removeModelButton.enabled = bool(model and model.removable) and not running
         self.ui.importModelButton.enabled = not running
         self.updateCpuNotice()
+        if ready and not running:  # the next run's worker loads Python and torch now, not after the click
+            self.logic.translation.prestart(DEVICE_CHOICES[node.device])
 
     # ---- run -------------------------------------------------------------------------------------
     def onTranslateButton(self) -> None:

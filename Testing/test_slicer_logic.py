@@ -365,6 +365,48 @@ def test_end_to_end_with_the_real_backend_and_a_tiny_package(scene, input_node, 
     assert scene.GetNumberOfNodes() > before and logic.workdir is None
 
 
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process_alive(pid)
+
+
+@pytest.mark.slow
+def test_a_prestarted_worker_runs_the_next_translation(scene, input_node, tmp_path):
+    """``prestart`` starts ``medtranslate standby`` (Python and torch loaded before the click); the next run on
+    its device is sent to it and gives the same result as a fresh worker. A standby for another device is let go
+    (it ends by itself) and the run starts its own; so is a released one."""
+    import slicer
+
+    from test_slicer_fakeworker import make_tiny_package
+
+    package = str(make_tiny_package(tmp_path / "package"))
+    logic = TranslationLogic(scene=scene, python_executable=sys.executable)
+    fresh = logic.run(TranslationRequest(input_node, package, target_modality="CT", device="cpu"), timeout=300)
+    expected = slicer.util.arrayFromVolume(fresh.output_node).copy()
+    logic.prestart("cpu")
+    standby = logic.standby_pid
+    logic.prestart("cpu")  # one is there for this device already: kept
+    assert standby is not None and logic.standby_pid == standby and logic.wait_for_standby(120)
+    workers = []
+    logic.on_status = lambda status: workers.append(logic.worker_pid)
+    warm = logic.run(TranslationRequest(input_node, package, target_modality="CT", device="cpu"), timeout=300)
+    assert workers[0] == standby and logic.standby_pid is None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(warm.output_node), expected)
+    assert warm.output_node.GetAttribute("MedTranslate.device") == "cpu"
+
+    logic.prestart("cpu")
+    other_device = logic.standby_pid
+    workers.clear()
+    logic.run(TranslationRequest(input_node, package, target_modality="CT", device="auto"), timeout=300)
+    assert workers[0] != other_device and _gone_within(other_device, 30)
+    logic.prestart("auto")
+    released = logic.standby_pid
+    logic.release_standby()
+    assert logic.standby_pid is None and _gone_within(released, 30)
+
+
 def test_nvidia_driver_detection_follows_path(tmp_path, monkeypatch):
     from MedTranslateModule.logic import nvidia_driver_present
 
@@ -394,8 +436,9 @@ def test_click_to_result_benchmark_times_every_panel_stage(capsys):
     bench_slicer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_slicer)
     assert bench_slicer.main(["--sizes", "48x40x24", "--repeats", "1"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 48 x 40 x 24 (1 runs)"))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert len(cells) == 9 and all(cell.endswith(" s") for cell in cells[1:7])
-    assert float(cells[1].removesuffix(" s")) >= sum(float(c.removesuffix(" s")) for c in cells[2:7]) - 0.2
-    assert all(cell.endswith(" MiB") and float(cell.removesuffix(" MiB")) > 50 for cell in cells[7:])
+    lines = capsys.readouterr().out.splitlines()
+    for label in ("| 48 x 40 x 24 (1 runs)", "| 48 x 40 x 24, prestarted worker (1 runs)"):  # both worker starts
+        cells = [cell.strip() for cell in next(line for line in lines if line.startswith(label)).strip("|").split("|")]
+        assert len(cells) == 9 and all(cell.endswith(" s") for cell in cells[1:7])
+        assert float(cells[1].removesuffix(" s")) >= sum(float(c.removesuffix(" s")) for c in cells[2:7]) - 0.2
+        assert all(cell.endswith(" MiB") and float(cell.removesuffix(" MiB")) > 50 for cell in cells[7:])

@@ -120,6 +120,7 @@ class TranslationLogic:
         self._paths: dict[str, str] = {}
         self._done: dict[str, Any] | None = None
         self._errors: list[str] = []
+        self._standby: WorkerProcess | None = None
 
     @property
     def scene(self) -> Any:
@@ -184,14 +185,66 @@ class TranslationLogic:
             if request.uncertainty:
                 paths["uncertainty"] = os.path.join(self._workdir, "uncertainty" + RESULT_SUFFIX)
             command = self.build_command(request, paths)
-            self._worker = WorkerProcess(command, env=worker_environment(request.device), cwd=self._workdir)
-            self._worker.start()
+            self._worker = self._take_standby(command, request.device)
+            if self._worker is None:
+                self._worker = WorkerProcess(command, env=worker_environment(request.device), cwd=self._workdir)
+                self._worker.start()
         except BaseException:
             self._worker = None
             self._cleanup()
             raise
         self._request, self._paths, self._done, self._errors = request, paths, None, []
         self._set_status(TranslationStatus(state="running", stage="starting", message="Starting the worker"))
+
+    # ---- prestarted worker ----------------------------------------------------------------------
+    def prestart(self, device: str = "auto") -> None:
+        """Start a standby worker for the next run on ``device`` (``medtranslate standby``): it loads Python,
+        torch and the backend now, so the Translate click does not wait for them. It holds those libraries'
+        memory until it is used, replaced (another device) or released, and ends by itself with Slicer."""
+        if device not in DEVICES:
+            raise TranslationFailed(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
+        env = worker_environment(device)
+        if self._standby is not None and self._standby.running and self._standby.env == env:
+            return
+        self.release_standby()
+        standby = WorkerProcess([*self.worker_command, "standby"], env=env, takes_job=True)
+        try:
+            standby.start()
+        except OSError:  # no such interpreter: the run starts its own worker and reports what is wrong
+            return
+        self._standby = standby
+
+    def release_standby(self) -> None:
+        """Let the standby worker go (it exits when its input closes); a later run starts its own."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.release()
+
+    def wait_for_standby(self, timeout: float = 60.0) -> bool:
+        """Block until the standby worker has loaded its libraries (True), for scripts and benchmarks; False when
+        there is none, it ended or ``timeout`` s passed."""
+        deadline = time.monotonic() + timeout
+        while self._standby is not None and self._standby.running and time.monotonic() < deadline:
+            if any(event.kind == "ready" for event in self._standby.poll()):
+                return True
+            time.sleep(0.02)
+        return False
+
+    @property
+    def standby_pid(self) -> int | None:
+        return self._standby.pid if self._standby is not None and self._standby.running else None
+
+    def _take_standby(self, command: list[str], device: str) -> WorkerProcess | None:
+        """The standby worker, sent ``command``, when it runs with ``device``'s environment; else None (and it is
+        released)."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        if standby.env == worker_environment(device) and standby.send_job(command[len(self.worker_command):],
+                                                                            self._workdir):
+            return standby
+        standby.release()
+        return None
 
     def _write_node(self, node: Any, path: str) -> None:
         import slicer

@@ -113,10 +113,12 @@ def _signal_group(pid: int, sig: int) -> None:
 class WorkerProcess:
     """A worker command in its own process group, with line-wise stdout parsing on a thread."""
 
-    def __init__(self, command: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+    def __init__(self, command: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None,
+                 takes_job: bool = False) -> None:
         self.command = [str(part) for part in command]
         self.env = env
         self.cwd = cwd
+        self.takes_job = takes_job  # a standby worker: its command comes later on standard input (:meth:`send_job`)
         self._process: subprocess.Popen | None = None
         self._events: queue.Queue[WorkerEvent] = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -130,7 +132,8 @@ class WorkerProcess:
     def start(self) -> None:
         """Start the process (new session / process group, so cancel can kill all its children)."""
         self._process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if self.takes_job else subprocess.DEVNULL,
             env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
             **popen_options(own_group=True))
         self._threads = [
@@ -139,6 +142,29 @@ class WorkerProcess:
         ]
         for thread in self._threads:
             thread.start()
+
+    def send_job(self, argv: Sequence[str], cwd: str | None = None) -> bool:
+        """Give a standby worker (``medtranslate standby``) the command to run; False when it cannot take it
+        (it has exited, or was given one already)."""
+        stdin = self._process.stdin if self._process is not None else None
+        if not self.takes_job or stdin is None or stdin.closed or self._process.poll() is not None:
+            return False
+        try:
+            stdin.write(json.dumps({"argv": [str(part) for part in argv], "cwd": cwd}) + "\n")
+            stdin.close()
+        except OSError:  # it died meanwhile (a broken pipe)
+            return False
+        self.command, self.cwd = [*self.command[:-1], *map(str, argv)], cwd
+        return True
+
+    def release(self) -> None:
+        """Let a standby worker that got no command go: its standard input closes and it exits by itself."""
+        stdin = self._process.stdin if self._process is not None else None
+        if stdin is not None and not stdin.closed:
+            try:
+                stdin.close()
+            except OSError:
+                pass
 
     def _read_stdout(self) -> None:
         assert self._process is not None and self._process.stdout is not None
