@@ -6,7 +6,9 @@ Each size's head-phantom volume (``medtranslate bench``'s) is loaded into a fres
 Translate button does (:class:`TranslationLogic`, the worker ``python -m MedTranslateLib``): the time from the
 click to the result shown, split by the status changes the panel shows, the part spent in Slicer's own process
 (writing the input, reading the result, filling the node, fused and linked views), and the peak memory of the
-Slicer side and of the worker. Prints a Markdown table (medians) for BENCHMARKS.md.
+Slicer side and of the worker; each size twice, runs alternating: with a worker started at the click, and with
+the standby worker the panel prestarts (``TranslationLogic.prestart``) ready before it. Prints a Markdown table
+(medians) for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ slicer.mrmlScene = scene
 node = load_volume(volumes, {volume!r}, "input")
 marks = []
 logic = TranslationLogic(scene=scene, on_status=lambda s: marks.append((time.perf_counter(), s.state, s.stage)))
+if {prestarted!r}:  # as the panel does once an input and a model are chosen: the worker is ready before the click
+    logic.prestart("cpu")
+    assert logic.wait_for_standby(120), "the standby worker did not get ready"
 start = time.perf_counter()
 logic.run(TranslationRequest(input_node=node, model_id={model!r}, device="cpu"))
 total = time.perf_counter() - start
@@ -46,11 +51,12 @@ print(json.dumps({{"total": total, "firsts": firsts,
 STEPS = ("starting", "preprocess", "inference", "restore", "write", "done")
 
 
-def measure(volume: Path, model: str) -> dict:
-    """One click-to-result run in a fresh interpreter."""
+def measure(volume: Path, model: str, prestarted: bool = False) -> dict:
+    """One click-to-result run in a fresh interpreter (with ``prestarted``: a standby worker ready at the click)."""
     import json
 
-    code = _ONE_RUN.format(module=str(REPO / "MedTranslate"), volume=str(volume), model=model)
+    code = _ONE_RUN.format(module=str(REPO / "MedTranslate"), volume=str(volume), model=model,
+                           prestarted=prestarted)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"the run failed:\n{done.stderr[-3000:]}")
@@ -97,9 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             label = "x".join(map(str, size))
             volume = Path(work) / f"input_{label}.nrrd"
             make_bench_volume(size, volume)
-            runs = [measure(volume, args.model) for _ in range(args.repeats)]
-            rows.append((label.replace("x", " x "), runs))
-            print(f"{label}: " + ", ".join(f"{r['total']:.1f} s" for r in runs), file=sys.stderr)
+            runs: dict[bool, list[dict]] = {False: [], True: []}
+            for _ in range(args.repeats):  # the two worker starts alternate, side by side
+                for prestarted in runs:
+                    runs[prestarted].append(measure(volume, args.model, prestarted))
+            for prestarted, measured in runs.items():
+                name = label.replace("x", " x ") + (", prestarted worker" if prestarted else "")
+                rows.append((name, measured))
+                print(f"{name}: " + ", ".join(f"{r['total']:.1f} s" for r in measured), file=sys.stderr)
     print(table(rows, args.model))
     return 0
 
