@@ -407,6 +407,19 @@ def test_a_prestarted_worker_runs_the_next_translation(scene, input_node, tmp_pa
     assert logic.standby_pid is None and _gone_within(released, 30)
 
 
+def test_a_standby_worker_that_ended_is_replaced_by_a_fresh_one(scene, input_node):
+    """A standby that died before the click (here the fake worker, which knows no ``standby`` command) cannot take
+    the run: a worker is started for it as without a standby, and the run succeeds."""
+    logic = _logic(scene)
+    logic.prestart("auto")
+    dead = logic.standby_pid
+    assert dead is not None and _gone_within(dead, 30) and not logic.wait_for_standby(1)
+    workers = []
+    logic.on_status = lambda status: workers.append(logic.worker_pid)
+    status = logic.run(TranslationRequest(input_node, "fake-ok"), timeout=60)
+    assert status.state == "done" and workers[0] not in (None, dead) and logic.standby_pid is None
+
+
 def test_nvidia_driver_detection_follows_path(tmp_path, monkeypatch):
     from MedTranslateModule.logic import nvidia_driver_present
 
