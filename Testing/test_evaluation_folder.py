@@ -189,6 +189,25 @@ def test_cli_picks_the_target_modality_from_the_reference(synthrad_folder, capsy
     assert "dice_bone" in capsys.readouterr().out
 
 
+def test_cli_mr_without_a_mask_leaves_out_the_references_zero_background(tmp_path, capsys):
+    """As a BraTS folder evaluation and the Slicer panel do: a skull-stripped reference's zero background is not
+    compared (a prediction wrong only there scores 0); a reference without zeros is compared everywhere."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(100, 900, SHAPE)
+    ref[:, :, : SHAPE[2] // 2] = 0.0
+    pred = ref.copy()
+    pred[ref == 0] = 500.0
+    ref_path, pred_path = _write(ref, tmp_path / "t2.nii.gz"), _write(pred, tmp_path / "synthetic_t2.nii.gz")
+    assert run_evaluate(_args("--pred", str(pred_path), "--ref", str(ref_path), "--modality", "mr",
+                              "--out", str(tmp_path / "out"), "--no-figures")) == 0
+    printed = capsys.readouterr().out
+    assert f"MR compared where the reference is non-zero ({int((ref != 0).sum()):,} of {ref.size:,} voxels" in printed
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["cases"][0]["mae"] == pytest.approx(0.0, abs=1e-6)
+    everywhere = _write(ref + 1.0, tmp_path / "no_zeros.nii.gz")
+    assert run_evaluate(_args("--pred", str(everywhere), "--ref", str(everywhere), "--modality", "mr")) == 0
+    assert "no --mask: every voxel counts" in capsys.readouterr().out
+
+
 def test_bad_files_are_named_by_their_role(tmp_path):
     ref = _write(np.random.default_rng(0).normal(0, 100, SHAPE), tmp_path / "ref.nii.gz")
     empty = _write(np.zeros(SHAPE), tmp_path / "empty.nii.gz")

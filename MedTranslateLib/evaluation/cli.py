@@ -97,7 +97,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if modality == "MR" and card is None:
             print("MR: each image on its own 0-1000 scale (--model ID puts the reference on that model's output "
                   "scale, as its card's metrics are)")
-        if args.mask is None:
+        if args.mask is None and modality == "MR" and not (arrays.ref != 0).all():
+            arrays.mask = arrays.ref != 0  # as for BraTS folders and in the Slicer panel: the zero background is out
+            print(f"no --mask: MR compared where the reference is non-zero ({int(arrays.mask.sum()):,} of "
+                  f"{arrays.mask.size:,} voxels: a skull-stripped brain's zero background left out; --mask chooses)")
+        elif args.mask is None:
             print("no --mask: every voxel counts, background included (a folder evaluation uses the data set's "
                   "masks, or for BraTS the brain: give --mask to compare)")
         name = Path(args.pred).name
