@@ -151,17 +151,18 @@ def evaluate_against_reference(synthetic_node: Any, reference_node: Any, mask_no
 
 def _evaluation_region(reference: Any, mask_node: Any, modality: str) -> tuple[Any, str]:
     """The voxels to compare (z, y, x booleans) and their description."""
-    import numpy as np
     import slicer
+
+    from MedTranslateLib.evaluation.evaluate import unmasked_region
 
     if mask_node is not None:
         mask = slicer.util.arrayFromVolume(mask_node) > 0
         return mask, f"inside mask {mask_node.GetName()} ({int(mask.sum()):,} voxels)"
+    mask = unmasked_region(reference, modality)
+    if not mask.all():
+        return mask, (f"where the reference is non-zero ({int(mask.sum()):,} of {mask.size:,} voxels; "
+                      "select a mask to choose the region)")
     if modality.upper() == "MR":
-        mask = reference != 0
-        if not mask.all():
-            return mask, (f"where the reference is non-zero ({int(mask.sum()):,} of {mask.size:,} voxels; "
-                          "select a mask to choose the region)")
         return mask, f"every voxel ({mask.size:,}; select a mask to leave out the background)"
-    return np.ones(reference.shape, bool), (f"every voxel ({reference.size:,}), background air included: select "
-                                            "the body mask to compare with SynthRAD's figures")
+    return mask, (f"every voxel ({mask.size:,}), background air included: select the body mask to compare with "
+                  "SynthRAD's figures")

@@ -97,8 +97,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if modality == "MR" and card is None:
             print("MR: each image on its own 0-1000 scale (--model ID puts the reference on that model's output "
                   "scale, as its card's metrics are)")
-        if args.mask is None and modality == "MR" and not (arrays.ref != 0).all():
-            arrays.mask = arrays.ref != 0  # as for BraTS folders and in the Slicer panel: the zero background is out
+        if args.mask is None:
+            arrays.mask = ev.unmasked_region(arrays.ref, modality)  # as for BraTS folders and in the Slicer panel
+        if args.mask is None and not arrays.mask.all():
             print(f"no --mask: MR compared where the reference is non-zero ({int(arrays.mask.sum()):,} of "
                   f"{arrays.mask.size:,} voxels: a skull-stripped brain's zero background left out; --mask chooses)")
         elif args.mask is None:

@@ -90,6 +90,12 @@ def _array_on_grid(path: str | os.PathLike, reference: Any, what: str) -> np.nda
     return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
+def unmasked_region(ref: np.ndarray, modality: str) -> np.ndarray:
+    """The voxels compared when no mask is given: for MR where the reference is non-zero (a skull-stripped
+    brain's zero background left out, as BraTS is evaluated), for CT every voxel."""
+    return ref != 0 if modality.upper() == "MR" else np.ones(ref.shape, bool)
+
+
 def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
               input_path: str | os.PathLike | None = None, std_path: str | os.PathLike | None = None,
               mask_from_reference: bool = False) -> CaseArrays:
@@ -102,7 +108,7 @@ def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_pa
     if mask_path is not None:
         mask = _array_on_grid(mask_path, ref_image, "mask") > 0
     elif mask_from_reference:
-        mask = ref != 0
+        mask = unmasked_region(ref, "MR")
     else:
         mask = np.ones(ref.shape, bool)
     return CaseArrays(

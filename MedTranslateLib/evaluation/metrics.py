@@ -156,8 +156,13 @@ def _local_moments(x: np.ndarray, y: np.ndarray) -> Moments:
     return ux, uy, vx, vy, vxy
 
 
+def fits_window(shape: tuple[int, ...]) -> bool:
+    """Every axis holds the SSIM window (:data:`WINDOW` voxels)."""
+    return min(shape) >= WINDOW
+
+
 def _check_window(shape: tuple[int, ...], what: str) -> None:
-    if min(shape) < WINDOW:
+    if not fits_window(shape):
         raise InputError(f"The volume {shape} is too small for {what} (every axis needs >= {WINDOW} voxels).",
                          "Evaluate on a larger region.")
 
@@ -380,7 +385,7 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None =
         raise InputError(f"Unknown target modality {modality!r} for evaluation.", "Use CT or MR.")
     p, r, m = _prepare(pred, ref, mask)
     out = _voxel_metrics(p[m].astype(np.float64), r[m].astype(np.float64), modality)
-    windowed = min(r.shape) >= WINDOW
+    windowed = fits_window(r.shape)
     if modality == "MR":
         out["ssim_norm"] = ssim_norm(p, r, m) if windowed else math.nan
         return {key: out[key] for key in MR_KEYS}
