@@ -394,3 +394,28 @@ def test_held_out_cases_are_read_back_with_the_runs_subject_folder(tmp_path):
             "training": {"split": {"method": "by subject", "test": ["P01"]},
                          "config": {"layout": "paired_folder", "subject_folder": "parent"}}}
     assert [case.name for case in held_out_cases(card, tmp_path)] == ["P01/fx1", "P01/fx2"]
+
+
+def test_a_folder_that_cannot_be_read_stops_the_walk_with_its_name(tmp_path, monkeypatch):
+    """An unreadable case folder was skipped without a word, so a data set silently lost its cases."""
+    import os
+
+    from MedTranslateLib.errors import InputError
+    from MedTranslateLib.io.atomic import files_below
+
+    for case in ("1PA001", "1PA002"):
+        for name in ("mr", "ct"):
+            touch(tmp_path / "data" / case / f"{name}.nii.gz")
+    locked = str(tmp_path / "data" / "1PA002")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match="Cannot read the folder .*1PA002: Permission denied"):
+        files_below(tmp_path / "data")
+    with pytest.raises(InputError, match="1PA002"):
+        load_cases(tmp_path / "data", source="MR", target="CT")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from MedTranslateLib.errors import OutputError
+from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.headers import named_data_files
 from MedTranslateLib.signals import signals_deferred
 
@@ -41,10 +41,12 @@ def find_volume(folder: str | os.PathLike, stem: str, suffixes: Iterable[str] = 
 def files_below(root: str | os.PathLike) -> list[Path]:
     """Every file at any depth below ``root``, sorted, following linked folders (a dataset of links to case
     folders) but not a link back to a folder it is inside, which would loop. ``Path.rglob`` skips linked
-    folders before Python 3.13."""
+    folders before Python 3.13. A folder that cannot be read is an :class:`InputError`, not a silent gap in the
+    data."""
     found: list[Path] = []
     above: dict[str, frozenset[str]] = {}  # folder -> the real paths of it and of the folders above it
-    for folder, folders, files in os.walk(os.path.normpath(os.fspath(root)), followlinks=True):  # "ds/": "ds"
+    for folder, folders, files in os.walk(os.path.normpath(os.fspath(root)), onerror=_unreadable_folder,
+                                           followlinks=True):  # "ds/": "ds"
         real = os.path.realpath(folder)
         chain = above.get(os.path.dirname(folder), frozenset())
         if real in chain:
@@ -53,6 +55,12 @@ def files_below(root: str | os.PathLike) -> list[Path]:
         above[folder] = chain | {real}
         found.extend(Path(folder, name) for name in files)
     return sorted(p for p in found if p.is_file())
+
+
+def _unreadable_folder(error: OSError) -> None:
+    """``os.walk``'s error handler: stop with the folder and the reason instead of skipping it."""
+    raise InputError(f"Cannot read the folder {error.filename}: {error.strerror or error}.",
+                     "Give this user permission to read it, or move it out of the data folder.") from error
 
 
 def full_suffix(path: str | os.PathLike) -> str:
