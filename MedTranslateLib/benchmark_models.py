@@ -81,7 +81,8 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
     stochastic = card["family"] in SAMPLED_FAMILIES
     options = InferenceOptions(steps=steps, sampler=sampler, samples=max(1, int(samples)) if stochastic else 1)
     rows, seconds, cpu = [], [], []
-    for case in held_out_cases(card, data_root):
+    cases = held_out_cases(card, data_root)
+    for case in cases:
         image, _ = read_volume(case.source)
         mask_image = read_mask(case.mask, image) if case.mask else None
         torch.manual_seed(0)
@@ -109,6 +110,7 @@ def evaluate_package(path: Path, data_root: Path, uncertainty: bool = True,
     return {"id": card["id"], "family": card["family"], "dimensionality": card.get("dimensionality", "2d"),
             "task": getattr(task_of(card["id"]), "prefix", card["id"]),
             "path": str(path), "voxels": rows[0]["voxels"], "cases": [r["case"] for r in rows], "metrics": mean,
+            "slab_scored": any(case.z_range is not None for case in cases),
             "per_case": rows,
             "card_metrics": (card.get("metrics") or {}).get("values", {}),
             "cpu_seconds": float(np.mean(cpu)), "wall_seconds": float(np.mean(seconds)),
@@ -134,7 +136,7 @@ def cpu_seconds_note(result: dict[str, Any]) -> str:
     """What ``cpu_seconds`` measured: the held-out cases, the voxels translated, the threads. A z-slab case is
     translated whole and scored on its slab only, so the voxels are the whole volume's."""
     cases = ", ".join(result["cases"])
-    whole = "; the whole volume is translated, its held-out slab scored" if "[z" in cases else ""
+    whole = "; the whole volume is translated, its held-out slab scored" if result.get("slab_scored") else ""
     return (f"process CPU time to translate one held-out volume ({cases}; {result['voxels']:,} voxels{whole}) "
             f"with {result['torch_threads']} torch thread(s) on a shared 2-core CPU; wall time under load is higher "
             "(benchmark_models)")

@@ -118,7 +118,8 @@ def test_update_card_performance_rewrites_card_and_readme(tmp_path: Path) -> Non
     readme = (tmp_path / "README.md").read_text()
     assert "cpu_seconds: 12.35" in readme and "stale" not in readme
     assert "(c1; 1,000 voxels) with 1 torch thread(s)" in written["performance"]["cpu_seconds_note"]
-    slab = bm.cpu_seconds_note({"cases": ["1PA001[z64:86]"], "voxels": 3440000, "torch_threads": 1})
+    slab = bm.cpu_seconds_note({"cases": ["1PA001[z64:86]"], "voxels": 3440000, "torch_threads": 1,
+                                "slab_scored": True})
     assert "(1PA001[z64:86]; 3,440,000 voxels; the whole volume is translated, its held-out slab scored)" in slab
 
 
@@ -216,7 +217,7 @@ def test_demo_model_reproduces_card_on_its_held_out_phantom(tmp_path: Path) -> N
     seed = int(test_subject.removeprefix("phantom_"))
     write_phantom_dataset(str(tmp_path), range(seed, seed + 1))
     result = bm.evaluate_package(package, tmp_path)
-    assert result["task"] == card["id"] and result["cases"] == [test_subject]
+    assert result["task"] == card["id"] and result["cases"] == [test_subject] and not result["slab_scored"]
     assert result["metrics"]["mae"] == pytest.approx(card["metrics"]["values"]["mae"], rel=0.05)
     assert result["cpu_seconds"] > 0 and float(card["performance"]["cpu_seconds"]) > 0
 
@@ -233,6 +234,7 @@ def test_parallel_evaluation_in_worker_processes(real_data: Path) -> None:
     (result,) = bm.evaluate_all([BUILTIN_DIR / model_id], real_data, jobs=2)
     card = json.loads((BUILTIN_DIR / model_id / "model.json").read_text())
     assert result["id"] == model_id and result["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert result["slab_scored"] == (card["training"]["split"].get("method") == "z-slab")
     assert result["metrics"]["mae"] == pytest.approx(card["metrics"]["values"]["mae"], rel=0.05)
 
 
