@@ -46,6 +46,14 @@ def ct_image() -> sitk.Image:
     return make_head_phantom(shape_zyx=(16, 32, 28), spacing_mm=(6.0, 6.0, 10.0), seed=3).ct
 
 
+def seg_image() -> sitk.Image:
+    """A label map (BraTS's -seg file) on the MR's grid."""
+    labels = (sitk.GetArrayFromImage(mr_image()) > 0.5).astype(np.uint8) * 2
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(mr_image())
+    return image
+
+
 def model(tmp: Path, **kw) -> Path:
     return make_untrained_package(tmp / "model", "unet", kw.pop("dimensionality", "2d"), **kw)
 
@@ -210,6 +218,8 @@ CASES = [
          extra={"model_kw": {"dimensionality": "3d", "input_overrides": {"min_size": [8, 16, 16]}}}),
     Case("CT given to an MR model", volume_case(ct_image), InputError.exit_code, ("ct",),
          volume=lambda tmp: ct_image()),
+    Case("segmentation given as the scan", volume_case(seg_image), InputError.exit_code, ("segmentation",),
+         volume=lambda tmp: seg_image()),
     Case("unknown model", lambda tmp: ([str(_save(tmp)), "-m", "no-such-model"], [tmp / "input.nii.gz"]),
          ModelError.exit_code, ("no-such-model",), volume=lambda tmp: mr_image(), extra={"model": "no-such-model"}),
     Case("weights SHA256 mismatch", _tampered("sha"), ModelError.exit_code, ("sha256",),

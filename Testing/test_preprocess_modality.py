@@ -82,7 +82,7 @@ def test_mr_with_small_negatives_and_odd_scale_is_still_mr() -> None:
 
 def test_ambiguous_volume_is_not_refused() -> None:
     """Some voxels far below zero, but no air near -1000: neither clearly CT nor clearly MR."""
-    array = np.full((10, 20, 20), 40.0, np.float32)
+    array = np.random.default_rng(0).normal(40.0, 5.0, (10, 20, 20)).astype(np.float32)
     array[:, :2] = -300.0
     check_modality(array, None, "MR")
     check_modality(array, None, "CT")
@@ -106,3 +106,30 @@ def test_real_volumes(real_data, relative: str, expected: str) -> None:
     check_modality(array, None, expected)
     with pytest.raises(InputError):
         check_modality(array, None, "MR" if expected == "CT" else "CT")
+
+
+@pytest.mark.parametrize("expected", ["CT", "T1", "PET"])
+def test_a_label_map_is_refused_whatever_the_model_expects(expected: str) -> None:
+    """BraTS's -seg file beside its contrasts (labels 0, 1, 2, 3) was translated like a scan."""
+    seg = np.zeros((12, 40, 40), np.int16)
+    seg[3:9, 10:30, 10:30] = 2
+    seg[5:7, 15:25, 15:25] = 1
+    seg[6, 18:20, 18:20] = 3
+    with pytest.raises(InputError, match=r"only 4 different values \(0, 1, 2, 3\): it looks like a segmentation"):
+        check_modality(seg, None, expected)
+    with pytest.raises(InputError, match="only 2 different values"):
+        check_modality((seg > 0).astype(np.float32), None, expected)
+
+
+def test_few_valued_volumes_that_are_not_label_maps_pass() -> None:
+    """Negative, fractional or many-valued volumes are not label maps; a 4M-voxel strided sample that misses the
+    rare values is counted whole."""
+    from MedTranslateLib.preprocess.modality import LABEL_MAP_VALUES, label_values
+
+    assert label_values(np.array([0.0, 0.5, 1.0] * 10, np.float32)) is None
+    assert label_values(np.array([-1, 0, 1] * 10, np.int16)) is None
+    assert label_values(np.arange(LABEL_MAP_VALUES + 1, dtype=np.uint8)) is None
+    assert label_values(np.arange(LABEL_MAP_VALUES, dtype=np.uint8)).size == LABEL_MAP_VALUES
+    big = np.zeros(9_000_001, np.float32)
+    big[1::2][:LABEL_MAP_VALUES] = np.arange(1, LABEL_MAP_VALUES + 1)  # odd indices: the stride-2 sample misses them
+    assert label_values(big) is None

@@ -8,6 +8,9 @@ never below about -200 (at most small negatives after bias correction). So:
 - *clearly MR*: fewer than 0.1 % of the voxels below -200.
 
 Anything in between is left alone (no error): a wrong refusal is worse than a missed one.
+
+A volume of a few whole values of 0 or more (at most ``LABEL_MAP_VALUES``) is no scan at all but a segmentation
+or mask (BraTS's ``-seg`` file beside its contrasts), and is refused whatever the model expects.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from MedTranslateLib.errors import InputError
 CT_LIKE = frozenset({"CT", "CBCT"})
 MR_LIKE = {"MR", "T1", "T1C", "T2", "FLAIR", "PD"}
 _SAMPLES = 4_000_000
+#: A volume of at most this many different whole values, none negative, is a label map, not a scan.
+LABEL_MAP_VALUES = 16
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,27 @@ def contradiction(array: np.ndarray, mask: np.ndarray | None, expected: str) -> 
     return None
 
 
+def label_values(array: np.ndarray) -> np.ndarray | None:
+    """The values of a volume that is a label map (at most ``LABEL_MAP_VALUES`` whole values, none negative), else
+    None. A strided sample decides; only a volume it suspects is counted whole."""
+    sample = np.unique(_sample(array))
+    if sample.size > LABEL_MAP_VALUES or sample[0] < 0 or not np.array_equal(sample, np.round(sample)):
+        return None
+    values = np.unique(np.asarray(array))
+    if values.size > LABEL_MAP_VALUES or not np.array_equal(values, np.round(values)):
+        return None
+    return values
+
+
 def check_modality(array: np.ndarray, mask: np.ndarray | None, expected: str) -> None:
-    """Raise :class:`InputError` when the intensities clearly say the input is not ``expected`` (the model's source
-    modality: CT, CBCT, MR, T1, T2, ...)."""
+    """Raise :class:`InputError` when the input is a label map, or when its intensities clearly say it is not
+    ``expected`` (the model's source modality: CT, CBCT, MR, T1, T2, ...)."""
+    labels = label_values(array)
+    if labels is not None:
+        shown = ", ".join(f"{v:g}" for v in labels)
+        raise InputError(f"The input volume holds only {labels.size} different value{'s' * (labels.size != 1)} "
+                         f"({shown}): it looks like a segmentation or mask, not a scan.",
+                         f"Give the {expected} scan itself; a label map cannot be translated.")
     found = contradiction(array, mask, expected)
     if found is None:
         return
