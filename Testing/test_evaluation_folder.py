@@ -93,7 +93,8 @@ def test_brats_and_paired_layouts(tmp_path):
         _write(t2, tmp_path / "brats" / case / f"{case}-t2w.nii.gz")
         _write(t2 * 1.1, tmp_path / "pred" / f"{case}.nii.gz")
     rows, _ = ev.evaluate_folder(tmp_path / "pred", tmp_path / "brats", layout="auto", target="t2w")
-    assert len(rows) == 2 and set(rows[0]) == {"case", "mae", "me", "psnr_norm", "ssim_norm"}
+    assert len(rows) == 2 and set(rows[0]) == {"case", "mae", "me", "psnr_norm", "ssim_norm", *ev.REGION_KEYS}
+    assert rows[0]["region"] == "reference != 0" and rows[0]["voxels"] == 8 * 10 * 12
     assert rows[0]["mae"] < 1.0  # a global gain is no MR error: each image is on its own 0-1000 scale
 
     ct, _, body = _ct_case(3)
@@ -315,3 +316,42 @@ def test_unique_cases_keep_their_names_and_other_patients_outputs_are_not_taken(
         ev.evaluate_folder(other, ref_root / "siteB")
     rows, _ = ev.evaluate_folder(other, ref_root / "siteA")
     assert [r["case"] for r in rows] == ["fx1"] and rows[0]["mae"] == 0.0
+
+
+def test_reports_list_cases_left_out_and_predictions_no_case_took(synthrad_folder, capsys):
+    """A reference case without a prediction (a batch interrupted before it) and a failed case were left out of
+    the means with nothing in metrics.json or report.html; a stray prediction file was ignored silently."""
+    root, pred_dir = synthrad_folder
+    (pred_dir / "1BA003" / "sct.nii.gz").unlink()  # no prediction for 1BA003
+    _write(np.zeros((4, 4, 4)), pred_dir / "1BA002.nii.gz")  # off the reference grid: fails
+    _write(np.zeros(SHAPE), pred_dir / "1ZZ999.nii.gz")  # matches no reference case
+    out = root / "left_out"
+    assert run_evaluate(_args("--pred-dir", str(pred_dir), "--ref-root", str(root), "--out", str(out),
+                              "--no-figures")) == 3
+    err = capsys.readouterr().err
+    assert "warning: case 1BA003: no prediction" in err and "error: case 1BA002:" in err
+    document = json.loads((out / "metrics.json").read_text())
+    assert [c["case"] for c in document["cases"]] == ["1BA001"]
+    left = document["not_evaluated"]
+    assert left["no_prediction"] == ["1BA003"] and list(left["failed"]) == ["1BA002"]
+    assert left["unmatched_predictions"] == ["1ZZ999.nii.gz"]
+    page = (out / "report.html").read_text()
+    assert "without a prediction, not in the statistics: 1BA003" in page and "1BA002" in page and "1ZZ999" in page
+
+
+def test_reports_say_which_voxels_were_compared(synthrad_folder, capsys):
+    """Rows carry the region compared and its voxel count (the CSV and JSON said nothing of the mask, and the HTML
+    claimed a body mask even for a case compared over every voxel); they are not aggregated as metrics."""
+    root, pred_dir = synthrad_folder
+    out = root / "regions"
+    rows, agg = ev.evaluate_folder(pred_dir, root, out_dir=out, figures=False)
+    body = _ct_case(0)[2]
+    assert rows[0]["region"] == "mask.nii.gz > 0" and rows[0]["voxels"] == int(body.sum())
+    assert "voxels" not in agg and "region" not in agg
+    with open(out / "metrics.csv", newline="") as handle:
+        assert int(next(csv.DictReader(handle))["voxels"]) == int(body.sum())
+    case = root / "Task1" / "brain" / "1BA001"
+    assert run_evaluate(_args("--pred", str(pred_dir / "1BA001.nii.gz"), "--ref", str(case / "ct.nii.gz"),
+                              "--out", str(root / "whole"), "--no-figures")) == 0
+    row = json.loads((root / "whole" / "metrics.json").read_text())["cases"][0]
+    assert row["region"] == "every voxel" and row["voxels"] == int(np.prod(SHAPE))

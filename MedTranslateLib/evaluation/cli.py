@@ -82,6 +82,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("Give either --pred and --ref (one case) or --pred-dir and --ref-root (a folder).",
                           "Example: medtranslate evaluate --pred sct.nii.gz --ref ct.nii.gz --mask mask.nii.gz")
     failed: list[str] = []
+    missing: list[str] = []
     card = None
     if args.model:
         from MedTranslateLib.models.registry import ModelRegistry
@@ -107,7 +108,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   "masks, or for BraTS the brain: give --mask to compare)")
         name = Path(args.pred).name
         metrics, case_figs = ev.evaluate_arrays(arrays, modality, card, bool(args.out and not args.no_figures))
-        rows = [{"case": name, **metrics}]
+        region = f"{Path(args.mask).name} > 0" if args.mask else \
+            ("reference != 0" if not arrays.mask.all() else "every voxel")
+        rows = [{"case": name, **metrics, **ev.region_fields(arrays.mask, region)}]
         figures = {name: case_figs} if case_figs else {}
         aggregates = ev.aggregate(rows)
         if args.out:
@@ -119,6 +122,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             failed.append(case)
             print(f"error: case {case}: {error}", file=sys.stderr)
 
+        def no_prediction(case: str) -> None:
+            missing.append(case)
+            print(f"warning: case {case}: no prediction in {args.pred_dir}; not in the statistics", file=sys.stderr)
+
         from MedTranslateLib.progress import progress_display
         from MedTranslateLib.progress import ProgressTracker
 
@@ -126,10 +133,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             rows, aggregates = ev.evaluate_folder(args.pred_dir, args.ref_root, layout=args.layout,
                                                   out_dir=args.out, target=args.target, modality=args.modality,
                                                   figures=not args.no_figures, on_failure=report, card=card,
-                                                  tracker=ProgressTracker(callback=callback))
+                                                  tracker=ProgressTracker(callback=callback), on_missing=no_prediction)
     _print_table(rows, aggregates)
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics.csv'}, metrics.json and report.html")
+    if missing:
+        print(f"warning: {len(missing)} reference case(s) without a prediction were not evaluated: "
+              f"{', '.join(missing)}", file=sys.stderr)
     if failed:
         print(f"error: {len(rows)} of {len(rows) + len(failed)} cases evaluated; failed: {', '.join(failed)}",
               file=sys.stderr)

@@ -36,6 +36,8 @@ from MedTranslateLib.io.naming import batch_outputs
 from MedTranslateLib.progress import ProgressTracker
 
 STATS = ("mean", "std", "median", "q1", "q3")
+#: Per-case columns that say which voxels were compared: not metrics, so not aggregated.
+REGION_KEYS = ("region", "voxels")
 
 
 @dataclass
@@ -94,6 +96,18 @@ def unmasked_region(ref: np.ndarray, modality: str) -> np.ndarray:
     """The voxels compared when no mask is given: for MR where the reference is non-zero (a skull-stripped
     brain's zero background left out, as BraTS is evaluated), for CT every voxel."""
     return ref != 0 if modality.upper() == "MR" else np.ones(ref.shape, bool)
+
+
+def region_fields(mask: np.ndarray, region: str) -> dict[str, Any]:
+    """The ``REGION_KEYS`` of a case's row: which voxels were compared (``region``) and how many."""
+    return {"region": region, "voxels": int(np.count_nonzero(mask))}
+
+
+def case_region(case: CasePaths) -> str:
+    """What a folder case's metrics compare: the mask's voxels > 0, the reference's non-zero voxels, or all."""
+    if case.mask is not None:
+        return f"{case.mask.name} > 0"
+    return "reference != 0" if case.mask_from_reference else "every voxel"
 
 
 def load_case(pred_path: str | os.PathLike, ref_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
@@ -300,9 +314,11 @@ def _paired_cases(ref_root: Path, modality: str) -> list[CasePaths]:
 
 def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
                target: str = "t2w", modality: str = "CT",
-               on_failure: Callable[[str, InputError], None] | None = None) -> list[CasePaths]:
-    """Match predictions to references; cases without a prediction are skipped, none at all -> error. A case
-    with several matching predictions raises, or with ``on_failure(case, error)`` is reported there."""
+               on_failure: Callable[[str, InputError], None] | None = None,
+               on_missing: Callable[[str], None] | None = None) -> list[CasePaths]:
+    """Match predictions to references; cases without a prediction are skipped (each passed to ``on_missing``),
+    none at all -> error. A case with several matching predictions raises, or with ``on_failure(case, error)``
+    is reported there."""
     pred_dir, ref_root = Path(pred_dir), Path(ref_root)
     for folder, what in ((pred_dir, "prediction folder"), (ref_root, "reference folder")):
         if not folder.is_dir():
@@ -313,7 +329,7 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
         raise ConfigError(f"Unknown layout {layout!r}.", "Use auto, synthrad, brats or paired.")
     order = list(finders) if layout == "auto" else [layout]
     for name in order:
-        matched = []
+        matched, missing = [], []
         cases = finders[name]()
         batch_names = _batch_names(cases, pred_dir)
         for case in cases:
@@ -328,7 +344,11 @@ def find_cases(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout:
             if pred is not None:
                 case.pred, case.std = pred, std
                 matched.append(case)
+            else:
+                missing.append(case.case)
         if matched:
+            for case_name in missing if on_missing is not None else ():
+                on_missing(case_name)
             return matched
     raise InputError(f"No prediction in {pred_dir} matches a reference case in {ref_root} (layout {layout}).",
                      "Name predictions <case>.nii.gz (or <case>/sct.nii.gz) after the reference case folders, "
@@ -341,7 +361,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     Infinite values (PSNR of a prediction identical to its reference) cannot enter a mean; they are counted
     as ``n_infinite`` (present only when > 0) so that a report can say so (:func:`infinite_notes`)."""
     out: dict[str, dict[str, float]] = {}
-    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)] if rows else []
+    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)
+            and k not in REGION_KEYS] if rows else []
     for key in keys:
         values = np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
         n_infinite = int(np.isinf(values).sum())
@@ -364,31 +385,53 @@ def infinite_notes(aggregates: Mapping[str, Mapping[str, float]]) -> list[str]:
             for key, values in aggregates.items() if values.get("n_infinite")]
 
 
+def _unmatched_predictions(pred_dir: Path, cases: Sequence[CasePaths]) -> list[str]:
+    """Volume files below ``pred_dir`` that no case took as its prediction or uncertainty map."""
+    used = {os.path.normpath(p) for case in cases for p in (case.pred, case.std) if p is not None}
+    return [os.fspath(p.relative_to(pred_dir)) for p in files_below(pred_dir)
+            if volume_stem(p) != p.name and os.path.normpath(p) not in used]
+
+
 def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, layout: str = "auto",
                     out_dir: str | os.PathLike | None = None, target: str = "t2w", modality: str = "CT",
                     figures: bool = True, on_failure: Callable[[str, InputError], None] | None = None,
                     card: Mapping[str, Any] | None = None, tracker: ProgressTracker | None = None,
+                    on_missing: Callable[[str], None] | None = None,
                     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Evaluate every matched case; with ``out_dir`` write metrics.csv, metrics.json and report.html.
 
     A case that cannot be evaluated (InputError: a file off the reference grid, unreadable, empty) raises, or,
-    with ``on_failure(case, error)``, is reported there and left out while the others go on. ``tracker``
-    reports the cases done (and cancels between cases)."""
+    with ``on_failure(case, error)``, is reported there and left out while the others go on. A reference case
+    without a prediction goes to ``on_missing(case)``. The reports list the cases left out (``not_evaluated``:
+    failed, without a prediction) and the prediction files no case took. ``tracker`` reports the cases done
+    (and cancels between cases)."""
     rows, all_figures = [], {}
-    cases = find_cases(pred_dir, ref_root, layout, target, modality, on_failure)
+    failed: dict[str, str] = {}
+    missing: list[str] = []
+
+    def fail(case_name: str, error: InputError) -> None:
+        failed[case_name] = str(error)
+        if on_failure is None:
+            raise error
+        on_failure(case_name, error)
+
+    def lack(case_name: str) -> None:
+        missing.append(case_name)
+        if on_missing is not None:
+            on_missing(case_name)
+
+    cases = find_cases(pred_dir, ref_root, layout, target, modality, fail, lack)
     for index, case in enumerate(cases):
         if tracker is not None:
             tracker.update(index / len(cases), f"case {index + 1}/{len(cases)}: {case.case}")
         try:
             arrays = load_case(case.pred, case.ref, case.mask, case.input, case.std, case.mask_from_reference)
         except InputError as error:
-            if on_failure is None:
-                raise
-            on_failure(case.case, error)
+            fail(case.case, error)
             continue
         case.modality = resolve_modality(case.modality, arrays.ref)
         metrics, case_figs = evaluate_arrays(arrays, case.modality, card, figures and out_dir is not None)
-        rows.append({"case": case.case, **metrics})
+        rows.append({"case": case.case, **metrics, **region_fields(arrays.mask, case_region(case))})
         if case_figs:
             all_figures[case.case] = case_figs
     if not rows:
@@ -397,7 +440,9 @@ def evaluate_folder(pred_dir: str | os.PathLike, ref_root: str | os.PathLike, la
         tracker.update(1.0, f"{len(cases)} case(s) evaluated")
     aggregates = aggregate(rows)
     if out_dir is not None:
-        write_outputs(rows, aggregates, out_dir, all_figures)
+        left_out = {"failed": failed, "no_prediction": missing,
+                    "unmatched_predictions": _unmatched_predictions(Path(pred_dir), cases)}
+        write_outputs(rows, aggregates, out_dir, all_figures, left_out=left_out)
     return rows, aggregates
 
 
@@ -417,10 +462,12 @@ def _json_safe(value: Any) -> Any:
 
 def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str, float]],
                   out_dir: str | os.PathLike, figures: dict[str, dict[str, bytes]] | None = None,
-                  title: str = "MedTranslate evaluation") -> dict[str, Path]:
-    """Write ``metrics.csv`` (one row per case), ``metrics.json`` and ``report.html`` into ``out_dir``."""
+                  title: str = "MedTranslate evaluation", left_out: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``metrics.csv`` (one row per case), ``metrics.json`` and ``report.html`` into ``out_dir``;
+    ``left_out`` (a folder's cases not evaluated: ``failed``, ``no_prediction``, ``unmatched_predictions``) goes
+    into the JSON as ``not_evaluated`` and into the HTML report's notes."""
     from MedTranslateLib.evaluation.metrics import DEFINITIONS
-    from MedTranslateLib.evaluation.report import render_report
+    from MedTranslateLib.evaluation.report import left_out_notes, render_report
 
     out = Path(out_dir)
     columns: list[str] = []
@@ -434,8 +481,11 @@ def write_outputs(rows: Sequence[dict[str, Any]], aggregates: dict[str, dict[str
     paths = {"csv": out / "metrics.csv", "json": out / "metrics.json", "html": out / "report.html"}
     document = {"cases": list(rows), "aggregates": aggregates,
                 "definitions": {k: v for k, v in DEFINITIONS.items()}}
+    if left_out is not None:
+        document["not_evaluated"] = dict(left_out)
     texts = {"csv": buffer.getvalue(), "json": json.dumps(_json_safe(document), indent=2),
-             "html": render_report(rows, aggregates, figures, title=title, notes=infinite_notes(aggregates))}
+             "html": render_report(rows, aggregates, figures, title=title,
+                                   notes=infinite_notes(aggregates) + left_out_notes(left_out or {}))}
     try:
         with output_group():  # the three files are of one evaluation: all replaced together or none
             for key, path in paths.items():

@@ -6,7 +6,7 @@ import base64
 import html
 import io
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -153,6 +153,18 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def left_out_notes(left_out: Mapping[str, Any]) -> list[str]:
+    """Sentences for the cases a folder evaluation left out of its statistics and the predictions no case took."""
+    notes = [f"Not evaluated (failed), not in the statistics: {case}: {why}"
+             for case, why in dict(left_out.get("failed") or {}).items()]
+    if left_out.get("no_prediction"):
+        notes.append(f"{len(left_out['no_prediction'])} reference case(s) without a prediction, not in the "
+                     f"statistics: {', '.join(left_out['no_prediction'])}.")
+    if left_out.get("unmatched_predictions"):
+        notes.append(f"Prediction file(s) matching no reference case: {', '.join(left_out['unmatched_predictions'])}.")
+    return notes
+
+
 def render_report(rows: Sequence[dict], aggregates: dict[str, dict[str, float]],
                   case_figures: dict[str, dict[str, bytes]] | None = None, title: str = "MedTranslate evaluation",
                   notes: Sequence[str] = ()) -> str:
@@ -185,7 +197,7 @@ def render_report(rows: Sequence[dict], aggregates: dict[str, dict[str, float]],
             parts.append(f"<figure>{_img_tag(png, f'{case} {name}')}<figcaption>{html.escape(name)}</figcaption></figure>")
     parts.append("<h2 id='definitions'>Metric definitions</h2><p>CT metrics follow the official SynthRAD 2023 "
                  "(MAE, PSNR, SSIM) and SynthRAD 2025 (PSNR, MS-SSIM) evaluation definitions; all are computed "
-                 "inside the body mask.</p><dl>")
+                 "inside each case's mask (its region and voxels columns: the voxels compared).</p><dl>")
     for key, text in DEFINITIONS.items():
         parts.append(f"<dt>{html.escape(key)}</dt><dd>{html.escape(text)}</dd>")
     parts.append("</dl></body></html>")
