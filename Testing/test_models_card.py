@@ -38,6 +38,16 @@ def test_summary_and_describe_mention_the_essentials():
         assert expected in text, expected
 
 
+def test_describe_shows_what_the_training_run_warned_about():
+    """A card's ``training.warnings`` (cases skipped for a missing file, targets resampled, ...) were kept in
+    model.json but left out of ``models show`` and the package README."""
+    skipped = "1 of 4 cases in BraTS2023 skipped: AURORA-example (no t2w)."
+    card = validate_card(make_test_card(training={"data": "BraTS2023 (brats2023 layout)", "split": {"train": ["a"]},
+                                                  "warnings": [skipped]}))
+    assert f"- Warning: {skipped}" in card.describe()
+    assert "Warning" not in validate_card(make_test_card()).describe()
+
+
 def test_schema_error_names_the_field_path_and_expected_values():
     bad = make_test_card()
     bad["normalization"]["input"]["method"] = "minmax"

@@ -295,6 +295,7 @@ class ModelCard:
         for key in ("epochs", "steps", "seconds", "device", "date", "software"):
             if key in training:
                 lines.append(f"- {key.capitalize()}: {_fmt(training[key])}")
+        lines += [f"- Warning: {warning}" for warning in training.get("warnings") or ()]  # what the run said
         lines += ["", "## Held-out metrics", f"- Measured on: {metrics['data']}"]
         if metrics.get("definitions"):
             lines.append(f"- Definitions: {metrics['definitions']}")
