@@ -419,3 +419,16 @@ def test_a_folder_that_cannot_be_read_stops_the_walk_with_its_name(tmp_path, mon
         files_below(tmp_path / "data")
     with pytest.raises(InputError, match="1PA002"):
         load_cases(tmp_path / "data", source="MR", target="CT")
+
+
+@pytest.mark.parametrize("layout", ["synthrad2023", "brats2023", "paired_folder", "unpaired", "csv"])
+def test_a_data_path_that_does_not_exist_is_named_as_such_for_every_layout(tmp_path, layout):
+    """With a layout given (as in every shipped config), a mistyped data folder was "Cannot read the folder ...: No
+    such file or directory. Give this user permission to read it", a fix about permissions."""
+    from MedTranslateLib.training.datasets import resolve_layout
+
+    missing = tmp_path / ("cases.csv" if layout == "csv" else "BraTS2032")
+    with pytest.raises(ConfigError) as caught:
+        resolve_layout(missing, layout, "T2", "FLAIR", "mr", "ct")
+    assert caught.value.problem == f"The training data {missing} does not exist."
+    assert "permission" not in caught.value.fix

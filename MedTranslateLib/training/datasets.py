@@ -331,6 +331,8 @@ def detect_layout(root: Path, source_name: str | None = None, target_name: str |
 def resolve_layout(root: Path | str, layout: str = "auto", source: str = "MR", target: str = "CT",
                    source_name: str | None = None, target_name: str | None = None) -> str:
     """``layout``, or for "auto" the layout :func:`detect_layout` finds in ``root``."""
+    if not Path(root).exists():  # whatever the layout: a mistyped path is no permission problem
+        raise ConfigError(f"The training data {root} does not exist.", "Give an existing folder or CSV file.")
     if layout not in ("auto", "", None):
         return layout
     # generic layouts name files or folders after the modality unless told otherwise
