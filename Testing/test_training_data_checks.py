@@ -122,3 +122,21 @@ def test_contrast_augment_for_a_family_that_never_sees_the_source_is_called_usel
     with pytest.raises(RuntimeError, match="stopped before the data"):
         loop.train(_config(tmp_path, family=family, architecture={}, contrast_augment=True), on_warning=heard.append)
     assert any("contrast_augment" in message for message in heard) == warned
+
+
+@pytest.mark.parametrize("dimensionality, setting", [("2d", {"slice_size": [256, 256]}),
+                                                     ("3d", {"patch_size": [64, 256, 256]})])
+def test_a_crop_larger_than_every_training_volume_is_reported(tmp_path, dimensionality, setting):
+    """slice_size [512, 512] on 200 x 200 slices trained without a word on samples mostly of padding (and a 3D
+    patch larger than the volume was killed for memory on a 23 GB machine, with no message at all)."""
+    from MedTranslateLib.training.loop import train
+
+    heard: list[str] = []
+    config = _config(tmp_path, steps=1, checkpoint_interval=1, val_fraction=0.0, test_fraction=0.0, batch_size=1,
+                     dimensionality=dimensionality, **setting)
+    train(config, on_warning=heard.append)
+    key = next(iter(setting))
+    assert [m for m in heard if m.startswith(f"{key} {setting[key]} is larger than every training volume")], heard
+    heard.clear()
+    train(replace(config, output=str(tmp_path / "fits"), **{key: [8] * len(setting[key])}), on_warning=heard.append)
+    assert not [m for m in heard if "larger than every training volume" in m]

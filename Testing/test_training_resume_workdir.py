@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from test_training_loop import _config, write_pairs
@@ -196,3 +197,60 @@ def test_a_diverged_run_removes_the_work_folder_it_made(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="diverged at step 2"):
         loop.train(config)
     assert (config.work_path / "train_log.csv").is_file()
+
+
+def test_a_resumed_run_logs_the_same_loss_rows_as_an_uninterrupted_one(tmp_path):
+    """Interrupted between two log rows, the resumed run's next row averaged only the steps after the resume (the
+    losses of the steps before the interruption were not in the checkpoint)."""
+    import csv
+
+    from MedTranslateLib.progress import ProgressTracker
+
+    def losses(config) -> dict[int, float]:
+        with (config.work_path / "train_log.csv").open() as handle:
+            return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+
+    def ctrl_c_after_step_six(event) -> None:  # as a real Ctrl-C lands: between two whole steps
+        if event.message.startswith("step 6/"):
+            raise KeyboardInterrupt
+
+    settings = dict(steps=8, log_interval=4, checkpoint_interval=100, val_fraction=0.0, test_fraction=0.0)
+    whole = _config(tmp_path, **settings, output=str(tmp_path / "whole"))
+    loop.train(whole)
+    parts = _config(tmp_path, **settings, output=str(tmp_path / "parts"))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(parts, ProgressTracker(loop.STAGES, ctrl_c_after_step_six, min_interval=0.0))
+    assert _state(parts)["step"] == 6
+    parts.resume = True
+    loop.train(parts)
+    assert list(losses(parts)) == [4, 8]
+    assert losses(parts) == pytest.approx(losses(whole), rel=1e-5)
+
+
+def test_the_cards_training_time_leaves_out_the_held_out_evaluation(tmp_path, monkeypatch):
+    """The card's training seconds counted the held-out test evaluation after training (for a diffusion model most
+    of the run): a card of 10 training steps said 80 s of training, 68 s of which sampled the test volume."""
+    real = loop.evaluate_prepared
+
+    def slow_held_out_evaluation(*args, **kwargs):
+        time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_prepared", slow_held_out_evaluation)
+    result = loop.train(_config(tmp_path, steps=2, checkpoint_interval=2, val_fraction=0.0, test_fraction=0.34))
+    card = json.loads((result.package / "model.json").read_text())
+    assert result.metrics_on == "test" and result.seconds >= 2.0
+    assert card["training"]["seconds"] <= result.seconds - 1.9
+    assert card["performance"]["training_seconds"] == card["training"]["seconds"]
+
+
+@pytest.mark.parametrize("mistake", ["missing data folder", "modality not in the data"])
+def test_a_run_refused_before_training_leaves_no_new_output_folders(tmp_path, mistake):
+    """``--output runs/t2-flair/model`` with a mistyped data folder (or a modality the data lacks) was refused, but
+    left the empty folders ``runs/t2-flair`` that the output check had made."""
+    data = str(tmp_path / "no-such-data") if mistake == "missing data folder" else str(write_pairs(tmp_path / "d"))
+    config = _config(tmp_path, **QUICK, data=data, target_modality="PD" if "modality" in mistake else "CT",
+                     output=str(tmp_path / "runs" / "t2-flair" / "model"))
+    with pytest.raises(ConfigError):
+        loop.train(config)
+    assert not (tmp_path / "runs").exists()

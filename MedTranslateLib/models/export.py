@@ -112,12 +112,12 @@ def check_export_destination(destination: str | Path, as_zip: bool = False) -> P
 
     final = _zip_destination(Path(destination)) if as_zip else Path(destination)
     _check_replaceable(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create the folder {final.parent} for the package: {exc.strerror or exc}.",
-                          "Choose an output path in a folder you can write to.") from None
-    check_folder_writable(final.parent, f"the package {final}")
+    # the nearest existing folder above: the export creates the missing ones (a run refused later leaves none)
+    existing = next(path for path in final.absolute().parents if path.exists() or path.is_symlink())
+    if not existing.is_dir():
+        raise OutputError(f"Cannot create the folder {final.parent} for the package: {existing} is not a folder.",
+                          "Choose an output path in a folder you can write to.")
+    check_folder_writable(existing, f"the package {final}")
     return final
 
 

@@ -21,8 +21,9 @@ from MedTranslateLib.training import card_builder, checkpoint, distributed
 from MedTranslateLib.training.config import TrainConfig
 from MedTranslateLib.training.datasets import resolve_layout
 from MedTranslateLib.training.run_data import evaluate_prepared, load_data
-from MedTranslateLib.training.sampling import Sampler, default_slice_size
-from MedTranslateLib.training.workspace import Logger, check_destinations, remove_unfinished_work
+from MedTranslateLib.training.sampling import Sampler, default_slice_size, oversized_crop
+from MedTranslateLib.training.workspace import (Logger, check_destinations, first_missing_folder, remove_empty_folders,
+                                                remove_unfinished_work)
 
 STAGES = (("load", 0.1), ("train", 0.8), ("evaluate", 0.05), ("export", 0.05))
 
@@ -169,6 +170,9 @@ class _Run:
         config = self.config
         size = (config.patch_size if config.spatial_dims == 3 else
                 (config.slice_size or default_slice_size(self.data.train, config.slice_axis)))
+        oversized = oversized_crop(self.data.train, size, config.spatial_dims, config.slice_axis)
+        if oversized:
+            self.warn(oversized)
         # a family that learns from pairs never gets here with unpaired cases (run_data refuses them up front)
         paired = all(c.source is not None and c.target is not None for c in self.data.train)
         # each rank its share of the subjects (unpaired data: every rank keeps sources AND targets)
@@ -200,6 +204,7 @@ class _Run:
         total = self.total_steps = self._total_steps(sampler)
         optimizers = family.configure_optimizers(self.nets, config.lr)
         ckpt_dir = self.work / "checkpoint"
+        running: dict[str, list[float]] = {}  # the losses of the steps since the last log row
         if config.resume:  # the same settings (but for the run's length, logs...) and the same split only
             unchecked = checkpoint.check_resume(ckpt_dir, self.data.split)
             if unchecked:
@@ -207,6 +212,7 @@ class _Run:
             saved = checkpoint.load_checkpoint(ckpt_dir, self.nets, optimizers, sampler.generators)
             self.step, self.best = int(saved["step"]), dict(saved["best"])
             self.history = list(saved.get("history", []))
+            running = {key: list(values) for key, values in saved.get("running", {}).items()}
             self.earlier_seconds = float(saved.get("seconds", 0.0))
             if self.step >= total:
                 self.warn(f"The checkpoint is at step {self.step}, and this run has {total} steps: nothing is left "
@@ -222,8 +228,8 @@ class _Run:
         recorded = {"config": checkpoint.recorded_config(config), "split": self.data.split}  # checked on resume
         save = lambda: checkpoint.save_checkpoint(  # noqa: E731
             ckpt_dir, self.nets, optimizers, {"step": self.step, "best": self.best, "history": self.history,
-                                              "seconds": self.seconds, **recorded}, sampler.generators)
-        running: dict[str, list[float]] = {}
+                                              "running": running, "seconds": self.seconds, **recorded},
+            sampler.generators)
         first = self.first_step = self.step
         if config.resume and self.ctx.is_main and self.data.val and self._validation_missed(total):
             self.validate()  # the run stopped between a step and the validation due after it
@@ -307,6 +313,7 @@ class _Run:
         from MedTranslateLib.families.base import unpack_state
         from MedTranslateLib.models.export import as_shipped, export_package
 
+        trained_seconds = self.seconds  # the card's training time: the held-out evaluation below is not training
         self.tracker.stage("evaluate", "measuring held-out metrics")
         # the weights as the package will hold them (float16 with export_half): the card's figures are theirs
         unpack_state(self.nets, as_shipped(self.best_state, self.config.export_half), self.inference_names)
@@ -319,7 +326,7 @@ class _Run:
         self.tracker.stage("export", "writing the model package")
         final = card_builder.final_card(
             self.card, self.config, split=self.data.split, metrics=held_out, metrics_on=metrics_on,
-            metrics_subjects=sorted({c.name for c in held_cases}) if per_case else [], seconds=self.seconds,
+            metrics_subjects=sorted({c.name for c in held_cases}) if per_case else [], seconds=trained_seconds,
             device=str(self.device), steps=self.step, references=[c.reference for c in self.data.train],
             warnings=self.warnings)
         package = export_package(self.best_state, final, Path(self.config.output), half=self.config.export_half,
@@ -347,10 +354,11 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None,
     if config.resume and not (config.work_path / "checkpoint" / "state.json").is_file():
         raise ConfigError(f"No checkpoint to resume from in {config.work_path / 'checkpoint'}.",
                           "Start without --resume, or give the --output (or work_dir) of the run to continue.")
-    check_destinations(config)
     # the card records the layout that was read, so its config reproduces the run even where "auto" would not
     config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
                                                    config.target_modality, config.source_name, config.target_name))
+    check_destinations(config)
+    made = first_missing_folder(config.work_path)  # with the folders above it that this run creates
     if config.resume:  # changed settings are refused before the data is read (the split is compared after)
         checkpoint.check_resume_settings(config.work_path / "checkpoint", config)
     tracker = progress or ProgressTracker(STAGES)
@@ -376,6 +384,8 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None,
     except BaseException:
         if new_work:
             remove_unfinished_work(config.work_path, run.logger if run is not None else None)
+            if made is not None:
+                remove_empty_folders(config.work_path.parent, made)
         raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)

@@ -116,3 +116,19 @@ def remove_unfinished_work(work: Path, logger: Logger | None) -> None:
         logger.close()  # its TensorBoard file is open
     if not any((work / name).exists() for name in _RUN_OUTPUTS):
         shutil.rmtree(work, ignore_errors=True)
+
+
+def first_missing_folder(path: Path) -> Path | None:
+    """The topmost folder of ``path`` (or ``path`` itself) that does not exist yet: what a run would create."""
+    missing = [folder for folder in (path.absolute(), *path.absolute().parents)
+               if not (folder.exists() or folder.is_symlink())]
+    return missing[-1] if missing else None
+
+
+def remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and the folders above it, up to and including ``top``, while they are empty (the folders
+    a failed run created for its work folder and package)."""
+    folder = folder.absolute()
+    while folder.is_dir() and folder.is_relative_to(top) and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
