@@ -354,10 +354,10 @@ def train(config: TrainConfig, progress: ProgressTracker | None = None,
     if config.resume and not (config.work_path / "checkpoint" / "state.json").is_file():
         raise ConfigError(f"No checkpoint to resume from in {config.work_path / 'checkpoint'}.",
                           "Start without --resume, or give the --output (or work_dir) of the run to continue.")
+    check_destinations(config)  # creates nothing: a run refused later leaves no folders behind
     # the card records the layout that was read, so its config reproduces the run even where "auto" would not
     config = replace(config, layout=resolve_layout(config.data, config.layout, config.source_modality,
                                                    config.target_modality, config.source_name, config.target_name))
-    check_destinations(config)
     made = first_missing_folder(config.work_path)  # with the folders above it that this run creates
     if config.resume:  # changed settings are refused before the data is read (the split is compared after)
         checkpoint.check_resume_settings(config.work_path / "checkpoint", config)
