@@ -324,17 +324,20 @@ def default_slice_size(cases: Sequence[PreparedCase], slice_axis: str, cap: int 
 
 def oversized_crop(cases: Sequence[PreparedCase], size: Sequence[int], spatial_dims: int,
                    slice_axis: str) -> str | None:
-    """A warning when the training crop (``slice_size`` (y, x) or ``patch_size`` (z, y, x)) is larger, along some
-    axis, than every training volume after cropping to the body: its samples are then mostly padding."""
+    """A warning when the training crop (``slice_size`` (y, x) or ``patch_size`` (z, y, x)) is mostly padding:
+    even on the largest training volume (after cropping to the body) less than half of its voxels are image."""
     axis = AXIS[slice_axis]
     shapes = [tuple(b - a for a, b in c.real_region) for c in cases]
     if spatial_dims == 2:
         shapes = [tuple(n for i, n in enumerate(shape) if i != axis) for shape in shapes]
-    largest = [max(shape[dim] for shape in shapes) for dim in range(len(size))] if shapes else []
-    if not largest or all(int(s) <= n for s, n in zip(size, largest)):
+    if not shapes:
         return None
+    covered = max(float(np.prod([min(int(s), n) / int(s) for s, n in zip(size, shape)])) for shape in shapes)
+    if covered >= 0.5:
+        return None
+    largest = [max(shape[dim] for shape in shapes) for dim in range(len(size))]
     key = "patch_size" if spatial_dims == 3 else "slice_size"
     return (f"{key} {[int(s) for s in size]} is larger than every training volume (at most "
             f"{' x '.join(str(n) for n in largest)} voxels after cropping to the body): its samples are mostly "
-            f"padding, which costs time and memory and teaches little. Set {key} to at most "
-            f"{[min(int(s), n) for s, n in zip(size, largest)]}.")
+            f"padding ({1 - covered:.0%} or more), which costs time and memory and teaches little. Set {key} to at "
+            f"most {[min(int(s), n) for s, n in zip(size, largest)]}.")
