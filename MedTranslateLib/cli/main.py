@@ -33,8 +33,9 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="diffusion and bridge models: sampling steps (default: the card's, else 5 for diffusion, 10 for bridge)")
     p.add_argument("--sampler", help="diffusion models: ddim, dpm++2m or ddpm (default: the model card's, else ddim); bridge models have their own")
     p.add_argument("--samples", type=int, default=None,
-                   help="diffusion and bridge models: samples averaged (>1 gives a std map; default: the model card's, else 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
+                   help="diffusion and bridge models: samples averaged (default: the model card's, else 1); with "
+                        "--uncertainty their spread is the map, and at least 4 are drawn")
+    p.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers (default: 0)")
     p.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to read (default: largest series)")
     p.add_argument("--scene", metavar="OUT.mrb", help="also write a Slicer scene with the fused, linked display")
     p.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich",
@@ -47,7 +48,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, show, import or remove model packages, or print your model folder")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="{list,show,import,remove,folder}")
     lp = msub.add_parser("list", help="list the models the registry finds")
-    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    lp.add_argument("--json", action="store_true",
+                    help='machine-readable output: {"models": [...], "problems": [...]}')
     sp = msub.add_parser("show", help="show a model card")
     sp.add_argument("model", help="model id, id@version, package folder or .zip")
     sp.add_argument("--json", action="store_true", help="the card as JSON")
@@ -61,10 +63,14 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="translate the built-in phantom with the built-in model")
-    p.add_argument("--output", default="demo_output", help="folder for the demo's files")
+    p = sub.add_parser("demo", help="translate the built-in phantom with the built-in model",
+                       description="Render a head phantom the demo model never saw, translate its T1 MR into a "
+                                   "synthetic CT and print MAE / PSNR / SSIM against the phantom's true CT. Writes "
+                                   "synthetic_ct.nii.gz, demo.png (input | synthetic | reference | difference), "
+                                   "metrics.json and the phantom's volumes into --output.")
+    p.add_argument("--output", default="demo_output", help="folder for the demo's files (default: demo_output)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="auto: the CUDA GPU when there is one, else the CPU")
+                   help="auto: the CUDA GPU when there is one, else the CPU (default: auto)")
     p.add_argument("--model", default=None, help="model to use (default: the bundled MR -> CT demo model)")
     p.set_defaults(handler=_lazy("MedTranslateLib.cli.demo", "run_demo"))
 

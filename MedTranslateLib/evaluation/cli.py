@@ -21,14 +21,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     one = parser.add_argument_group("one case")
     one.add_argument("--pred", help="synthetic volume")
     one.add_argument("--ref", help="reference volume on the same grid")
-    one.add_argument("--mask", help="body mask on the same grid (default: every voxel)")
+    one.add_argument("--mask", help="body mask on the same grid (default: for MR where the reference is non-zero, "
+                                      "for CT every voxel)")
     one.add_argument("--input", dest="input_volume", help="the source volume (shown in the report only)")
     one.add_argument("--uncertainty", help="per-voxel std map: adds the uncertainty-vs-error analysis")
     many = parser.add_argument_group("a folder of cases")
     many.add_argument("--pred-dir", help="predictions: <case>.nii.gz, <case>/sct.nii.gz or a batch translate's "
                                               "<case>_..._synthetic.nii.gz (optional <case>_std.*)")
     many.add_argument("--ref-root", help="references in a SynthRAD, BraTS or paired layout")
-    many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto")
+    many.add_argument("--layout", choices=("auto", "synthrad", "brats", "paired"), default="auto",
+                      help="layout of the reference folder (default: auto)")
     many.add_argument("--target", default="t2w", help="BraTS layout: the reference contrast's suffix (default t2w; t2f for FLAIR, t1c, t1n)")
     parser.add_argument("--modality", type=str.upper, choices=("AUTO", "CT", "MR"), default="AUTO",
                         help="target modality of a single case or a paired folder (default auto: CT when the "
@@ -36,7 +38,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="MR targets: the model (id, id@version or package) that made the "
                                         "predictions; the reference is put on its output scale, as in its card's "
                                         "metrics (default: each image on its own 0-1000 scale)")
-    parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html")
+    parser.add_argument("--out", help="folder for metrics.csv, metrics.json and report.html (without it: the table "
+                                      "on the terminal only)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures in the HTML report")
     parser.add_argument("--progress", choices=("rich", "jsonl", "none"), default="rich",
                         help="a folder's progress: a bar on a terminal (rich), JSON lines, or none")

@@ -23,7 +23,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "lr": ("lr", float, "learning rate"),
     "val_interval": ("val_interval", int, "validate every N steps"),
     "seed": ("seed", int, "random seed"),
-    "device": ("device", str, "auto, cuda or cpu"),
+    "device": ("device", str, "auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N"),
     "output": ("output", str, "model package to write (a folder, or a zipped package when it ends in .zip)"),
     "work_dir": ("work_dir", str, "folder for checkpoints and logs (default <output>.work)"),
     "id": ("model_id", str, "model id in the card"),
@@ -34,7 +34,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options to ``parser``."""
     parser.add_argument("--config", help="training config (TOML or JSON file), or the name of a bundled one: "
-                                         "example_train or a shipped model's id (e.g. mr2ct-phantom-unet2d)")
+                                         "example_train or one in MedTranslateLib/configs/, the shipped and benchmarked "
+                                         "models' ids (e.g. mr2ct-phantom-unet2d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set lr=1e-4")
     for flag, (_, kind, help_text) in FLAGS.items():
