@@ -259,7 +259,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedTranslateModule.nodes import overwrite_question
             from MedTranslateModule.parameters import request_from_panel
 
-            if not ensure_backend_packages(ask=True):
+            if not ensure_backend_packages(ask=True, before_install=translation.release_standby):
                 return
             request = request_from_panel(node, model)
             question = overwrite_question(request.output_node)
@@ -291,9 +291,9 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showResult(self, status) -> None:
         from MedTranslateModule.display import show_result
 
-        node = self._parameterNode
+        node = self._parameterNode  # the run's own input: the selector may show another volume by now
         layout = LAYOUT_CHOICES[node.layout]
-        show_result(node.inputVolume, status.output_node, node.foregroundOpacity, layout, status.uncertainty_node)
+        show_result(status.input_node, status.output_node, node.foregroundOpacity, layout, status.uncertainty_node)
 
     def onOpacityChanged(self, value: float) -> None:
         from MedTranslateModule.display import set_foreground_opacity

@@ -254,6 +254,16 @@ def check_scene_path(out_mrb: str | os.PathLike, *protected: str | os.PathLike) 
                               "Give the scene its own file name.")
 
 
+def volume_name(path: str | os.PathLike) -> str:
+    """A volume's node name: its file name without the volume suffix (``MR.T1.nii.gz`` -> ``MR.T1``), a folder's
+    (a DICOM series) name as it is."""
+    from MedTranslateLib.io.atomic import volume_stem
+
+    path = Path(path) if Path(path).name else Path(path).resolve()  # "." names the folder it is
+    stem = volume_stem(path)
+    return stem if stem != path.name or path.is_dir() else path.stem
+
+
 def _slicer_readable(path: str | os.PathLike, work: str, series_uid: str | None = None) -> Path:
     """``path`` itself, or for a DICOM series folder the series as an NRRD file in ``work``."""
     path = Path(path)
@@ -286,14 +296,13 @@ def export_scene_mrb(input_image_path: str | os.PathLike, synthetic_path: str | 
     out_mrb = Path(out_mrb)
     with tempfile.TemporaryDirectory(prefix="medtranslate-scene-") as work:
         scene, volumes = new_scene(work)
-        stem = Path(input_image_path).name.split(".")[0]
+        stem = volume_name(input_image_path)
         input_node = load_volume(volumes, _slicer_readable(input_image_path, work, series_uid), stem)
-        synthetic_node = load_volume(volumes, _slicer_readable(synthetic_path, work),
-                                     Path(synthetic_path).name.split(".")[0])
+        synthetic_node = load_volume(volumes, _slicer_readable(synthetic_path, work), volume_name(synthetic_path))
         uncertainty_node = None
         if uncertainty_path:
             uncertainty_node = load_volume(volumes, _slicer_readable(uncertainty_path, work),
-                                           Path(uncertainty_path).name.split(".")[0])
+                                           volume_name(uncertainty_path))
             apply_uncertainty_display(uncertainty_node)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
         patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), stem)

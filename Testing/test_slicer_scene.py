@@ -266,3 +266,23 @@ def test_moving_the_fused_views_opacity_leaves_the_synthetic_view_unblended(tmp_
     assert yellow.GetForegroundOpacity() == pytest.approx(0.2)  # linked: the setting is copied...
     assert yellow.GetBackgroundVolumeID() == synthetic.GetID() and yellow.GetForegroundVolumeID() is None  # ...to
     # a view with nothing to blend, so it still shows the synthetic volume alone
+
+
+def test_scene_volumes_are_named_after_their_whole_file_names(tmp_path):
+    """Only the volume suffix is taken off a file name: ``MR.T1.nii.gz`` and ``MR.T1_sCT.nii.gz`` were both cut at
+    the first dot, and the scene showed three volumes "MR", "MR_1" and "MR_2" with nothing to tell which is the
+    synthetic one."""
+    import SimpleITK as sitk
+
+    from MedTranslateLib.scene import export_scene_mrb, read_scene_mrb
+
+    image = make_image()
+    paths = [tmp_path / name for name in ("MR.T1.nii.gz", "MR.T1_sCT.nii.gz", "MR.T1_sCT_std.nrrd")]
+    for path in paths:
+        sitk.WriteImage(image, str(path))
+    out = export_scene_mrb(paths[0], paths[1], tmp_path / "scene.mrb", uncertainty_path=paths[2],
+                           target_modality="CT")
+    scene = read_scene_mrb(out, tmp_path / "cache")
+    names = sorted(scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName()
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")))
+    assert names == ["MR.T1", "MR.T1_sCT", "MR.T1_sCT_std"]

@@ -223,3 +223,28 @@ def test_the_translate_button_request_follows_the_panel_and_the_models_family(sc
     assert forest.uncertainty is False and forest.target_modality == "CT"
     unlisted = request_from_panel(panel, None)
     assert (unlisted.model_id, unlisted.target_modality, unlisted.steps) == ("m", "", None)
+
+
+def test_a_worker_that_cannot_start_is_one_clear_failure(scene, input_node, tmp_path):
+    """A missing or broken worker interpreter (a damaged install) ended ``run`` with a bare FileNotFoundError
+    ("[Errno 2] No such file or directory: ...") instead of the TranslationFailed every other failure gives."""
+    from MedTranslateModule.logic import TranslationLogic
+
+    logic = TranslationLogic(scene=scene, worker_command=[str(tmp_path / "PythonSlicer"), "-m", "MedTranslateLib"])
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(TranslationFailed, match="Could not start the MedTranslate worker .*PythonSlicer.*Reinstall"):
+        logic.run(TranslationRequest(input_node, "fake-ok"), timeout=60)
+    assert not logic.is_running and logic.workdir is None and scene.GetNumberOfNodes() == before
+
+
+def test_a_volume_with_empty_image_data_is_refused_as_having_none(scene):
+    """A volume node whose image holds no voxels (a failed load, a node made empty by another module) was only
+    refused when writing its temporary copy, with a message that pointed at the disk ("Could not write ...")."""
+    import vtk
+
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    empty.SetAndObserveImageData(vtk.vtkImageData())
+    logic = _logic(scene)
+    with pytest.raises(TranslationFailed, match="Select an input volume that has image data"):
+        logic.start(TranslationRequest(empty, "fake-ok"))
+    assert not logic.is_running and logic.workdir is None

@@ -11,7 +11,7 @@ import importlib.metadata
 import importlib.util
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 #: Import name -> requirement for the packages the worker needs besides torch (numpy, scipy and SimpleITK
 #: ship with Slicer; they are listed for a Python that lacks them). The same specifiers as pyproject.toml's
@@ -94,8 +94,13 @@ def ensure_listing_packages(ask: bool = True) -> bool:
     return not missing_requirements(LISTING_MODULES)
 
 
-def ensure_backend_packages(ask: bool = True) -> bool:
-    """Make torch and the backend packages importable in Slicer's Python. False when the user declined."""
+def ensure_backend_packages(ask: bool = True, before_install: Callable[[], None] | None = None) -> bool:
+    """Make torch and the backend packages importable in Slicer's Python. False when the user declined.
+
+    ``before_install`` is called first when something is to be installed or upgraded (the panel lets its standby
+    worker go: it has the old packages loaded)."""
+    if before_install is not None and (importlib.util.find_spec("torch") is None or missing_requirements()):
+        before_install()
     if importlib.util.find_spec("torch") is None:
         import PyTorchUtils
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBUTE, TranslationFailed,
-                                      check_image_node, check_output_node, check_same_frame)
+                                      check_image_node, check_output_node, check_same_frame, node_grid,
+                                      world_ijk_to_ras)
 from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory,
-                                       make_workdir, remove_folder, remove_stale_workdirs)
+                                       make_workdir, remove_folder, remove_stale_workdirs, worker_environment)
+from MedTranslateModule.process import nvidia_driver_present  # noqa: F401 (the panel imports it from here)
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
@@ -58,6 +59,7 @@ class TranslationStatus:
     warnings: list[str] = field(default_factory=list)
     output_node: Any = None
     uncertainty_node: Any = None
+    input_node: Any = None  # the volume the run translated (the panel's selection may have changed since)
 
     def text(self) -> str:
         """The status line for the panel: stage, time left and message while running, else the message."""
@@ -73,33 +75,6 @@ def output_name_for(input_name: str, target_modality: str) -> str:
     """``<input>_synthetic_<target>``, the default name of the output volume."""
     target = (target_modality or "output").strip().replace(" ", "_")
     return f"{input_name}_synthetic_{target}"
-
-
-def nvidia_driver_present() -> bool:
-    """True when an NVIDIA driver tool (``nvidia-smi``) is on the PATH: a CUDA GPU is likely usable."""
-    return shutil.which("nvidia-smi") is not None
-
-
-def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the worker: unbuffered UTF-8 output, the backend importable, no GPU for a CPU run.
-
-    Slicer adds extension folders to its own ``sys.path`` at run time only, so the folder holding
-    ``MedTranslateLib`` is put on the child's ``PYTHONPATH``.
-    """
-    import importlib.util
-
-    env = dict(os.environ if base is None else base)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"  # the module reads it as UTF-8 (Windows would write the ANSI code page)
-    env.setdefault("PYTHONUTF8", "1")  # UTF-8 files by default too, unless the user chose otherwise
-    spec = importlib.util.find_spec("MedTranslateLib")
-    if spec is not None and spec.origin:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
-        parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part]
-        env["PYTHONPATH"] = os.pathsep.join([root] + [part for part in parts if part != root])
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = "-1"  # "Force CPU": the child cannot see any GPU
-    return env
 
 
 class TranslationLogic:
@@ -121,6 +96,8 @@ class TranslationLogic:
         self._done: dict[str, Any] | None = None
         self._errors: list[str] = []
         self._standby: WorkerProcess | None = None
+        self._failed_standby_env: dict[str, str] | None = None  # of a standby that died unused; cleared by a run
+        self._grids: tuple[Any, Any] = (None, None)  # the input's own grid at the start, the grid it was sent on
 
     @property
     def scene(self) -> Any:
@@ -173,40 +150,51 @@ class TranslationLogic:
                 raise TranslationFailed(f"The mask {request.mask_node.GetName()} has no image data: select "
                                         "another mask or none.")
             check_same_frame(request.input_node, request.mask_node, "The mask")
+        self._failed_standby_env = None  # after this run a standby worker may be tried again
         remove_stale_workdirs()  # a Slicer killed mid-run left its input copy behind
         self._workdir = make_workdir()
         try:
             paths = {"input": os.path.join(self._workdir, "input.nrrd"),
                      "output": os.path.join(self._workdir, "output" + RESULT_SUFFIX)}
-            self._write_node(request.input_node, paths["input"])
+            grids = (node_grid(request.input_node)[1], self._write_node(request.input_node, paths["input"]))
             if request.mask_node is not None:
                 paths["mask"] = os.path.join(self._workdir, "mask.nrrd")
-                self._write_node(request.mask_node, paths["mask"])
+                self._write_node(request.mask_node, paths["mask"], frame=request.input_node)
             if request.uncertainty:
                 paths["uncertainty"] = os.path.join(self._workdir, "uncertainty" + RESULT_SUFFIX)
             command = self.build_command(request, paths)
             self._worker = self._take_standby(command, request.device)
             if self._worker is None:
                 self._worker = WorkerProcess(command, env=worker_environment(request.device), cwd=self._workdir)
-                self._worker.start()
+                try:
+                    self._worker.start()
+                except OSError as error:  # no such interpreter (a damaged install): one message, as for failures
+                    raise TranslationFailed(f"Could not start the MedTranslate worker ({command[0]}): "
+                                            f"{error.strerror or error}. Reinstall the MedTranslate "
+                                            "extension.") from error
         except BaseException:
             self._worker = None
             self._cleanup()
             raise
-        self._request, self._paths, self._done, self._errors = request, paths, None, []
+        self._request, self._paths, self._done, self._errors, self._grids = request, paths, None, [], grids
         self._set_status(TranslationStatus(state="running", stage="starting", message="Starting the worker"))
 
     # ---- prestarted worker ----------------------------------------------------------------------
     def prestart(self, device: str = "auto") -> None:
         """Start a standby worker for the next run on ``device`` (``medtranslate standby``): it loads Python,
         torch and the backend now, so the Translate click does not wait for them. It holds those libraries'
-        memory until it is used, replaced (another device) or released, and ends by itself with Slicer."""
+        memory until it is used, replaced (another device) or released, and ends by itself with Slicer. One that
+        died unused is not started again for the same device until a run has been started."""
         if device not in DEVICES:
             raise TranslationFailed(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
         env = worker_environment(device)
         if self._standby is not None and self._standby.running and self._standby.env == env:
             return
+        if self._standby is not None and not self._standby.running:  # it died by itself, unused: a broken start
+            self._failed_standby_env = self._standby.env
         self.release_standby()
+        if env == self._failed_standby_env:  # not again at every panel change; the next run says what is wrong
+            return
         standby = WorkerProcess([*self.worker_command, "standby"], env=env, takes_job=True)
         try:
             standby.start()
@@ -246,14 +234,21 @@ class TranslationLogic:
         standby.release()
         return None
 
-    def _write_node(self, node: Any, path: str) -> None:
+    def _write_node(self, node: Any, path: str, frame: Any = None) -> Any:
+        """Write ``node``'s voxels on its world grid (linear parent transforms applied, those of ``frame`` when
+        given: the worker sees the volume as the user does, hardened or not); the result comes back onto its own
+        grid, under its transform. Returns the 3 x 4 IJK-to-RAS matrix written."""
         import slicer
 
+        placed = getattr(slicer, node.GetClassName())()  # same class, outside the scene, sharing the voxels
+        placed.SetAndObserveImageData(node.GetImageData())
+        placed.SetIJKToRASMatrix(world_ijk_to_ras(node, frame))
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(path)
         storage.SetUseCompression(0)
-        if not storage.WriteData(node):
+        if not storage.WriteData(placed):
             raise TranslationFailed(f"Could not write {node.GetName()} to a temporary file ({path}).")
+        return node_grid(placed)[1]
 
     # ---- progress --------------------------------------------------------------------------------
     def poll(self) -> TranslationStatus:
@@ -299,6 +294,7 @@ class TranslationLogic:
                 status.state, status.message = "cancelled", "Cancelled: the scene was not changed."
             elif code == 0 and self._done is not None:
                 status.output_node, status.uncertainty_node = self._load_results(request, self._done)
+                status.input_node = request.input_node
                 status.state, status.fraction, status.message = "done", 1.0, "Done"
             else:
                 status.state, status.message = "failed", self._failure_message(code, worker)
@@ -407,13 +403,12 @@ class TranslationLogic:
         return output_node, uncertainty_node
 
     def _read_checked(self, path: str, input_node: Any) -> Any:
-        """Read a result file as a KJI numpy array after checking it lies on exactly the input's grid.
+        """Read a result file as a KJI numpy array after checking it lies on exactly the grid the input was sent on.
 
         SimpleITK (not Slicer's archetype reader, which may flip left-handed grids) keeps voxel order.
         """
         import numpy as np
         import SimpleITK as sitk
-        import vtk
 
         try:
             image = sitk.ReadImage(path)
@@ -430,10 +425,11 @@ class TranslationLogic:
         output_matrix = np.eye(4)
         output_matrix[:3, :3] = lps_to_ras @ direction @ np.diag(image.GetSpacing())
         output_matrix[:3, 3] = lps_to_ras @ np.array(image.GetOrigin())
-        in_matrix = vtk.vtkMatrix4x4()
-        input_node.GetIJKToRASMatrix(in_matrix)
-        input_matrix = np.array([[in_matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
-        if not np.allclose(output_matrix, input_matrix, rtol=0, atol=GEOMETRY_TOLERANCE_MM):
+        # the worker gives back the grid it was sent; the input has not moved meanwhile (its transform may have
+        # changed: the voxels still match one to one, and the result goes under the same transform)
+        own, sent = self._grids
+        moved = not np.allclose(node_grid(input_node)[1], own, rtol=0, atol=GEOMETRY_TOLERANCE_MM)
+        if moved or not np.allclose(output_matrix[:3], sent, rtol=0, atol=GEOMETRY_TOLERANCE_MM):
             raise TranslationFailed("The output geometry differs from the input's: the result was not loaded.")
         return sitk.GetArrayFromImage(image)
 

@@ -22,7 +22,8 @@ def is_label_map(node: Any) -> bool:
 
 def check_image_node(node: Any, role: str) -> None:
     """``node`` holds a 3D single-component image that is not a label map."""
-    if node is None or node.GetImageData() is None:
+    image = node.GetImageData() if node is not None else None
+    if image is None or image.GetPointData().GetScalars() is None or 0 in image.GetDimensions():
         raise TranslationFailed(f"Select {role} that has image data.")
     if is_label_map(node):
         raise TranslationFailed(f"{node.GetName()} is a label map (a segmentation), not an image: select the "
@@ -71,6 +72,25 @@ def same_world_frame(node: Any, other: Any) -> bool:
         return False  # a non-linear transform between them
     values = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
     return bool(np.allclose(values, np.eye(4), atol=GEOMETRY_TOLERANCE_MM))
+
+
+def world_ijk_to_ras(node: Any, frame: Any = None) -> Any:
+    """The node's IJK-to-RAS ``vtkMatrix4x4`` in world coordinates: its parent transforms (those of ``frame``, a
+    node in the same world frame, when given) applied when they are linear and keep the axes orthogonal (the grid a
+    hardened copy would have, the orientation the user sees); else (a non-linear or shearing transform, whose
+    hardened grid the backend could not take) its own matrix."""
+    import numpy as np
+    import vtk
+
+    local, to_world, world = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(local)
+    parent = (frame if frame is not None else node).GetParentTransformNode()
+    if parent is None or not parent.IsTransformToWorldLinear() or not parent.GetMatrixTransformToWorld(to_world):
+        return local
+    vtk.vtkMatrix4x4.Multiply4x4(to_world, local, world)
+    axes = np.array([[world.GetElement(i, j) for j in range(3)] for i in range(3)])
+    axes = axes / np.linalg.norm(axes, axis=0)
+    return world if np.max(np.abs(axes.T @ axes - np.eye(3))) < 1e-4 else local
 
 
 def check_same_frame(node: Any, other: Any, role: str) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,6 +236,33 @@ class WorkerProcess:
             self.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
             pass
+
+
+def nvidia_driver_present() -> bool:
+    """True when an NVIDIA driver tool (``nvidia-smi``) is on the PATH: a CUDA GPU is likely usable."""
+    return shutil.which("nvidia-smi") is not None
+
+
+def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the worker: unbuffered UTF-8 output, the backend importable, no GPU for a CPU run.
+
+    Slicer adds extension folders to its own ``sys.path`` at run time only, so the folder holding
+    ``MedTranslateLib`` is put on the child's ``PYTHONPATH``.
+    """
+    import importlib.util
+
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # the module reads it as UTF-8 (Windows would write the ANSI code page)
+    env.setdefault("PYTHONUTF8", "1")  # UTF-8 files by default too, unless the user chose otherwise
+    spec = importlib.util.find_spec("MedTranslateLib")
+    if spec is not None and spec.origin:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+        parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part]
+        env["PYTHONPATH"] = os.pathsep.join([root] + [part for part in parts if part != root])
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # "Force CPU": the child cannot see any GPU
+    return env
 
 
 def default_python() -> str:
