@@ -227,9 +227,19 @@ def read_inputs(input_path: str | Path, mask_path: str | Path | None = None,
     from MedTranslateLib.io import read_mask, read_volume
 
     start = time.perf_counter()
-    image, source_info = read_volume(input_path, series_uid=series_uid)
-    mask = read_mask(mask_path, image) if mask_path else None
+    try:
+        image, source_info = read_volume(input_path, series_uid=series_uid)
+        mask = read_mask(mask_path, image) if mask_path else None
+    except MemoryError:
+        raise too_large_for_memory(input_path) from None
     return LoadedInput(image, source_info, mask, time.perf_counter() - start)
+
+
+def too_large_for_memory(input_path: str | Path, image: "sitk.Image | None" = None) -> InputError:
+    """The error of an input whose working copies do not fit in this computer's memory (MemoryError)."""
+    size = f" ({image.GetNumberOfPixels():,} voxels)" if image is not None else ""
+    return InputError(f"'{Path(input_path).name}'{size} is too large for this computer's memory.",
+                      "Close other programs, crop or downsample the volume, or use a computer with more memory.")
 
 
 def check_outputs(input_paths: Sequence[str | Path], output_paths: Sequence[str | Path],
@@ -369,7 +379,8 @@ def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: T
     ``progress_for(path)`` (optional) gives a context manager yielding the progress callback of one input;
     ``first``: the first input, already read by :func:`read_inputs`; ``kwargs`` go to :func:`translate_file`.
     Yields a :class:`BatchItem` per input, in order, once it is written or has failed: a bad input or an
-    unwritable output (InputError, OutputError) is reported in its item and the batch goes on; any other error (a
+    unwritable output (InputError, OutputError; an input too large for memory is an InputError) is reported in its
+    item and the batch goes on; any other error (a
     model or device failure, cancel) stops it, without waiting for the read-ahead. Outputs already written stay;
     nothing half-written is left."""
     from concurrent.futures import Future
@@ -398,4 +409,6 @@ def translate_batch(jobs: Sequence[tuple[str | Path, str | Path]], translator: T
                                                  progress=callback, loaded=loaded, **kwargs)
             except (InputError, OutputError) as error:
                 item.error = error
+            except MemoryError:  # this input's working copies did not fit: the next input may
+                item.error = too_large_for_memory(input_path, loaded.image)
         yield item

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ def run_translate(args: argparse.Namespace) -> int:
     from MedTranslateLib.families.base import InferenceOptions
     from MedTranslateLib.io.atomic import FILE_SUFFIXES, full_suffix, volume_stem
     from MedTranslateLib.io.naming import batch_outputs
+    from MedTranslateLib.io.path_checks import check_name_length
     from MedTranslateLib.pipeline import check_outputs, read_inputs, translate_batch
 
     if args.deterministic:
@@ -30,24 +32,26 @@ def run_translate(args: argparse.Namespace) -> int:
     if many and (args.uncertainty or args.scene):
         raise ConfigError("--uncertainty and --scene take one input.", "Translate the volumes one at a time.")
     output = Path(args.output)
+    check_name_length(output, OutputError, reading=False)  # before the first look at it (OSError: name too long)
     if many and not output.is_dir() and full_suffix(output) in FILE_SUFFIXES:
         raise ConfigError(f"With {len(args.inputs)} inputs, -o is the folder the outputs go to, but "
                           f"'{args.output}' is a file name.",
                           f"Give a folder, e.g. -o {volume_stem(output) or 'synthetic'}/ (one output per input).")
+    if many:
+        _refuse_repeated_inputs(args.inputs)
     jobs = list(zip(args.inputs, batch_outputs(args.inputs, output) if many else [output]))
     if args.scene:
         from MedTranslateLib.scene import check_scene_path
 
         check_scene_path(args.scene, args.inputs[0], args.output)
-    made_folder = many and _make_output_folder(output)
+    made_folders = _make_output_folder(output) if many else []
     try:  # every output, and a single input, is checked before the model loads
         check_outputs(args.inputs, [out for _, out in jobs] + ([args.uncertainty] if args.uncertainty else []),
                       args.mask)
         first = None if many else read_inputs(args.inputs[0], args.mask, args.series_uid)
         translator = _load_translator(args, jobs, jsonl)
     except BaseException:
-        if made_folder:
-            output.rmdir()
+        _remove_empty(made_folders)
         raise
     labels = {str(path): (f"{k}/{len(jobs)} " if many else "") + Path(path).name
               for k, (path, _) in enumerate(jobs, start=1)}  # a batch's bar says which input of how many
@@ -61,16 +65,19 @@ def run_translate(args: argparse.Namespace) -> int:
                 failed.append(item)
                 _report_failure(item, jsonl, many)
                 continue
-            _report_done(item, args, translator.card.target_modality, jsonl)
+            _report_done(item, args, translator.card.target_modality, jsonl, many)
     finally:
-        if made_folder and output.is_dir() and not any(output.iterdir()):
-            output.rmdir()  # nothing was written: leave no empty folder behind
+        _remove_empty(made_folders)  # nothing was written: leave none of the folders made for it behind
     if not failed:
         return 0
     if not many:
         raise failed[0].error
-    names = ", ".join(str(item.input) for item in failed)
-    print(f"error: {len(jobs) - len(failed)} of {len(jobs)} inputs translated; failed: {names}", file=sys.stderr)
+    names = [str(item.input) for item in failed]
+    summary = f"{len(jobs) - len(failed)} of {len(jobs)} inputs translated; failed: {', '.join(names)}"
+    if jsonl:  # the protocol's last word on a failed run is an error event, as for a single input
+        emit_json("error", message=summary, exit_code=failed[0].error.exit_code, failed=names, final=True)
+    else:
+        print(f"error: {summary}", file=sys.stderr)
     return failed[0].error.exit_code
 
 
@@ -116,11 +123,12 @@ def _download_weights(package: Any, mode: str) -> None:
                                                 f"{received / 2**20:.1f} MB"))
 
 
-def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bool) -> None:
-    """Warnings, the optional scene, and the ``done`` line (or event) of one written output."""
+def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bool, many: bool = False) -> None:
+    """Warnings, the optional scene, and the ``done`` line (or event) of one written output. A batch's warning lines
+    name their input, as its error lines do (standard output, with the ``wrote`` lines, is buffered apart)."""
     result = item.result
     for warning in result.warnings:
-        _warn(warning, jsonl, item.input)
+        _warn(f"{item.input}: {warning}" if many and not jsonl else warning, jsonl, item.input)
     uncertainty = args.uncertainty if result.uncertainty is not None else None  # only a map that was written
     scene = None
     if args.scene:
@@ -141,16 +149,38 @@ def _report_done(item, args: argparse.Namespace, target_modality: str, jsonl: bo
 
 
 
-def _make_output_folder(folder: Path) -> bool:
-    """Create the batch's output folder; True when it did not exist."""
-    if folder.is_dir():
-        return False
+def _make_output_folder(folder: Path) -> list[Path]:
+    """Create the batch's output folder and any missing folders above it; returns those it created, deepest first."""
+    missing = [path for path in [folder, *folder.parents] if not path.exists()]
     try:
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=folder.is_dir())
     except OSError as error:
+        _remove_empty(missing)
         raise OutputError(f"Cannot create the output folder '{folder}': {error.strerror or error}.",
                           "Choose a folder you can write to.") from None
-    return True
+    return missing
+
+
+def _refuse_repeated_inputs(inputs: list[str]) -> None:
+    """Raise :class:`OutputError` (both outputs would be one file) naming an input given twice, e.g. by a glob and a
+    name that overlap (``*.nii.gz a.nii.gz``, ``a.nii.gz ./a.nii.gz``)."""
+    seen: dict[str, str] = {}
+    for text in inputs:
+        key = os.path.normcase(os.path.realpath(text))
+        if key in seen:
+            also = "" if seen[key] == text else f" (also as '{text}')"
+            raise OutputError(f"The input '{seen[key]}' is given twice{also}: its two outputs would be one file.",
+                              "Give each input once.")
+        seen[key] = text
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` (deepest first) that are still empty; one in use by now is kept."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (outputs were written) or gone: the folders above it stay too
 
 
 def _report_failure(item, jsonl: bool, many: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from MedTranslateLib.errors import InputError, OutputError
 from MedTranslateLib.io.headers import named_data_files
+from MedTranslateLib.io.path_checks import check_name_length, staging_prefix
 from MedTranslateLib.signals import signals_deferred
 
 #: Suffixes written as a single image file (plus a companion data file for ``.mhd``/``.nhdr``).
@@ -99,7 +100,17 @@ def dicom_output_folder(path: str | os.PathLike) -> Path:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise :class:`OutputError` unless ``path`` can be written (folder exists and is writable, type fits)."""
+    """Raise :class:`OutputError` unless ``path`` can be written (folder exists and is writable, type fits, no name
+    longer than the file system allows)."""
+    check_name_length(path, OutputError, reading=False)
+    try:
+        _check_writable(path)
+    except OSError as exc:  # e.g. a folder on the way that may not be looked into
+        raise OutputError(f"Cannot write '{path}': {exc.strerror or exc}.",
+                          "Check the path and that you may write to its folder.") from None
+
+
+def _check_writable(path: str | os.PathLike) -> None:
     dicom = is_dicom_output(path)
     target = dicom_output_folder(path) if dicom else Path(path)
     parent = target.parent if str(target.parent) else Path(".")
@@ -163,6 +174,14 @@ def _inside(child: Path, folder: Path) -> bool:
         return False
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path that cannot be looked at (its reader then says why)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def companion_files(path: str | os.PathLike) -> list[Path]:
     """The data files a ``.mhd``/``.nhdr`` header may have next to it (none for other formats)."""
     path = Path(path)
@@ -181,7 +200,7 @@ def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLi
     for item in inputs:
         path = Path(item)
         protected.append(path)
-        if path.is_file() and path.suffix.lower() == ".dcm":
+        if path.suffix.lower() == ".dcm" and _is_file(path):
             protected.append(path.parent)  # a .dcm input stands for its whole series folder
         protected.extend(companion_files(path))
         protected.extend(named_data_files(path))  # `ElementDataFile = other.raw` in input.mhd
@@ -233,7 +252,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool | None = None) -> Ite
     target = dicom_output_folder(path) if folder else Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), suffix=".partial", dir=parent))
     except OSError as exc:
         raise OutputError(f"Cannot write '{target}': {exc.strerror or exc}.",
                           "Choose a folder that exists and that you can write to.") from exc
@@ -310,7 +329,7 @@ def swap_into_place(staging: Path, target: Path) -> None:
             if not target.exists():
                 replace_file(staging, target)
                 return
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            backup = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), suffix=".old", dir=target.parent))
             backup.rmdir()
             replace_file(target, backup)
         except OSError as exc:  # e.g. another process replaced or removed the target meanwhile

@@ -23,6 +23,19 @@ from MedTranslateLib.io.atomic import full_suffix
 from MedTranslateLib.io.headers import read_text_header
 
 MAX_DEFLATE_RATIO = 1100  # more than zlib's best ratio (about 1032): a larger declared size is a lie
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gzipped_nifti(path: Path) -> bool:
+    """True for a ``.nii.gz`` file whose bytes are gzip; one whose gzip encoding was undone on the way (a browser
+    that kept the name) is a plain NIfTI, which ITK reads as such, and is checked as one."""
+    if full_suffix(path) != ".nii.gz":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == GZIP_MAGIC
+    except OSError:
+        return True  # its reader says why it cannot be read
 
 
 def _data_file(path: Path, data_path: Path) -> tuple[Path, int]:
@@ -36,6 +49,8 @@ def _data_file(path: Path, data_path: Path) -> tuple[Path, int]:
 def check_declared_bytes(path: Path, declared: int) -> None:
     """Refuse a header that declares more pixel data than its (raw or deflated) data can hold."""
     suffix = full_suffix(path)
+    if suffix == ".nii.gz" and not gzipped_nifti(path):
+        suffix = ".nii"
     data_bytes, compressed, data_path, length = path.stat().st_size, False, None, 0
     if suffix == ".nii.gz":
         compressed = True
@@ -145,8 +160,9 @@ def _file_bytes(path: Path, limit: int, chunk: int = 1 << 22) -> Iterator[bytes]
     """The first ``limit`` (decompressed, for ``.nii.gz``: across gzip members) bytes of a file, in pieces of at most
     ``chunk`` bytes, so a stream that inflates to more than its header declares cannot exhaust memory. zlib
     directly, which inflates about 15 % faster than the ``gzip`` module."""
+    gzipped = gzipped_nifti(path)
     with open(path, "rb") as handle:
-        if full_suffix(path) != ".nii.gz":
+        if not gzipped:
             while limit > 0 and (data := handle.read(min(chunk, limit))):
                 limit -= len(data)
                 yield data

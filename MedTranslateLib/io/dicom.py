@@ -180,9 +180,21 @@ def write_dicom_series(image: "sitk.Image", folder: str | os.PathLike, *, source
             try:
                 _save(ds, temp / f"IMG{k + 1:05d}.dcm")
             except OSError as exc:
-                raise OutputError(f"Cannot write the DICOM series to '{target}': {exc.strerror or exc}.",
+                raise OutputError(f"Cannot write the DICOM series to '{target}': {_os_reason(exc)}.",
                                   "Check free disk space and permissions.") from exc
     return target
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why a write failed: the system's message of the first OSError in the chain that has one (pydicom re-raises a
+    failed write as a new OSError whose text holds a whole traceback), else the first line of the text."""
+    error: BaseException | None = exc
+    while error is not None:
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+        error = error.__cause__
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _save(ds: Any, path: Path) -> None:

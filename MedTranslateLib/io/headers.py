@@ -94,9 +94,9 @@ def named_data_files(path: str | Path, limit: int = 65536) -> list[Path]:
     """The data files the header of ``path`` names, relative to the header's folder; none for a header holding its
     own data, for other formats, or for a file that cannot be read."""
     path = Path(path)
-    if not path.name.lower().endswith(TEXT_HEADER_SUFFIXES) or not path.is_file():
-        return []
     try:
+        if not path.name.lower().endswith(TEXT_HEADER_SUFFIXES) or not path.is_file():
+            return []
         return read_text_header(path, limit).data_files
     except OSError:
         return []

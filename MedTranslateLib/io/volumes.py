@@ -22,7 +22,10 @@ from MedTranslateLib.io.atomic import (
 )
 from MedTranslateLib.io.data_size import (check_declared_bytes, check_written, nifti_bytes_per_voxel, non_finite_counts,
                                         read_nifti_float)
+from MedTranslateLib.io.dicom_series import check_slice_positions, keep_main_orientation
+from MedTranslateLib.io.itk_messages import itk_reason as _itk_reason, quiet_itk
 from MedTranslateLib.io.itk_paths import itk_path
+from MedTranslateLib.io.path_checks import looked_up
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
 
 #: Default limit on the number of voxels a volume may declare (2**31, about 8 GiB as float32).
@@ -110,14 +113,6 @@ def validate_volume(image: sitk.Image, what: str = "input volume", max_voxels: i
 
 
 # ------------------------------------------------------------------------------------------- read
-def _itk_reason(exc: Exception) -> str:
-    """The last meaningful line of an ITK exception, shortened."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    reason = next((ln for ln in reversed(lines) if "ITK ERROR" in ln or "error" in ln.lower()), lines[-1] if lines else "")
-    reason = re.sub(r"^.*ITK ERROR: [^:]*:\s*", "", reason)
-    return reason[:200]
-
-
 def _unreadable(path: Path, exc: Exception | None = None, detail: str = "") -> InputError:
     reason = detail or (_itk_reason(exc) if exc is not None else "")
     return InputError(f"Cannot read '{path}': the file is unreadable, truncated or not a valid "
@@ -180,7 +175,8 @@ def _dicom_series(folder: Path) -> dict[str, list[str]]:
     """Series UID -> file names (sorted by slice position) of every DICOM series in ``folder``."""
     try:
         name = itk_path(folder)
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(name)
+        with quiet_itk():  # no "WARNING: ... No Series were found" beside the error that says so
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(name)
     except RuntimeError as exc:
         raise InputError(f"Cannot scan '{folder}' for DICOM files ({_itk_reason(exc)}).",
                          "Check that the folder is readable.") from None
@@ -259,6 +255,11 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
         raise InputError(f"The folder '{folder}' is empty.", f"Choose a folder holding a DICOM series, or a file: {READABLE}.")
     series = _dicom_series(folder)
     if not series:
+        volumes = sorted(p.name for p in folder.iterdir() if full_suffix(p) in FILE_SUFFIXES and p.is_file())
+        if volumes and path.is_dir():  # a folder of NIfTI files is no batch: its files are
+            raise InputError(f"'{folder}' holds no DICOM series but {len(volumes)} volume file(s) ("
+                             f"{', '.join(volumes[:3])}{', ...' if len(volumes) > 3 else ''}).", "Give the volume "
+                             f"files as the inputs, one input each (e.g. {folder / volumes[0]}; several: -o FOLDER).")
         inner = next((p.parent for p in folder.rglob("*.dcm")), None) if path.is_dir() else None
         raise InputError(f"No DICOM series found in '{folder}'" + (f" (there are DICOM files in '{inner}')."
                                                                    if inner else "."),
@@ -285,7 +286,9 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
             raise
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
             raise _unreadable(Path(name), detail=str(exc)[:200]) from None
-    _check_slice_positions(headers, what)
+    files, headers, left_out = keep_main_orientation(files, headers, what)  # scouts stored in the series
+    check_slice_positions(headers, what)
+    notes = notes + left_out
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     if first.GetPixelID() == sitk.sitkFloat64:  # a rescale slope: read as the float32 it becomes, not a float64 copy
@@ -299,37 +302,11 @@ def _read_dicom(path: Path, series_uid: str | None, max_voxels: int) -> tuple[si
     return image, image.GetPixelID(), SourceInfo(str(folder), "dicom", tags, instances, notes)
 
 
-def _check_slice_positions(headers: list[Any], what: str) -> None:
-    """Refuse a series with missing, duplicate or unevenly spaced slices (ITK would only warn)."""
-    if len(headers) < 3:
-        return
-    try:
-        orientation = np.asarray([float(v) for v in headers[0].ImageOrientationPatient]).reshape(2, 3)
-        positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
-    except (AttributeError, TypeError, ValueError):
-        return  # no per-slice geometry (e.g. multi-frame): nothing to check here
-    normal = np.cross(orientation[0], orientation[1])
-    along = positions @ normal
-    order = np.argsort(along)
-    span = positions[order[-1]] - positions[order[0]]
-    sideways = np.linalg.norm(span - (span @ normal) * normal)
-    if sideways > max(0.01 * np.linalg.norm(span), 1e-3):
-        raise InputError(f"The {what} is sheared: its slices shift sideways by {sideways:.3g} mm across the "
-                         "series (gantry tilt), which a 3D grid cannot represent.",
-                         "Correct the gantry tilt (resample to an orthogonal grid) before translating.")
-    steps = np.diff(along[order])
-    typical = float(np.median(steps))
-    if typical <= 1e-6 or np.max(np.abs(steps - typical)) > max(0.01 * typical, 1e-3):
-        raise InputError(f"The {what} has missing, duplicate or unevenly spaced slices (slice gaps from "
-                         f"{steps.min():.3g} to {steps.max():.3g} mm), so it is not one regular 3D volume.",
-                         "Check that the series is complete (all files copied) or resample it to uniform spacing.")
-
-
 def _read_any(path: str | os.PathLike, series_uid: str | None, max_voxels: int, what: str,
               check_content: bool) -> tuple[sitk.Image, SourceInfo]:
     """The checked image in the pixel type it was read in."""
     source = Path(path)
-    if not source.exists():
+    if not looked_up(source):  # a name too long for the file system: InputError, not OSError
         raise InputError(f"Cannot read '{source}': no such file or folder.", "Check the path and try again.")
     if source.is_dir() or full_suffix(source) == ".dcm":
         image, pixel_id, info = _read_dicom(source, series_uid, max_voxels)
@@ -454,10 +431,9 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
                  uncertainty: bool = False) -> Path:
     """Write ``image`` atomically with its exact geometry; the suffix picks the format.
 
-    ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd`` write one file (plus its data file);
-    a path without suffix or ending in ``/`` writes a DICOM series folder (see :mod:`.dicom`).
-    File formats carry ``provenance`` and the description (marked SYNTHETIC) in their header.
-    Returns the written path. Raises :class:`OutputError` when the path cannot be written.
+    ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd`` write one file (plus its data file); a path
+    without suffix or ending in ``/`` a DICOM series folder (:mod:`.dicom`). File formats carry ``provenance`` and
+    the description (marked SYNTHETIC) in their header. Returns the path; :class:`OutputError` if it cannot be written.
     """
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise OutputError(f"Cannot write a {image.GetDimension()}D image with "
@@ -493,14 +469,15 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
                     output.SetMetaData(f"MedTranslate_{key}", " ".join(str(value).split()))
     compress = full_suffix(target) in (".nii.gz", ".nrrd", ".mha")
     with atomic_output(target) as temp:
-        # ITK picks the writer from a lower-case suffix only ("x.NII.GZ" fails): write that, then rename
-        lower = temp.with_name(volume_stem(temp.name) + full_suffix(temp))
+        # ITK picks the writer from a lower-case suffix only ("x.NII.GZ" fails) and its NIfTI writer cuts a name at an
+        # inner .nii/.img/.hdr ("a.nii.gz.nii.gz" -> "a.nii.gz"): write a plain name, then rename
+        lower = temp.with_name(("volume" if nifti else volume_stem(temp.name)) + full_suffix(temp))
         try:
             sitk.WriteImage(output, itk_path(lower, OutputError), compress)
             if lower != temp:
                 os.replace(lower, temp)
         except RuntimeError as exc:
-            raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc)}).",
+            raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc).replace(str(lower), str(target))}).",
                               "Check free disk space and permissions, or choose another format.") from None
         if nifti:  # ITK's NIfTI writer does not fail on a full disk
             check_written(temp, output.GetNumberOfPixels() * output.GetSizeOfPixelComponent(), target)
