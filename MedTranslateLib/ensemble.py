@@ -25,7 +25,9 @@ def _check_output_scales(cards: Sequence["ModelCard"]) -> None:
         spec = card.to_dict()["normalization"]["output"]
         if str(spec.get("method", "clip")).lower() == "clip":  # physical units (HU)
             return None
-        return tuple(spec.get("output_range") or ()), spec.get("background")
+        low_high = tuple(float(v) for v in spec.get("output_range") or ())
+        background = spec.get("background")  # unstated: the value -1 maps to, the range's low end (restore_array)
+        return low_high, float(background if background is not None else low_high[0])
 
     def describe(card: "ModelCard") -> str:
         own = scale(card)
@@ -40,6 +42,28 @@ def _check_output_scales(cards: Sequence["ModelCard"]) -> None:
                              "background.")
 
 
+def check_members(cards: Sequence["ModelCard"]) -> None:
+    """Raise :class:`ModelError` unless the cards can form an ensemble: one source and target modality, one output
+    scale, and no model twice (checked from the cards alone, before any network is built)."""
+    first = cards[0]
+    for card in cards[1:]:
+        if (card.source_modality, card.target_modality) != (first.source_modality, first.target_modality):
+            raise ModelError(
+                f"Ensemble members translate different modalities: {first.id} is "
+                f"{first.source_modality} -> {first.target_modality}, {card.id} is "
+                f"{card.source_modality} -> {card.target_modality}.",
+                "Ensemble only models of the same source and target modality.")
+    _check_output_scales(cards)
+    seen: set[tuple[str, str, str]] = set()
+    for card in cards:
+        key = (card.id, card.version, card.weights_sha256)
+        if key in seen:
+            raise ModelError(f"The ensemble's model {card.id}@{card.version} is given twice: the mean would count it "
+                             "twice, and its spread would understate the uncertainty.",
+                             "Give each model once; for several samples of one diffusion model use --samples K.")
+        seen.add(key)
+
+
 class EnsembleTranslator:
     """Several :class:`Translator` objects of the same source and target modality."""
 
@@ -49,18 +73,10 @@ class EnsembleTranslator:
         from MedTranslateLib.models.registry import ModelRegistry
 
         registry = ModelRegistry()
-        self.members = [Translator(m if isinstance(m, ModelPackage) else registry.resolve(str(m)), device=device)
-                        for m in models]
-        first = self.members[0].card
-        for member in self.members[1:]:
-            if (member.card.source_modality, member.card.target_modality) != (first.source_modality, first.target_modality):
-                raise ModelError(
-                    f"Ensemble members translate different modalities: {first.id} is "
-                    f"{first.source_modality} -> {first.target_modality}, {member.card.id} is "
-                    f"{member.card.source_modality} -> {member.card.target_modality}.",
-                    "Ensemble only models of the same source and target modality.")
-        _check_output_scales([member.card for member in self.members])
-        self.card = first
+        packages = [m if isinstance(m, ModelPackage) else registry.resolve(str(m)) for m in models]
+        check_members([package.card for package in packages])
+        self.members = [Translator(package, device=device) for package in packages]
+        self.card = self.members[0].card
         self.device = self.members[0].device
 
     def translate(self, image: "sitk.Image", mask: "sitk.Image | None" = None,

@@ -189,3 +189,24 @@ def test_a_folder_named_model_json_is_reported_once(tmp_path):
     with pytest.raises(ModelError) as caught:
         load_card(tmp_path / "pkg")
     assert "model.json/model.json" not in str(caught.value) and "Cannot read the model card" in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"id": ' + b"{\"a\": " * 50_000 + b"1" + b"}" * 50_001])
+def test_a_deeply_nested_card_is_refused_not_a_recursion_traceback(tmp_path, raw):
+    """A damaged or hostile model.json nested 100,000 deep (200 kB, under the size cap) raised RecursionError out
+    of 'models import', 'show', translate, and 'models list' (one such package in the model folder broke the
+    whole listing and the Slicer panel's)."""
+    from MedTranslateLib.models.card import parse_card_bytes
+    from MedTranslateLib.models.registry import ModelRegistry
+    from test_models_util import make_package
+
+    with pytest.raises(ModelError, match="nested too deeply"):
+        parse_card_bytes(raw, source="deep/model.json")
+    user = tmp_path / "user"
+    folder = make_package(user / "deep@1.0.0", id="deep", version="1.0.0")
+    (folder / "model.json").write_bytes(raw)
+    registry = ModelRegistry(builtin_dir=tmp_path / "none", user_dir=user)
+    assert registry.list_models() == []
+    assert [p.path for p in registry.problems] == [folder] and "nested too deeply" in registry.problems[0].problem
+    with pytest.raises(ModelError, match="cannot be read: .*nested too deeply"):
+        registry.resolve("deep")

@@ -122,3 +122,18 @@ def test_import_of_evil_zip_writes_nothing(tmp_path, good_members, isolated_user
         ModelRegistry(builtin_dir=tmp_path / "none").import_package(path)
     assert not (tmp_path / "evil.txt").exists()
     assert list(isolated_user_models.iterdir()) == []
+
+
+@pytest.mark.parametrize("top", ["model (final)", "Modèle CT", "model_v2+ct", "my model 2"])
+def test_the_top_folder_of_a_zip_may_have_any_ordinary_name(tmp_path, good_members, top):
+    """'Compress' of a folder named 'Modèle CT' or 'model (final)' was refused as unsafe ('has a .. component or
+    an unsafe name'), as if the package were an attack; that folder's name is dropped on import, only the names of
+    the files inside are written."""
+    path = write_zip(tmp_path / "package.zip", {f"{top}/{k}": v for k, v in good_members.items()})
+    assert sorted(open_package(path).zip.members) == ["README.md", "model.json", "weights.safetensors"]
+
+
+@pytest.mark.parametrize("top", ["..", "bad\x07name", "a\\b"])
+def test_a_top_folder_that_names_no_ordinary_folder_is_still_refused(tmp_path, good_members, top):
+    path = write_zip(tmp_path / "package.zip", {f"{top}/{k}": v for k, v in good_members.items()})
+    _refused(path, "Refusing the package")

@@ -55,9 +55,9 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     if args.models_command == "import":
         from MedTranslateLib.families import load_networks
-        from MedTranslateLib.models.package import open_package
+        from MedTranslateLib.models.registry import open_import_source
 
-        package = open_package(args.file)
+        package = open_import_source(args.file)
         if package.has_weights():  # weights that do not fit the card's network are refused before installing
             load_networks(package)
         entry = registry.import_package(args.file, overwrite=args.overwrite)

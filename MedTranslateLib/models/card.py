@@ -18,6 +18,8 @@ from MedTranslateLib.errors import ModelError
 SCHEMA_PATH = Path(__file__).with_name("model.schema.json")
 #: model.json larger than this is refused before it is parsed.
 MAX_CARD_BYTES = 1024 * 1024
+#: deepest nesting of lists and objects a model.json may have (a card needs 5)
+MAX_CARD_DEPTH = 32
 #: the card format (``schema_version``) this version reads
 CARD_FORMAT = 1
 
@@ -119,10 +121,34 @@ def parse_card_bytes(raw: bytes, source: str = "model.json") -> "ModelCard":
     except ValueError as exc:  # from _refuse_non_finite
         raise ModelError(f"The model card {source} holds {exc}, which is not a number a card can use.",
                          "Give finite numbers (NaN and Infinity are not JSON), or re-export the package.") from None
+    except RecursionError:  # deeper than Python's parser goes
+        raise _too_deep(source) from None
+    if _depth(data) > MAX_CARD_DEPTH:  # validation and copies recurse as well
+        raise _too_deep(source)
     weights = data.get("weights") if isinstance(data, dict) else None
     if isinstance(weights, dict) and isinstance(weights.get("sha256"), str):
         weights["sha256"] = weights["sha256"].lower()  # e.g. PowerShell's Get-FileHash prints upper case
     return validate_card(data, source=source)
+
+
+def _too_deep(source: str) -> ModelError:
+    return ModelError(f"The model card {source} is nested too deeply (more than {MAX_CARD_DEPTH} levels of lists "
+                      "and objects).", "The file is damaged or is not a model card: re-export the package.")
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_CARD_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _refuse_non_finite(token: str) -> Any:

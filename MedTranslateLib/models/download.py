@@ -9,13 +9,35 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from MedTranslateLib.errors import ModelError
+from MedTranslateLib.errors import ModelError, OutputError
 from MedTranslateLib.io.atomic import replace_file
 from MedTranslateLib.models.paths import MAX_WEIGHTS_BYTES
 
 #: Seconds without data before a download is abandoned.
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 256 * 1024
+
+
+class _WriteFailed(Exception):
+    """Writing the download to disk failed (not the network): carries the ``OSError``."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _folder_error(target: Path, exc: OSError) -> OutputError:
+    """A full disk or a read-only folder while the download is written."""
+    return OutputError(f"Cannot save the downloaded weights in {target.parent}: {exc.strerror or exc}.",
+                       "Free some disk space or make your model folder writable, or set MEDTRANSLATE_MODELS_DIR "
+                       "to a folder you can write to.")
+
+
+def _write(out: object, chunk: bytes) -> None:
+    try:
+        out.write(chunk)  # type: ignore[attr-defined]
+    except OSError as exc:  # the disk, not the network: not to be reported as an interrupted download
+        raise _WriteFailed(exc) from None
 
 
 def download_file(url: str, target: Path, sha256: str, *, expected_size: int | None = None,
@@ -29,8 +51,11 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
 
     cap = min(max_bytes or MAX_WEIGHTS_BYTES, expected_size or MAX_WEIGHTS_BYTES)
     fix = "Check the network connection and the URL, or download the package manually and import it."
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise _folder_error(target, exc) from None
     temp = Path(temp_name)
     digest = hashlib.sha256()
     received = 0
@@ -50,7 +75,7 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
                             raise ModelError(f"The download {url} sent more than the {cap} bytes expected.",
                                              "The URL does not point at this model's weights; check the card.")
                         digest.update(chunk)
-                        out.write(chunk)
+                        _write(out, chunk)
                         if progress is not None:
                             progress(received, total)
             except urllib.error.HTTPError as exc:
@@ -70,6 +95,10 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
                              f"got {digest.hexdigest()}).",
                              "The server sent a different file: check the URL, or re-download the package.")
         replace_file(temp, target)
+    except _WriteFailed as exc:
+        raise _folder_error(target, exc.error) from None
+    except OSError as exc:  # closing (flushing) the file or moving it into place
+        raise _folder_error(target, exc) from None
     finally:
         temp.unlink(missing_ok=True)
     return target

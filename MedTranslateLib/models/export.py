@@ -77,9 +77,10 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
     target = Path(destination)
     final = _zip_destination(target) if as_zip else target
     _check_replaceable(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    staging: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         files = {
             "model.json": (json.dumps(full, indent=2) + "\n").encode("utf-8"),
             weights["file"]: data,
@@ -101,7 +102,8 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
         raise OutputError(f"Cannot write the model package {final}: {exc.strerror or exc}.",
                           "Check that the folder is writable and has free space.") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
 
 

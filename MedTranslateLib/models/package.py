@@ -32,6 +32,7 @@ EXTRA_SUFFIXES = (".md", ".txt", ".json", ".png", ".jpg", ".jpeg", ".cff", ".bib
 EXTRA_NAMES = ("LICENSE", "LICENCE", "NOTICE", "CITATION")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*(?<![. ])$")  # Windows drops a trailing dot or space
 _WINDOWS_DEVICE = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)  # NUL.txt is NUL there
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _CHUNK = 1024 * 1024
 
 
@@ -48,7 +49,11 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ":" in name:
         raise _unsafe(zip_path, name, "is an absolute path or names a drive")
     parts = tuple(p for p in PurePosixPath(name).parts)
-    if not parts or any(p in ("..", ".") or not _SAFE_NAME.match(p) or _WINDOWS_DEVICE.match(p) for p in parts):
+    # the first folder of a longer name may be a zipped folder's own name ("Modèle CT", "model (final)"): it is
+    # dropped on import (or the member refused as in a sub-folder), so only what is written must be a safe name
+    top_ok = len(parts) > 1 and parts[0] not in ("..", ".") and not _CONTROL.search(parts[0])
+    if not parts or any(p in ("..", ".") or not _SAFE_NAME.match(p) or _WINDOWS_DEVICE.match(p)
+                        for p in parts[1 if top_ok else 0:]):
         raise _unsafe(zip_path, name, "has a '..' component or an unsafe name")
     file_type = stat.S_IFMT(info.external_attr >> 16)  # Unix type bits; 0 when the zip does not record them
     if file_type == stat.S_IFLNK:
@@ -251,21 +256,24 @@ class ModelPackage:
         return _parse_safetensors(self.read_weights(progress), self)
 
 
-def read_file_capped(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refused with :class:`ModelError` when larger than ``limit``."""
+def read_file_capped(path: Path, limit: int, what: str = "weights file",
+                     too_large: str = "This is not a MedTranslate weights file.") -> bytes:
+    """A regular file's bytes (through a link too: a hub snapshot's files are links, and what is read is checked
+    all the same), refused with :class:`ModelError` when larger than ``limit``; ``what`` names the file in
+    messages, ``too_large`` says what to do about one over the limit."""
     try:
-        if path.is_symlink() or not path.is_file():
-            raise ModelError(f"The weights file {path} is not a regular file.", "Re-import the package.")
+        if not path.is_file():
+            raise ModelError(f"The {what} {path} is not a regular file (a folder, a device or a broken link).",
+                             "Re-import the package.")
         size = path.stat().st_size
         if size > limit:
-            raise ModelError(f"The weights file {path} is {size} bytes, more than the {limit} allowed.",
-                             "This is not a MedTranslate weights file.")
+            raise ModelError(f"The {what} {path} is {size} bytes, more than the {limit} allowed.", too_large)
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise ModelError(f"Cannot read the weights file {path}: {exc.strerror}.", "Check the permissions.") from None
+        raise ModelError(f"Cannot read the {what} {path}: {exc.strerror}.", "Check the permissions.") from None
     if len(data) > limit:
-        raise ModelError(f"The weights file {path} grew beyond {limit} bytes while reading.", "Re-import it.")
+        raise ModelError(f"The {what} {path} grew beyond {limit} bytes while reading.", "Re-import it.")
     return data
 
 

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from MedTranslateLib.errors import ModelError
+from MedTranslateLib.errors import ModelError, OutputError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
 from MedTranslateLib.io.atomic import chmod_like_new, swap_into_place
 from MedTranslateLib.models.paths import user_models_dir
+from MedTranslateLib.signals import signals_deferred
 from MedTranslateLib.models.package import (
     MAX_EXTRA_BYTES,
     ModelPackage,
@@ -120,13 +124,33 @@ def _raw_card(path: Path) -> object:
                 return None
             raw = card.read_bytes()
         return json.loads(raw.decode("utf-8-sig"))
-    except (ModelError, KeyError, OSError, ValueError):
+    except (ModelError, KeyError, OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
+
+
+def open_import_source(path: str | Path) -> ModelPackage:
+    """The package to import from a folder, its model.json or a .zip (an id names nothing to import)."""
+    if not Path(path).expanduser().exists():
+        raise ModelError(f"No model package at {path}: no such file or folder to import.",
+                         "Give the package's .zip file or its folder (holding model.json); the installed models "
+                         "are listed by 'medtranslate models list'.")
+    return open_package(path)
+
+
+def _is_package(path: Path) -> bool:
+    """True for what is meant as a package: a folder with model.json, or a zip file."""
+    return (path / "model.json").exists() if path.is_dir() else zipfile.is_zipfile(path)
 
 
 def _sentence(text: str) -> str:
     """``text`` ending with a full stop."""
     return text if text.endswith(".") else f"{text}."
+
+
+#: in the hidden name of a package being deleted (out of the registry's sight, swept by the next remove)
+_REMOVING = ".removing-"
+_FOLDER_FIX = ("Free some disk space or make your model folder writable, or set MEDTRANSLATE_MODELS_DIR to a folder "
+              "you can write to.")
 
 
 def _delete(path: Path) -> None:
@@ -135,6 +159,44 @@ def _delete(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a package to a hidden name in its folder, in one step: the registry no longer sees it, and a delete
+    stopped half-way (Ctrl-C, a file in use) leaves no package without its card or weights behind."""
+    hidden = path.with_name(f"{_REMOVING}{secrets.token_hex(8)}")  # short: any package's name may be 255 bytes
+    os.rename(path, hidden)
+    return hidden
+
+
+def _discard(paths: list[Path]) -> None:
+    """Move packages aside then delete them; all are moved before any is deleted, and when one cannot be moved
+    the others are put back (:class:`OutputError`: nothing was removed)."""
+    moved: list[tuple[Path, Path]] = []
+    with signals_deferred():  # Ctrl-C waits until every package is moved aside, or put back
+        try:
+            for path in paths:
+                moved.append((path, _move_aside(path)))
+        except OSError as exc:
+            for original, hidden in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.rename(hidden, original)
+            failed = paths[len(moved)]
+            raise OutputError(f"Cannot remove {failed.name} ({failed}): {exc.strerror or exc}. Nothing was removed.",
+                              "Make your model folder writable (or close the program using the model), then "
+                              "remove it again.") from None
+    for _, hidden in moved:
+        with contextlib.suppress(OSError):  # what is left is hidden, and swept by the next remove
+            _delete(hidden)
+
+
+def _sweep(folder: Path) -> None:
+    """Delete what earlier removes left half-deleted (hidden ``.removing-*`` entries)."""
+    with contextlib.suppress(OSError):
+        for child in folder.iterdir():
+            if child.name.startswith(_REMOVING):
+                with contextlib.suppress(OSError):
+                    _delete(child)
 
 
 class ModelRegistry:
@@ -149,13 +211,27 @@ class ModelRegistry:
 
     def _scan(self, folder: Path, source: str) -> list[RegistryEntry]:
         entries: list[RegistryEntry] = []
-        if not folder.is_dir():
+        try:
+            if not folder.is_dir():
+                return entries
+            children = sorted(folder.iterdir())
+        except OSError as exc:  # another user's folder: its packages are missing, say why (no traceback)
+            fix = ("Reinstall MedTranslate." if source == "builtin" else
+                   "Give this user permission to read it, or set MEDTRANSLATE_MODELS_DIR to a folder of your own.")
+            self.problems.append(PackageProblem(folder, f"the model folder cannot be read ({exc.strerror or exc})",
+                                                fix, source))
             return entries
-        for child in sorted(folder.iterdir()):
+        for child in children:
             if child.name.startswith(".") or child.name.startswith("_"):
                 continue
-            is_package_dir = child.is_dir() and (child / "model.json").exists()
-            is_zip = child.is_file() and child.suffix.lower() == ".zip"
+            try:
+                is_package_dir = child.is_dir() and (child / "model.json").exists()
+                is_zip = child.is_file() and child.suffix.lower() == ".zip"
+            except OSError as exc:  # a folder of another user's: one problem, not a failed listing
+                self.problems.append(PackageProblem(child, f"cannot be read ({exc.strerror or exc})",
+                                                    "Give this user permission to read it, or move it out of the "
+                                                    "model folder.", source, _claims(child)))
+                continue
             if not (is_package_dir or is_zip):
                 if child.is_dir() and not child.name.endswith(".work"):  # <package>.work: a training's own folder
                     self.problems.append(PackageProblem(child, "no model.json, not a model package",
@@ -199,16 +275,25 @@ class ModelRegistry:
         """Open a package given an id, ``id@version``, a package folder, a ``model.json`` or a ``.zip`` path."""
         text = str(name_or_path)
         path = Path(text).expanduser()
+        bare = not (os.sep in text or "/" in text or text.lower().endswith((".zip", ".json")))
         if path.exists():
-            return open_package(path)
-        if os.sep in text or "/" in text or text.lower().endswith((".zip", ".json")):
+            try:
+                return open_package(path)
+            except ModelError:
+                # a bare id that a data folder or file here happens to share: the registry's model was meant
+                model_id = text.partition("@")[0]
+                known = bare and not _is_package(path) and (any(e.id == model_id for e in self.list_models())
+                                                             or any(p.claims_name(model_id) for p in self.problems))
+                if not known:
+                    raise
+        elif not bare:
             raise ModelError(f"No model package at {path}.", IMPORT_HINT)
         return open_package(self.find(text).path)
 
     def import_package(self, path: str | Path, overwrite: bool = False) -> RegistryEntry:
         """Validate a package (card, weights SHA256 and format) and copy it atomically into the user folder;
         ``overwrite`` replaces an import of the same id and version, readable or not."""
-        package = open_package(path)
+        package = open_import_source(path)
         card = package.card
         weights = package.verify() if package.has_weights() else None
         if weights is None and not card.weights_url:
@@ -229,16 +314,26 @@ class ModelRegistry:
         if destination.exists() and destination not in replaced:
             raise ModelError(f"Cannot import {card.id} {card.version}: {destination} exists and is not that model.",
                              "Move that folder out of your model folder, then import again.")
-        self.user_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
-        chmod_like_new(staging)  # readable by other users, as an exported package is
-        try:
+        staging: Path | None = None
+        try:  # a full disk or a read-only model folder: one clear error, and nothing installed
+            self.user_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
+            chmod_like_new(staging)  # readable by other users, as an exported package is
             self._copy_files(package, staging, weights)
             swap_into_place(staging, destination)
+        except OSError as exc:
+            raise OutputError(f"Cannot import {card.id} {card.version} into your model folder {self.user_dir}: "
+                              f"{exc.strerror or exc}. Nothing was installed.", _FOLDER_FIX) from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        for old in sorted(replaced - {destination}):  # an older import's folder or zip
-            _delete(old)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        old = sorted(replaced - {destination})  # an older import's folder or zip
+        if old:
+            try:
+                _discard(old)
+            except OutputError as exc:
+                raise OutputError(f"Imported {card.id} {card.version} into {destination}, but the copy it "
+                                  f"replaces stays: {exc.problem}", exc.fix) from None
         return RegistryEntry(card.id, card.version, card.title, "user", destination)
 
     def selection_note(self, entry: RegistryEntry) -> str | None:
@@ -267,11 +362,15 @@ class ModelRegistry:
             for name, limit in names.items():
                 (staging / name).write_bytes(package.zip.read(name, limit))
         else:
-            (staging / "model.json").write_bytes(read_file_capped(package.path / "model.json", MAX_CARD_BYTES))
+            (staging / "model.json").write_bytes(read_file_capped(package.path / "model.json", MAX_CARD_BYTES,
+                                                                  "model card"))
             for child in package.path.iterdir():
                 if child.name != "model.json" and is_extra_file(child.name) and child.is_file() \
                         and not child.is_symlink():
-                    (staging / child.name).write_bytes(read_file_capped(child, MAX_EXTRA_BYTES))
+                    too_large = (f"Move {child.name} out of the package folder (a package's README, licence, text "
+                                 f"and image files may be at most {MAX_EXTRA_BYTES // 1024} KiB each), then import "
+                                 "again.")
+                    (staging / child.name).write_bytes(read_file_capped(child, MAX_EXTRA_BYTES, "file", too_large))
         if weights is not None:
             (staging / card.weights_file).write_bytes(weights)
 
@@ -289,8 +388,8 @@ class ModelRegistry:
             known = ", ".join(sorted({e.name for e in self.list_models() if e.source == 'user'})) or "none"
             raise ModelError(f"No imported model '{name}'. Imported models: {known}.",
                              "See 'medtranslate models list'.")
-        for path in paths:
-            _delete(path)
+        _sweep(self.user_dir)
+        _discard(paths)
         return paths
 
 
