@@ -74,3 +74,20 @@ def test_members_are_checked_before_any_network_loads(tmp_path, monkeypatch) -> 
     with pytest.raises(ModelError, match="different modalities"):
         ensemble.EnsembleTranslator([str(a), str(t2)], device="cpu")
     assert built == []
+
+
+def test_the_command_line_checks_members_before_downloading_weights(tmp_path, monkeypatch) -> None:
+    """`translate --ensemble` downloaded every member's missing weights (hundreds of MB) before refusing members
+    that cannot form an ensemble."""
+    import argparse
+
+    import MedTranslateLib.cli.translate as translate
+
+    downloads: list[object] = []
+    monkeypatch.setattr(translate, "_download_weights", lambda package, mode: downloads.append(package))
+    a = make_untrained_package(tmp_path / "a", "unet", "2d", id="ct-a")
+    t2 = make_untrained_package(tmp_path / "t2", "unet", "2d", target="T2", id="t2")
+    args = argparse.Namespace(model=str(a), ensemble=[str(t2)], progress="none", device="cpu")
+    with pytest.raises(ModelError, match="different modalities"):
+        translate._load_translator(args, [], jsonl=False)
+    assert downloads == []

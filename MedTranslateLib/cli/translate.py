@@ -91,11 +91,13 @@ def _load_translator(args: argparse.Namespace, jobs: list[tuple[str, Path]], jso
     packages = [registry.resolve(name) for name in [args.model, *(args.ensemble or [])]]
     for warning in registry.warnings:  # a newer package of that id that cannot be read was passed over
         _warn(warning, jsonl)
+    if args.ensemble:  # members that cannot form an ensemble are refused before any download
+        from MedTranslateLib.ensemble import EnsembleTranslator, check_members
+
+        check_members([package.card for package in packages])
     for package in packages:
         _download_weights(package, args.progress)
     if args.ensemble:
-        from MedTranslateLib.ensemble import EnsembleTranslator
-
         translator = EnsembleTranslator(packages, device=args.device)
     else:
         translator = Translator(packages[0], device=args.device)
