@@ -74,7 +74,9 @@ def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Modu
     names = family.inference_networks()
     card = package.card.to_dict()
     try:
-        built = family.build(card["architecture"], package.card.spatial_dims)
+        # a GAN builds its generator alone (``build_inference``): its discriminators only train
+        build = getattr(family, "build_inference", family.build)
+        built = build(card["architecture"], package.card.spatial_dims)
     except (ConfigError, ValueError, TypeError, KeyError, IndexError) as error:
         detail = error.problem if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
         raise ModelError(f"The model card of {package.card.id} {package.card.version} does not describe a "

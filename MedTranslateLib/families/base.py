@@ -150,7 +150,8 @@ class Family(Protocol):
         """All networks of the family, by name. Weights are stored as ``<name>.<param>``."""
 
     def inference_networks(self) -> tuple[str, ...]:
-        """Names of the networks a model package must contain to translate."""
+        """Names of the networks a model package must contain to translate (a family whose ``build`` makes
+        more, e.g. a GAN's discriminators, may also define ``build_inference`` that makes these alone)."""
 
     def configure_optimizers(self, nets: dict[str, nn.Module], lr: float) -> dict[str, torch.optim.Optimizer]:
         """Optimisers by name (checkpointed with the networks)."""

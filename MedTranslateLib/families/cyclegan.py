@@ -40,6 +40,10 @@ class CycleGANFamily:
                 "d_a": build_discriminator(architecture, spatial_dims, c_a),
                 "d_b": build_discriminator(architecture, spatial_dims, c_b)}
 
+    def build_inference(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
+        """The A -> B generator alone: the other generator and the discriminators (MONAI's) only train."""
+        return {"g_ab": build_generator(architecture, spatial_dims)}
+
     def inference_networks(self) -> tuple[str, ...]:
         return ("g_ab",)
 

@@ -36,6 +36,10 @@ class Pix2PixFamily:
         return {"generator": build_generator(architecture, spatial_dims),
                 "discriminator": build_discriminator(architecture, spatial_dims, pair_channels)}
 
+    def build_inference(self, architecture: Mapping[str, Any], spatial_dims: int) -> dict[str, nn.Module]:
+        """The generator alone: the discriminator (MONAI's, whose import takes seconds) only trains."""
+        return {"generator": build_generator(architecture, spatial_dims)}
+
     def inference_networks(self) -> tuple[str, ...]:
         return ("generator",)
 
