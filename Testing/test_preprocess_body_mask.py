@@ -173,3 +173,26 @@ def test_holes_are_filled_slice_by_slice_across_slabs():
     mask[:, 4:20, 4] = mask[:, 4:20, 15] = mask[:, 4, 4:16] = mask[:, 19, 4:16] = True  # a ring in every slice
     expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
     assert np.array_equal(fill_holes(mask), expected) and not np.array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("spacing_xyz, distance_mm", [((0.625, 0.75, 0.65625), 8.0), ((1.0, 1.0, 3.0), 3.0),
+                                                      ((0.9765625, 0.9765625, 2.5), 5.0)])
+def test_dilation_equals_the_euclidean_distance_transform(spacing_xyz, distance_mm) -> None:
+    """The fast (multi-threaded SimpleITK) dilation gives exactly the voxels that scipy's exact Euclidean distance
+    transform puts within the distance, on irregular blobs with anisotropic voxels."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    mask = ndimage.gaussian_filter(rng.random((30, 48, 64)), 2.0) > 0.52
+    mask[:, :, 30:] = False  # blobs on one side only: voxels farther than the distance exist
+    mask[0, 0, 0] = True  # a voxel at the edge of the volume
+    expected = ndimage.distance_transform_edt(~mask, sampling=tuple(reversed(spacing_xyz))) <= distance_mm
+    assert mask.any() and not expected.all()
+    np.testing.assert_array_equal(dilate_by_mm(mask, spacing_xyz, distance_mm), expected)
+
+
+def test_dilation_of_a_full_or_single_voxel_mask() -> None:
+    assert dilate_by_mm(np.ones((5, 6, 7), bool), (1.0, 1.0, 1.0), 2.0).all()
+    single = np.zeros((9, 9, 9), bool)
+    single[4, 4, 4] = True
+    assert dilate_by_mm(single, (1.0, 1.0, 1.0), 1.5).sum() == 19  # the centre, 6 faces and 12 edges
