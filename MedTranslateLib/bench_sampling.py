@@ -21,17 +21,19 @@ START, END = "<!-- sampling:start -->", "<!-- sampling:end -->"
 
 
 def sweep(package: Path, data_root: Path, samplers: Sequence[str], steps: Sequence[int],
-          label: str = "") -> list[dict[str, Any]]:
-    """One held-out evaluation (1 sample, seed 0) per sampler and step count."""
+          label: str = "", device: str = "cpu") -> list[dict[str, Any]]:
+    """One held-out evaluation (1 sample, seed 0) per sampler and step count, on ``device``."""
     from MedTranslateLib.benchmark_models import evaluate_package
 
     rows = []
     for sampler in samplers:
         for n in sorted(steps):
-            result = evaluate_package(package, data_root, uncertainty=False, steps=n, samples=1, sampler=sampler)
+            result = evaluate_package(package, data_root, uncertainty=False, steps=n, samples=1, sampler=sampler,
+                                     device=device)
             row = {"label": label, "sampler": result["sampler"], "steps": n, "metrics": result["metrics"],
                    "cpu_seconds": result["cpu_seconds"], "wall_seconds": result["wall_seconds"],
-                   "id": result["id"], "cases": result["cases"], "torch_threads": result["torch_threads"]}
+                   "id": result["id"], "cases": result["cases"], "torch_threads": result["torch_threads"],
+                   "device": device}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -42,7 +44,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     from MedTranslateLib.benchmark_models import SAMPLER_LABELS, _fmt, headline_mae
 
     ct = any("mae_bone" in r["metrics"] for r in rows)
-    head = ["sampler", "steps", "MAE", "PSNR", "SSIM"] + (["MAE bone", "Dice bone"] if ct else []) + ["CPU s/vol"]
+    head = ["sampler", "steps", "MAE", "PSNR", "SSIM"] + (["MAE bone", "Dice bone"] if ct else []) + ["CPU s/vol", "wall s/vol"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         m = r["metrics"]
@@ -50,7 +52,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         psnr, ssim = (m.get("psnr"), m.get("ssim")) if ct else (m.get("psnr_norm"), m.get("ssim_norm"))
         cells = [name, str(r["steps"]), _fmt(headline_mae(m)), _fmt(psnr, 2), _fmt(ssim, 3)]
         cells += [_fmt(m.get("mae_bone")), _fmt(m.get("dice_bone"), 3)] if ct else []
-        cells.append(_fmt(r["cpu_seconds"]))
+        cells += [_fmt(r["cpu_seconds"]), _fmt(r.get("wall_seconds"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -66,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts (default %(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="real data folder (default MEDTRANSLATE_DATA or "
                                                                  "../shared/data)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--label", default="", help="a label for these rows (e.g. the code version)")
     parser.add_argument("--results", nargs="*", type=Path, default=[], help="earlier --json files to include")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         rows += sweep(args.package, data_root, [s for s in args.samplers.split(",") if s],
-                      [int(n) for n in args.steps.split(",") if n], args.label)
+                      [int(n) for n in args.steps.split(",") if n], args.label, args.device)
     if not rows:
         parser.error("give a PACKAGE to sweep or --results to render")
     if args.json:

@@ -174,3 +174,14 @@ def test_sampling_sweep_table_from_results(tmp_path):
     assert "| DDIM | 5 | 20.0 |" in text
     with pytest.raises(SystemExit):
         bench_sampling.main([])
+
+
+def test_cpu_matmul_peak_is_the_better_of_blas_and_onednn(monkeypatch):
+    """MKL's sgemm is slow on AMD processors: the oneDNN 1 x 1 convolution GEMM counts when it is faster."""
+    from MedTranslateLib import bench
+
+    timings = iter([1.0, 0.5])  # torch.mm, then the 1 x 1 convolution
+    monkeypatch.setattr(bench, "_best_seconds", lambda fn, device, repeats: next(timings))
+    assert bench.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 1024**2 * 64**2 / 0.5 / 1e9)
+    timings = iter([1e-6, 1.0])
+    assert bench.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 64**3 / 1e-6 / 1e9)
