@@ -55,17 +55,21 @@ GPU_WHEELS ?= monai==1.6.1 SimpleITK==2.5.7 pydicom==3.0.2 jsonschema==4.26.0 js
 	referencing==0.37.0 rpds-py==2026.9.1 platformdirs==4.14.9
 GPU_PYTHON ?= 3.12
 GPU_MODELS ?=
+# the phantom case the GPU check trains the diffusion config on (the config's training and held-out slabs)
+GPU_DATA ?= ../shared/data/Task1/phantom/1PA001
 
 gpu-wheels:
 	mkdir -p .whl
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(GPU_WHEELS)
-	set -e; cd .whl; for w in simpleitk-*.whl; do [ -e "$$w" ] || continue; rm -rf sitk; mkdir sitk; \
-		$(PYTHON) -m zipfile -e "$$w" sitk; tar -C sitk -cf - . | xz -9 -T0 > simpleitk.tar.xz; rm -rf sitk "$$w"; done
+	set -e; for w in .whl/simpleitk-*.whl; do [ -e "$$w" ] || continue; rm -rf .whl/sitk; mkdir .whl/sitk; \
+		$(PYTHON) -m zipfile -e "$$w" .whl/sitk; tar -C .whl/sitk -cf - . | xz -9 -T0 > .whl/simpleitk.tar.xz; \
+		rm -rf .whl/sitk "$$w"; done
 	du -sh .whl
 
 gpu-models:
-	mkdir -p .gpu
-	for m in $(GPU_MODELS); do cp -r "$$m" .gpu/; done
-	ls .gpu
+	rm -rf .gpu; mkdir -p .gpu/models .gpu/data/Task1/phantom
+	for m in $(GPU_MODELS); do cp -r "$$m" .gpu/models/; done
+	for case in $(GPU_DATA); do cp -r "$$case" .gpu/data/Task1/phantom/; done
+	du -sh .gpu/*

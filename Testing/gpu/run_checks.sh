@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
-# The device check of issue 6, prepared to run as ONE command on a lent CUDA machine (about 5-8 minutes on an
-# H100/H200): the CUDA tests (Testing/test_cuda.py and the engine tests), then `medtranslate bench` on the GPU.
+# The device check of issue 6, prepared to run as ONE command on a lent CUDA machine, inside BUDGET seconds
+# (default 540). RUN names the steps (default "tests bench", about 6 minutes on an H200; the training step alone
+# needs about 4): each step gets what is left of the budget and is skipped when less than it needs is left.
+#   tests:    the CUDA tests (Testing/test_cuda.py and the engine tests: bf16, channels-last, a real out-of-memory
+#             that halves the batch and then falls back to the CPU, diffusion sampling, mixed-precision training);
+#   bench:    `medtranslate bench --device cuda`: the default U-Net at every size, each carried package
+#             (.gpu/models/*, e.g. a pix2pix and a diffusion package) at 256^3, diffusion sampling steps 10/20/50,
+#             the GPU rewrites side by side, training samples/s per family;
+#   train:    with the phantom data carried (.gpu/data/Task1), the conditional diffusion config trained on the GPU
+#             in bf16 (its full 3000 steps: about 215 s on an H200), then its held-out quality against sampler and
+#             steps (5/10/20/50).
 #
-# Here (a machine with pip access):  make gpu-wheels      # the packages the GPU image lacks, into .whl/
-#                                    make gpu-models GPU_MODELS="pkg1 pkg2"   # optional: packages (e.g. a trained
-#                                        diffusion model) into .gpu/, benchmarked on the 256^3 volume too
-# There (device `run`, carry [".whl", ".gpu"]):  bash Testing/gpu/run_checks.sh
-# Results land in $OUT (or gpu_out/): gpu.txt, pytest.log, bench.log, BENCHMARKS-gpu.md, bench-gpu.json.
-# DEVICE=cpu SIZES=... runs the same steps on a CPU (a dry run of the script itself).
+# Here (a machine with pip access):  make gpu-wheels        # the packages the GPU image lacks, into .whl/
+#                                    make gpu-models GPU_MODELS="pkg1 pkg2"   # packages and data into .gpu/
+# There (device `run`, carry [".whl", ".gpu"]):  bash Testing/gpu/run_checks.sh    (or RUN=train bash ...)
+# Results land in $OUT (or gpu_out/), 8 files at most: summary.txt, pytest.log, bench.log, bench-gpu.json,
+# BENCHMARKS-gpu.md, train.log, sampling.log, sampling.json.
+# DEVICE=cpu SIZES=... BIG=... DIFFUSION_STEPS=... runs the same steps on a CPU (a dry run of the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
 SIZES=${SIZES:-128x128x128,256x256x160,256x256x256,512x512x300}
 BIG=${BIG:-256x256x256}
-REPEATS=${REPEATS:-3}
+REPEATS=${REPEATS:-2}
+BUDGET=${BUDGET:-540}
+RUN=${RUN:-tests bench}
+DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 PYTHON=${PYTHON:-python3}
+START=$(date +%s)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+summary="$OUT/summary.txt"
 
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     site=/tmp/medtranslate-site
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
-        || { echo "installing the carried wheels failed"; exit 2; }
+        || { echo "installing the carried wheels failed" | tee -a "$summary"; exit 2; }
     for archive in .whl/*.tar.xz; do [ -e "$archive" ] && tar -C "$site" -xJf "$archive"; done
     export PYTHONPATH="$site:$PWD"
 else
@@ -33,18 +47,51 @@ fi
   "$PYTHON" -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '',
 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), 'monai', monai.__version__,
-'SimpleITK', SimpleITK.Version_VersionString())"; } 2>&1 | tee "$OUT/gpu.txt"
+'SimpleITK', SimpleITK.Version_VersionString())"; } 2>&1 | tee -a "$summary"
 
-"$PYTHON" -m pytest -q -rs -p no:cacheprovider -o addopts="" Testing/test_cuda.py Testing/test_engine_device.py \
-    Testing/test_engine_predict.py Testing/test_inference_optimize.py Testing/test_progress.py 2>&1 | tee "$OUT/pytest.log"
-tests=${PIPESTATUS[0]}
+# step NAME CAP NEED LOG COMMAND...: run COMMAND under `timeout` for at most CAP seconds and what the budget has
+# left; skipped when less than NEED seconds are left
+step() {
+    local name=$1 cap=$2 need=$3 log=$4; shift 4
+    local left=$(( BUDGET - ($(date +%s) - START) - 5 ))
+    (( cap > left )) && cap=$left
+    if (( left < need )); then echo "$name: skipped, ${left}s of the budget left (needs ${need}s)" | tee -a "$summary"; return 1; fi
+    local t0=$(date +%s)
+    echo "== $name (at most ${cap}s)" | tee -a "$log"
+    timeout --kill-after=5 "$cap" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    echo "$name: exit $rc after $(( $(date +%s) - t0 ))s" | tee -a "$summary"
+    return "$rc"
+}
+wants() { [[ " $RUN " == *" $1 "* ]]; }
 
-models=(--model "mr2ct-headphantom-unet2d=$SIZES" --model "t1-t2-brats-unet2d=$BIG")
-for package in .gpu/*/model.json; do
-    [ -e "$package" ] && models+=(--model "$(dirname "$package")=$BIG")
-done
-"$PYTHON" -m MedTranslateLib bench --device "$DEVICE" "${models[@]}" --repeats "$REPEATS" --training \
-    --sampling-steps 5,10,20,50 --output "$OUT/BENCHMARKS-gpu.md" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench.log"
-bench=${PIPESTATUS[0]}
-echo "tests exit $tests, bench exit $bench"
-exit $(( tests || bench ))
+if wants tests; then
+    step tests 100 30 "$OUT/pytest.log" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -o addopts="" \
+        Testing/test_cuda.py Testing/test_engine_device.py Testing/test_engine_predict.py \
+        Testing/test_inference_optimize.py Testing/test_progress.py
+fi
+
+if wants bench; then
+    models=(--model "mr2ct-headphantom-unet2d=$SIZES")
+    for package in .gpu/models/*/model.json; do
+        [ -e "$package" ] && models+=(--model "$(dirname "$package")=$BIG")
+    done
+    step bench 360 120 "$OUT/bench.log" "$PYTHON" -m MedTranslateLib bench --device "$DEVICE" "${models[@]}" \
+        --repeats "$REPEATS" --training --sampling-steps 10,20,50 --output "$OUT/BENCHMARKS-gpu.md" \
+        --json "$OUT/bench-gpu.json"
+fi
+
+if wants train && [ -d .gpu/data/Task1 ]; then
+    work=/tmp/medtranslate-gpu-train
+    rm -rf "$work"
+    if step train-diffusion 260 200 "$OUT/train.log" "$PYTHON" -m MedTranslateLib train \
+        --config mr2ct-phantom-diffusion2d --data .gpu/data/Task1 --device "$DEVICE" --set train.amp=true \
+        --steps "$DIFFUSION_STEPS" --output "$work/diffusion" --progress none; then
+        step sampling 200 30 "$OUT/sampling.log" "$PYTHON" -m MedTranslateLib.bench_sampling "$work/diffusion" \
+            --data .gpu/data --device "$DEVICE" --samplers ddim,dpm++2m --steps 5,10,20,50 \
+            --label "GPU-trained" --json "$OUT/sampling.json"
+    fi
+fi
+echo "total $(( $(date +%s) - START ))s of a ${BUDGET}s budget" | tee -a "$summary"
+grep -q "exit [1-9]" "$summary" && exit 1
+exit 0
