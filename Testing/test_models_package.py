@@ -171,3 +171,39 @@ def test_safetensors_header_check(tmp_path):
     assert "header length" in safetensors_header_problem(good[:20])
     assert safetensors_header_problem(b"\x02\0\0\0\0\0\0\0{}") == "it holds no tensors"
     assert "shorter" in safetensors_header_problem(b"abc")
+
+
+def test_reading_a_small_weights_file_reserves_its_size_not_the_cap(tmp_path):
+    """Under an address-space limit (a cluster job, ulimit -v) a small file reads: the reader asks for the file's
+    size, not the 2 GiB cap (before: MemoryError from the up-front buffer of read(cap + 1))."""
+    import subprocess
+    import sys
+
+    small = tmp_path / "weights.safetensors"
+    small.write_bytes(b"x" * 1000)
+    code = ("import resource, sys\n"
+            "from MedTranslateLib.models.package import MAX_WEIGHTS_BYTES, read_file_capped\n"
+            "from pathlib import Path\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
+            "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (used + MAX_WEIGHTS_BYTES // 2, hard))\n"
+            f"print(len(read_file_capped(Path({str(small)!r}), MAX_WEIGHTS_BYTES)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1000", out.stderr[-2000:]
+
+
+def test_a_weights_file_that_changes_while_read_is_refused(tmp_path, monkeypatch):
+    from MedTranslateLib.models.package import read_file_capped
+
+    growing = tmp_path / "weights.safetensors"
+    growing.write_bytes(b"x" * 100)
+    real_open = Path.open
+
+    def open_after_a_write(self, *args, **kwargs):
+        with real_open(self, "ab") as handle:  # another process appends between the size check and the read
+            handle.write(b"y" * 10)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_after_a_write)
+    with pytest.raises(ModelError, match="changed while it was read"):
+        read_file_capped(growing, 10_000)

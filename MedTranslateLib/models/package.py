@@ -269,11 +269,12 @@ def read_file_capped(path: Path, limit: int, what: str = "weights file",
         if size > limit:
             raise ModelError(f"The {what} {path} is {size} bytes, more than the {limit} allowed.", too_large)
         with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+            data = handle.read(size + 1)  # its size, not the cap: read(n) reserves n bytes up front
     except OSError as exc:
         raise ModelError(f"Cannot read the {what} {path}: {exc.strerror}.", "Check the permissions.") from None
-    if len(data) > limit:
-        raise ModelError(f"The {what} {path} grew beyond {limit} bytes while reading.", "Re-import it.")
+    if len(data) != size:
+        raise ModelError(f"The {what} {path} changed while it was read ({size} bytes, then {len(data)}"
+                         f"{' or more' if len(data) > size else ''}).", "Re-import it when nothing writes to it.")
     return data
 
 
