@@ -1,6 +1,7 @@
-"""Side-by-side network throughput of the 2D generators MedTranslate has shipped (part of ``medtranslate bench``).
+"""Device and network throughput for ``medtranslate bench``: the measured matrix-multiply peak, one model's FLOPs
+and forward speed, the 2D generators MedTranslate has shipped side by side, and training samples/s per family.
 
-The variants run in one process, one after the other, on the same input, with random weights (speed does not
+In the side-by-side comparison the variants run in one process, one after the other, on the same input, with random weights (speed does not
 depend on them), so the ratios between rows hold even on a machine whose absolute speed drifts:
 
 1. MONAI ``BasicUNet`` (16-128 channels), instance norm: the first default model;
@@ -21,20 +22,32 @@ import contextlib
 import time
 from typing import Any, Callable, Sequence
 
+from MedTranslateLib.families import SAMPLED_FAMILIES
+
 BASIC_FEATURES = (16, 16, 32, 64, 128, 16)
 FEATURES = (32, 64, 128, 256)
 
 
-def _best_seconds(fn: Callable[[], Any], repeats: int, synchronize: Callable[[], Any]) -> float:
-    fn()  # warm-up (oneDNN / cuDNN pick their kernels on the first call of a shape)
-    synchronize()
+def best_seconds(fn: Callable[[], Any], repeats: int, device: Any) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn`` after one warm-up (oneDNN / cuDNN pick their kernels on
+    the first call of a shape); GPU work is waited for."""
+    fn()
+    _synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        synchronize()
+        _synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _synchronize(device: Any) -> None:
+    """Wait for the GPU's queued work (timings of asynchronous CUDA calls); nothing on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _monai_basic_unet(norm: str) -> Any:
@@ -73,7 +86,6 @@ def layout_comparison(device: str, features: Sequence[int] = FEATURES, size: int
     from MedTranslateLib.networks.unet import UNetGenerator
 
     dev = select_device(device)
-    synchronize = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     basic = f"MONAI BasicUNet {list(BASIC_FEATURES)}"
     ours = f"MedTranslate U-Net {list(features)}"
@@ -113,20 +125,20 @@ def layout_comparison(device: str, features: Sequence[int] = FEATURES, size: int
             if channels_last:
                 to_channels_last(net)
             inputs = to_device_layout(x, dev, channels_last)
+
             def forward() -> Any:
                 with forward_context(dev) if autocast else contextlib.nullcontext():
                     return net(inputs)
 
             with FlopCounterMode(display=False) as counter:
                 forward()
-            seconds = _best_seconds(forward, repeats, synchronize)
+            seconds = best_seconds(forward, repeats, dev)
         row = {"variant": label, "seconds": seconds, "seconds_per_slice": seconds / n, "batch": n,
                "gflop_per_slice": counter.get_total_flops() / n / 1e9,
                "gflops": counter.get_total_flops() / seconds / 1e9}
         if peak is not None:
             row["peak_gflops"] = peak()
         rows.append(row)
-        del net, inputs
     return rows
 
 
@@ -142,3 +154,113 @@ def to_markdown(rows: Sequence[dict[str, Any]], peak_gflops: float, size: int = 
         lines.append(f"| {r['variant']} | {r['gflop_per_slice']:.2f} | {r['seconds_per_slice']:.4f} | "
                      f"{r['gflops']:.1f} | {r['gflops'] / peak_gflops:.0%} | {r['gflops'] / first:.2f}x |")
     return lines + [""]
+
+
+def matmul_peak_gflops(device: str, n: int | None = None, repeats: int = 8) -> float:
+    """Measured matrix-multiply throughput of the device (best of ``repeats``, GFLOP/s), in the dtype the
+    networks compute in there: float32 on the CPU, the autocast dtype (bf16) on CUDA, where ``n`` defaults to
+    8192 (a 2048 product is too small to fill a large GPU).
+
+    On the CPU the better of two GEMM paths counts: BLAS (``torch.mm``) and oneDNN (a 1 x 1 convolution is a
+    GEMM). MKL's ``sgemm`` runs below the core's peak on AMD processors (206 against oneDNN's 480 GFLOP/s on the
+    2-core AMD EPYC of this work), and the networks' convolutions run through oneDNN."""
+    import torch
+
+    from MedTranslateLib.inference.device import autocast_dtype, select_device
+
+    dev = select_device(device)
+    dtype = autocast_dtype(dev) or torch.float32
+    n = n or (8192 if dev.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    peak = 2 * n**3 / best_seconds(lambda: torch.mm(a, b), repeats, dev) / 1e9
+    if dev.type == "cpu":
+        channels, side = 1024, 64
+        conv = torch.nn.Conv2d(channels, channels, 1, bias=False).eval().to(memory_format=torch.channels_last)
+        x = torch.randn(1, channels, side, side).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            seconds = best_seconds(lambda: conv(x), repeats, dev)
+        peak = max(peak, 2 * channels**2 * side**2 / seconds / 1e9)
+    return peak
+
+
+def matmul_dtype(device: str) -> str:
+    """The dtype :func:`matmul_peak_gflops` measures on ``device`` (``float32`` or ``bfloat16``/``float16``)."""
+    from MedTranslateLib.inference.device import autocast_dtype, select_device
+
+    dtype = autocast_dtype(select_device(device))
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
+def network_flops(model: str, device: str, size: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """FLOPs of one network pass (one denoising step for diffusion) on a ``size`` x ``size`` slice (2D) or one
+    patch (3D), the parameter count and the isolated forward throughput (GFLOP/s) at the card's batch size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from MedTranslateLib.inference.engine import forward_context, predictor_channels_last, to_device_layout
+    from MedTranslateLib.models.registry import ModelRegistry
+    from MedTranslateLib.pipeline import Translator
+
+    from MedTranslateLib.families.base import InferenceOptions
+
+    translator = Translator(ModelRegistry().resolve(model), device=device)
+    card = translator.card.to_dict()
+    # one network pass: diffusion predictors run one denoising step with steps=1
+    predictor = translator.family.make_predictor(translator.nets, card, InferenceOptions(steps=1))
+
+    def net(x: "torch.Tensor") -> "torch.Tensor":
+        generator = torch.Generator(device=translator.device).manual_seed(0)
+        return predictor(x, generator)
+
+    if card["family"] in SAMPLED_FAMILIES:
+        size = min(size, 64)  # attention layers grow with the square of the token count: keep this bounded
+    channels = int(card["architecture"].get("in_channels", 1))
+    spatial = (size, size) if translator.card.spatial_dims == 2 else tuple(card["input"]["patch_size"])
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.zeros((1, channels, *spatial), device=translator.device))
+    flops = counter.get_total_flops()
+    pixels = 1
+    for s in spatial:
+        pixels *= s
+    batch = int(card["input"].get("batch_size", 8)) if card["family"] not in SAMPLED_FAMILIES else 1
+    x = to_device_layout(torch.randn((batch, channels, *spatial)), translator.device,
+                         predictor_channels_last(predictor))
+    with torch.inference_mode(), forward_context(translator.device):
+        best = best_seconds(lambda: net(x), repeats, translator.device)
+    params = sum(p.numel() for n in translator.nets.values() for p in n.parameters())
+    return {"flops_per_unit": flops, "unit": "x".join(map(str, spatial)), "flops_per_pixel": flops / pixels,
+            "parameters": params, "family": card["family"], "dimensionality": card["dimensionality"],
+            "forward_gflops": flops * batch / best / 1e9, "batch": batch,
+            "folded_norms": sum(layout.folded_norms for layout in translator.layouts.values()),
+            "channels_last": any(layout.channels_last for layout in translator.layouts.values())}
+
+
+def training_throughput(device: str, steps: int = 5) -> dict[str, float]:
+    """Training samples per second for each family on small 2D batches (64 x 64, batch 4)."""
+    import torch
+
+    from MedTranslateLib.families import FAMILY_NAMES, get_family
+    from MedTranslateLib.inference.device import autocast_for, select_device
+
+    dev = select_device(device)
+    out: dict[str, float] = {}
+    for name in FAMILY_NAMES:
+        family = get_family(name)
+        if not family.gradient_trained:
+            continue
+        arch = {"in_channels": 1, "out_channels": 1}
+        nets = {k: v.to(dev) for k, v in family.build(arch, 2).items()}
+        opts = family.configure_optimizers(nets, 1e-4)
+        batch = {"source": torch.randn(4, 1, 64, 64, device=dev), "target": torch.randn(4, 1, 64, 64, device=dev),
+                 "mask": torch.ones(4, 1, 64, 64, device=dev)}
+        for _ in range(1 if dev.type == "cpu" else 3):  # warm-up (cuDNN picks its kernels on the first steps)
+            family.training_step(nets, opts, batch, lambda: autocast_for(dev), {})
+        timed = steps if dev.type == "cpu" else 4 * steps
+        _synchronize(dev)
+        start = time.perf_counter()
+        for _ in range(timed):
+            family.training_step(nets, opts, batch, lambda: autocast_for(dev), {})
+        _synchronize(dev)
+        out[name] = 4 * timed / (time.perf_counter() - start)
+    return out

@@ -178,10 +178,10 @@ def test_sampling_sweep_table_from_results(tmp_path):
 
 def test_cpu_matmul_peak_is_the_better_of_blas_and_onednn(monkeypatch):
     """MKL's sgemm is slow on AMD processors: the oneDNN 1 x 1 convolution GEMM counts when it is faster."""
-    from MedTranslateLib import bench
+    from MedTranslateLib import bench_network
 
     timings = iter([1.0, 0.5])  # torch.mm, then the 1 x 1 convolution
-    monkeypatch.setattr(bench, "_best_seconds", lambda fn, device, repeats: next(timings))
-    assert bench.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 1024**2 * 64**2 / 0.5 / 1e9)
+    monkeypatch.setattr(bench_network, "best_seconds", lambda fn, repeats, device: next(timings))
+    assert bench_network.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 1024**2 * 64**2 / 0.5 / 1e9)
     timings = iter([1e-6, 1.0])
-    assert bench.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 64**3 / 1e-6 / 1e9)
+    assert bench_network.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 64**3 / 1e-6 / 1e9)
