@@ -244,7 +244,7 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importModelButton.enabled = not running
         self.updateCpuNotice()
         if ready and not running:  # the next run's worker loads Python and torch now, not after the click
-            self.logic.translation.prestart(DEVICE_CHOICES[node.device])
+            self.logic.translation.prestart(DEVICE_CHOICES[node.device], node.modelId)
 
     # ---- run -------------------------------------------------------------------------------------
     def onTranslateButton(self) -> None:

@@ -35,7 +35,7 @@ node = load_volume(volumes, {volume!r}, "input")
 marks = []
 logic = TranslationLogic(scene=scene, on_status=lambda s: marks.append((time.perf_counter(), s.state, s.stage)))
 if {prestarted!r}:  # as the panel does once an input and a model are chosen: the worker is ready before the click
-    logic.prestart("cpu")
+    logic.prestart("cpu", {preload!r})
     assert logic.wait_for_standby(120), "the standby worker did not get ready"
 start = time.perf_counter()
 logic.run(TranslationRequest(input_node=node, model_id={model!r}, device="cpu"))
@@ -51,12 +51,13 @@ print(json.dumps({{"total": total, "firsts": firsts,
 STEPS = ("starting", "preprocess", "inference", "restore", "write", "done")
 
 
-def measure(volume: Path, model: str, prestarted: bool = False) -> dict:
-    """One click-to-result run in a fresh interpreter (with ``prestarted``: a standby worker ready at the click)."""
+def measure(volume: Path, model: str, prestarted: bool = False, preload: bool = True) -> dict:
+    """One click-to-result run in a fresh interpreter (with ``prestarted``: a standby worker ready at the click,
+    which has also loaded what the model needs unless ``preload`` is False)."""
     import json
 
     code = _ONE_RUN.format(module=str(REPO / "MedTranslate"), volume=str(volume), model=model,
-                           prestarted=prestarted)
+                           prestarted=prestarted, preload=model if preload else None)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"the run failed:\n{done.stderr[-3000:]}")

@@ -407,6 +407,27 @@ def test_a_prestarted_worker_runs_the_next_translation(scene, input_node, tmp_pa
     assert logic.standby_pid is None and _gone_within(released, 30)
 
 
+def test_a_standby_worker_loads_the_chosen_model_s_needs_and_follows_the_choice(scene, input_node, tmp_path):
+    """``prestart(device, model)`` starts ``standby --model MODEL``; the same choice keeps that worker, another
+    model replaces it (the old one ends by itself), and the run sent to it names what it runs."""
+    from test_slicer_fakeworker import make_tiny_package
+
+    package = str(make_tiny_package(tmp_path / "package"))
+    logic = TranslationLogic(scene=scene, python_executable=sys.executable)
+    logic.prestart("cpu", package)
+    first = logic.standby_pid
+    logic.prestart("cpu", package)
+    assert first is not None and logic.standby_pid == first
+    assert logic._standby.command[-3:] == ["standby", "--model", package]
+    logic.prestart("cpu", "another-model")
+    assert logic.standby_pid not in (None, first) and _gone_within(first, 30)
+    logic.prestart("cpu", package)
+    assert logic.wait_for_standby(120)
+    standby = logic._standby
+    status = logic.run(TranslationRequest(input_node, package, target_modality="CT", device="cpu"), timeout=300)
+    assert status.state == "done" and standby.command[3] == "translate" and "standby" not in standby.command
+
+
 def test_a_standby_worker_that_ended_is_replaced_by_a_fresh_one(scene, input_node):
     """A standby that died before the click (here the fake worker, which knows no ``standby`` command) cannot take
     the run: a worker is started for it as without a standby, and the run succeeds."""

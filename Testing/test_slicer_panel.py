@@ -183,7 +183,7 @@ def test_a_standby_worker_that_dies_at_start_is_not_restarted_on_every_panel_cha
     monkeypatch.setattr(WorkerProcess, "start", counting_start)
     translation = panel.logic.translation
     panel.updateButtons()  # the fake worker knows no "standby" command: it exits at once with an error
-    assert len(started) == 1 and started[0][-1] == "standby"
+    assert len(started) == 1 and started[0][-3:] == ["standby", "--model", panel._parameterNode.modelId]
     for _ in range(4):  # the user keeps changing settings
         deadline = time.monotonic() + 30
         while translation._standby is not None and translation._standby.running and time.monotonic() < deadline:
@@ -193,7 +193,7 @@ def test_a_standby_worker_that_dies_at_start_is_not_restarted_on_every_panel_cha
     panel.onTranslateButton()  # a run starts its own worker and reports any problem; afterwards one more try
     _poll_until_finished(panel)
     assert panel.logic.translation.status.state == "done"
-    assert "translate" in started[1] and [command[-1] for command in started[2:]] == ["standby"]
+    assert "translate" in started[1] and [command[-3] for command in started[2:]] == ["standby"]
 
 
 def test_cancel_and_failure_in_the_panel_leave_the_scene_as_it_was(panel, scene):

@@ -180,22 +180,25 @@ class TranslationLogic:
         self._set_status(TranslationStatus(state="running", stage="starting", message="Starting the worker"))
 
     # ---- prestarted worker ----------------------------------------------------------------------
-    def prestart(self, device: str = "auto") -> None:
+    def prestart(self, device: str = "auto", model: str | None = None) -> None:
         """Start a standby worker for the next run on ``device`` (``medtranslate standby``): it loads Python,
-        torch and the backend now, so the Translate click does not wait for them. It holds those libraries'
-        memory until it is used, replaced (another device) or released, and ends by itself with Slicer. One that
-        died unused is not started again for the same device until a run has been started."""
+        torch and the backend now, so the Translate click does not wait for them, and with ``model`` what that
+        model's networks need too (MONAI for diffusion and 3D models). It holds those libraries' memory until it
+        is used, replaced (another device or model) or released, and ends by itself with Slicer. One that died
+        unused is not started again for the same device until a run has been started."""
         if device not in DEVICES:
             raise TranslationFailed(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
         env = worker_environment(device)
-        if self._standby is not None and self._standby.running and self._standby.env == env:
+        command = [*self.worker_command, "standby"] + (["--model", model] if model else [])
+        if self._standby is not None and self._standby.running and self._standby.env == env \
+                and self._standby.command == command:
             return
         if self._standby is not None and not self._standby.running:  # it died by itself, unused: a broken start
             self._failed_standby_env = self._standby.env
         self.release_standby()
         if env == self._failed_standby_env:  # not again at every panel change; the next run says what is wrong
             return
-        standby = WorkerProcess([*self.worker_command, "standby"], env=env, takes_job=True)
+        standby = WorkerProcess(command, env=env, takes_job=True)
         try:
             standby.start()
         except OSError:  # no such interpreter: the run starts its own worker and reports what is wrong

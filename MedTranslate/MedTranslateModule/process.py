@@ -155,7 +155,8 @@ class WorkerProcess:
             stdin.close()
         except OSError:  # it died meanwhile (a broken pipe)
             return False
-        self.command, self.cwd = [*self.command[:-1], *map(str, argv)], cwd
+        launcher = self.command[:self.command.index("standby")] if "standby" in self.command else self.command[:-1]
+        self.command, self.cwd = [*launcher, *map(str, argv)], cwd  # what it runs now (``standby`` and its options go)
         return True
 
     def release(self) -> None:

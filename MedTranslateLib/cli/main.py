@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "MedTranslateLib.evaluation.cli", "add_evaluate_arguments", "run_evaluate")
     _add_delegated(sub, "bench", "measure translate speed and memory", "MedTranslateLib.bench",
                    "add_bench_arguments", "run_bench")
-    sub.add_parser("standby", help="load the libraries, then run one command sent on standard input as JSON "
-                                   "(the Slicer module's prestarted worker)").set_defaults(
-        handler=_lazy("MedTranslateLib.cli.standby", "run_standby"))
+    standby = sub.add_parser("standby", help="load the libraries, then run one command sent on standard input as "
+                                             "JSON (the Slicer module's prestarted worker)")
+    standby.add_argument("--model", default=None, help="also load what this model's networks need (e.g. MONAI)")
+    standby.set_defaults(handler=_lazy("MedTranslateLib.cli.standby", "run_standby"))
     return parser
 
 

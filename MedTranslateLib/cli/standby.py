@@ -41,12 +41,30 @@ def parse_job(line: str) -> tuple[list[str], str | None]:
     return argv, cwd if isinstance(cwd, str) and cwd else None
 
 
+def preload_model(model: str) -> None:
+    """Import what ``model``'s networks need (MONAI for diffusion and 3D models: seconds) by building them once from
+    its card, without weights. A model that cannot be opened or built is left to the run, which reports it."""
+    from MedTranslateLib.errors import MedTranslateError
+    from MedTranslateLib.families import get_family
+    from MedTranslateLib.models.registry import ModelRegistry
+
+    try:
+        card = ModelRegistry().resolve(model).card
+        family = get_family(card.family)
+        getattr(family, "build_inference", family.build)(card.to_dict()["architecture"], card.spatial_dims)
+    except (MedTranslateError, OSError, ValueError, TypeError, KeyError, IndexError):
+        pass  # the run opens the model again and says what is wrong with it
+
+
 def run_standby(args: argparse.Namespace) -> int:
-    """Load the libraries, say ready, wait for one command and run it; returns its exit code."""
+    """Load the libraries (and what ``--model`` needs), say ready, wait for one command and run it; returns its
+    exit code."""
     import importlib
 
     for name in PRELOADED:
         importlib.import_module(name)
+    if getattr(args, "model", None):
+        preload_model(args.model)
     print(json.dumps({"event": "ready"}), flush=True)
     line = sys.stdin.readline()
     if not line.strip():
