@@ -45,13 +45,12 @@ def preload_model(model: str) -> None:
     """Import what ``model``'s networks need (MONAI for diffusion and 3D models: seconds) by building them once from
     its card, without weights. A model that cannot be opened or built is left to the run, which reports it."""
     from MedTranslateLib.errors import MedTranslateError
-    from MedTranslateLib.families import get_family
+    from MedTranslateLib.families import build_for_inference, get_family
     from MedTranslateLib.models.registry import ModelRegistry
 
     try:
         card = ModelRegistry().resolve(model).card
-        family = get_family(card.family)
-        getattr(family, "build_inference", family.build)(card.to_dict()["architecture"], card.spatial_dims)
+        build_for_inference(get_family(card.family), card.to_dict()["architecture"], card.spatial_dims)
     except (MedTranslateError, OSError, ValueError, TypeError, KeyError, IndexError):
         pass  # the run opens the model again and says what is wrong with it
 

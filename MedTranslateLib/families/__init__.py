@@ -64,6 +64,13 @@ def check_training_settings(name: str, architecture: Mapping[str, Any], options:
         family.check_architecture(architecture)
 
 
+def build_for_inference(family: "Family", architecture: Mapping[str, Any],
+                        spatial_dims: int) -> dict[str, "nn.Module"]:
+    """The networks a translation needs, untrained: ``build_inference`` where the family has one (a GAN builds its
+    generator alone: its discriminators, MONAI's, only train), else ``build``."""
+    return getattr(family, "build_inference", family.build)(architecture, spatial_dims)
+
+
 def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Module"]]:
     """The package's family and its inference networks, built from the card's architecture and loaded with the
     verified weights (ModelError when they do not fit, or when a sampled model's card gives sampling settings it
@@ -74,9 +81,7 @@ def load_networks(package: "ModelPackage") -> tuple["Family", dict[str, "nn.Modu
     names = family.inference_networks()
     card = package.card.to_dict()
     try:
-        # a GAN builds its generator alone (``build_inference``): its discriminators only train
-        build = getattr(family, "build_inference", family.build)
-        built = build(card["architecture"], package.card.spatial_dims)
+        built = build_for_inference(family, card["architecture"], package.card.spatial_dims)
     except (ConfigError, ValueError, TypeError, KeyError, IndexError) as error:
         detail = error.problem if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
         raise ModelError(f"The model card of {package.card.id} {package.card.version} does not describe a "
