@@ -19,7 +19,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, worker_environment
-from MedTranslateModule.nodes import evaluate_against_reference, is_label_map, output_for_input
+from MedTranslateModule.nodes import default_input_volume, evaluate_against_reference, output_for_input
 from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
@@ -124,9 +124,8 @@ class MedTranslateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:  # auto-pick the first image volume (not a label map)
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            first = next((volume for volume in volumes if not is_label_map(volume)), None)
+        if not self._parameterNode.inputVolume:  # auto-pick a plain scalar image, never a colour volume or a result
+            first = default_input_volume(slicer.mrmlScene)
             if first:
                 self._parameterNode.inputVolume = first
 

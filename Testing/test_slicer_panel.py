@@ -131,6 +131,16 @@ def _poll_until_finished(widget, seconds: float = 60.0) -> None:
     assert not widget._timer.active, "the run did not finish"
 
 
+def _let_the_fake_standby_end(widget, seconds: float = 30.0) -> None:
+    """After a run the panel prestarts a standby worker; the fake worker knows no ``standby`` and exits at once. A
+    click before it has exited hands the run to it (as to a real standby still loading), and the run then fails
+    with the fake's exit: tests that click again wait for it to end first (under load it took long enough to race)."""
+    translation = widget.logic.translation
+    deadline = time.monotonic() + seconds
+    while translation._standby is not None and translation._standby.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _red_view(scene):
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
@@ -157,9 +167,11 @@ def test_the_panel_shows_a_finished_run_over_the_input_it_was_made_from(panel, s
     assert red.GetBackgroundVolumeID() == input_node.GetID()  # not PatientB's
     assert panel.ui.translateButton.text == "Translate"
 
+    _let_the_fake_standby_end(panel)
     panel.onTranslateButton()  # now of PatientB, the selected input
     panel._parameterNode.inputVolume = None  # the selector set to none mid-run: the result is still shown
     _poll_until_finished(panel)
+    assert panel.logic.translation.status.state == "done", panel.shown_errors
     second = panel.logic.translation.status.output_node
     assert second is not result and second.GetAttribute("MedTranslate.source_volume") == "PatientB"
     assert _red_view(scene).GetForegroundVolumeID() == second.GetID()
@@ -185,9 +197,7 @@ def test_a_standby_worker_that_dies_at_start_is_not_restarted_on_every_panel_cha
     panel.updateButtons()  # the fake worker knows no "standby" command: it exits at once with an error
     assert len(started) == 1 and started[0][-3:] == ["standby", "--model", panel._parameterNode.modelId]
     for _ in range(4):  # the user keeps changing settings
-        deadline = time.monotonic() + 30
-        while translation._standby is not None and translation._standby.running and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _let_the_fake_standby_end(panel)
         panel.updateButtons()
     assert len(started) == 1, f"{len(started)} worker processes started for one panel"
     panel.onTranslateButton()  # a run starts its own worker and reports any problem; afterwards one more try
@@ -214,6 +224,7 @@ def test_cancel_and_failure_in_the_panel_leave_the_scene_as_it_was(panel, scene)
     assert not panel.shown_errors
     panel._parameterNode.modelId = "fake-error"
     panel._models["fake-error"] = panel._models["fake-ok"]
+    _let_the_fake_standby_end(panel)
     panel.onTranslateButton()
     _poll_until_finished(panel)
     assert len(panel.shown_errors) == 1 and "The volume 'MRHead' is constant" in panel.shown_errors[0]
@@ -250,3 +261,53 @@ def test_packages_installed_at_the_click_are_not_run_by_the_standby_worker_that_
     panel.onTranslateButton()
     assert translation.worker_pid == standby
     translation.cancel()
+
+
+def _auto_picked_input(panel):
+    """What the panel's own ``initializeParameterNode`` picks as the input of a parameter node that has none (as
+    when the module opens or the scene was closed); connecting the Qt widgets is left out."""
+    panel._parameterNode = None
+    panel.logic.getParameterNode = lambda: SimpleNamespace(inputVolume=None)
+    panel.setParameterNode = lambda node: setattr(panel, "_parameterNode", node)
+    panel.initializeParameterNode()
+    return panel._parameterNode.inputVolume
+
+
+@pytest.mark.parametrize("unsuitable", ["RGB scalar volume", "vector volume", "earlier result", "label map"])
+def test_the_automatic_input_is_a_plain_image_never_a_colour_volume_or_an_earlier_result(panel, scene, input_node,
+                                                                                           unsuitable):
+    """Opening the module picked the first scalar-class volume that was not a label map: a colour (3-component)
+    volume, a vtkMRMLVectorVolumeNode or a synthetic volume MedTranslate made (translating a result again) could
+    become the input. It takes the first plain single-component image that is not a result; none when only such
+    volumes are loaded."""
+    import slicer
+
+    from MedTranslateModule.logic import TranslationRequest
+
+    colour = np.zeros((12, 14, 16, 3), np.uint8)
+    if unsuitable == "RGB scalar volume":
+        import vtk
+
+        image = vtk.vtkImageData()  # a colour image loaded as a scalar volume (a photo, a screenshot)
+        image.SetDimensions(16, 14, 12)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+        bad = [scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "photo")]
+        bad[0].SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(IJK_TO_RAS))
+        bad[0].SetAndObserveImageData(image)
+        assert bad[0].GetImageData().GetNumberOfScalarComponents() == 3
+    elif unsuitable == "vector volume":
+        bad = [slicer.util.addVolumeFromArray(colour, ijkToRAS=IJK_TO_RAS, name="RGB",
+                                              nodeClassName="vtkMRMLVectorVolumeNode")]
+    elif unsuitable == "earlier result":
+        status = panel.logic.translation.run(TranslationRequest(input_node, "fake-ok", target_modality="CT",
+                                                                uncertainty=True), timeout=60)
+        bad = [status.output_node, status.uncertainty_node]
+    else:
+        bad = [slicer.util.addVolumeFromArray(np.ones((12, 14, 16), np.uint8), ijkToRAS=IJK_TO_RAS,
+                                              name="labels", nodeClassName="vtkMRMLLabelMapVolumeNode")]
+    scene.RemoveNode(input_node)  # only the unsuitable volumes are left
+    assert all(scene.IsNodePresent(node) for node in bad)
+    assert _auto_picked_input(panel) is None
+
+    plain = slicer.util.addVolumeFromArray(np.ones((12, 14, 16), np.float32), ijkToRAS=IJK_TO_RAS, name="T1")
+    assert _auto_picked_input(panel) is plain

@@ -14,17 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, SOURCE_NODE_ATTRIBUTE, TranslationFailed,
-                                      check_image_node, check_output_node, check_same_frame, node_grid,
-                                      world_ijk_to_ras)
+from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, GIVEN_NAME_ATTRIBUTE, SOURCE_NODE_ATTRIBUTE,
+                                      TranslationFailed, check_image_node, check_output_node, check_same_frame,
+                                      node_grid, world_ijk_to_ras)
 from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory,
                                        make_workdir, remove_folder, remove_stale_workdirs, worker_environment)
 from MedTranslateModule.process import nvidia_driver_present  # noqa: F401 (the panel imports it from here)
+from MedTranslateModule.rollback import remove_with_display, restore_all, snapshot_output
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
-#: The name MedTranslate gave a result node: while the node still has it, a new result into it is renamed.
-GIVEN_NAME_ATTRIBUTE = "MedTranslateGivenName"  # outside the provenance prefix, which each run replaces
 SIGKILL = 9  # signal.SIGKILL does not exist on Windows
 #: The worker's result files: a detached NRRD header is written without compression. They are read back at
 #: once and deleted, so gzip was wasted work (512 x 512 x 300 from click to result: 0.96x the wall time)
@@ -358,22 +357,17 @@ class TranslationLogic:
                            "mask_volume": request.mask_node.GetName() if request.mask_node is not None else ""})
         if self.status.warnings:  # reference-free warnings travel with the volume
             provenance["warnings"] = " | ".join(self.status.warnings)
-        # everything is read and checked: only now is the scene changed (new nodes are removed on failure)
+        # everything is read and checked: only now is the scene changed, all or nothing (on failure new nodes are
+        # removed and the reused output node and its uncertainty map are put back as they were)
         created: list[Any] = []
+        snapshots = snapshot_output(self.scene, request.output_node, UNCERTAINTY_REFERENCE)
         try:
             return self._show_results(request, loaded, uncertainty, provenance, created)
         except BaseException:
             for node in created:
-                self._remove_with_display(node)
+                remove_with_display(self.scene, node)
+            restore_all(snapshots)
             raise
-
-    def _remove_with_display(self, node: Any) -> None:
-        """Remove a volume node and the display and storage nodes it made."""
-        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
-        for helper in [*helpers, node]:
-            if helper is not None and self.scene.IsNodePresent(helper):
-                self.scene.RemoveNode(helper)
 
     def _show_results(self, request: TranslationRequest, loaded: Any, uncertainty: Any,
                       provenance: dict[str, Any], created: list[Any]) -> tuple[Any, Any]:
@@ -402,7 +396,7 @@ class TranslationLogic:
             scene_tools.place_beside(self.scene, input_node, uncertainty_node)
             output_node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, uncertainty_node.GetID())
         elif previous is not None and self.scene.IsNodePresent(previous):
-            self._remove_with_display(previous)  # the map of the result this one replaced: it would mislead
+            remove_with_display(self.scene, previous)  # the map of the result this one replaced: it would mislead
         return output_node, uncertainty_node
 
     def _read_checked(self, path: str, input_node: Any) -> Any:
@@ -455,7 +449,9 @@ class TranslationLogic:
         input_node.GetIJKToRASMatrix(matrix)
         target.SetIJKToRASMatrix(matrix)
         target.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())  # same place as the input
-        slicer.util.updateVolumeFromArray(target, array)
+        holder = slicer.vtkMRMLScalarVolumeNode()  # new voxels in a new image: a rollback gives back the old one
+        slicer.util.updateVolumeFromArray(holder, array)
+        target.SetAndObserveImageData(holder.GetImageData())
         target.CreateDefaultDisplayNodes()
         return target
 

@@ -10,6 +10,10 @@ from typing import Any
 
 GEOMETRY_TOLERANCE_MM = 1e-3
 SOURCE_NODE_ATTRIBUTE = "MedTranslate.source_node_id"
+#: The name MedTranslate gave a result node: while the node still has it, a new result into it is renamed.
+GIVEN_NAME_ATTRIBUTE = "MedTranslateGivenName"  # outside the provenance prefix, which each run replaces
+#: Attributes MedTranslate sets on the volumes it makes (results and uncertainty maps).
+RESULT_ATTRIBUTES = ("MedTranslate.synthetic", SOURCE_NODE_ATTRIBUTE, GIVEN_NAME_ATTRIBUTE)
 
 
 class TranslationFailed(RuntimeError):
@@ -32,6 +36,28 @@ def check_image_node(node: Any, role: str) -> None:
         raise TranslationFailed(f"{node.GetName()} has {node.GetImageData().GetNumberOfScalarComponents()} "
                                 "components per voxel (a colour or vector volume): select a single-component "
                                 "(scalar) volume, or convert it with the 'Vector to Scalar Volume' module.")
+
+
+def is_medtranslate_result(node: Any) -> bool:
+    """True for a volume MedTranslate made (a synthetic volume or its uncertainty map)."""
+    return any(node.GetAttribute(name) for name in RESULT_ATTRIBUTES)
+
+
+def default_input_volume(scene: Any) -> Any:
+    """The volume the panel selects as input when none is: the first plain scalar volume (the input selector's
+    class, not a label map, vector, tensor or hidden volume) with a single-component image that MedTranslate did
+    not make; None when there is no such volume (rather than a colour volume or an earlier result)."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() != "vtkMRMLScalarVolumeNode" or node.GetHideFromEditors() \
+                or is_medtranslate_result(node):
+            continue
+        try:
+            check_image_node(node, "an input volume")
+        except TranslationFailed:  # no voxels, or a colour image stored in a scalar volume node
+            continue
+        return node
+    return None
 
 
 def check_output_node(output_node: Any, input_node: Any, mask_node: Any = None) -> None:
