@@ -3,7 +3,8 @@
 Run as ``python test_slicer_fakeworker.py translate IN -m MODEL -o OUT --progress jsonl ...``. The model
 id picks the behaviour: ``fake-ok``, ``fake-slow`` (sleeps, with a sleeping child process),
 ``fake-crash`` (killed by a signal), ``fake-oom`` (CUDA out-of-memory error), ``fake-error`` (protocol
-error event), ``fake-shifted`` (wrong output geometry), ``fake-silent`` (exit 0 without ``done``).
+error event), ``fake-nogpu`` (a warning and an error naming command-line options), ``fake-shifted`` (wrong
+output geometry), ``fake-silent`` (exit 0 without ``done``).
 It also holds the pytest tests of the fake itself.
 """
 
@@ -62,6 +63,11 @@ def main(argv: list[str]) -> int:
     if behaviour == "oom":
         print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr, flush=True)
         return 1
+    if behaviour == "nogpu":  # the backend's own words, which name command-line options
+        emit("warning", message="--samples 1 was raised to 2: an uncertainty map needs at least 2 samples.")
+        emit("error", message="A CUDA GPU was requested, but none is usable here. Use --device cpu (or auto), or "
+                              "install a CUDA build of PyTorch and the NVIDIA driver.", exit_code=5)
+        return 5
     if behaviour == "error":
         emit("error", message=f"The volume {os.path.basename(args.input)!r} is constant. Check the input.",
              exit_code=3)

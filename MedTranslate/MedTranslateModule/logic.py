@@ -21,6 +21,7 @@ from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_pyth
                                        make_workdir, remove_folder, remove_stale_workdirs, worker_environment)
 from MedTranslateModule.process import nvidia_driver_present  # noqa: F401 (the panel imports it from here)
 from MedTranslateModule.rollback import remove_with_display, restore_all, snapshot_output
+from MedTranslateModule.wording import panel_wording
 
 DEVICES = ("auto", "cuda", "cpu")
 UNCERTAINTY_REFERENCE = "MedTranslateUncertainty"
@@ -278,12 +279,12 @@ class TranslationLogic:
             status.message = event.message or event.stage
             return True
         if event.kind == "warning":
-            status.warnings.append(event.message)
+            status.warnings.append(panel_wording(event.message))
             return True
         if event.kind == "done":
             self._done = event.payload
         elif event.kind == "error":
-            self._errors.append(event.message)
+            self._errors.append(panel_wording(event.message))
         return False
 
     def _finish(self, worker: WorkerProcess) -> None:
