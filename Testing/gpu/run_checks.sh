@@ -47,7 +47,11 @@ fi
   "$PYTHON" -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '',
 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), 'monai', monai.__version__,
-'SimpleITK', SimpleITK.Version_VersionString())"; } 2>&1 | tee -a "$summary"
+'SimpleITK', SimpleITK.Version_VersionString())"
+  # start-up costs of a fresh translate process, in fresh interpreters: torch, then MONAI on top of it
+  "$PYTHON" -c "import time; t = time.perf_counter(); import torch; print('import torch: %.2f s' % (time.perf_counter() - t))"
+  "$PYTHON" -c "import time, torch; t = time.perf_counter(); import monai; print('import monai after torch: %.2f s' % (time.perf_counter() - t))"
+  } 2>&1 | tee -a "$summary"
 
 # step NAME CAP NEED LOG COMMAND...: run COMMAND under `timeout` for at most CAP seconds and what the budget has
 # left; skipped when less than NEED seconds are left
