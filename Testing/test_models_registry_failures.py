@@ -340,3 +340,53 @@ def test_a_package_folder_that_cannot_be_looked_into_is_a_problem_not_a_tracebac
     assert [e.id for e in registry.list_models()] == ["builtin-ct", "fine"]
     assert [p.path for p in registry.problems] == [private] and "Permission denied" in registry.problems[0].problem
     assert registry.problems[0].claims == (("private", "1.0.0"),)
+
+
+def test_an_overwriting_import_that_cannot_move_the_old_copy_says_import_not_output(tmp_path, builtin, monkeypatch,
+                                                                                   isolated_user_models) -> None:
+    """``models import --overwrite`` whose old copy cannot be moved aside (a folder without write permission) got
+    the translate outputs' message ("Cannot put the output in place ... is another process writing it?"). It is
+    the import's own: what could not be imported, why, and that nothing changed."""
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.io import atomic
+
+    registry = ModelRegistry(builtin_dir=builtin)
+    first = registry.import_package(make_package(tmp_path / "a", id="foo", version="1.0.0"))
+    before = sorted(p.name for p in first.path.iterdir())
+    real_replace = atomic.replace_file
+
+    def denied(source, target, *args, **kwargs):
+        if Path(source) == first.path:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(source))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "replace_file", denied)
+    with pytest.raises(OutputError) as caught:
+        registry.import_package(make_package(tmp_path / "b", id="foo", version="1.0.0"), overwrite=True)
+    message = str(caught.value)
+    assert message.startswith("Cannot import foo 1.0.0") and "Nothing was installed" in message, message
+    assert "another process" not in message and "output" not in message, message
+    assert sorted(p.name for p in first.path.iterdir()) == before
+    assert [p.name for p in registry.user_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_overwriting_import_that_fails_after_moving_the_old_copy_aside_says_where_it_is(
+        tmp_path, builtin, monkeypatch, isolated_user_models) -> None:
+    from MedTranslateLib.errors import OutputError
+    from MedTranslateLib.io import atomic
+
+    registry = ModelRegistry(builtin_dir=builtin)
+    first = registry.import_package(make_package(tmp_path / "a", id="foo", version="1.0.0"))
+    real_replace = atomic.replace_file
+
+    def new_copy_denied(source, target, *args, **kwargs):
+        if Path(target) == first.path and ".import-" in Path(source).name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(source))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "replace_file", new_copy_denied)
+    with pytest.raises(OutputError, match=r"^Cannot import foo 1\.0\.0 .*Nothing was installed; the earlier copy "
+                                          r"is unchanged\.") as caught:
+        registry.import_package(make_package(tmp_path / "b", id="foo", version="1.0.0"), overwrite=True)
+    assert "another process" not in str(caught.value)
+    assert (first.path / "model.json").is_file()

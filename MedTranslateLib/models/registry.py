@@ -321,9 +321,13 @@ class ModelRegistry:
             chmod_like_new(staging)  # readable by other users, as an exported package is
             self._copy_files(package, staging, weights)
             swap_into_place(staging, destination)
-        except OSError as exc:
+        except (OSError, OutputError) as exc:  # the swap says OutputError, in the words of a translate output
+            cause = exc.__cause__ if isinstance(exc, OutputError) and isinstance(exc.__cause__, OSError) else exc
+            # where the copy being replaced is ("...; the earlier output is kept in '...'." / "... is unchanged.")
+            where = exc.problem.partition("; ")[2].replace("output", "copy") if isinstance(exc, OutputError) else ""
             raise OutputError(f"Cannot import {card.id} {card.version} into your model folder {self.user_dir}: "
-                              f"{exc.strerror or exc}. Nothing was installed.", _FOLDER_FIX) from None
+                              f"{getattr(cause, 'strerror', None) or cause}. Nothing was installed"
+                              + (f"; {where}" if where else "."), _FOLDER_FIX) from None
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
