@@ -268,8 +268,6 @@ def worker_environment(device: str, base: dict[str, str] | None = None) -> dict[
 
 def default_python() -> str:
     """``PythonSlicer`` inside Slicer (it has Slicer's packages), else this interpreter."""
-    import shutil
-
     if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
         found = shutil.which("PythonSlicer")
         if found:

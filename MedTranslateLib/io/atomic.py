@@ -320,9 +320,22 @@ def _replace_folder(staging: Path, target: Path) -> None:
     swap_into_place(staging, target)
 
 
-def swap_into_place(staging: Path, target: Path) -> None:
+class SwapError(OutputError):
+    """:func:`swap_into_place` failed. ``reason``: the system's; ``earlier``: what became of the target that was to
+    be replaced ("the earlier output is unchanged." or where it is kept; empty when it was never moved), so a caller
+    can say it in its own words."""
+
+    def __init__(self, target: Path, reason: str, earlier: str = "", fix: str = "") -> None:
+        problem = f"Cannot put the output in place at '{target}': {reason}"
+        super().__init__(f"{problem}; {earlier}" if earlier else f"{problem} (is another process writing it at the "
+                                                                "same time?).", fix)
+        self.reason, self.earlier = reason, earlier
+
+
+def swap_into_place(staging: Path, target: Path, noun: str = "output") -> None:
     """Atomically move ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted
-    only once the new one is in place (restored if the move fails). Stop signals wait until it is done."""
+    only once the new one is in place (restored if the move fails). Stop signals wait until it is done.
+    :class:`SwapError` when it cannot (``noun`` names the target in what it says became of the earlier one)."""
     clash = "Run one process per output path, and check that the folder is writable."
     with signals_deferred():
         try:
@@ -333,18 +346,16 @@ def swap_into_place(staging: Path, target: Path) -> None:
             backup.rmdir()
             replace_file(target, backup)
         except OSError as exc:  # e.g. another process replaced or removed the target meanwhile
-            raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc} (is another "
-                              "process writing it at the same time?).", clash) from exc
+            raise SwapError(target, str(exc.strerror or exc), fix=clash) from exc
         try:
             replace_file(staging, target)
         except OSError as exc:
+            reason = str(exc.strerror or exc)
             try:
                 replace_file(backup, target)
             except OSError:
-                raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc}; the "
-                                  f"earlier output is kept in '{backup}'.", clash) from exc
-            raise OutputError(f"Cannot put the output in place at '{target}': {exc.strerror or exc}; the earlier "
-                              "output is unchanged.", clash) from exc
+                raise SwapError(target, reason, f"the earlier {noun} is kept in '{backup}'.", clash) from exc
+            raise SwapError(target, reason, f"the earlier {noun} is unchanged.", clash) from exc
         if backup.is_dir():
             shutil.rmtree(backup, ignore_errors=True)
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from MedTranslateLib.errors import ModelError, OutputError
 from MedTranslateLib.models.card import MAX_CARD_BYTES, load_card
-from MedTranslateLib.io.atomic import chmod_like_new, swap_into_place
+from MedTranslateLib.io.atomic import SwapError, chmod_like_new, swap_into_place
 from MedTranslateLib.models.paths import user_models_dir
 from MedTranslateLib.signals import signals_deferred
 from MedTranslateLib.models.package import (
@@ -320,14 +320,13 @@ class ModelRegistry:
             staging = Path(tempfile.mkdtemp(prefix=f".import-{card.id}-", dir=self.user_dir))
             chmod_like_new(staging)  # readable by other users, as an exported package is
             self._copy_files(package, staging, weights)
-            swap_into_place(staging, destination)
-        except (OSError, OutputError) as exc:  # the swap says OutputError, in the words of a translate output
-            cause = exc.__cause__ if isinstance(exc, OutputError) and isinstance(exc.__cause__, OSError) else exc
-            # where the copy being replaced is ("...; the earlier output is kept in '...'." / "... is unchanged.")
-            where = exc.problem.partition("; ")[2].replace("output", "copy") if isinstance(exc, OutputError) else ""
+            swap_into_place(staging, destination, noun="copy")
+        except (OSError, SwapError) as exc:
+            reason = exc.reason if isinstance(exc, SwapError) else exc.strerror or exc
+            earlier = exc.earlier if isinstance(exc, SwapError) else ""  # what became of the copy being replaced
             raise OutputError(f"Cannot import {card.id} {card.version} into your model folder {self.user_dir}: "
-                              f"{getattr(cause, 'strerror', None) or cause}. Nothing was installed"
-                              + (f"; {where}" if where else "."), _FOLDER_FIX) from None
+                              f"{reason}. Nothing was installed" + (f"; {earlier}" if earlier else "."),
+                              _FOLDER_FIX) from None
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
