@@ -185,3 +185,22 @@ def test_cpu_matmul_peak_is_the_better_of_blas_and_onednn(monkeypatch):
     assert bench_network.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 1024**2 * 64**2 / 0.5 / 1e9)
     timings = iter([1e-6, 1.0])
     assert bench_network.matmul_peak_gflops("cpu", n=64) == pytest.approx(2 * 64**3 / 1e-6 / 1e9)
+
+
+def test_first_call_check_runs_each_search_setting_in_a_fresh_process(tmp_path):
+    """Testing/gpu/first_call.py (the GPU check's first-call rows) as a CPU dry run: one row per setting and round,
+    each with the first and the second translation's stage seconds."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent / "gpu" / "first_call.py"
+    out = tmp_path / "first_call.json"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "v.nii.gz"), "--size", "40x40x24",
+                           "--model", "mr2ct-headphantom-unet2d=search", "--device", "cpu", "--rounds", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(row["search"], row["search_in_effect"]) for row in rows] == [("on", True), ("off", False)]
+    for row in rows:
+        assert {"preprocess", "inference", "restore", "total"} <= set(row["first"]) <= set(row["second"])
+        assert row["load"] > 0 and row["stats"]["device"] == "cpu"

@@ -63,7 +63,9 @@ def autocast_for(device: torch.device) -> Any:
 
 
 def tune_for_inference(device: torch.device) -> None:
-    """On CUDA let cuDNN time its convolution algorithms once per shape and keep the fastest (every slice of a
-    volume has the same shape); left off in deterministic mode, whose algorithms must not change."""
-    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-        torch.backends.cudnn.benchmark = True
+    """On CUDA, no timing of cuDNN's convolution algorithms (``cudnn.benchmark``, in case a caller turned it on):
+    on an H200, timing them on the first call of each input shape cost the first 256^3 volume 2.4 s (U-Net),
+    0.6-2.3 s (pix2pix) and 1.5-4.4 s (diffusion, 10 steps), and made later volumes no faster (BENCHMARKS.md);
+    cuDNN's heuristic choice is used instead."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False

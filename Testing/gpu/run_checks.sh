@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The device check of issue 6, prepared to run as ONE command on a lent CUDA machine, inside BUDGET seconds
-# (default 540). RUN names the steps (default "tests bench", about 6 minutes on an H200; the training step alone
-# needs about 4): each step gets what is left of the budget and is skipped when less than it needs is left.
+# (default 540). RUN names the steps (default "tests firstcall bench", about 6 minutes on an H200; the training
+# step alone needs about 4): each step gets what is left of the budget and is skipped when less than it needs is left.
 #   tests:    the CUDA tests (Testing/test_cuda.py and the engine tests: bf16, channels-last, a real out-of-memory
 #             that halves the batch and then falls back to the CPU, diffusion sampling, mixed-precision training);
-#   bench:    `medtranslate bench --device cuda`: the default U-Net at every size, each carried package
-#             (.gpu/models/*, e.g. a pix2pix and a diffusion package) at 256^3, diffusion sampling steps 10/20/50,
-#             the GPU rewrites side by side, training samples/s per family;
+#   firstcall: Testing/gpu/first_call.py: the first and the second translation of a 256^3 volume in fresh
+#             processes, cuDNN's algorithm search on and off;
+#   bench:    `medtranslate bench --device cuda`: the default U-Net at SIZES, each carried package
+#             (.gpu/models/*, e.g. a pix2pix and a diffusion package) at 256^3, diffusion sampling steps
+#             (SAMPLING_STEPS, default 10,20), the GPU rewrites side by side; TRAINING=1 adds training samples/s
+#             per family;
 #   train:    with the phantom data carried (.gpu/data/Task1), the conditional diffusion config trained on the GPU
 #             in bf16 (its full 3000 steps: about 215 s on an H200), then its held-out quality against sampler and
 #             steps (5/10/20/50).
@@ -14,18 +17,20 @@
 # Here (a machine with pip access):  make gpu-wheels        # the packages the GPU image lacks, into .whl/
 #                                    make gpu-models GPU_MODELS="pkg1 pkg2"   # packages and data into .gpu/
 # There (device `run`, carry [".whl", ".gpu"]):  bash Testing/gpu/run_checks.sh    (or RUN=train bash ...)
-# Results land in $OUT (or gpu_out/), 8 files at most: summary.txt, pytest.log, bench.log, bench-gpu.json,
-# BENCHMARKS-gpu.md, train.log, sampling.log, sampling.json.
+# Results land in $OUT (or gpu_out/), 10 files at most: summary.txt, pytest.log, first_call.log, first_call.json,
+# bench.log, bench-gpu.json, BENCHMARKS-gpu.md, train.log, sampling.log, sampling.json.
 # DEVICE=cpu SIZES=... BIG=... DIFFUSION_STEPS=... runs the same steps on a CPU (a dry run of the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
-SIZES=${SIZES:-128x128x128,256x256x160,256x256x256,512x512x300}
+SIZES=${SIZES:-256x256x160,256x256x256}
 BIG=${BIG:-256x256x256}
-REPEATS=${REPEATS:-2}
+REPEATS=${REPEATS:-1}
+SAMPLING_STEPS=${SAMPLING_STEPS:-10,20}
+TRAINING=${TRAINING:-0}
 BUDGET=${BUDGET:-540}
-RUN=${RUN:-tests bench}
+RUN=${RUN:-tests firstcall bench}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 PYTHON=${PYTHON:-python3}
 START=$(date +%s)
@@ -75,14 +80,34 @@ if wants tests; then
         Testing/test_inference_optimize.py Testing/test_progress.py
 fi
 
+packages=()
+for package in .gpu/models/*/model.json; do
+    [ -e "$package" ] && packages+=("$(dirname "$package")")
+done
+
+if wants firstcall; then
+    # the U-Net's model grid is one batch (its slice batches have one shape anyway); diffusion runs at 10 steps
+    # (FIRSTCALL="MODEL=search ..." picks the models and knobs, FIRSTCALL_ROUNDS the passes over them)
+    calls=()
+    if [ -n "${FIRSTCALL:-}" ]; then
+        for spec in $FIRSTCALL; do calls+=(--model "$spec"); done
+    else
+        calls=(--model "mr2ct-headphantom-unet2d=search")
+        for package in "${packages[@]}"; do calls+=(--model "$package=search"); done
+    fi
+    step firstcall 170 60 "$OUT/first_call.log" "$PYTHON" Testing/gpu/first_call.py /tmp/medtranslate-first-call.nii.gz \
+        --size "$BIG" "${calls[@]}" --steps 10 --device "$DEVICE" --budget 130 --rounds "${FIRSTCALL_ROUNDS:-2}" \
+        --json "$OUT/first_call.json"
+fi
+
 if wants bench; then
     models=(--model "mr2ct-headphantom-unet2d=$SIZES")
-    for package in .gpu/models/*/model.json; do
-        [ -e "$package" ] && models+=(--model "$(dirname "$package")=$BIG")
-    done
-    step bench 360 120 "$OUT/bench.log" "$PYTHON" -m MedTranslateLib bench --device "$DEVICE" "${models[@]}" \
-        --repeats "$REPEATS" --training --sampling-steps 10,20,50 --output "$OUT/BENCHMARKS-gpu.md" \
-        --json "$OUT/bench-gpu.json"
+    for package in "${packages[@]}"; do models+=(--model "$package=$BIG"); done
+    extra=()
+    (( TRAINING )) && extra+=(--training)
+    step bench 300 120 "$OUT/bench.log" "$PYTHON" -m MedTranslateLib bench --device "$DEVICE" "${models[@]}" \
+        --repeats "$REPEATS" --sampling-steps "$SAMPLING_STEPS" --output "$OUT/BENCHMARKS-gpu.md" \
+        --json "$OUT/bench-gpu.json" "${extra[@]}"
 fi
 
 if wants train && [ -d .gpu/data/Task1 ]; then
