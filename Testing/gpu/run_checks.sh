@@ -86,7 +86,7 @@ for package in .gpu/models/*/model.json; do
 done
 
 if wants firstcall; then
-    # the U-Net's model grid is one batch (its slice batches have one shape anyway); diffusion runs at 10 steps
+    # the default U-Net, then each carried package, cuDNN's search on and off; diffusion runs at 10 steps
     # (FIRSTCALL="MODEL=search ..." picks the models and knobs, FIRSTCALL_ROUNDS the passes over them)
     calls=()
     if [ -n "${FIRSTCALL:-}" ]; then
