@@ -105,6 +105,18 @@ def input_node(scene):
     return node
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt during the test, as in a terminal. A process started in the background
+    by a shell without job control (``(make test &)``) inherits SIGINT ignored, and Python then leaves it ignored:
+    the tests that press Ctrl-C would see nothing happen."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _CtrlCAfterFirstMove:
     """``os.replace`` that presses Ctrl-C (SIGINT) once, right after the first move it makes."""
 
@@ -129,7 +141,7 @@ class _CtrlCAfterFirstMove:
 
 
 @pytest.fixture
-def ctrl_c_after_first_move(monkeypatch):
+def ctrl_c_after_first_move(monkeypatch, ctrl_c_raises):
     """One Ctrl-C in the middle of moving outputs into place (the moment an interruption did most harm)."""
     replace = _CtrlCAfterFirstMove()
     monkeypatch.setattr(os, "replace", replace)

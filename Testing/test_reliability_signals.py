@@ -18,6 +18,7 @@ from MedTranslateLib.io.atomic import atomic_output, output_group
 from MedTranslateLib.signals import signals_deferred
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("ctrl_c_raises")  # also where the test run was started with SIGINT ignored
 
 
 def test_a_deferred_signal_arrives_when_the_block_ends():
