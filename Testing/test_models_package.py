@@ -207,3 +207,11 @@ def test_a_weights_file_that_changes_while_read_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "open", open_after_a_write)
     with pytest.raises(ModelError, match="changed while it was read"):
         read_file_capped(growing, 10_000)
+
+
+def test_a_package_whose_name_is_as_long_as_the_file_system_allows_is_exported(tmp_path):
+    """The hidden staging folder beside it was named '.<name>.<random>' and could not be created for a long name."""
+    name = "m" * 250
+    folder = export_package(tiny_state(), make_test_card(), tmp_path / name)
+    assert folder.name == name and (folder / "model.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no staging folder left behind

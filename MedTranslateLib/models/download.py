@@ -11,6 +11,7 @@ from typing import Callable
 
 from MedTranslateLib.errors import ModelError, OutputError
 from MedTranslateLib.io.atomic import replace_file
+from MedTranslateLib.io.path_checks import staging_prefix
 from MedTranslateLib.models.paths import MAX_WEIGHTS_BYTES
 
 #: Seconds without data before a download is abandoned.
@@ -53,7 +54,7 @@ def download_file(url: str, target: Path, sha256: str, *, expected_size: int | N
     fix = "Check the network connection and the URL, or download the package manually and import it."
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        handle, temp_name = tempfile.mkstemp(prefix=staging_prefix(target.name), suffix=".part", dir=target.parent)
     except OSError as exc:
         raise _folder_error(target, exc) from None
     temp = Path(temp_name)

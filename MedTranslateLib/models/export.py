@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from MedTranslateLib.errors import ModelError, OutputError
 from MedTranslateLib.io.atomic import swap_into_place
+from MedTranslateLib.io.path_checks import staging_prefix
 from MedTranslateLib.models.card import validate_card
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def export_package(state_dict: Mapping[str, "torch.Tensor"], card: Mapping[str, 
     staging: Path | None = None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(final.name), dir=final.parent))
         files = {
             "model.json": (json.dumps(full, indent=2) + "\n").encode("utf-8"),
             weights["file"]: data,

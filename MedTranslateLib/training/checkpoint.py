@@ -24,6 +24,7 @@ from safetensors.torch import load, save_file
 from MedTranslateLib.errors import ConfigError, ModelError
 from MedTranslateLib.families.base import pack_state, unpack_state
 from MedTranslateLib.io.atomic import swap_into_place
+from MedTranslateLib.io.path_checks import staging_prefix
 from MedTranslateLib.training.config import CARD_TEXT_KEYS, RESUME_FREE_KEYS, TrainConfig
 
 
@@ -58,7 +59,7 @@ def save_checkpoint(folder: Path | str, nets: Mapping[str, torch.nn.Module],
     """Write a checkpoint atomically (temp folder in the same parent, then rename over the old one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(folder.name), dir=folder.parent))
     try:
         save_file(pack_state(nets), str(tmp / "weights.safetensors"))
         opt_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **_cuda_rng_states()}
