@@ -18,8 +18,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest, worker_environment
+from MedTranslateModule.logic import TranslationFailed, TranslationLogic, TranslationRequest
 from MedTranslateModule.nodes import default_input_volume, evaluate_against_reference, output_for_input
+from MedTranslateModule.process import nvidia_driver_present, worker_environment
 from MedTranslateModule.parameters import DEVICE_CHOICES, LAYOUT_CHOICES, MedTranslateParameterNode
 
 POLL_INTERVAL_MS = 100
@@ -333,8 +334,6 @@ class MedTranslateLogic(ScriptedLoadableModuleLogic):
 
         The worker reports the device it really uses (a warning when it falls back to the CPU).
         """
-        from MedTranslateModule.logic import nvidia_driver_present
-
         return nvidia_driver_present()
 
 

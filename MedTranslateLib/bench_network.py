@@ -1,8 +1,9 @@
 """Device and network throughput for ``medtranslate bench``: the measured matrix-multiply peak, one model's FLOPs
 and forward speed, the 2D generators MedTranslate has shipped side by side, and training samples/s per family.
 
-In the side-by-side comparison the variants run in one process, one after the other, on the same input, with random weights (speed does not
-depend on them), so the ratios between rows hold even on a machine whose absolute speed drifts:
+In the side-by-side comparison the variants run in one process, one after the other, on the same input, with
+random weights (speed does not depend on them), so the ratios between rows hold even on a machine whose absolute
+speed drifts:
 
 1. MONAI ``BasicUNet`` (16-128 channels), instance norm: the first default model;
 2. the same with batch norm folded into the convolutions and channels-last layout: the second default;

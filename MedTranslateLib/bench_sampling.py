@@ -44,7 +44,8 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     from MedTranslateLib.benchmark_models import SAMPLER_LABELS, _fmt, headline_mae
 
     ct = any("mae_bone" in r["metrics"] for r in rows)
-    head = ["sampler", "steps", "MAE", "PSNR", "SSIM"] + (["MAE bone", "Dice bone"] if ct else []) + ["CPU s/vol", "wall s/vol"]
+    head = (["sampler", "steps", "MAE", "PSNR", "SSIM"] + (["MAE bone", "Dice bone"] if ct else [])
+            + ["CPU s/vol", "wall s/vol"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         m = r["metrics"]

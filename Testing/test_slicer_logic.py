@@ -304,7 +304,7 @@ def test_real_backend_worker_error_reaches_the_user(scene, input_node):
 
 
 def test_worker_environment():
-    from MedTranslateModule.logic import worker_environment
+    from MedTranslateModule.process import worker_environment
 
     env = worker_environment("cpu", base={"PYTHONPATH": "/somewhere", "CUDA_VISIBLE_DEVICES": "0"})
     assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PYTHONUNBUFFERED"] == "1"
@@ -442,7 +442,7 @@ def test_a_standby_worker_that_ended_is_replaced_by_a_fresh_one(scene, input_nod
 
 
 def test_nvidia_driver_detection_follows_path(tmp_path, monkeypatch):
-    from MedTranslateModule.logic import nvidia_driver_present
+    from MedTranslateModule.process import nvidia_driver_present
 
     monkeypatch.setenv("PATH", str(tmp_path))
     assert not nvidia_driver_present()

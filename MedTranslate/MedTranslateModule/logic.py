@@ -19,7 +19,6 @@ from MedTranslateModule.nodes import (GEOMETRY_TOLERANCE_MM, GIVEN_NAME_ATTRIBUT
                                       node_grid, world_ijk_to_ras)
 from MedTranslateModule.process import (WorkerEvent, WorkerProcess, default_python, looks_like_out_of_memory,
                                        make_workdir, remove_folder, remove_stale_workdirs, worker_environment)
-from MedTranslateModule.process import nvidia_driver_present  # noqa: F401 (the panel imports it from here)
 from MedTranslateModule.rollback import remove_with_display, restore_all, snapshot_output
 from MedTranslateModule.wording import panel_wording
 

@@ -23,7 +23,7 @@ from MedTranslateLib.io.atomic import (
 from MedTranslateLib.io.data_size import (check_declared_bytes, check_written, nifti_bytes_per_voxel, non_finite_counts,
                                         read_nifti_float)
 from MedTranslateLib.io.dicom_series import check_slice_positions, keep_main_orientation
-from MedTranslateLib.io.itk_messages import itk_reason as _itk_reason, quiet_itk
+from MedTranslateLib.io.itk_messages import itk_reason, quiet_itk
 from MedTranslateLib.io.itk_paths import itk_path
 from MedTranslateLib.io.path_checks import looked_up
 from MedTranslateLib.io.source import DICOM_TAGS, SourceInfo
@@ -114,7 +114,7 @@ def validate_volume(image: sitk.Image, what: str = "input volume", max_voxels: i
 
 # ------------------------------------------------------------------------------------------- read
 def _unreadable(path: Path, exc: Exception | None = None, detail: str = "") -> InputError:
-    reason = detail or (_itk_reason(exc) if exc is not None else "")
+    reason = detail or (itk_reason(exc) if exc is not None else "")
     return InputError(f"Cannot read '{path}': the file is unreadable, truncated or not a valid "
                       f"{_format_name(path)} file" + (f" ({reason})." if reason else "."),
                       f"Check the file (re-export it if needed); readable formats: {READABLE}.")
@@ -178,7 +178,7 @@ def _dicom_series(folder: Path) -> dict[str, list[str]]:
         with quiet_itk():  # no "WARNING: ... No Series were found" beside the error that says so
             uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(name)
     except RuntimeError as exc:
-        raise InputError(f"Cannot scan '{folder}' for DICOM files ({_itk_reason(exc)}).",
+        raise InputError(f"Cannot scan '{folder}' for DICOM files ({itk_reason(exc)}).",
                          "Check that the folder is readable.") from None
     return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(name, uid)) for uid in uids}
 
@@ -477,7 +477,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, source: SourceIn
             if lower != temp:
                 os.replace(lower, temp)
         except RuntimeError as exc:
-            raise OutputError(f"Cannot write '{target}' ({_itk_reason(exc).replace(str(lower), str(target))}).",
+            raise OutputError(f"Cannot write '{target}' ({itk_reason(exc).replace(str(lower), str(target))}).",
                               "Check free disk space and permissions, or choose another format.") from None
         if nifti:  # ITK's NIfTI writer does not fail on a full disk
             check_written(temp, output.GetNumberOfPixels() * output.GetSizeOfPixelComponent(), target)
